@@ -1,0 +1,120 @@
+r"""ERCLAP command line: one program for every stage and mode.
+
+  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=all
+  python -m erclap.main --config=configs/tpu_v4.py --workdir=gs://bucket/run1 \
+      --config.train.global_batch_size=2048
+
+Modes: ``train`` (resumes from the workdir when it holds checkpoints), ``eval`` (evaluate a checkpoint
+on the test split), ``export`` (embeddings, metrics and plots under workdir/export), ``all`` (train, then
+evaluate and export: the demo). ``config.stage`` picks the cross-modal stage (``clap``) or stage-1
+speech-emotion pre-training (``ser``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from erclap import config_lib, distributed
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, exports and logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "all"], "What to run.")
+
+# mode -> (module, function, the capability that provides it)
+_MODES = {
+    "train": ("erclap.train", "train_and_evaluate", "training (issue: training at scale)"),
+    "eval": ("erclap.evaluate", "evaluate_checkpoint", "evaluation (issue: evaluation and export)"),
+    "export": ("erclap.export", "export_embeddings", "embedding export (issue: evaluation and export)"),
+    "all": ("erclap.demo", "run_all", "the end-to-end demo (train + evaluate + export)"),
+}
+
+
+def resolve_mode(mode: str):
+  """The function that runs ``mode``; a clear error if that capability is not built in this checkout."""
+  module_name, fn_name, capability = _MODES[mode]
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise
+    raise NotImplementedError(
+        f"--mode={mode} needs {capability}, which this version of ERCLAP does not have yet "
+        f"(module {module_name} is missing).") from None
+  return getattr(module, fn_name)
+
+
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _parse_flags(argv):
+  """absl flag parsing with one-line errors (unknown config keys, bad config files) instead of tracebacks."""
+  try:
+    return FLAGS(argv)
+  except SystemExit as e:
+    # absl exits with status 1 after printing help; a help request that succeeded is status 0 here.
+    if e.code == 1 and any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    # Name the whole dotted key of the offending override, not only its last part.
+    overrides = [a.split("=", 1)[0][2:] for a in argv[1:] if a.startswith("--config.")]
+    bad = [o for o in overrides if isinstance(e, AttributeError | KeyError)
+           and any(f"'{part}'" in msg for part in o.split(".")[1:])]
+    where = f" (override --{bad[0]}: no such config key)" if bad else ""
+    sys.exit(f"FATAL config error{where}: {msg}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  config = FLAGS.config
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    sys.exit(f"FATAL {e}")
+  try:
+    run_fn = resolve_mode(FLAGS.mode)
+  except NotImplementedError as e:
+    sys.exit(f"FATAL {e}")
+  distributed.initialize(config.distributed)
+  import jax  # after distributed.initialize, which must precede any backend use
+
+  logging.info("JAX %s: process %d/%d, devices: %s", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.devices())
+  if not FLAGS.workdir.startswith("gs://"):
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+  run_fn(config, FLAGS.workdir)
+
+
+def _make_config_package_importable(argv) -> None:
+  """Config files import their base (``from configs import default``): put the folder above configs/ on
+  sys.path, wherever the program is started from."""
+  for i, arg in enumerate(argv):
+    path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+    if path:
+      root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":", 1)[0])))
+      if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def run():
+  _make_config_package_importable(sys.argv)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
