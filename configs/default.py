@@ -102,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.every_steps = 1000
   c.eval.batch_size = 64
   c.eval.max_examples = 0             # 0 = whole split
+  c.eval.probe_train_examples = 2000  # train-split clips the ridge probe is fitted on
   c.eval.retrieval_levels = 5         # retrieval Kendall tau: K levels
   c.eval.retrieval_draws = 200        #                        M draws
   c.eval.retrieval_top_k = 1

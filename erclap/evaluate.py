@@ -1,0 +1,229 @@
+"""Evaluation: embed a split with a trained model and compute every metric of ``erclap.metrics``.
+
+Used by the training loop (periodic evaluation), by ``--mode=eval`` and by export. Embeddings are computed
+batch by batch under ``jax.jit`` with the batch sharded over the mesh and gathered to every host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from erclap import sharding
+
+LABEL_NAMES = ("arousal", "valence", "dominance")
+# Printed in progress lines and the final table (those present in the result).
+HEADLINE_METRICS = (
+    "aoc_mean", "voc_mean", "retrieval_tau_arousal", "retrieval_tau_valence", "mmd", "wasserstein",
+    "r1_s2t", "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence",
+    "ser_ccc_arousal", "ser_ccc_valence", "ser_ccc_dominance", "ser_rank_accuracy",
+)
+
+
+@dataclasses.dataclass
+class SplitEmbeddings:
+  """Everything export and metrics need about one split (valid rows only, in split order)."""
+  speech: np.ndarray          # (N, D) float32, L2-normalised (clap) | (N, A) attribute predictions (ser)
+  text: np.ndarray | None     # (N, D) float32 (clap) | None (ser)
+  labels: np.ndarray          # (N, 3) arousal, valence, dominance
+  class_id: np.ndarray        # (N,) int32
+  ids: list[str]
+  descriptions: list[str]
+
+
+class Embedder:
+  """Jitted, mesh-sharded embedding functions of one model."""
+
+  def __init__(self, model, config, mesh, tokenizer=None):
+    self.model, self.config, self.mesh, self.tokenizer = model, config, mesh, tokenizer
+    self.divisor = sharding.batch_size_divisor(mesh)
+    ser = config.stage == "ser"
+
+    def audio_fn(params, audio, audio_mask):
+      if ser:
+        return self.model.apply({"params": params}, audio, audio_mask, train=False)["attributes"]
+      return self.model.apply({"params": params}, audio, audio_mask, train=False, method="embed_audio")
+
+    def text_fn(params, input_ids, attention_mask):
+      return self.model.apply({"params": params}, input_ids, attention_mask, train=False, method="embed_text")
+
+    self._audio = jax.jit(audio_fn)
+    self._text = jax.jit(text_fn)
+
+  def _global(self, x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, x.ndim), x)
+
+  def _gather(self, x) -> np.ndarray:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  def audio(self, params, audio, audio_mask) -> np.ndarray:
+    """(B, T) host-local waveforms -> (B_global, D) embeddings gathered on every host."""
+    with self.mesh:
+      return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
+
+  def text(self, params, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Embeds a list of strings (identical on every host) -> (len(texts), D)."""
+    if not texts:
+      raise ValueError("texts: empty list")
+    batch_size = max(self.divisor, batch_size // self.divisor * self.divisor)
+    out = []
+    for start in range(0, len(texts), batch_size):
+      chunk = list(texts[start:start + batch_size])
+      pad = -len(chunk) % self.divisor
+      tokens = self.tokenizer(chunk + [""] * pad)
+      ids = jnp.asarray(tokens["input_ids"])
+      mask = jnp.asarray(tokens["attention_mask"])
+      with self.mesh:
+        emb = self._text(params, jax.device_put(ids, sharding.batch_sharding(self.mesh, 2)),
+                         jax.device_put(mask, sharding.batch_sharding(self.mesh, 2)))
+      out.append(np.asarray(emb)[: len(chunk)])
+    return np.concatenate(out)
+
+
+def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0) -> SplitEmbeddings:
+  """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows."""
+  from erclap import input_pipeline
+
+  divisor = math.lcm(embedder.divisor, jax.process_count())
+  if config.eval.batch_size % divisor:
+    raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} "
+                     f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
+  per_process = config.eval.batch_size // jax.process_count()
+  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
+  speech, text, labels, class_id, valid, ids, descriptions = [], [], [], [], [], [], []
+  seen = 0
+  for batch in iterator:
+    speech.append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
+    if config.stage != "ser":
+      with embedder.mesh:
+        t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
+      text.append(embedder._gather(t))
+    labels.append(embedder._gather(embedder._global(batch["labels"])))
+    class_id.append(embedder._gather(embedder._global(batch["class_id"])))
+    local_valid = np.asarray(batch["valid"])
+    valid.append(embedder._gather(embedder._global(local_valid)))
+    ids.extend(_gather_strings(embedder, batch["id"], 128))
+    descriptions.extend(_gather_strings(embedder, batch["description"], 1024))
+    seen += int(valid[-1].sum())
+    if max_examples and seen >= max_examples:
+      break
+  if not speech:
+    raise ValueError(f"split {split!r} of {config.data.name!r} is empty")
+  keep = np.concatenate(valid).astype(bool)
+  ids = [i for i, k in zip(ids, keep, strict=True) if k]
+  descriptions = [d for d, k in zip(descriptions, keep, strict=True) if k]
+  result = SplitEmbeddings(
+      speech=np.concatenate(speech)[keep], text=np.concatenate(text)[keep] if text else None,
+      labels=np.concatenate(labels)[keep].astype(np.float32), class_id=np.concatenate(class_id)[keep],
+      ids=ids, descriptions=descriptions)
+  if max_examples:
+    n = min(max_examples, len(result.labels))
+    result = dataclasses.replace(result, speech=result.speech[:n],
+                                 text=None if result.text is None else result.text[:n], labels=result.labels[:n],
+                                 class_id=result.class_id[:n], ids=result.ids[:n], descriptions=result.descriptions[:n])
+  return result
+
+
+def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
+  """Strings of this host's batch rows -> the global batch's strings, in the same order as the arrays.
+
+  Encoded as fixed-width UTF-8 byte rows so they travel like any other batch-sharded array."""
+  encoded = np.zeros((len(strings), width), np.uint8)
+  for row, text in enumerate(strings):
+    raw = str(text).encode("utf-8")[:width]
+    encoded[row, : len(raw)] = np.frombuffer(raw, np.uint8)
+  gathered = embedder._gather(embedder._global(encoded))
+  return [bytes(row).rstrip(b"\0").decode("utf-8", errors="ignore") for row in gathered]
+
+
+def prompt_embeddings(embedder: Embedder, params, config) -> dict:
+  """Level prompts (for prompt-based metrics, zero-shot prediction) and retrieval query pools."""
+  from erclap import descriptions
+
+  out = {"prompts": {}, "prompt_levels": {}, "queries": {}, "query_values": {}}
+  for attribute in LABEL_NAMES:
+    prompts = descriptions.level_prompts(attribute)
+    out["prompts"][attribute] = embedder.text(params, prompts)
+    out["prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(prompts))
+  for attribute in ("arousal", "valence"):
+    values = np.arange(1, 8, dtype=np.float32)
+    texts = descriptions.attribute_queries(attribute, values, num_wordings=4, seed=config.seed)
+    query_values = np.repeat(values, len(texts) // len(values)) if len(texts) != len(values) else values
+    out["queries"][attribute] = embedder.text(params, texts)
+    out["query_values"][attribute] = np.asarray(query_values, np.float32)
+  return out
+
+
+def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
+  from erclap import metrics
+
+  split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
+  train_emb = embed_split(embedder, params, config, config.data.train_split,
+                          max_examples=config.eval.probe_train_examples)
+  prompts = prompt_embeddings(embedder, params, config)
+  result = metrics.summarize(
+      split_emb.speech, split_emb.text, split_emb.labels,
+      prompt_embeddings=prompts["prompts"], prompt_levels=prompts["prompt_levels"],
+      query_embeddings=prompts["queries"], query_values=prompts["query_values"],
+      train_speech=train_emb.speech, train_labels=train_emb.labels,
+      retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,
+      retrieval_top_k=config.eval.retrieval_top_k, seed=config.seed)
+  return {k: float(v) for k, v in result.items()}, split_emb
+
+
+def ser_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
+  """Stage 1: CCC per attribute and pairwise ranking accuracy of the predicted attributes."""
+  from erclap import losses, metrics
+
+  split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
+  pred, labels = split_emb.speech, split_emb.labels
+  result = {}
+  for a, name in enumerate(LABEL_NAMES[: pred.shape[1]]):
+    result[f"ser_ccc_{name}"] = float(metrics.ccc(pred[:, a], labels[:, a]))
+    result[f"ser_rank_accuracy_{name}"] = float(losses.pairwise_ranking_accuracy(pred[:, a], labels[:, a]))
+  result["ser_ccc_mean"] = float(np.mean([result[f"ser_ccc_{n}"] for n in LABEL_NAMES[: pred.shape[1]]]))
+  result["ser_rank_accuracy"] = float(np.mean([result[f"ser_rank_accuracy_{n}"]
+                                               for n in LABEL_NAMES[: pred.shape[1]]]))
+  return result, split_emb
+
+
+def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:
+  embedder = Embedder(model, config, mesh, tokenizer)
+  fn = ser_metrics if config.stage == "ser" else clap_metrics
+  return fn(embedder, params, config, split)[0]
+
+
+def format_table(metrics: dict[str, float], title: str = "") -> str:
+  rows = [(k, metrics[k]) for k in HEADLINE_METRICS if k in metrics]
+  rows += sorted((k, v) for k, v in metrics.items() if k not in HEADLINE_METRICS)
+  width = max(len(k) for k, _ in rows) if rows else 10
+  lines = [title] if title else []
+  lines += [f"  {k:<{width}}  {v: .4f}" for k, v in rows]
+  return "\n".join(lines)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+  """--mode=eval: metrics of a checkpoint (config.export.step, default latest) on the test split."""
+  from erclap import train
+
+  mesh, tokenizer, model = train.setup(config, workdir)
+  step, params, _ = train.restore_params(config, workdir, model, mesh, step=config.export.step)
+  split = config.data.test_split
+  result = evaluate_params(model, params, config, tokenizer, mesh, split=split)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    path = os.path.join(workdir, "eval", f"{split}_{step}.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(dict(step=step, split=split, metrics=result), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:"), flush=True)
+  return result
