@@ -72,6 +72,9 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   chief = jax.process_index() == 0
   if chief:
     os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):  # debris of an export killed mid-write (never a visible output)
+      if name.startswith(".") and ".tmp-" in name:
+        os.remove(os.path.join(out_dir, name))
   all_metrics = {}
   for split in config.export.splits:
     if config.stage == "ser":

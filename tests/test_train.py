@@ -1,0 +1,249 @@
+"""Training: gradient caching, sharding invariance, loss falls, exact resume, preemption, multi-host, guards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import train_helpers as th
+
+from erclap import data, pretrained, tokenization, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  data.ensure_dataset(th.tiny_config(path).data)
+  return path
+
+
+def _random_batch(config, vocab_size, n, seed=0):
+  rng = np.random.default_rng(seed)
+  t = int(round(config.data.max_seconds * config.data.sample_rate))
+  length = config.data.max_text_tokens
+  audio_len = rng.integers(t // 2, t + 1, size=n)
+  text_len = rng.integers(3, length + 1, size=n)
+  return dict(
+      audio=rng.standard_normal((n, t)).astype(np.float32) * 0.1,
+      audio_mask=np.arange(t)[None] < audio_len[:, None],
+      input_ids=rng.integers(4, vocab_size, size=(n, length)).astype(np.int32),
+      attention_mask=(np.arange(length)[None] < text_len[:, None]).astype(np.int32),
+      labels=rng.integers(2, 15, size=(n, 3)).astype(np.float32) / 2.0,  # coarse grid: many ties
+      class_id=rng.integers(0, 4, size=n).astype(np.int32),
+      valid=np.ones(n, bool),
+  )
+
+
+def _setup(config):
+  mesh = train.make_mesh(config)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  model = train.build_model(config, vocab_size=tokenizer.vocab_size)
+  return mesh, tokenizer, model
+
+
+@pytest.mark.parametrize("loss", ["rnc", "infonce"])
+def test_gradient_caching_equals_one_shot(devices, loss):
+  config = th.tiny_config("unused", loss=loss)
+  mesh, tokenizer, model = _setup(config)
+  params = train.init_params(model, config, mesh, jax.random.key(0))
+  batch = train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh)
+  one_shot = train.make_loss_and_grads(model, config, mesh)
+  cached_config = th.tiny_config("unused", loss=loss, **{"train.micro_batch_size": 8})
+  cached = train.make_loss_and_grads(model, cached_config, mesh)
+  rng = jax.random.key(1)
+  with mesh:
+    loss_a, _, grads_a = jax.jit(one_shot)(params, batch, rng)
+    loss_b, _, grads_b = jax.jit(cached)(params, batch, rng)
+  np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
+  flat_a, flat_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
+  assert len(flat_a) == len(flat_b)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in flat_a)
+  for ga, gb in zip(flat_a, flat_b, strict=True):
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-3, atol=1e-5 * scale)
+  assert scale > 0
+
+
+def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
+  results = []
+  for shape in [(8, 1, 1), (2, 2, 2)]:
+    config = th.tiny_config("unused", **{"mesh.shape": shape})
+    mesh, tokenizer, model = _setup(config)
+    optimizer = train.make_optimizer(config)
+    state, shardings = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+    host_batch = _random_batch(config, tokenizer.vocab_size, 16)
+    step = jax.jit(train.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
+                   out_shardings=(shardings, None))
+    losses = []
+    with mesh:
+      for _ in range(2):
+        state, metrics = step(state, train.global_batch(host_batch, mesh))
+        losses.append(float(metrics["loss"]))
+    results.append((losses, jax.device_get(state.params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_frozen_speech_tower_does_not_move(devices):
+  config = th.tiny_config("unused", **{"model.freeze_speech": True})
+  mesh, tokenizer, model = _setup(config)
+  optimizer = train.make_optimizer(config)
+  state, _ = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+  before = jax.device_get(state.params)
+  with mesh:
+    state, _ = jax.jit(train.make_train_step(model, config, mesh, optimizer))(
+        state, train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
+  after = jax.device_get(state.params)
+  for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["text_tower"]),
+                                                    jax.tree.leaves(after["text_tower"]), strict=True)]
+  assert any(moved)
+
+
+@pytest.mark.parametrize("loss", ["rnc", "infonce", "supcon"])
+def test_training_lowers_the_loss(data_dir, tmp_path, capsys, loss):
+  steps = 24 if loss == "rnc" else 8
+  config = th.tiny_config(data_dir, loss=loss, **{"train.num_steps": steps, "checkpoint.every_steps": 1000})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  curve = th.loss_curve(capsys.readouterr().out)
+  assert sorted(curve) == list(range(1, steps + 1))
+  values = np.array([curve[s] for s in sorted(curve)])
+  assert np.all(np.isfinite(values))
+  assert values[-3:].mean() < values[:3].mean(), values
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / str(steps))
+  evals = os.listdir(tmp_path / "run" / "eval")
+  assert f"{steps}.json" in evals
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
+  config = th.tiny_config(data_dir, **{"train.learning_rate": 1e30, "train.grad_clip_norm": 0.0,
+                                       "train.warmup_steps": 0, "train.num_steps": 20,
+                                       "checkpoint.every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  step, params = pretrained.read_workdir_params(str(tmp_path / "run"))
+  assert step >= 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def _final_params(workdir):
+  return pretrained.read_workdir_params(workdir)
+
+
+def test_exact_resume_after_sigkill(data_dir, tmp_path):
+  overrides = {"train.num_steps": 16, "checkpoint.every_steps": 2}
+  full = th.run_main(str(tmp_path / "full"), data_dir, **overrides)
+  assert full.returncode == 0, full.stderr[-3000:]
+
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  target = os.path.join(workdir, "checkpoints", "4")
+  deadline = time.time() + 300
+  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert killed_at < 16, "the run finished before it could be killed"
+  resumed = th.run_main(workdir, data_dir, **overrides)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from" in resumed.stderr
+
+  step_a, params_a = _final_params(str(tmp_path / "full"))
+  step_b, params_b = _final_params(workdir)
+  assert step_a == step_b == 16
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)  # bit-identical
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = {"train.num_steps": 500, "checkpoint.every_steps": 1000, "eval.every_steps": 1000}
+  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("[train] step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=300)
+  output = "".join(lines) + rest
+  assert proc.returncode == 0, output[-3000:]
+  assert "preempted" in output
+  step, params = pretrained.read_workdir_params(workdir)
+  assert 3 <= step < 500
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  resumed = th.run_main(workdir, data_dir, **{**overrides, "train.num_steps": step + 2})
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert pretrained.read_workdir_params(workdir)[0] == step + 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, tmp_path):
+  overrides = {"train.num_steps": 4, "checkpoint.every_steps": 1000}
+  single = th.run_main(str(tmp_path / "single"), data_dir, **overrides)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
+             "distributed.num_processes": 2, "distributed.process_id": pid}
+    procs.append(subprocess.Popen(th.main_command(str(tmp_path / "multi"), data_dir, **flags), cwd=th.ROOT,
+                                  env=th.subprocess_env(num_devices=4), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  curve_single = th.loss_curve(single.stdout)
+  curve_multi = th.loss_curve(outs[0][0])
+  assert sorted(curve_single) == sorted(curve_multi) == [1, 2, 3, 4]
+  np.testing.assert_allclose([curve_multi[s] for s in range(1, 5)], [curve_single[s] for s in range(1, 5)],
+                             rtol=1e-4)
+
+
+def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_path, capsys):
+  from configs import ser_pretrain
+
+  ser_config = ser_pretrain.get_config("demo")
+  for key, value in {**th.TINY_OVERRIDES, "data.data_dir": data_dir, "train.num_steps": 12,
+                     "checkpoint.every_steps": 1000}.items():
+    *path, leaf = key.split(".")
+    parent = ser_config
+    for part in path:
+      parent = parent[part]
+    parent[leaf] = value
+  ser_dir = str(tmp_path / "ser")
+  metrics = train.train_and_evaluate(ser_config, ser_dir)
+  assert {"ser_ccc_arousal", "ser_rank_accuracy"} <= set(metrics)
+  curve = th.loss_curve(capsys.readouterr().out)
+  values = np.array([curve[s] for s in sorted(curve)])
+  assert values[-3:].mean() < values[:3].mean(), values
+
+  clap_config = th.tiny_config(data_dir, **{"model.speech_init": ser_dir})
+  mesh, _, model = _setup(clap_config)
+  optimizer = train.make_optimizer(clap_config)
+  state, _ = train.create_train_state(model, clap_config, mesh, optimizer, jax.random.key(0))
+  _, ser_params = pretrained.read_workdir_params(ser_dir)
+  for a, b in zip(jax.tree.leaves(ser_params["speech_tower"]),
+                  jax.tree.leaves(jax.device_get(state.params["speech_tower"])), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+  wrong = th.tiny_config(data_dir, **{"model.speech_init": ser_dir, "model.speech_arch": "wav2vec2"})
+  mesh, _, model = _setup(wrong)
+  with pytest.raises(pretrained.TowerMismatchError, match="speech_tower"):
+    train.create_train_state(model, wrong, mesh, train.make_optimizer(wrong), jax.random.key(0))
