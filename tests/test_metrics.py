@@ -1,0 +1,389 @@
+"""erclap.metrics against independent references: scipy, naive loops, brute force and hand-computed cases."""
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from erclap import metrics
+
+
+def scipy_tau(x, y):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # scipy warns on constant input (tau undefined -> NaN)
+    return stats.kendalltau(x, y).statistic
+
+
+# ---------------------------------------------------------------------------------------------- Kendall tau-b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int16])
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 9, 100, 257])
+def test_kendall_tau_b_rows_matches_scipy_with_ties(dtype, n):
+  rng = np.random.default_rng(n)
+  x = rng.integers(0, 5, (6, n)).astype(dtype)                           # heavy ties
+  y = np.round(rng.normal(size=(6, n)) * 2, rng.integers(0, 3)).astype(dtype)
+  y[0] = rng.permutation(n).astype(dtype)                                 # one row without ties
+  x[1] = np.arange(n)
+  got = metrics.kendall_tau_b_rows(x, y)
+  want = np.array([scipy_tau(x[i], y[i]) for i in range(6)])
+  np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_kendall_tau_b_rows_hand_cases():
+  a = np.arange(10.0)
+  assert metrics.kendall_tau_b_rows(a, a)[0] == pytest.approx(1.0)
+  assert metrics.kendall_tau_b_rows(a, -a)[0] == pytest.approx(-1.0)
+  # x = 1 2 3 4, y = 1 1 2 3: 5 concordant pairs, the (1, 2) pair tied in y: 5 / sqrt(6 * 5).
+  assert metrics.kendall_tau_b_rows([1, 2, 3, 4], [1, 1, 2, 3])[0] == pytest.approx(5 / math.sqrt(30))
+  # Negative values, -0.0 vs 0.0 as a tie, through the float32 bit-pattern path.
+  x = np.array([-2.0, -0.0, 0.0, 1.5], np.float32)
+  y = np.array([3.0, 1.0, 2.0, 0.0], np.float32)
+  assert metrics.kendall_tau_b_rows(x, y)[0] == pytest.approx(scipy_tau(x, y))
+  # Broadcasting one y against many rows; constant rows and n < 2 are undefined (NaN, as scipy).
+  out = metrics.kendall_tau_b_rows(np.stack([a, -a, np.ones(10)]), a)
+  np.testing.assert_allclose(out, [1.0, -1.0, np.nan])
+  assert np.isnan(metrics.kendall_tau_b_rows([1.0], [2.0])[0])
+  with pytest.raises(ValueError, match="x"):
+    metrics.kendall_tau_b_rows([1.0, np.nan], [1.0, 2.0])
+  with pytest.raises(ValueError, match="broadcast"):
+    metrics.kendall_tau_b_rows(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+# ------------------------------------------------------------------------------------------------ ordinality
+
+
+def test_ordinal_consistency_matches_scipy_loop():
+  rng = np.random.default_rng(0)
+  a_lab = rng.integers(4, 29, 9) / 4.0            # quarter steps: many exactly equal distances
+  c_lab = rng.integers(4, 29, 37) / 4.0
+  sim = rng.normal(size=(9, 37)).astype(np.float32) - 0.3 * np.abs(a_lab[:, None] - c_lab[None, :])
+  mean, per_anchor = metrics.ordinal_consistency(sim, a_lab, c_lab, return_per_anchor=True)
+  want = [scipy_tau(sim[i], -np.round(np.abs(a_lab[i] - c_lab), 6)) for i in range(9)]
+  np.testing.assert_allclose(per_anchor, want, atol=1e-12)
+  assert mean == pytest.approx(np.mean(want))
+
+
+def test_ordinal_consistency_hand_cases_and_errors():
+  y = np.array([1.0, 2.5, 4.0, 5.5, 7.0, 3.1])
+  d = np.abs(y[:, None] - y[None, :])
+  assert metrics.ordinal_consistency(-d, y, y) == pytest.approx(1.0)   # similarity falls with distance
+  assert metrics.ordinal_consistency(d, y, y) == pytest.approx(-1.0)
+  # Equal distances must tie even when float rounding splits them: |1.1 - 1.0| vs |1.2 - 1.1|.
+  y2 = np.array([1.1, 1.0, 1.2])
+  assert abs(1.1 - 1.0) != abs(1.2 - 1.1)
+  sim = np.array([[0.0, 1.0, 0.5]])        # tau-b with the two candidates at distance 0.1 tied
+  got = metrics.ordinal_consistency(sim, y2[:1], y2)
+  assert got == pytest.approx(scipy_tau(sim[0], [0.0, -0.1, -0.1]))
+  assert got != pytest.approx(scipy_tau(sim[0], -np.abs(y2[0] - y2)))
+  with pytest.raises(ValueError, match="sim"):
+    metrics.ordinal_consistency(np.zeros((2, 3)), [1.0, 2.0], [1.0, 2.0])
+  with pytest.raises(ValueError, match="anchor_labels"):
+    metrics.ordinal_consistency(np.zeros((2, 3)), np.zeros((2, 1)), [1.0, 2.0, 3.0])
+
+
+def test_prompt_ordinal_consistency_constructed():
+  rng = np.random.default_rng(1)
+  values = rng.uniform(1, 7, 60)
+  levels = np.linspace(1, 7, 5)
+  good = -np.abs(values[None, :] - levels[:, None])              # each prompt prefers clips near its level
+  r = metrics.prompt_ordinal_consistency(good, levels, values)
+  np.testing.assert_allclose(r["tau_per_prompt"], [scipy_tau(good[k], values) for k in range(5)], atol=1e-12)
+  np.testing.assert_array_equal(r["expected_sign"], [-1, -1, 0, 1, 1])
+  want_signed = np.mean([-r["tau_per_prompt"][0], -r["tau_per_prompt"][1], r["tau_per_prompt"][3],
+                         r["tau_per_prompt"][4]])
+  assert r["signed_tau"] == pytest.approx(want_signed)
+  assert r["tau_per_prompt"][0] == pytest.approx(-1.0) and r["tau_per_prompt"][4] == pytest.approx(1.0)
+  assert r["distance_tau"] == pytest.approx(1.0)
+  assert r["monotone"] and r["order_tau"] == pytest.approx(1.0)
+  top = np.argsort(good[0])[::-1][:6]          # top 10% of 60 clips
+  assert r["top_clip_values"][0] == pytest.approx(values[top].mean())
+  flipped = metrics.prompt_ordinal_consistency(good[::-1], levels, values)    # prompts in reverse order
+  assert not flipped["monotone"] and flipped["order_tau"] == pytest.approx(-1.0)
+  assert flipped["signed_tau"] == pytest.approx(-r["signed_tau"])
+  with pytest.raises(ValueError, match="prompt_sim"):
+    metrics.prompt_ordinal_consistency(good[:4], levels, values)
+
+
+# ------------------------------------------------------------------------------------------- retrieval tau
+
+
+def _pool(values_per_query, clip_values, reverse=False):
+  """Query q retrieves (top-1) the clip whose value is closest to its value (or the mirrored one)."""
+  target = 8.0 - values_per_query if reverse else values_per_query
+  return -np.abs(target[:, None] - clip_values[None, :])
+
+
+def test_retrieval_kendall_tau_perfect_and_reversed():
+  clips = np.repeat(np.arange(1.0, 8.0), 3) + np.tile([0.0, 0.01, -0.01], 7)
+  query_values = np.repeat(np.arange(1.0, 8.0), 4)                 # 7 levels x 4 wordings
+  r = metrics.retrieval_kendall_tau(_pool(query_values, clips), query_values, clips)
+  assert r["tau"] == pytest.approx(1.0) and r["tau_std"] == pytest.approx(0.0)
+  assert (r["num_levels"], r["num_draws"], r["top_k"], r["num_undefined"]) == (5, 200, 1, 0)
+  rev = metrics.retrieval_kendall_tau(_pool(query_values, clips, True), query_values, clips, num_levels=3,
+                                      num_draws=50, top_k=3)
+  assert rev["tau"] == pytest.approx(-1.0)
+  assert (rev["num_levels"], rev["num_draws"], rev["top_k"]) == (3, 50, 3)
+
+
+def test_retrieval_kendall_tau_small_cases_by_hand():
+  clips = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+  # Three levels, one wording each, K = 3: every draw is the same set -> tau = scipy's on that set.
+  # level 1 -> clip 2.0, level 4 -> clip 1.0, level 7 -> clip 5.0 (top-1).
+  sim = np.full((3, 5), -1.0)
+  sim[0, 1], sim[1, 0], sim[2, 4] = 1.0, 1.0, 1.0
+  r = metrics.retrieval_kendall_tau(sim, [1.0, 4.0, 7.0], clips, num_levels=3, num_draws=20)
+  assert r["tau"] == pytest.approx(scipy_tau([1, 4, 7], [2, 1, 5]))          # = 1/3
+  assert r["tau"] == pytest.approx(1 / 3)
+  # top_k = 2: level 1 -> mean(2, 3) = 2.5, level 4 -> mean(1, 4) = 2.5 (tie), level 7 -> mean(5, 3) = 4.
+  sim[0, 2], sim[1, 3], sim[2, 2] = 0.5, 0.5, 0.5
+  r2 = metrics.retrieval_kendall_tau(sim, [1.0, 4.0, 7.0], clips, num_levels=3, num_draws=5, top_k=2)
+  assert r2["tau"] == pytest.approx(scipy_tau([1, 4, 7], [2.5, 2.5, 4.0]))
+  # Two wordings per level, one right and one reversed: the mean over draws approaches the average over the
+  # 2**3 equally likely wording choices (exhaustive reference).
+  values = np.array([1.0, 1.0, 4.0, 4.0, 7.0, 7.0])
+  retrieved = {0: 1.0, 1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0, 5: 1.0}          # query id -> retrieved clip value
+  sim6 = np.full((6, 5), -1.0)
+  for q, v in retrieved.items():
+    sim6[q, int(v) - 1] = 1.0
+  exhaustive = np.mean([scipy_tau([1, 4, 7], [retrieved[a], retrieved[b], retrieved[c]])
+                        for a, b, c in itertools.product((0, 1), (2, 3), (4, 5))])
+  r3 = metrics.retrieval_kendall_tau(sim6, values, clips, num_levels=3, num_draws=4000, seed=3)
+  assert r3["tau"] == pytest.approx(exhaustive, abs=0.04)
+
+
+def test_retrieval_kendall_tau_undefined_and_errors():
+  clips = np.array([1.0, 2.0, 3.0])
+  sim = np.zeros((4, 3))
+  sim[:, 0] = 1.0                                              # every description retrieves the same clip
+  r = metrics.retrieval_kendall_tau(sim, [1.0, 2.0, 3.0, 4.0], clips, num_levels=3, num_draws=10)
+  assert r["tau"] == 0.0 and r["num_undefined"] == 10
+  with pytest.raises(ValueError, match="num_levels"):
+    metrics.retrieval_kendall_tau(sim, [1.0, 2.0, 3.0, 4.0], clips, num_levels=5)
+  with pytest.raises(ValueError, match="top_k"):
+    metrics.retrieval_kendall_tau(sim, [1.0, 2.0, 3.0, 4.0], clips, num_levels=3, top_k=4)
+  with pytest.raises(ValueError, match="query_sim"):
+    metrics.retrieval_kendall_tau(sim, [1.0, 2.0, 3.0], clips, num_levels=3)
+
+
+# ---------------------------------------------------------------------------------------------- modality gap
+
+
+def loop_mmd(x, y):
+  """Unbiased squared MMD by explicit loops, bandwidth = median pairwise distance of the pooled set."""
+  z = np.concatenate([x, y])
+  dists = [np.linalg.norm(z[i] - z[j]) for i in range(len(z)) for j in range(i + 1, len(z))]
+  sigma = np.median(dists)
+
+  def k(a, b):
+    return math.exp(-np.sum((a - b) ** 2) / (2 * sigma ** 2))
+
+  m, n = len(x), len(y)
+  kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+  kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+  return kxx + kyy - 2 * kxy
+
+
+def test_mmd_matches_loop():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(7, 3)), rng.normal(size=(9, 3)) + 0.7
+  assert metrics.mmd(x, y) == pytest.approx(loop_mmd(x, y), rel=1e-10)
+  same = rng.normal(size=(200, 4))
+  shifted = metrics.mmd(same[:100], same[100:] + 1.0)
+  assert abs(metrics.mmd(same[:100], same[100:])) < 0.05 * shifted
+  with pytest.raises(ValueError, match="feature"):
+    metrics.mmd(x, y[:, :2])
+  with pytest.raises(ValueError, match="bandwidth"):
+    metrics.mmd(np.ones((3, 2)), np.ones((3, 2)))
+
+
+def test_wasserstein_exact_matches_brute_force_and_assignment():
+  rng = np.random.default_rng(3)
+  x, y = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)) + 0.5
+  xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+  yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+  brute = min(np.mean([np.linalg.norm(xn[i] - yn[p[i]]) for i in range(5)])
+              for p in itertools.permutations(range(5)))
+  r = metrics.wasserstein(x, y)
+  assert r.method == "exact" and r.num_points == 5 and r.value == pytest.approx(brute, rel=1e-12)
+  x, y = rng.normal(size=(30, 6)), rng.normal(size=(30, 6))
+  xn, yn = metrics.l2_normalize(x), metrics.l2_normalize(y)
+  cost = np.linalg.norm(xn[:, None] - yn[None], axis=-1)
+  rows, cols = optimize.linear_sum_assignment(cost)
+  assert metrics.wasserstein(x, y).value == pytest.approx(cost[rows, cols].mean(), rel=1e-10)
+  with pytest.raises(ValueError, match="equal-size"):
+    metrics.wasserstein(x, y[:20])
+
+
+def test_wasserstein_sliced_estimate():
+  rng = np.random.default_rng(4)
+  # D = 1 without normalisation: every projection is +-1, so the sliced value is the exact 1-D W1.
+  x, y = rng.normal(size=(50, 1)), rng.normal(size=(50, 1)) * 2 + 1
+  sliced = metrics.wasserstein(x, y, exact_max_n=0, num_projections=8, normalize=False)
+  assert sliced.method == "sliced" and sliced.num_projections == 8
+  assert sliced.value == pytest.approx(np.abs(np.sort(x[:, 0]) - np.sort(y[:, 0])).mean(), rel=1e-10)
+  # D = 16: a lower bound on the exact W1, in the same units, and zero for identical clouds.
+  x, y = rng.normal(size=(300, 16)), rng.normal(size=(300, 16)) + 0.3
+  exact = metrics.wasserstein(x, y).value
+  est = metrics.wasserstein(x, y, exact_max_n=100, num_projections=400).value
+  assert 0.2 * exact < est <= exact * 1.02
+  assert metrics.wasserstein(x, x, exact_max_n=100).value == pytest.approx(0.0, abs=1e-12)
+  u = rng.normal(size=(200_000, 16))
+  assert np.abs(u[:, 0] / np.linalg.norm(u, axis=1)).mean() == pytest.approx(metrics.sliced_scale(16), rel=0.01)
+
+
+# ------------------------------------------------------------------------------------------------- retrieval
+
+
+def test_recall_at_k_matches_naive_ranking():
+  rng = np.random.default_rng(5)
+  n = 25
+  sim = rng.normal(size=(n, n)) + 2.0 * np.eye(n) * rng.uniform(0, 1, n)
+  r = metrics.recall_at_k(sim, ks=(1, 5, 10))
+  for direction, m in (("s2t", sim), ("t2s", sim.T)):
+    ranks = [list(np.argsort(-m[i])).index(i) for i in range(n)]
+    for k in (1, 5, 10):
+      assert r[f"r{k}_{direction}"] == pytest.approx(np.mean([rank < k for rank in ranks]))
+  # All similarities equal: a uniformly random tie break finds the match at rank < k with chance k / n.
+  flat = metrics.recall_at_k(np.zeros((8, 8)), ks=(1, 2))
+  assert flat["r1_s2t"] == pytest.approx(1 / 8) and flat["r2_t2s"] == pytest.approx(2 / 8)
+  with pytest.raises(ValueError, match="square"):
+    metrics.recall_at_k(np.zeros((3, 4)))
+
+
+def test_ndcg_at_k_matches_naive_loop():
+  rng = np.random.default_rng(6)
+  a_lab, c_lab = rng.uniform(1, 7, (6, 3)), rng.uniform(1, 7, (40, 3))
+  sim = rng.normal(size=(6, 40))
+
+  def naive(k, sigma):
+    scores = []
+    for i in range(6):
+      rel = [math.exp(-np.abs(a_lab[i] - c_lab[j]).sum() / sigma) for j in range(40)]
+      ranked = sorted(range(40), key=lambda j: -sim[i, j])
+      dcg = sum(rel[j] / math.log2(r + 2) for r, j in enumerate(ranked[:k]))
+      idcg = sum(v / math.log2(r + 2) for r, v in enumerate(sorted(rel, reverse=True)[:k]))
+      scores.append(dcg / idcg)
+    return np.mean(scores)
+
+  assert metrics.ndcg_at_k(sim, a_lab, c_lab, k=10, sigma=1.0) == pytest.approx(naive(10, 1.0))
+  assert metrics.ndcg_at_k(sim, a_lab, c_lab, k=3, sigma=2.5) == pytest.approx(naive(3, 2.5))
+  assert metrics.ndcg_at_k(sim, a_lab, c_lab, k=100) == pytest.approx(naive(40, 1.0))   # k clipped to C
+  ideal_sim = -np.abs(a_lab[:, None] - c_lab[None]).sum(-1)
+  assert metrics.ndcg_at_k(ideal_sim, a_lab, c_lab) == pytest.approx(1.0)
+  # 1-D labels work too.
+  assert metrics.ndcg_at_k(sim, a_lab[:, 0], c_lab[:, 0]) <= 1.0
+  with pytest.raises(ValueError, match="sim"):
+    metrics.ndcg_at_k(sim[:, :5], a_lab, c_lab)
+
+
+# ------------------------------------------------------------------------------------ emotion recognition
+
+
+def test_ccc_hand_cases():
+  x = np.array([1.0, 2.0, 3.0, 4.0])
+  assert metrics.ccc(x, x) == pytest.approx(1.0)
+  assert metrics.ccc(x, -x + 5) == pytest.approx(-1.0)
+  v = x.var()
+  assert metrics.ccc(x, x + 1) == pytest.approx(2 * v / (2 * v + 1))    # shift: cov v, bias term 1
+  both = metrics.ccc(np.stack([x, x], 1), np.stack([x, x + 1], 1))
+  np.testing.assert_allclose(both, [1.0, 2 * v / (2 * v + 1)])
+  with pytest.raises(ValueError, match="shapes"):
+    metrics.ccc(x, x[:3])
+
+
+def test_zero_shot_attribute_prediction():
+  levels = np.array([1.0, 2.5, 4.0, 5.5, 7.0])
+  sim = np.full((5, 3), -1.0)
+  sim[4, 0], sim[0, 1], sim[2, 2] = 1.0, 1.0, 1.0
+  np.testing.assert_allclose(metrics.zero_shot_attribute_prediction(sim, levels, temperature=0.01),
+                             [7.0, 1.0, 4.0], atol=1e-6)
+  # Softmax weighting by hand for one clip.
+  s = np.array([[0.1], [0.3], [0.2], [0.0], [0.4]])
+  w = np.exp(s[:, 0] / 0.1) / np.exp(s[:, 0] / 0.1).sum()
+  assert metrics.zero_shot_attribute_prediction(s, levels, temperature=0.1)[0] == pytest.approx(w @ levels)
+  with pytest.raises(ValueError, match="prompt_levels"):
+    metrics.zero_shot_attribute_prediction(sim, levels[:4])
+
+
+@pytest.mark.parametrize("n,d", [(40, 6), (10, 25)])   # primal (D <= N) and dual (D > N) forms
+def test_ridge_fit_matches_augmented_least_squares(n, d):
+  rng = np.random.default_rng(n)
+  x, y = rng.normal(size=(n, d)), rng.normal(size=(n, 3))
+  alpha = 0.7
+  w, b = metrics.ridge_fit(x, y, alpha)
+  # Independent reference: unpenalised intercept column, ridge rows sqrt(alpha) I appended.
+  aug_x = np.concatenate([np.concatenate([x, np.ones((n, 1))], 1),
+                          np.concatenate([np.sqrt(alpha) * np.eye(d), np.zeros((d, 1))], 1)])
+  aug_y = np.concatenate([y, np.zeros((d, 3))])
+  sol = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
+  np.testing.assert_allclose(w, sol[:d], atol=1e-10)
+  np.testing.assert_allclose(b, sol[d], atol=1e-10)
+
+
+def test_ridge_probe_recovers_linear_targets():
+  rng = np.random.default_rng(7)
+  true_w = rng.normal(size=(8, 3))
+  tr, te = rng.normal(size=(200, 8)), rng.normal(size=(50, 8))
+  got = metrics.ridge_probe(tr, tr @ true_w + 4.0, te, te @ true_w + 4.0, alpha=1e-6)
+  np.testing.assert_allclose(got, [1.0, 1.0, 1.0], atol=1e-6)
+  noise = metrics.ridge_probe(tr, rng.normal(size=(200, 3)), te, rng.normal(size=(50, 3)))
+  assert np.all(np.abs(noise) < 0.4)
+  with pytest.raises(ValueError, match="test_x"):
+    metrics.ridge_probe(tr, tr @ true_w, te[:, :5], te @ true_w)
+
+
+# ------------------------------------------------------------------------------------------------- summarize
+
+
+def test_summarize_keys_and_consistency():
+  rng = np.random.default_rng(8)
+  n, d = 48, 16
+  labels = rng.uniform(1, 7, (n, 3))
+  direction = rng.normal(size=(3, d))
+  speech = labels @ direction + 0.5 * rng.normal(size=(n, d))
+  text = labels @ direction + 0.5 * rng.normal(size=(n, d))
+  levels = np.linspace(1, 7, 5)
+  prompts = {a: np.outer(levels, direction[i]) + rng.normal(size=(5, d)) for i, a in
+             enumerate(("arousal", "valence"))}
+  def described(i, values):  # label rows with attribute i at the values and the others neutral (4)
+    rows = np.full((len(values), 3), 4.0)
+    rows[:, i] = values
+    return rows @ direction
+
+  queries = {a: described(i, np.repeat(np.arange(1.0, 8.0), 2)) for i, a in enumerate(("arousal", "valence"))}
+  query_values = {a: np.repeat(np.arange(1.0, 8.0), 2) for a in queries}
+  train = rng.uniform(1, 7, (60, 3))
+  out = metrics.summarize(
+      speech, text, labels, prompt_embeddings=prompts, prompt_levels={a: levels for a in prompts},
+      query_embeddings=queries, query_values=query_values, train_speech=train @ direction, train_labels=train,
+      retrieval_levels=5, retrieval_draws=30, retrieval_top_k=1, seed=0)
+  expected = {"num_clips", "aoc_s2t", "aoc_t2s", "aoc_mean", "voc_s2t", "voc_t2s", "voc_mean", "mmd",
+              "wasserstein", "wasserstein_sliced", "ndcg10_s2t", "ndcg10_t2s", "ndcg10_mean",
+              "ccc_probe_arousal", "ccc_probe_valence", "ccc_probe_dominance", "ccc_probe_mean",
+              "retrieval_num_levels", "retrieval_num_draws", "retrieval_top_k"}
+  expected |= {f"r{k}_{w}" for k in (1, 5, 10) for w in ("s2t", "t2s")}
+  for a in ("arousal", "valence"):
+    expected |= {f"ccc_zero_shot_{a}", f"prompt_tau_{a}", f"prompt_distance_tau_{a}", f"prompt_order_tau_{a}",
+                 f"prompt_monotone_{a}", f"retrieval_tau_{a}", f"retrieval_tau_std_{a}"}
+  assert set(out) == expected
+  assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
+  s, t = metrics.l2_normalize(speech), metrics.l2_normalize(text)
+  sim = s @ t.T
+  assert out["aoc_s2t"] == pytest.approx(metrics.ordinal_consistency(sim, labels[:, 0], labels[:, 0]))
+  assert out["voc_t2s"] == pytest.approx(metrics.ordinal_consistency(sim.T, labels[:, 1], labels[:, 1]))
+  assert out["mmd"] == pytest.approx(metrics.mmd(s, t))
+  assert out["r1_s2t"] == pytest.approx(metrics.recall_at_k(sim)["r1_s2t"])
+  assert out["aoc_mean"] > 0.1 and out["retrieval_tau_arousal"] > 0.5      # the labels drive both modalities
+  assert out["ccc_probe_arousal"] > 0.5
+  minimal = metrics.summarize(speech, text, labels)
+  assert "ccc_probe_mean" not in minimal and "retrieval_tau_arousal" not in minimal
+  with pytest.raises(ValueError, match="labels"):
+    metrics.summarize(speech, text, labels[:, :2])
+  with pytest.raises(ValueError, match="attribute"):
+    metrics.summarize(speech, text, labels, query_embeddings={"joy": queries["arousal"]},
+                      query_values={"joy": query_values["arousal"]})
