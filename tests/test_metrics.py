@@ -363,7 +363,7 @@ def test_summarize_keys_and_consistency():
       query_embeddings=queries, query_values=query_values, train_speech=train @ direction, train_labels=train,
       retrieval_levels=5, retrieval_draws=30, retrieval_top_k=1, seed=0)
   expected = {"num_clips", "aoc_s2t", "aoc_t2s", "aoc_mean", "voc_s2t", "voc_t2s", "voc_mean", "mmd",
-              "wasserstein", "wasserstein_sliced", "ndcg10_s2t", "ndcg10_t2s", "ndcg10_mean",
+              "wasserstein", "wasserstein_num_points", "wasserstein_sliced", "ndcg10_s2t", "ndcg10_t2s", "ndcg10_mean",
               "ccc_probe_arousal", "ccc_probe_valence", "ccc_probe_dominance", "ccc_probe_mean",
               "retrieval_num_levels", "retrieval_num_draws", "retrieval_top_k"}
   expected |= {f"r{k}_{w}" for k in (1, 5, 10) for w in ("s2t", "t2s")}
@@ -377,6 +377,10 @@ def test_summarize_keys_and_consistency():
   assert out["aoc_s2t"] == pytest.approx(metrics.ordinal_consistency(sim, labels[:, 0], labels[:, 0]))
   assert out["voc_t2s"] == pytest.approx(metrics.ordinal_consistency(sim.T, labels[:, 1], labels[:, 1]))
   assert out["mmd"] == pytest.approx(metrics.mmd(s, t))
+  assert out["wasserstein"] == pytest.approx(metrics.wasserstein(s, t).value)
+  assert out["wasserstein_num_points"] == n and out["wasserstein_sliced"] <= out["wasserstein"]
+  small = metrics.summarize(speech, text, labels, exact_wasserstein_max_n=20)   # exact W1 on 20 of 48 pairs
+  assert small["wasserstein_num_points"] == 20 and 0.5 < small["wasserstein"] / out["wasserstein"] < 2.0
   assert out["r1_s2t"] == pytest.approx(metrics.recall_at_k(sim)["r1_s2t"])
   assert out["aoc_mean"] > 0.1 and out["retrieval_tau_arousal"] > 0.5      # the labels drive both modalities
   assert out["ccc_probe_arousal"] > 0.5
