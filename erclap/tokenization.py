@@ -1,0 +1,126 @@
+"""Tokenisers: a word-level one over the description vocabulary, or a checkpoint's own (HF, offline).
+
+``build_tokenizer(config.model, max_length)`` returns a picklable callable (it runs inside grain worker
+processes): ``tokenizer(texts) -> {"input_ids": int32 (B, L), "attention_mask": int32 (B, L)}``, padded /
+truncated to ``max_length``, with ``.vocab_size`` and ``.pad_id``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0..3
+PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 1, 2, 3
+
+
+def _build_word_level(vocabulary: Sequence[str], max_length: int):
+  from tokenizers import Tokenizer as HFTokenizer
+  from tokenizers import models, normalizers, pre_tokenizers, processors
+
+  vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+  for word in vocabulary:
+    word = str(word).lower().strip()
+    if word and word not in vocab:
+      vocab[word] = len(vocab)
+  tok = HFTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                               pre_tokenizers.Punctuation(behavior="isolated")])
+  tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID),
+                                                                                               ("[SEP]", SEP_ID)])
+  tok.enable_truncation(max_length)
+  tok.enable_padding(pad_id=PAD_ID, pad_token="[PAD]", length=max_length)
+  return tok
+
+
+class Tokenizer:
+  """Picklable: pickles its recipe (vocabulary or directory), rebuilds the backend lazily in each process."""
+
+  def __init__(self, *, max_length: int, vocabulary: Sequence[str] | None = None, path: str | None = None):
+    if int(max_length) < 2:
+      raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
+    if (vocabulary is None) == (path is None):
+      raise ValueError("give exactly one of vocabulary= (word-level) or path= (a HF tokenizer directory)")
+    self.max_length = int(max_length)
+    self.vocabulary = None if vocabulary is None else tuple(str(w) for w in vocabulary)
+    self.path = path
+    self._backend = None
+    if path is not None and not os.path.isdir(path):
+      raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (model.tokenizer / model.text_init)")
+    self._load()
+
+  def _load(self):
+    if self._backend is None:
+      if self.vocabulary is not None:
+        self._backend = _build_word_level(self.vocabulary, self.max_length)
+      else:
+        from transformers import AutoTokenizer
+
+        try:
+          self._backend = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError) as e:
+          raise ValueError(f"cannot load a tokenizer from {self.path!r} (offline): {e}") from e
+    return self._backend
+
+  def __getstate__(self):
+    return dict(max_length=self.max_length, vocabulary=self.vocabulary, path=self.path)
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._backend = None
+
+  @property
+  def vocab_size(self) -> int:
+    backend = self._load()
+    return backend.get_vocab_size() if self.vocabulary is not None else len(backend)
+
+  @property
+  def pad_id(self) -> int:
+    if self.vocabulary is not None:
+      return PAD_ID
+    pad = self._load().pad_token_id
+    if pad is None:
+      raise ValueError(f"the tokenizer in {self.path!r} has no pad token")
+    return int(pad)
+
+  def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    if isinstance(texts, str):
+      raise TypeError("texts must be a list of strings, not one string")
+    texts = [str(t) for t in texts]
+    b, length = len(texts), self.max_length
+    if b == 0:
+      return dict(input_ids=np.zeros((0, length), np.int32), attention_mask=np.zeros((0, length), np.int32))
+    backend = self._load()
+    if self.vocabulary is not None:
+      encodings = backend.encode_batch(texts)
+      ids = np.asarray([e.ids for e in encodings], np.int32)
+      mask = np.asarray([e.attention_mask for e in encodings], np.int32)
+    else:
+      out = backend(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+      ids, mask = out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def build_word_tokenizer(vocabulary: Sequence[str], max_length: int) -> Tokenizer:
+  return Tokenizer(max_length=max_length, vocabulary=vocabulary)
+
+
+def build_tokenizer(model_config, max_length: int, *, vocabulary: Sequence[str] | None = None) -> Tokenizer:
+  """The tokenizer ``model_config.tokenizer`` names: "descriptions" (word level over
+  ``erclap.descriptions.vocabulary()``, or ``vocabulary`` if given) or a local HF directory ("" with a HF
+  ``text_init``: that checkpoint's tokenizer)."""
+  name = model_config.get("tokenizer", "descriptions") or model_config.get("text_init", "")
+  if name == "descriptions":
+    if vocabulary is None:
+      from erclap import descriptions  # written by the data side; imported lazily
+
+      vocabulary = descriptions.vocabulary()
+    return build_word_tokenizer(vocabulary, max_length)
+  if vocabulary is not None:
+    raise ValueError(f"vocabulary= only applies to model.tokenizer='descriptions', not {name!r}")
+  if not name:
+    raise ValueError("model.tokenizer is empty: use 'descriptions' or a Hugging Face tokenizer directory")
+  return Tokenizer(max_length=max_length, path=name)
