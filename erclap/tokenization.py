@@ -29,8 +29,8 @@ def _build_word_level(vocabulary: Sequence[str], max_length: int):
   tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
   tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                pre_tokenizers.Punctuation(behavior="isolated")])
-  tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID),
-                                                                                               ("[SEP]", SEP_ID)])
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
   tok.enable_truncation(max_length)
   tok.enable_padding(pad_id=PAD_ID, pad_token="[PAD]", length=max_length)
   return tok
@@ -49,7 +49,8 @@ class Tokenizer:
     self.path = path
     self._backend = None
     if path is not None and not os.path.isdir(path):
-      raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (model.tokenizer / model.text_init)")
+      raise FileNotFoundError(f"tokenizer directory {path!r} does not exist "
+                              f"(model.tokenizer / model.text_init)")
     self._load()
 
   def _load(self):

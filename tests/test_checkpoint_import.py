@@ -1,4 +1,4 @@
-"""HF checkpoint import proven against transformers' PyTorch models (the oracle; erclap never imports torch)."""
+"""HF checkpoint import proven against transformers' PyTorch models (the oracle; erclap never imports it)."""
 
 import importlib.util
 import os
@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _model_config():
   """configs/default.py's config.model (loaded by path: the repository root need not be on sys.path)."""
-  spec = importlib.util.spec_from_file_location("_erclap_default_config", os.path.join(ROOT, "configs", "default.py"))
+  spec = importlib.util.spec_from_file_location("_erclap_default_config",
+                                                os.path.join(ROOT, "configs", "default.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config().model
@@ -63,7 +64,8 @@ def _speech_case(kind: str, style: dict):
   if kind == "wav2vec2":
     return transformers.Wav2Vec2Config(**SPEECH_COMMON, **style), transformers.Wav2Vec2Model
   if kind == "hubert":
-    return transformers.HubertConfig(**SPEECH_COMMON, **style, feat_proj_layer_norm=False), transformers.HubertModel
+    config = transformers.HubertConfig(**SPEECH_COMMON, **style, feat_proj_layer_norm=False)
+    return config, transformers.HubertModel
   return (transformers.WavLMConfig(**SPEECH_COMMON, **style, num_buckets=16, max_bucket_distance=40),
           transformers.WavLMModel)
 
@@ -78,8 +80,9 @@ def _padded_audio(lengths, seed=0):
   return audio, mask
 
 
-@pytest.mark.parametrize("kind,style", [("wav2vec2", BASE_STYLE), ("wav2vec2", LARGE_STYLE), ("hubert", BASE_STYLE),
-                                        ("wavlm", BASE_STYLE), ("wavlm", LARGE_STYLE)])
+@pytest.mark.parametrize("kind,style", [("wav2vec2", BASE_STYLE), ("wav2vec2", LARGE_STYLE),
+                                        ("hubert", BASE_STYLE), ("wavlm", BASE_STYLE),
+                                        ("wavlm", LARGE_STYLE)])
 def test_speech_models_match_pytorch_on_padded_batches(tmp_path, kind, style):
   torch.manual_seed(0)
   config, cls = _speech_case(kind, style)
@@ -92,8 +95,10 @@ def test_speech_models_match_pytorch_on_padded_batches(tmp_path, kind, style):
   assert arch.do_stable_layer_norm == style["do_stable_layer_norm"]
   audio, mask = _padded_audio([4000, 2500, 3130])
   with torch.no_grad():
-    want = torch_model(torch.from_numpy(audio), attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
-  hidden, frame_mask = jax.jit(lambda p, a, m: SpeechEncoder(arch).apply({"params": p}, a, m))(params, audio, mask)
+    want = torch_model(torch.from_numpy(audio),
+                       attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+  encode = jax.jit(lambda p, a, m: SpeechEncoder(arch).apply({"params": p}, a, m))
+  hidden, frame_mask = encode(params, audio, mask)
   hidden, frame_mask = np.asarray(hidden), np.asarray(frame_mask)
   lengths = [arch.num_frames(int(n)) for n in mask.sum(1)]
   np.testing.assert_array_equal(frame_mask.sum(1), lengths)
@@ -105,9 +110,10 @@ def test_speech_models_match_pytorch_on_padded_batches(tmp_path, kind, style):
 
 def test_roberta_matches_pytorch_on_padded_batches(tmp_path):
   torch.manual_seed(0)
-  config = transformers.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=40, max_position_embeddings=40, pad_token_id=1,
-                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1)
+  config = transformers.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=40, max_position_embeddings=40,
+                                      pad_token_id=1, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0, type_vocab_size=1)
   torch_model = transformers.RobertaModel(config, add_pooling_layer=True).eval()
   _perturb(torch_model, 2)
   path = _save(torch_model, tmp_path, "roberta")
@@ -213,6 +219,7 @@ def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
   small = _model_config()  # tiny preset towers: the checkpoint does not fit
   small.text_init = _minilm_dir()
   tiny = models.build_clap_model(_model_config(), vocab_size=30522)
-  tiny_params = jax.tree.map(np.asarray, nn.meta.unbox(tiny.init(jax.random.key(0), audio, mask, ids, tmask)["params"]))
+  tiny_params = nn.meta.unbox(tiny.init(jax.random.key(0), audio, mask, ids, tmask)["params"])
+  tiny_params = jax.tree.map(np.asarray, tiny_params)
   with pytest.raises(checkpoints.CheckpointImportError, match="shape"):
     checkpoints.init_from_pretrained(tiny_params, small)

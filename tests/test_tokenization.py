@@ -35,8 +35,8 @@ def test_word_level_ids_padding_truncation_and_unknowns():
   np.testing.assert_array_equal(out["input_ids"][0], want0)
   # Truncated to 8 with [SEP] kept last.
   w = word_id
-  np.testing.assert_array_equal(out["input_ids"][1], [2, w["speaker"], w["sounds"], w["very"], w["very"], w["very"],
-                                                      w["angry"], 3])
+  want1 = [2, w["speaker"], w["sounds"], w["very"], w["very"], w["very"], w["angry"], 3]
+  np.testing.assert_array_equal(out["input_ids"][1], want1)
   np.testing.assert_array_equal(out["input_ids"][2], [2, 3, 0, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(out["attention_mask"][2], [1, 1, 0, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(out["attention_mask"][0], np.ones(8))

@@ -8,4 +8,5 @@ from erclap.checkpoints.hf_import import (
     read_safetensors,
 )
 
-__all__ = ["CheckpointImportError", "convert_tensors", "import_hf_model", "init_from_pretrained", "read_safetensors"]
+__all__ = ["CheckpointImportError", "convert_tensors", "import_hf_model", "init_from_pretrained",
+           "read_safetensors"]

@@ -21,8 +21,8 @@ from erclap.models.text import padded_vocab_size
 
 # Present in many checkpoints but unused by an encoder tower: task heads, pre-training modules, buffers.
 IGNORED_PREFIXES = ("pooler.", "lm_head.", "cls.", "classifier.", "projector.", "quantizer.", "project_q.",
-                    "project_hid.", "masked_spec_embed", "embeddings.position_ids", "final_proj.", "label_embs_concat",
-                    "dropout.", "qa_outputs.")
+                    "project_hid.", "masked_spec_embed", "embeddings.position_ids", "final_proj.",
+                    "label_embs_concat", "qa_outputs.")
 MODEL_PREFIXES = ("wav2vec2.", "hubert.", "wavlm.", "bert.", "roberta.")
 
 
@@ -45,7 +45,8 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     for name in files:
       tensors.update(load_file(os.path.join(path, name)))
     return tensors
-  if any(os.path.isfile(os.path.join(path, n)) for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+  torch_files = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+  if any(os.path.isfile(os.path.join(path, n)) for n in torch_files):
     raise FileNotFoundError(
         f"{path}: only pytorch_model.bin is present. ERCLAP reads safetensors without torch; convert it once "
         f"where torch is installed, e.g. `python -c \"from transformers import AutoModel; "
@@ -175,7 +176,8 @@ def tower_shapes(arch: SpeechArch | TextArch) -> dict[tuple[str, ...], tuple[int
     module = TextEncoder(arch)
     args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
   abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.key(0), *args)["params"]))
-  return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+  return {tuple(k.key for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
 
 
 def _nest(flat: dict[tuple[str, ...], np.ndarray]) -> dict:
@@ -188,8 +190,12 @@ def _nest(flat: dict[tuple[str, ...], np.ndarray]) -> dict:
   return tree
 
 
-def convert_tensors(arch: SpeechArch | TextArch, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> dict:
-  """HF tensors (numpy, HF names) -> the Flax tower's parameter tree (float32 numpy). One error lists all faults."""
+def convert_tensors(arch: SpeechArch | TextArch, tensors: dict[str, np.ndarray],
+                    source: str = "checkpoint") -> dict:
+  """HF tensors (numpy, HF names) -> the Flax tower's parameter tree (float32 numpy).
+
+  One error lists every missing, unexpected and mis-shaped tensor.
+  """
   tensors = _normalise_keys(tensors)
   mapping = speech_mapping(arch) if isinstance(arch, SpeechArch) else text_mapping(arch)
   shapes = tower_shapes(arch)
@@ -232,8 +238,8 @@ def _check_and_merge(tower: str, source: str, target: dict, new: dict) -> dict:
   problems += [f"  shape: {k}: checkpoint {flat_n[k]} vs model {flat_t[k]}"
                for k in sorted(set(flat_t) & set(flat_n)) if flat_t[k] != flat_n[k]]
   if problems:
-    raise CheckpointImportError(f"{source}: its weights do not fit the model's {tower} (was the model built from "
-                                f"this checkpoint's config.json?):\n" + "\n".join(problems))
+    raise CheckpointImportError(f"{source}: its weights do not fit the model's {tower} (was the model "
+                                f"built from this checkpoint's config.json?):\n" + "\n".join(problems))
   return jax.tree.map(lambda t, n: np.asarray(n, dtype=np.asarray(t).dtype), target, new)
 
 

@@ -25,7 +25,8 @@ from erclap.models.text import TextEncoder, padded_vocab_size
 
 __all__ = [
     "CLAPModel", "ProjectionHead", "SERModel", "SpeechArch", "SpeechEncoder", "TextArch", "TextEncoder",
-    "arch_from_hf_config", "build_clap_model", "build_ser_model", "frame_lengths", "hf_arch", "is_hf_model_dir",
-    "l2_normalize", "masked_mean", "normalize_waveform", "padded_vocab_size", "speech_arch_for", "speech_preset",
+    "arch_from_hf_config", "build_clap_model", "build_ser_model", "frame_lengths", "hf_arch",
+    "is_hf_model_dir", "l2_normalize", "masked_mean", "normalize_waveform", "padded_vocab_size",
+    "speech_arch_for", "speech_preset",
     "text_arch_for", "text_preset",
 ]

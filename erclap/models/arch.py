@@ -89,13 +89,14 @@ _SPEECH_PRESETS = {
 }
 
 _TEXT_PRESETS = {
-    ("bert", "tiny"): dict(model_type="bert", hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                           max_position_embeddings=128, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0),
+    ("bert", "tiny"): dict(model_type="bert", hidden_size=128, num_layers=2, num_heads=4,
+                           intermediate_size=256, max_position_embeddings=128, type_vocab_size=2,
+                           layer_norm_eps=1e-12, pad_token_id=0),
     ("bert", "base"): dict(model_type="bert", vocab_size=30522, num_layers=12, max_position_embeddings=512,
                            type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0),
-    ("bert", "large"): dict(model_type="bert", vocab_size=30522, hidden_size=1024, num_layers=24, num_heads=16,
-                            intermediate_size=4096, max_position_embeddings=512, type_vocab_size=2,
-                            layer_norm_eps=1e-12, pad_token_id=0),
+    ("bert", "large"): dict(model_type="bert", vocab_size=30522, hidden_size=1024, num_layers=24,
+                            num_heads=16, intermediate_size=4096, max_position_embeddings=512,
+                            type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0),
     ("roberta", "tiny"): dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
                               max_position_embeddings=130),
     ("roberta", "base"): dict(num_layers=12),
@@ -158,13 +159,15 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json") -> SpeechArch | Te
     norm = cfg.get("feat_extract_norm", "group")
     if norm not in ("group", "layer"):
       raise ValueError(f"{path}: feat_extract_norm={norm!r}: expected 'group' or 'layer'")
-    conv_dim, kernel, stride = (tuple(int(v) for v in cfg[k]) for k in ("conv_dim", "conv_kernel", "conv_stride"))
+    conv_dim, kernel, stride = (tuple(int(v) for v in cfg[k])
+                                for k in ("conv_dim", "conv_kernel", "conv_stride"))
     if not len(conv_dim) == len(kernel) == len(stride):
       raise ValueError(f"{path}: conv_dim, conv_kernel and conv_stride have different lengths")
     return SpeechArch(
         model_type=model_type, hidden_size=int(cfg["hidden_size"]), num_layers=int(cfg["num_hidden_layers"]),
         num_heads=int(cfg["num_attention_heads"]), intermediate_size=int(cfg["intermediate_size"]),
-        conv_dim=conv_dim, conv_kernel=kernel, conv_stride=stride, conv_bias=bool(cfg.get("conv_bias", False)),
+        conv_dim=conv_dim, conv_kernel=kernel, conv_stride=stride,
+        conv_bias=bool(cfg.get("conv_bias", False)),
         feat_extract_norm=norm,
         feat_proj_layer_norm=bool(cfg.get("feat_proj_layer_norm", True)) if model_type == "hubert" else True,
         do_stable_layer_norm=bool(cfg.get("do_stable_layer_norm", False)),
@@ -174,7 +177,8 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json") -> SpeechArch | Te
         hidden_act=_check_activation(path, "hidden_act", cfg.get("hidden_act", "gelu")),
         feat_extract_activation=_check_activation(path, "feat_extract_activation",
                                                   cfg.get("feat_extract_activation", "gelu")),
-        num_buckets=int(cfg.get("num_buckets", 320)), max_bucket_distance=int(cfg.get("max_bucket_distance", 800)),
+        num_buckets=int(cfg.get("num_buckets", 320)),
+        max_bucket_distance=int(cfg.get("max_bucket_distance", 800)),
         # The HF processor, not the model, normalises; large (stable-LN) checkpoints expect it.
         normalize_waveform=bool(cfg.get("do_stable_layer_norm", False)))
   if model_type in ("bert", "roberta"):
@@ -186,7 +190,8 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json") -> SpeechArch | Te
         num_layers=int(cfg["num_hidden_layers"]), num_heads=int(cfg["num_attention_heads"]),
         intermediate_size=int(cfg["intermediate_size"]),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 512)),
-        type_vocab_size=int(cfg.get("type_vocab_size", 2)), layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
+        type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-12)),
         pad_token_id=int(cfg.get("pad_token_id", 0 if model_type == "bert" else 1) or 0),
         hidden_act=_check_activation(path, "hidden_act", cfg.get("hidden_act", "gelu")))
   raise ValueError(f"{path}: model_type={model_type!r} is not supported; use one of "

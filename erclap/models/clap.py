@@ -74,7 +74,8 @@ class CLAPModel(nn.Module):
     kw = dict(dtype=self.dtype, dropout=self.dropout, remat=self.remat)
     self.speech_tower = SpeechEncoder(self.speech_arch, **kw)
     self.text_tower = TextEncoder(self.text_arch, **kw)
-    head = dict(hidden=tuple(self.projection_hidden), out_dim=self.joint_dim, dtype=self.dtype, dropout=self.dropout)
+    head = dict(hidden=tuple(self.projection_hidden), out_dim=self.joint_dim, dtype=self.dtype,
+                dropout=self.dropout)
     self.speech_proj = ProjectionHead(**head)
     self.text_proj = ProjectionHead(**head)
     if not self.temperature_init > 0:
@@ -85,7 +86,8 @@ class CLAPModel(nn.Module):
 
   def pooled_audio(self, audio, audio_mask, *, train: bool = False):
     """The speech tower's pooled output before projection (B, H) float32 (= SERModel's "embedding")."""
-    return _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling, train)
+    return _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling,
+                             train)
 
   def embed_audio(self, audio, audio_mask, *, train: bool = False):
     """audio float32 (B, T) at 16 kHz, audio_mask bool (B, T) -> L2-normalised (B, D) float32."""
@@ -114,13 +116,15 @@ class SERModel(nn.Module):
   speech_pooling: str = "mean"
 
   def setup(self):
-    self.speech_tower = SpeechEncoder(self.speech_arch, dtype=self.dtype, dropout=self.dropout, remat=self.remat)
+    self.speech_tower = SpeechEncoder(self.speech_arch, dtype=self.dtype, dropout=self.dropout,
+                                      remat=self.remat)
     self.ser_head = ProjectionHead(hidden=tuple(self.head_hidden), out_dim=self.num_attributes, out_name=None,
                                    dtype=self.dtype, dropout=self.dropout)
 
   def __call__(self, audio, audio_mask, *, train: bool = False):
     """-> dict(attributes=(B, A) float32, embedding=(B, H) float32 pooled tower output)."""
-    pooled = _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling, train)
+    pooled = _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling,
+                               train)
     return dict(attributes=self.ser_head(pooled, train=train).astype(jnp.float32), embedding=pooled)
 
 
@@ -139,7 +143,8 @@ def speech_arch_for(model_config) -> SpeechArch:
   if is_hf_model_dir(init):
     arch = hf_arch(init)
     if not isinstance(arch, SpeechArch):
-      raise ValueError(f"model.speech_init={init!r} holds a {arch.model_type} (text) model, not a speech model")
+      raise ValueError(f"model.speech_init={init!r} holds a {arch.model_type} (text) model, "
+                       f"not a speech model")
     return arch
   return speech_preset(model_config.size, model_config.speech_arch)
 
@@ -156,7 +161,8 @@ def text_arch_for(model_config, vocab_size: int | None) -> TextArch:
                        f"{arch.vocab_size}: use that checkpoint's tokenizer (model.tokenizer)")
     return arch
   if vocab_size is None:
-    raise ValueError("build_clap_model needs vocab_size (the tokenizer's) when model.text_init is not a HF directory")
+    raise ValueError("build_clap_model needs vocab_size (the tokenizer's) when model.text_init is not a "
+                     "HF directory")
   return text_preset(model_config.size, model_config.text_arch, vocab_size)
 
 
@@ -164,7 +170,8 @@ def build_clap_model(model_config, *, vocab_size: int | None) -> CLAPModel:
   """The CLAP model that ``config.model`` describes (``vocab_size``: the tokenizer's)."""
   return CLAPModel(
       speech_arch=speech_arch_for(model_config), text_arch=text_arch_for(model_config, vocab_size),
-      joint_dim=int(model_config.joint_dim), projection_hidden=tuple(int(h) for h in model_config.projection_hidden),
+      joint_dim=int(model_config.joint_dim),
+      projection_hidden=tuple(int(h) for h in model_config.projection_hidden),
       dropout=float(model_config.dropout), dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
       speech_pooling=model_config.speech_pooling, text_pooling=model_config.text_pooling)
 
@@ -174,4 +181,5 @@ def build_ser_model(model_config) -> SERModel:
   return SERModel(
       speech_arch=speech_arch_for(model_config), num_attributes=int(model_config.num_attributes),
       head_hidden=tuple(int(h) for h in model_config.projection_hidden), dropout=float(model_config.dropout),
-      dtype=_dtype(model_config.dtype), remat=bool(model_config.remat), speech_pooling=model_config.speech_pooling)
+      dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
+      speech_pooling=model_config.speech_pooling)

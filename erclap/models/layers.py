@@ -123,7 +123,8 @@ class SelfAttention(nn.Module):
 
     def proj(name):
       return nn.DenseGeneral((h, dh), dtype=self.dtype, param_dtype=jnp.float32, name=name,
-                             kernel_init=dense_init(("embed", "heads", "kv")), bias_init=zeros_init(("heads", "kv")))
+                             kernel_init=dense_init(("embed", "heads", "kv")),
+                             bias_init=zeros_init(("heads", "kv")))
     q = proj("query")(x) * jnp.asarray(dh ** -0.5, self.dtype)
     k = proj("key")(x)
     v = proj("value")(x)
@@ -150,8 +151,9 @@ class SelfAttention(nn.Module):
     if not self.deterministic and self.dropout > 0:
       probs = nn.Dropout(self.dropout)(probs, deterministic=False)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-    out = nn.DenseGeneral(self.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name="out",
-                          kernel_init=dense_init(("heads", "kv", "embed")), bias_init=zeros_init(("embed",)))(out)
+    out = nn.DenseGeneral(self.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=dense_init(("heads", "kv", "embed")), bias_init=zeros_init(("embed",)),
+                          name="out")(out)
     return out, position_bias
 
 

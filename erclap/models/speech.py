@@ -36,14 +36,10 @@ def normalize_waveform(audio: jax.Array, mask: jax.Array, eps: float = 1e-7) -> 
 def strided_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """VALID 1-D convolution, x (B, T, Cin) * kernel (K, Cin, Cout) with stride -> (B, F, Cout).
 
-  Written as K strided slices and one matmul (im2col): on CPU this is several times faster than XLA's
-  convolution for the few-channel, long-sequence layers at the bottom of the stack, and the same on TPU/GPU.
+  XLA's convolution: an im2col formulation (strided slices or block reshapes + one matmul) measured
+  1.4-2x slower on CPU for both the tiny and the WavLM-base conv stacks.
   """
-  k, c_in, c_out = kernel.shape
-  frames = (x.shape[1] - k) // stride + 1
-  taps = [jax.lax.slice_in_dim(x, j, j + stride * (frames - 1) + 1, stride, axis=1) for j in range(k)]
-  patches = jnp.concatenate(taps, axis=-1) if c_in > 1 else jnp.stack([t[..., 0] for t in taps], axis=-1)
-  return patches @ kernel.reshape(k * c_in, c_out)
+  return jax.lax.conv_general_dilated(x, kernel, (stride,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
 
 
 class GroupNormPerChannel(nn.Module):
@@ -77,7 +73,8 @@ class FeatureExtractor(nn.Module):
                           jnp.float32)
       x = strided_conv(x, kernel.astype(self.dtype), s)
       if a.conv_bias:
-        x = x + self.param(f"conv_{i}_bias", layers.zeros_init(("conv_out",)), (c,), jnp.float32).astype(self.dtype)
+        bias = self.param(f"conv_{i}_bias", layers.zeros_init(("conv_out",)), (c,), jnp.float32)
+        x = x + bias.astype(self.dtype)
       if a.feat_extract_norm == "layer":
         x = layers.LayerNorm(1e-5, self.dtype, name=f"conv_{i}_norm")(x)
       elif i == 0:
@@ -107,8 +104,8 @@ class PositionalConv(nn.Module):
     bias = self.param("bias", layers.zeros_init(("embed",)), (e,), jnp.float32)
     # Padding k//2 on both sides; an even kernel drops the last output frame (HF's SamePadLayer).
     pad = (k // 2, k // 2 - 1 if k % 2 == 0 else k // 2)
-    y = jax.lax.conv_general_dilated(x, w.astype(self.dtype), (1,), [pad], dimension_numbers=("NWC", "WIO", "NWC"),
-                                     feature_group_count=g)
+    y = jax.lax.conv_general_dilated(x, w.astype(self.dtype), (1,), [pad],
+                                     dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=g)
     return layers.activation(a.feat_extract_activation)(y + bias.astype(self.dtype))
 
 

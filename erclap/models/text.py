@@ -28,8 +28,8 @@ class TextEncoder(nn.Module):
   def __call__(self, input_ids, attention_mask, *, train: bool = False):
     a = self.arch
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-      raise ValueError(f"input_ids must be (B, L) with attention_mask of the same shape; got {input_ids.shape} "
-                       f"and {attention_mask.shape}")
+      raise ValueError(f"input_ids must be (B, L) with attention_mask of the same shape; got "
+                       f"{input_ids.shape} and {attention_mask.shape}")
     length = input_ids.shape[1]
     mask = attention_mask.astype(bool)
     if a.model_type == "roberta":
@@ -48,7 +48,8 @@ class TextEncoder(nn.Module):
                       embedding_init=layers.dense_init((axis, "embed")))
     x = embed(padded_vocab_size(a.vocab_size), "word_embeddings", "vocab")(input_ids.astype(jnp.int32))
     x = x + embed(a.max_position_embeddings, "position_embeddings", "length")(positions)
-    x = x + embed(a.type_vocab_size, "token_type_embeddings", None)(jnp.zeros_like(input_ids, dtype=jnp.int32))
+    token_types = jnp.zeros_like(input_ids, dtype=jnp.int32)
+    x = x + embed(a.type_vocab_size, "token_type_embeddings", None)(token_types)
     x = layers.LayerNorm(a.layer_norm_eps, self.dtype, name="embeddings_norm")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     layer_cls = layers.layer_class(self.remat)
