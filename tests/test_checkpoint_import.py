@@ -223,3 +223,18 @@ def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
   tiny_params = jax.tree.map(np.asarray, tiny_params)
   with pytest.raises(checkpoints.CheckpointImportError, match="shape"):
     checkpoints.init_from_pretrained(tiny_params, small)
+
+
+def test_presets_match_the_hf_architectures_they_stand_for():
+  """base = WavLM-base-plus class (HF WavLMConfig defaults), large = WavLM-large class (LN convs, pre-LN)."""
+  base = models.arch_from_hf_config(transformers.WavLMConfig().to_dict())
+  assert base == models.speech_preset("base", "wavlm")
+  large_cfg = transformers.WavLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                       intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
+                                       conv_bias=True).to_dict()
+  assert models.arch_from_hf_config(large_cfg) == models.speech_preset("large", "wavlm")
+  distil = transformers.RobertaConfig(num_hidden_layers=6, vocab_size=50265, max_position_embeddings=514,
+                                      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1).to_dict()
+  assert models.arch_from_hf_config(distil) == models.text_preset("base", "distilroberta", 50265)
+  with pytest.raises(ValueError, match="model_type='gpt2'"):
+    models.arch_from_hf_config(dict(model_type="gpt2"))
