@@ -1,0 +1,283 @@
+"""TFDS builders (ArrayRecord output, no TensorFlow needed) for the embedded, MSP-Podcast and IEMOCAP corpora.
+
+All three write the same record schema: "id" (text), "audio" (int16 PCM at 16 kHz, stored as raw bytes),
+"arousal" / "valence" / "dominance" (float32 on 1–7), "class_id" (int32, -1 = no categorical label) and
+"speaker" (text).
+
+* ``ErclapEmbedded``: the synthetic corpus of ``erclap.data.embedded``; its builder config is named after a
+  hash of the corpus spec, so a changed spec builds a new corpus beside the old one.
+* ``ErclapMspPodcast``: MSP-Podcast v1.10–1.12 layout in the manual dir: ``Audios/*.wav`` and
+  ``Labels/labels_consensus.csv`` (FileName, EmoClass, EmoAct, EmoVal, EmoDom, SpkrID, Gender, Split_Set).
+  Splits: Train -> train, Development -> validation, Test1 -> test, Test2 -> test2, Test3 -> test3 (those
+  present). Labels are already on 1–7. EmoClass N H S A U F D C O -> class ids 0..8, X (no agreement) -> -1.
+* ``ErclapIemocap``: ``Session1..5/sentences/wav/<dialog>/<utterance>.wav`` and
+  ``Session*/dialog/EmoEvaluation/*.txt`` lines ``[start - end]<TAB>utt<TAB>cat<TAB>[V, A, D]`` on 1–5,
+  mapped linearly to 1–7 (y = 1.5 x - 0.5, so 1 -> 1, 3 -> 4, 5 -> 7). Written as splits
+  ``session<k>_<F|M>`` (speaker gender of the utterance); ``erclap.data.get_data_source`` composes the
+  leave-one-session-out folds from them. Categories neu hap sad ang exc fru sur fea dis oth -> 0..9,
+  xxx (no agreement) -> -1.
+
+Unreadable or missing audio files are counted and skipped while their fraction of the corpus stays within
+``unreadable_audio_tolerance`` (reported at the end of the build); beyond it the build fails naming the
+files. Bad label rows (missing columns, NaN, out-of-range values) always fail, naming file and row.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import math
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from erclap.data import audio as audio_io
+from erclap.data import embedded
+
+SAMPLE_RATE = 16000
+MSP_COLUMNS = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
+MSP_SPLITS = {"Train": "train", "Development": "validation", "Test1": "test", "Test2": "test2",
+              "Test3": "test3"}
+MSP_CLASSES = ("N", "H", "S", "A", "U", "F", "D", "C", "O")
+MSP_NO_CLASS = ("X",)
+IEMOCAP_CLASSES = ("neu", "hap", "sad", "ang", "exc", "fru", "sur", "fea", "dis", "oth")
+IEMOCAP_NO_CLASS = ("xxx",)
+_IEMOCAP_LINE = re.compile(r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+\[([^\]]*)\]\s*$")
+
+
+def features() -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "id": tfds.features.Text(),
+      # Raw int16 bytes: a variable-length int16 Tensor would otherwise be stored as int64 varints.
+      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
+      "arousal": tfds.features.Scalar(dtype=np.float32),
+      "valence": tfds.features.Scalar(dtype=np.float32),
+      "dominance": tfds.features.Scalar(dtype=np.float32),
+      "class_id": tfds.features.Scalar(dtype=np.int32),
+      "speaker": tfds.features.Text(),
+  })
+
+
+class ErclapEmbedded(tfds.core.GeneratorBasedBuilder):
+  """The synthetic corpus (see ``erclap.data.embedded``)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Source-filter synthesis, SYNTHESIS_VERSION 1."}
+
+  def __init__(self, *, spec: embedded.EmbeddedSpec, **kwargs):
+    self._spec = spec
+    config = tfds.core.BuilderConfig(name=spec.config_name(), description=repr(spec))
+    super().__init__(config=config, **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=features(), description=embedded.__doc__,
+                                          metadata=tfds.core.MetadataDict(spec=repr(self._spec)))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in embedded.SPLITS}
+
+  def _generate_examples(self, split):
+    spec = self._spec
+    speaker_list = embedded.speakers(spec)
+    for index in range(spec.split_size(split)):
+      example = embedded.generate_example(spec, split, index, speaker_list)
+      yield example["id"], example
+
+
+class _SkipCounter:
+  """Counts unreadable audio; raises once the tolerated fraction of ``total`` is exceeded."""
+
+  def __init__(self, corpus: str, total: int, tolerance: float):
+    if not 0.0 <= tolerance <= 1.0:
+      raise ValueError(f"data.unreadable_audio_tolerance must be in [0, 1], got {tolerance}")
+    self.corpus, self.total, self.tolerance = corpus, max(total, 1), tolerance
+    self.skipped: list[str] = []
+
+  def read(self, path: str) -> np.ndarray | None:
+    try:
+      return audio_io.read_audio(path, SAMPLE_RATE)
+    except audio_io.AudioReadError as e:
+      self.skipped.append(str(e))
+      if len(self.skipped) > math.floor(self.tolerance * self.total):
+        shown = "\n  ".join(self.skipped[:10])
+        raise ValueError(
+            f"{self.corpus}: {len(self.skipped)} unreadable audio file(s) of {self.total} exceed "
+            f"data.unreadable_audio_tolerance={self.tolerance}:\n  {shown}") from e
+      return None
+
+  def report(self) -> str:
+    if not self.skipped:
+      return f"{self.corpus}: all {self.total} audio files read."
+    shown = "\n  ".join(self.skipped[:10])
+    return (f"{self.corpus}: skipped {len(self.skipped)} unreadable audio file(s) of {self.total} "
+            f"(tolerance {self.tolerance}):\n  {shown}")
+
+
+def _label(value: str, *, low: float, high: float, where: str, column: str) -> float:
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: {column}={value!r} is not a number") from None
+  if not math.isfinite(x) or not low <= x <= high:
+    raise ValueError(f"{where}: {column}={value!r} is NaN or outside {low:g}..{high:g}")
+  return x
+
+
+class _ManualCorpus(tfds.core.GeneratorBasedBuilder):
+  """Shared parts of the licensed corpora: manual dir, skip counting."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Set data.manual_dir to the directory holding the licensed corpus."
+
+  def __init__(self, *, unreadable_audio_tolerance: float = 0.0, **kwargs):
+    self._tolerance = float(unreadable_audio_tolerance)
+    self.skip_counter: _SkipCounter | None = None
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(features=features(), description=self.__doc__)
+
+
+class ErclapMspPodcast(_ManualCorpus):
+  """MSP-Podcast (v1.10–1.12 layout; users bring the licensed audio)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _split_generators(self, dl_manager):
+    root = os.fspath(dl_manager.manual_dir)
+    rows = parse_msp_labels(os.path.join(root, "Labels", "labels_consensus.csv"))
+    self.skip_counter = _SkipCounter("msp_podcast", len(rows), self._tolerance)
+    by_split: dict[str, list[dict]] = {}
+    for row in rows:
+      by_split.setdefault(row["split"], []).append(row)
+    return {split: self._generate_examples(root, split_rows) for split, split_rows in by_split.items()}
+
+  def _generate_examples(self, root, rows):
+    for row in rows:
+      wave = self.skip_counter.read(os.path.join(root, "Audios", row["file"]))
+      if wave is None:
+        continue
+      yield row["id"], {"id": row["id"], "audio": audio_io.to_int16(wave), "arousal": row["arousal"],
+                        "valence": row["valence"], "dominance": row["dominance"],
+                        "class_id": row["class_id"], "speaker": row["speaker"]}
+
+
+def parse_msp_labels(path: str) -> list[dict]:
+  """labels_consensus.csv -> validated rows (id, file, split, arousal, valence, dominance, class_id, speaker)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"msp_podcast: label file {path} not found (expected <manual_dir>/Labels/"
+                     f"labels_consensus.csv)")
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in MSP_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+      raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+    rows = []
+    for line, raw in enumerate(reader, start=2):  # line 1 is the header
+      where = f"{path} row {line} ({raw.get('FileName')})"
+      if not raw["FileName"]:
+        raise ValueError(f"{where}: empty FileName")
+      split = MSP_SPLITS.get(raw["Split_Set"].strip())
+      if split is None:
+        raise ValueError(f"{where}: Split_Set={raw['Split_Set']!r} is not one of {sorted(MSP_SPLITS)}")
+      cls = raw["EmoClass"].strip()
+      if cls in MSP_CLASSES:
+        class_id = MSP_CLASSES.index(cls)
+      elif cls in MSP_NO_CLASS:
+        class_id = -1
+      else:
+        raise ValueError(f"{where}: EmoClass={cls!r} is not one of {MSP_CLASSES + MSP_NO_CLASS}")
+      labels = [_label(raw[c], low=1.0, high=7.0, where=where, column=c) for c in ("EmoAct", "EmoVal", "EmoDom")]
+      file = raw["FileName"].strip()
+      rows.append(dict(id=os.path.splitext(file)[0], file=file, split=split, arousal=np.float32(labels[0]),
+                       valence=np.float32(labels[1]), dominance=np.float32(labels[2]),
+                       class_id=np.int32(class_id), speaker=str(raw["SpkrID"]).strip()))
+  if not rows:
+    raise ValueError(f"{path}: no label rows")
+  return rows
+
+
+def iemocap_to_seven(x: float) -> float:
+  """IEMOCAP's 1–5 scale -> 1–7, linearly (1 -> 1, 3 -> 4, 5 -> 7)."""
+  return 1.5 * x - 0.5
+
+
+def parse_iemocap_evaluation(path: str) -> list[dict]:
+  """One EmoEvaluation txt -> rows (id, category, arousal, valence, dominance on 1–7)."""
+  rows = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.startswith("["):  # annotator lines (C-E1: ..., A-F1: ...) and blank separators
+        continue
+      m = _IEMOCAP_LINE.match(line.rstrip("\n"))
+      if m is None:
+        raise ValueError(f"{path} line {line_no}: cannot parse {line.strip()!r} (expected "
+                         f"'[start - end]<TAB>utterance<TAB>category<TAB>[V, A, D]')")
+      utt, cat, vad = m.group(3), m.group(4), m.group(5)
+      parts = [p.strip() for p in vad.split(",")]
+      where = f"{path} line {line_no} ({utt})"
+      if len(parts) != 3:
+        raise ValueError(f"{where}: expected 3 values [V, A, D], got {vad!r}")
+      v, a, d = (_label(p, low=1.0, high=5.0, where=where, column=c) for p, c in zip(parts, "VAD", strict=True))
+      if cat in IEMOCAP_CLASSES:
+        class_id = IEMOCAP_CLASSES.index(cat)
+      elif cat in IEMOCAP_NO_CLASS:
+        class_id = -1
+      else:
+        raise ValueError(f"{where}: category {cat!r} is not one of {IEMOCAP_CLASSES + IEMOCAP_NO_CLASS}")
+      rows.append(dict(id=utt, arousal=np.float32(iemocap_to_seven(a)), valence=np.float32(iemocap_to_seven(v)),
+                       dominance=np.float32(iemocap_to_seven(d)), class_id=np.int32(class_id)))
+  return rows
+
+
+class ErclapIemocap(_ManualCorpus):
+  """IEMOCAP (users bring the licensed audio); splits session<k>_<F|M>."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _split_generators(self, dl_manager):
+    root = os.fspath(dl_manager.manual_dir)
+    sessions = sorted(d for d in glob.glob(os.path.join(root, "Session[1-9]")) if os.path.isdir(d))
+    if not sessions:
+      raise ValueError(f"iemocap: no Session1..Session5 directories in manual dir {root}")
+    by_split: dict[str, list[dict]] = {}
+    for session_dir in sessions:
+      k = int(os.path.basename(session_dir)[len("Session"):])
+      txts = sorted(glob.glob(os.path.join(session_dir, "dialog", "EmoEvaluation", "*.txt")))
+      if not txts:
+        raise ValueError(f"iemocap: no EmoEvaluation/*.txt under {session_dir}/dialog")
+      for txt in txts:
+        for row in parse_iemocap_evaluation(txt):
+          gender = row["id"].split("_")[-1][:1].upper()
+          if gender not in ("F", "M"):
+            raise ValueError(f"{txt}: utterance {row['id']!r} does not end in _F### or _M###")
+          dialog = row["id"].rsplit("_", 1)[0]
+          row["path"] = os.path.join(session_dir, "sentences", "wav", dialog, row["id"] + ".wav")
+          row["speaker"] = f"Ses{k:02d}{gender}"
+          by_split.setdefault(f"session{k}_{gender}", []).append(row)
+    total = sum(len(v) for v in by_split.values())
+    self.skip_counter = _SkipCounter("iemocap", total, self._tolerance)
+    return {split: self._generate_examples(rows) for split, rows in sorted(by_split.items())}
+
+  def _generate_examples(self, rows):
+    for row in rows:
+      wave = self.skip_counter.read(row["path"])
+      if wave is None:
+        continue
+      yield row["id"], {"id": row["id"], "audio": audio_io.to_int16(wave), "arousal": row["arousal"],
+                        "valence": row["valence"], "dominance": row["dominance"],
+                        "class_id": row["class_id"], "speaker": row["speaker"]}
+
+
+def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> None:
+  """download_and_prepare without statistics (they need TensorFlow) and without downloads."""
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                        compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  builder.download_and_prepare(download_config=config, file_format="array_record")
+  counter = getattr(builder, "skip_counter", None)
+  if counter is not None:
+    logging.info("%s", counter.report())
+    print(counter.report(), flush=True)

@@ -1,0 +1,281 @@
+"""Grain input pipeline: stored corpus -> seeded shuffle -> per-process shard -> decode -> crop/pad ->
+description -> batch -> tokenize (-> multiprocess prefetch).
+
+Training (``create_train_iterator``) is infinite: an IndexSampler reshuffles every epoch from
+``config.seed``, each JAX process reads only its shard, and every random choice (crop offset, which of the
+example's descriptions) comes from the per-record generator Grain derives from the seed and the record's
+position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly.
+Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
+variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
+
+Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
+``config.data.max_text_tokens``)::
+
+  audio float32 (B, T)   audio_mask bool (B, T)   input_ids int32 (B, L)   attention_mask int32 (B, L)
+  labels float32 (B, 3) (arousal, valence, dominance)   class_id int32 (B,)   valid bool (B,)
+  eval only: id (B,) numpy object array of str, description list[str]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from erclap import descriptions as desc_lib
+
+LABEL_NAMES = ("arousal", "valence", "dominance")
+
+
+def num_samples(seconds: float, sample_rate: int) -> int:
+  t = int(round(float(seconds) * int(sample_rate)))
+  if t < 1:
+    raise ValueError(f"crop length {seconds} s at {sample_rate} Hz is shorter than one sample")
+  return t
+
+
+def _to_float(audio: np.ndarray) -> np.ndarray:
+  audio = np.asarray(audio)
+  if audio.dtype == np.int16:
+    return audio.astype(np.float32) * (1.0 / 32768.0)
+  return audio.astype(np.float32)
+
+
+def crop_or_pad(audio: np.ndarray, length: int, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(T0,) waveform -> ((length,) float32, (length,) bool valid-sample mask).
+
+  Longer clips are cut at ``start`` (centre when None); shorter ones are zero-padded at the end."""
+  wave = _to_float(audio)
+  n = wave.shape[0]
+  if n >= length:
+    s = (n - length) // 2 if start is None else int(start)
+    if not 0 <= s <= n - length:
+      raise ValueError(f"crop start {s} outside 0..{n - length}")
+    return np.ascontiguousarray(wave[s:s + length]), np.ones(length, bool)
+  out, mask = np.zeros(length, np.float32), np.zeros(length, bool)
+  out[:n], mask[:n] = wave, True
+  return out, mask
+
+
+class DescriptionPicker:
+  """Chooses an example's description: from LLM-written ones (JSONL) or from its template variants."""
+
+  def __init__(self, data_config, seed: int, ids: list[str] | None = None, *, source_name: str = ""):
+    self.per_example = int(data_config.descriptions_per_example)
+    if self.per_example < 1:
+      raise ValueError(f"data.descriptions_per_example must be >= 1, got {self.per_example}")
+    self.seed = int(seed)
+    self.table = None
+    if data_config.descriptions != "templates":
+      table = desc_lib.load_jsonl(data_config.descriptions)
+      if ids is not None:
+        desc_lib.check_coverage(table, ids, source=source_name or data_config.descriptions)
+        wanted = set(ids)
+        table = {k: v for k, v in table.items() if k in wanted}  # smaller pickles for grain workers
+      self.table = table
+
+  def texts(self, record: dict) -> list[str]:
+    if self.table is not None:
+      try:
+        return self.table[record["id"]]
+      except KeyError:
+        raise ValueError(f"example id {record['id']!r} has no LLM-written description") from None
+    a, v, d = (float(record[k]) for k in LABEL_NAMES)
+    return [desc_lib.describe(a, v, d, variant=k)
+            for k in desc_lib.example_variants(record["id"], self.per_example, self.seed)]
+
+  def pick(self, record: dict, rng: np.random.Generator | None) -> str:
+    """rng None: the first (deterministic, for evaluation); otherwise a uniform draw."""
+    if self.table is not None:
+      texts = self.texts(record)
+      return texts[0] if rng is None else texts[int(rng.integers(len(texts)))]
+    variants = desc_lib.example_variants(record["id"], self.per_example, self.seed)
+    k = 0 if rng is None else variants[int(rng.integers(len(variants)))]
+    a, v, d = (float(record[key]) for key in LABEL_NAMES)
+    return desc_lib.describe(a, v, d, variant=k)
+
+
+def _example(record: dict, audio: np.ndarray, mask: np.ndarray, text: str, valid: bool = True) -> dict:
+  return {
+      "audio": audio, "audio_mask": mask, "text": text,
+      "labels": np.array([record[k] for k in LABEL_NAMES], np.float32),
+      "class_id": np.int32(record["class_id"]), "valid": np.bool_(valid),
+  }
+
+
+def _tokenize_batch(batch: dict, tokenizer: Callable, max_tokens: int) -> dict:
+  texts = [str(t) for t in batch.pop("text")]
+  tok = tokenizer(texts)
+  ids, attn = np.asarray(tok["input_ids"], np.int32), np.asarray(tok["attention_mask"], np.int32)
+  if ids.shape != (len(texts), max_tokens) or attn.shape != ids.shape:
+    raise ValueError(f"tokenizer returned input_ids {ids.shape} / attention_mask {attn.shape}; expected "
+                     f"({len(texts)}, {max_tokens}) (padded to data.max_text_tokens)")
+  batch["input_ids"], batch["attention_mask"] = ids, attn
+  return batch
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= int(process_index) < int(process_count):
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  return int(process_index), int(process_count)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _grain():
+  import grain
+
+  return grain
+
+
+class _TrainExample:
+  """RandomMap: record -> cropped audio, mask, labels and one description (Grain's per-record rng)."""
+
+  def __init__(self, length: int, picker: DescriptionPicker):
+    self.length, self.picker = length, picker
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    n = int(np.asarray(record["audio"]).shape[0])
+    start = int(rng.integers(0, n - self.length + 1)) if n > self.length else 0
+    audio, mask = crop_or_pad(record["audio"], self.length, start)
+    return _example(record, audio, mask, self.picker.pick(record, rng))
+
+
+class _Tokenize:
+  def __init__(self, tokenizer: Callable, max_tokens: int):
+    self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+  def map(self, batch: dict) -> dict:
+    return _tokenize_batch(batch, self.tokenizer, self.max_tokens)
+
+
+def _grain_transforms():
+  grain = _grain()
+
+  class TrainExample(_TrainExample, grain.transforms.RandomMap):
+    pass
+
+  class Tokenize(_Tokenize, grain.transforms.Map):
+    pass
+
+  return TrainExample, Tokenize
+
+
+# Grain needs subclasses of its transform bases; build them once at import of this module's users.
+_TrainExampleT, _TokenizeT = None, None
+
+
+def _transform_classes():
+  global _TrainExampleT, _TokenizeT
+  if _TrainExampleT is None:
+    _TrainExampleT, _TokenizeT = _grain_transforms()
+  return _TrainExampleT, _TokenizeT
+
+
+def create_train_iterator(config, tokenizer: Callable, *, process_index: int | None = None,
+                          process_count: int | None = None):
+  """Infinite, seeded, per-process-sharded iterator of training batches (a grain DataLoader iterator,
+  with get_state()/set_state()); batch size config.train.global_batch_size // process_count."""
+  from erclap import data
+
+  grain = _grain()
+  pi, pc = _process(process_index, process_count)
+  d = config.data
+  global_bs = int(config.train.global_batch_size)
+  if global_bs % pc:
+    raise ValueError(f"config.train.global_batch_size={global_bs} is not a multiple of process_count={pc}")
+  local_bs = global_bs // pc
+  source = data.get_data_source(d, d.train_split)
+  if len(source) < pc:
+    raise ValueError(f"split {d.train_split!r} has {len(source)} examples, fewer than {pc} processes")
+  ids = source_ids(source) if d.descriptions != "templates" else None
+  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{d.train_split}")
+  train_example, tokenize = _transform_classes()
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shuffle=True, num_epochs=None, seed=int(config.seed),
+      shard_options=grain.sharding.ShardOptions(shard_index=pi, shard_count=pc, drop_remainder=True))
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[train_example(num_samples(d.max_seconds, d.sample_rate), picker),
+                  grain.transforms.Batch(batch_size=local_bs, drop_remainder=True),
+                  tokenize(tokenizer, int(d.max_text_tokens))],
+      worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
+      read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(local_bs, 16)))
+  return iter(loader)
+
+
+def source_ids(source) -> list[str]:
+  """Every record id of a source (reads the records once)."""
+  if hasattr(source, "ids"):
+    return list(source.ids())
+  return [source[i]["id"] for i in range(len(source))]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class EvalIterator:
+  """One pass over a split: this process's contiguous slice, fixed-size batches, padded last batch.
+
+  Every process yields the same number of batches (collectives in the consumer stay in step)."""
+
+  def __init__(self, source, picker: DescriptionPicker, tokenizer: Callable, *, batch_size: int, length: int,
+               max_tokens: int, process_index: int, process_count: int):
+    self.source, self.picker, self.tokenizer = source, picker, tokenizer
+    self.batch_size, self.length, self.max_tokens = batch_size, length, max_tokens
+    n = len(source)
+    per = math.ceil(n / process_count)
+    self.start, self.stop = min(process_index * per, n), min((process_index + 1) * per, n)
+    self.num_batches = max(1, math.ceil(per / batch_size))
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict]:
+    for b in range(self.num_batches):
+      lo = self.start + b * self.batch_size
+      rows, ids, texts = [], [], []
+      for i in range(lo, lo + self.batch_size):
+        if i < self.stop:
+          record = self.source[i]
+          audio, mask = crop_or_pad(record["audio"], self.length)
+          text = self.picker.pick(record, None)
+          rows.append(_example(record, audio, mask, text))
+          ids.append(record["id"])
+        else:  # padding row: masked out everywhere
+          blank = {"arousal": 0.0, "valence": 0.0, "dominance": 0.0, "class_id": -1}
+          rows.append(_example(blank, np.zeros(self.length, np.float32), np.zeros(self.length, bool), "",
+                               valid=False))
+          ids.append("")
+        texts.append(rows[-1]["text"])
+      batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "text"}
+      batch["text"] = texts
+      batch = _tokenize_batch(batch, self.tokenizer, self.max_tokens)
+      batch["id"] = np.array(ids, dtype=object)
+      batch["description"] = texts
+      yield batch
+
+
+def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size: int,
+                         process_index: int | None = None, process_count: int | None = None) -> EvalIterator:
+  """Iterates ``split`` exactly once (this process's share) in batches of ``batch_size`` (per process)."""
+  from erclap import data
+
+  pi, pc = _process(process_index, process_count)
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  d = config.data
+  source = data.get_data_source(d, split)
+  ids = source_ids(source) if d.descriptions != "templates" else None
+  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
+  seconds = float(d.eval_max_seconds) or float(d.max_seconds)
+  return EvalIterator(source, picker, tokenizer, batch_size=int(batch_size),
+                      length=num_samples(seconds, d.sample_rate), max_tokens=int(d.max_text_tokens),
+                      process_index=pi, process_count=pc)
