@@ -1,0 +1,144 @@
+"""Template descriptions, level prompts, vocabulary, JSONL loading and the prompt-request tool."""
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from erclap import descriptions as d
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _level_of(attribute, text):
+  """Which level phrase of ``attribute`` occurs in ``text`` (longest match wins: "very calm" over "calm")."""
+  found = [(len(phrase), i + 1) for phrases in d.LEVEL_PHRASES[attribute] for i, phrase in enumerate(phrases)
+           if re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", text.lower())]
+  assert found, (attribute, text)
+  return max(found)[1]
+
+
+def test_monotone_wording_every_variant():
+  """Higher arousal (others fixed) never gets a phrase of a lower level, in every variant; same for v and d."""
+  values = np.linspace(1.0, 7.0, 25)
+  for variant in range(d.NUM_VARIANTS):
+    for attribute in d.ATTRIBUTES:
+      got = []
+      for x in values:
+        labels = {"arousal": 4.0, "valence": 4.0, "dominance": 4.0, attribute: x}
+        text = d.describe(labels["arousal"], labels["valence"], labels["dominance"], variant=variant)
+        got.append(_level_of(attribute, text))
+      assert got == sorted(got), (variant, attribute, got)
+      assert got[0] == 1 and got[-1] == 7
+
+
+def test_every_level_reachable_and_level_word():
+  for attribute in d.ATTRIBUTES:
+    words = [d.level_word(attribute, x) for x in (1.0, 1.6, 2.4, 3.2, 4.0, 4.6, 5.5, 6.6, 7.0)]
+    assert len(set(words)) == 7
+    assert d.level_word(attribute, 0.2) == d.level_word(attribute, 1.0)  # clipped to the scale
+    assert d.level_word(attribute, 9.0) == d.level_word(attribute, 7.0)
+  assert d.level_word("arousal", 7) == "extremely excited" and d.level_word("arousal", 1) == "very calm"
+  assert [d.level(x) for x in (1.49, 1.5, 3.5, 6.51)] == [1, 2, 4, 7]
+  with pytest.raises(ValueError, match="attribute="):
+    d.level_word("pleasure", 3.0)
+  with pytest.raises(ValueError, match="finite"):
+    d.describe(float("nan"), 4.0, 4.0, variant=0)
+
+
+def test_variants_are_distinct_and_deterministic():
+  texts = [d.describe(6.0, 2.0, 5.0, variant=k) for k in range(d.NUM_VARIANTS)]
+  assert len(set(texts)) == d.NUM_VARIANTS >= 24
+  assert d.describe(6.0, 2.0, 5.0, variant=3) == texts[3] == d.describe(6.0, 2.0, 5.0, variant=3 + d.NUM_VARIANTS)
+  assert all(" a a" not in t and " a e" not in t.lower() for t in texts)  # articles fixed ("an extremely")
+  ids = d.example_variants("utt-1", 8, seed=0)
+  assert len(set(ids)) == 8 and ids == d.example_variants("utt-1", 8, seed=0)
+  assert ids != d.example_variants("utt-2", 8, seed=0)
+
+
+def test_vocabulary_covers_every_output():
+  vocab = set(d.vocabulary())
+  assert all(w == w.lower() for w in vocab) and "," in vocab and "." in vocab
+  for variant, (a, v, dd) in itertools.product(range(d.NUM_VARIANTS), itertools.product(range(1, 8), repeat=3)):
+    if (a + v + dd + variant) % 5 == 0:  # a fifth of the 12k combinations keeps the test fast
+      assert set(d.words(d.describe(a, v, dd, variant=variant))) <= vocab
+  for attribute in d.ATTRIBUTES:
+    for prompt in d.level_prompts(attribute):
+      assert set(d.words(prompt)) <= vocab
+
+
+def test_vocabulary_with_the_real_tokenizer_has_no_unknown_words():
+  from erclap import tokenization
+
+  tok = tokenization.build_word_tokenizer(d.vocabulary(), 40)
+  texts = [d.describe(a, v, 8 - a, variant=k) for k in range(d.NUM_VARIANTS) for a, v in ((1, 7), (7, 1), (4, 4))]
+  out = tok(texts)
+  assert not np.any(out["input_ids"] == tokenization.UNK_ID)
+
+
+def test_level_prompts():
+  assert d.level_prompts("arousal") == ["very low arousal", "low arousal", "somewhat low arousal",
+                                        "medium arousal", "somewhat high arousal", "high arousal",
+                                        "very high arousal"]
+  assert d.level_prompts("valence", 3) == ["very low valence", "medium valence", "very high valence"]
+  with pytest.raises(ValueError, match="num_levels"):
+    d.level_prompts("valence", 9)
+
+
+def test_attribute_queries_vary_only_the_attribute():
+  values = [1.0, 3.0, 5.0, 7.0]
+  texts = d.attribute_queries("valence", values, num_wordings=3, seed=4)
+  assert len(texts) == 12
+  assert texts == d.attribute_queries("valence", values, num_wordings=3, seed=4)
+  for w in range(3):
+    group = [texts[i * 3 + w] for i in range(4)]
+    assert [_level_of("valence", t) for t in group] == [1, 3, 5, 7]
+    assert {_level_of("arousal", t) for t in group} == {4} and {_level_of("dominance", t) for t in group} == {4}
+
+
+def test_jsonl_round_trip_and_errors(tmp_path):
+  table = {"utt-1": ["A calm voice.", "Quiet and slow."], "utt-2": ["Très animé !"]}
+  path = str(tmp_path / "desc.jsonl")
+  d.write_jsonl(path, table)
+  assert d.load_jsonl(path) == table
+  d.check_coverage(table, ["utt-1", "utt-2"])
+  with pytest.raises(ValueError, match=r"2 example id\(s\) of corpus:train .*'utt-3', 'utt-4'"):
+    d.check_coverage(table, ["utt-1", "utt-3", "utt-4"], source="corpus:train")
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"id": "a", "descriptions": ["x"]}\n{"id": "b", "descriptions": [}\n')
+  with pytest.raises(ValueError, match="bad.jsonl line 2: not valid JSON"):
+    d.load_jsonl(str(bad))
+  bad.write_text('{"id": "a", "descriptions": []}\n')
+  with pytest.raises(ValueError, match="bad.jsonl line 1 .*non-empty list"):
+    d.load_jsonl(str(bad))
+  bad.write_text('{"id": "a", "descriptions": ["x"]}\n{"id": "a", "descriptions": ["y"]}\n')
+  with pytest.raises(ValueError, match="line 2: duplicate id 'a'"):
+    d.load_jsonl(str(bad))
+  with pytest.raises(ValueError, match="not found"):
+    d.load_jsonl(str(tmp_path / "none.jsonl"))
+
+
+def test_make_description_requests_tool(tmp_path):
+  from erclap.tools import make_description_requests as tool
+
+  prompt = tool.render_prompt(tool.default_prompt(), "utt-9", 6.8, 1.2, 4.0, 5)
+  assert "6.8 (extremely excited)" in prompt and "1.2 (very negative)" in prompt and "Write 5" in prompt
+  assert '{"id": "utt-9", "descriptions"' in prompt
+  out = tmp_path / "requests.jsonl"
+  cmd = [sys.executable, "-m", "erclap.tools.make_description_requests", f"--data_dir={tmp_path / 'tfds'}",
+         f"--output={out}", "--splits=validation,test", "--num_descriptions=3",
+         *[f"--set=embedded.{k}={v}" for k, v in dict(num_train=3, num_validation=2, num_test=2,
+                                                       min_seconds=0.2, max_seconds=0.3).items()]]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = [json.loads(x) for x in out.read_text().splitlines()]
+  assert len(lines) == 4 and {x["split"] for x in lines} == {"validation", "test"}
+  for x in lines:
+    assert x["id"].startswith(f"embedded-{x['split']}-") and 1 <= x["arousal"] <= 7
+    assert f"{x['arousal']:.1f} ({d.level_word('arousal', x['arousal'])})" in x["prompt"]
