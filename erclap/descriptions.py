@@ -27,7 +27,8 @@ NUM_LEVELS = 7
 # Level phrases, level 1 .. 7, per attribute and synonym set (each set ordered low -> high).
 LEVEL_PHRASES = {
     "arousal": (
-        ("very calm", "calm", "fairly calm", "moderately energetic", "energetic", "excited", "extremely excited"),
+        ("very calm", "calm", "fairly calm", "moderately energetic", "energetic", "excited",
+         "extremely excited"),
         ("very subdued", "subdued", "somewhat subdued", "moderately lively", "lively", "highly aroused",
          "extremely agitated"),
         ("very sleepy", "relaxed", "rather relaxed", "moderately alert", "animated", "intense",
@@ -144,7 +145,8 @@ def attribute_queries(attribute: str, values: Sequence[float], *, num_wordings: 
   out = []
   for value in values:
     labels = {"arousal": 4.0, "valence": 4.0, "dominance": 4.0, attribute: float(value)}
-    out.extend(describe(labels["arousal"], labels["valence"], labels["dominance"], variant=int(v)) for v in variants)
+    out.extend(describe(labels["arousal"], labels["valence"], labels["dominance"], variant=int(v))
+               for v in variants)
   return out
 
 
@@ -217,7 +219,8 @@ def write_jsonl(path: str, descriptions: dict[str, Sequence[str]]) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
     for key, texts in descriptions.items():
-      f.write(json.dumps({"id": str(key), "descriptions": [str(t) for t in texts]}, ensure_ascii=False) + "\n")
+      line = json.dumps({"id": str(key), "descriptions": [str(t) for t in texts]}, ensure_ascii=False)
+      f.write(line + "\n")
   os.replace(tmp, path)
 
 

@@ -198,6 +198,11 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
   ids = source_ids(source) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{d.train_split}")
   train_example, tokenize = _transform_classes()
+  if int(d.worker_count) > 0:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # library use outside absl.app: Grain's workers read its flags
+      flags.FLAGS.mark_as_parsed()
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shuffle=True, num_epochs=None, seed=int(config.seed),
       shard_options=grain.sharding.ShardOptions(shard_index=pi, shard_count=pc, drop_remainder=True))

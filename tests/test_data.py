@@ -92,14 +92,14 @@ def test_embedded_examples_are_deterministic_and_cover_the_scale():
   np.testing.assert_array_equal(a["audio"], b["audio"])
   assert a["id"] == "embedded-train-000003" and a["audio"].dtype == np.int16
   assert not np.array_equal(a["audio"][:4000], embedded.generate_example(spec, "test", 3)["audio"][:4000])
-  labels = np.array([[embedded.generate_example(spec, "train", i)[k] for k in ("arousal", "valence", "dominance")]
-                     for i in range(150)])
+  keys = ("arousal", "valence", "dominance")
+  labels = np.array([[embedded.generate_example(spec, "train", i)[k] for k in keys] for i in range(150)])
   assert labels.min() >= 1 and labels.max() <= 7
   assert np.all(labels.min(0) < 1.8) and np.all(labels.max(0) > 6.2) and np.all(labels.std(0) > 1.3)
 
 
 def _f0(wave, sr=16000):
-  """Median autocorrelation pitch (Hz) over voiced 40 ms frames (an estimate independent of the synthesiser)."""
+  """Median autocorrelation pitch (Hz) over voiced 40 ms frames (independent of the synthesiser)."""
   frame, out = 640, []
   for s in range(0, len(wave) - frame, frame // 2):
     x = wave[s:s + frame] - wave[s:s + frame].mean()
@@ -255,7 +255,8 @@ def test_msp_podcast_build(tmp_path):
   data.ensure_dataset(config.data)
   train = data.get_data_source(config.data, "train")
   assert len(train) == 3 and len(data.get_data_source(config.data, "validation")) == 1
-  assert len(data.get_data_source(config.data, "test")) == 1 and len(data.get_data_source(config.data, "test2")) == 1
+  assert len(data.get_data_source(config.data, "test")) == 1
+  assert len(data.get_data_source(config.data, "test2")) == 1
   with pytest.raises(ValueError, match="test3"):
     data.get_data_source(config.data, "test3")
   records = {r["id"]: r for r in (train[i] for i in range(3))}
@@ -295,7 +296,7 @@ def test_msp_podcast_unreadable_audio_error_or_counted_skip(tmp_path, capsys):
   _msp_layout(tmp_path / "msp")
   (tmp_path / "msp" / "Audios" / MSP_ROWS[0][0]).write_bytes(b"garbage")
   os.remove(tmp_path / "msp" / "Audios" / MSP_ROWS[2][0])
-  with pytest.raises(ValueError, match=r"(?s)unreadable.*unreadable_audio_tolerance=0.0.*MSP-PODCAST_0001_0001"):
+  with pytest.raises(ValueError, match=r"(?s)unreadable.*_tolerance=0.0.*MSP-PODCAST_0001_0001"):
     data.ensure_dataset(_msp_config(tmp_path, tmp_path / "msp").data)
   config = _msp_config(tmp_path, tmp_path / "msp", unreadable_audio_tolerance=0.34)
   data.ensure_dataset(config.data)
@@ -331,7 +332,8 @@ def _iemocap_layout(root, bad_line=None):
     os.makedirs(eval_dir, exist_ok=True)
     lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
     for j, (utt, cat, vad) in enumerate(rows):
-      lines.append(f"[{6.29 + j:.4f} - {8.23 + j:.4f}]\t{utt}\t{cat}\t[{vad[0]:.4f}, {vad[1]:.4f}, {vad[2]:.4f}]")
+      values = ", ".join(f"{x:.4f}" for x in vad)
+      lines.append(f"[{6.29 + j:.4f} - {8.23 + j:.4f}]\t{utt}\t{cat}\t[{values}]")
       lines += ["C-E2:\tNeutral;\t()", "A-F1:\tval 3; act 2; dom  2;\t()", ""]
     if bad_line and dialog == "Ses02F_impro02":
       lines.append(bad_line)
@@ -372,7 +374,8 @@ def test_iemocap_build_and_leave_one_session_out(tmp_path):
 
 @pytest.mark.parametrize("bad_line, match", [
     ("[9.0 - 10.0]\tSes02F_impro02_M009\tneu\t[2.0, nan, 2.0]", r"Ses02F_impro02.txt line \d+ .*A="),
-    ("[9.0 - 10.0]\tSes02F_impro02_M009\tneu\t[2.0, 6.0, 2.0]", r"Ses02F_impro02.txt line \d+ .*outside 1..5"),
+    ("[9.0 - 10.0]\tSes02F_impro02_M009\tneu\t[2.0, 6.0, 2.0]",
+     r"Ses02F_impro02.txt line \d+ .*outside 1..5"),
     ("[9.0 - 10.0] Ses02F_impro02_M009", r"Ses02F_impro02.txt line \d+: cannot parse"),
 ])
 def test_iemocap_bad_lines_name_file_and_line(tmp_path, bad_line, match):

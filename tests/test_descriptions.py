@@ -24,7 +24,7 @@ def _level_of(attribute, text):
 
 
 def test_monotone_wording_every_variant():
-  """Higher arousal (others fixed) never gets a phrase of a lower level, in every variant; same for v and d."""
+  """Higher arousal (others fixed) never gets a phrase of a lower level, in every variant; also v, d."""
   values = np.linspace(1.0, 7.0, 25)
   for variant in range(d.NUM_VARIANTS):
     for attribute in d.ATTRIBUTES:
@@ -54,7 +54,8 @@ def test_every_level_reachable_and_level_word():
 def test_variants_are_distinct_and_deterministic():
   texts = [d.describe(6.0, 2.0, 5.0, variant=k) for k in range(d.NUM_VARIANTS)]
   assert len(set(texts)) == d.NUM_VARIANTS >= 24
-  assert d.describe(6.0, 2.0, 5.0, variant=3) == texts[3] == d.describe(6.0, 2.0, 5.0, variant=3 + d.NUM_VARIANTS)
+  assert d.describe(6.0, 2.0, 5.0, variant=3) == texts[3]
+  assert d.describe(6.0, 2.0, 5.0, variant=3 + d.NUM_VARIANTS) == texts[3]
   assert all(" a a" not in t and " a e" not in t.lower() for t in texts)  # articles fixed ("an extremely")
   ids = d.example_variants("utt-1", 8, seed=0)
   assert len(set(ids)) == 8 and ids == d.example_variants("utt-1", 8, seed=0)
@@ -64,7 +65,8 @@ def test_variants_are_distinct_and_deterministic():
 def test_vocabulary_covers_every_output():
   vocab = set(d.vocabulary())
   assert all(w == w.lower() for w in vocab) and "," in vocab and "." in vocab
-  for variant, (a, v, dd) in itertools.product(range(d.NUM_VARIANTS), itertools.product(range(1, 8), repeat=3)):
+  grid = itertools.product(range(1, 8), repeat=3)
+  for variant, (a, v, dd) in itertools.product(range(d.NUM_VARIANTS), grid):
     if (a + v + dd + variant) % 5 == 0:  # a fifth of the 12k combinations keeps the test fast
       assert set(d.words(d.describe(a, v, dd, variant=variant))) <= vocab
   for attribute in d.ATTRIBUTES:
@@ -76,7 +78,8 @@ def test_vocabulary_with_the_real_tokenizer_has_no_unknown_words():
   from erclap import tokenization
 
   tok = tokenization.build_word_tokenizer(d.vocabulary(), 40)
-  texts = [d.describe(a, v, 8 - a, variant=k) for k in range(d.NUM_VARIANTS) for a, v in ((1, 7), (7, 1), (4, 4))]
+  texts = [d.describe(a, v, 8 - a, variant=k) for k in range(d.NUM_VARIANTS)
+           for a, v in ((1, 7), (7, 1), (4, 4))]
   out = tok(texts)
   assert not np.any(out["input_ids"] == tokenization.UNK_ID)
 
@@ -98,7 +101,8 @@ def test_attribute_queries_vary_only_the_attribute():
   for w in range(3):
     group = [texts[i * 3 + w] for i in range(4)]
     assert [_level_of("valence", t) for t in group] == [1, 3, 5, 7]
-    assert {_level_of("arousal", t) for t in group} == {4} and {_level_of("dominance", t) for t in group} == {4}
+    assert {_level_of("arousal", t) for t in group} == {4}
+    assert {_level_of("dominance", t) for t in group} == {4}
 
 
 def test_jsonl_round_trip_and_errors(tmp_path):

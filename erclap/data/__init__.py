@@ -121,8 +121,8 @@ def ensure_dataset(data_config) -> str:
   with _file_lock(os.path.join(data_dir, f".erclap-{data_config.name}.lock")):
     builder = _builder(data_config, data_dir)  # re-check: another process may have built it meanwhile
     if not _is_prepared(builder):
-      print(f"[data] building {data_config.name} ({builder.builder_config.name if builder.builder_config else ''}"
-            f") into {builder.data_dir} ...", flush=True)
+      variant = builder.builder_config.name if builder.builder_config else ""
+      print(f"[data] building {data_config.name} ({variant}) into {builder.data_dir} ...", flush=True)
       start = time.time()
       builders.build(builder, manual_dir)
       print(f"[data] built {data_config.name} in {time.time() - start:.1f} s", flush=True)
@@ -133,7 +133,8 @@ def _split_list(data_config, split: str, available: list[str]) -> list[str]:
   """A requested split name -> the stored TFDS splits it is made of."""
   if data_config.name != "iemocap":
     if split not in available:
-      raise ValueError(f"split {split!r} of {data_config.name} does not exist; available: {sorted(available)}")
+      raise ValueError(f"split {split!r} of {data_config.name} does not exist; "
+                       f"available: {sorted(available)}")
     return [split]
   k = int(data_config.iemocap_test_session)
   sessions = sorted({int(s.split("_")[0][len("session"):]) for s in available})

@@ -45,7 +45,8 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
   from scipy import signal
 
   g = math.gcd(orig_rate, target_rate)
-  return signal.resample_poly(np.asarray(wave, np.float32), target_rate // g, orig_rate // g).astype(np.float32)
+  out = signal.resample_poly(np.asarray(wave, np.float32), target_rate // g, orig_rate // g)
+  return out.astype(np.float32)
 
 
 def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:

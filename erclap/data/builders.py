@@ -166,7 +166,8 @@ class ErclapMspPodcast(_ManualCorpus):
 
 
 def parse_msp_labels(path: str) -> list[dict]:
-  """labels_consensus.csv -> validated rows (id, file, split, arousal, valence, dominance, class_id, speaker)."""
+  """labels_consensus.csv -> validated rows (id, file, split, arousal, valence, dominance, class_id,
+  speaker)."""
   if not os.path.isfile(path):
     raise ValueError(f"msp_podcast: label file {path} not found (expected <manual_dir>/Labels/"
                      f"labels_consensus.csv)")
@@ -190,7 +191,8 @@ def parse_msp_labels(path: str) -> list[dict]:
         class_id = -1
       else:
         raise ValueError(f"{where}: EmoClass={cls!r} is not one of {MSP_CLASSES + MSP_NO_CLASS}")
-      labels = [_label(raw[c], low=1.0, high=7.0, where=where, column=c) for c in ("EmoAct", "EmoVal", "EmoDom")]
+      labels = [_label(raw[c], low=1.0, high=7.0, where=where, column=c)
+                for c in ("EmoAct", "EmoVal", "EmoDom")]
       file = raw["FileName"].strip()
       rows.append(dict(id=os.path.splitext(file)[0], file=file, split=split, arousal=np.float32(labels[0]),
                        valence=np.float32(labels[1]), dominance=np.float32(labels[2]),
@@ -221,15 +223,17 @@ def parse_iemocap_evaluation(path: str) -> list[dict]:
       where = f"{path} line {line_no} ({utt})"
       if len(parts) != 3:
         raise ValueError(f"{where}: expected 3 values [V, A, D], got {vad!r}")
-      v, a, d = (_label(p, low=1.0, high=5.0, where=where, column=c) for p, c in zip(parts, "VAD", strict=True))
+      v, a, d = (_label(p, low=1.0, high=5.0, where=where, column=c)
+                 for p, c in zip(parts, "VAD", strict=True))
       if cat in IEMOCAP_CLASSES:
         class_id = IEMOCAP_CLASSES.index(cat)
       elif cat in IEMOCAP_NO_CLASS:
         class_id = -1
       else:
         raise ValueError(f"{where}: category {cat!r} is not one of {IEMOCAP_CLASSES + IEMOCAP_NO_CLASS}")
-      rows.append(dict(id=utt, arousal=np.float32(iemocap_to_seven(a)), valence=np.float32(iemocap_to_seven(v)),
-                       dominance=np.float32(iemocap_to_seven(d)), class_id=np.int32(class_id)))
+      rows.append(dict(id=utt, arousal=np.float32(iemocap_to_seven(a)),
+                       valence=np.float32(iemocap_to_seven(v)), dominance=np.float32(iemocap_to_seven(d)),
+                       class_id=np.int32(class_id)))
   return rows
 
 

@@ -20,10 +20,10 @@ Dominance (u_d)
   * tempo steadiness: log-normal syllable-duration jitter with sigma 0.04 + 0.4 (1 - u_d) / 2;
   * a small level offset of +2.5 u_d dB (assertive speakers are a little louder).
 
-Speakers (``num_speakers``) alternate male / female with different base f0 (about 95–140 Hz and 175–240 Hz)
-and vocal-tract lengths (formant scale 0.88–1.18); speaker identity is a nuisance factor independent of the
-labels. The stored labels are the latent values plus Gaussian label noise (sd ``label_noise``), clipped to
-1–7. Clip lengths are uniform in [min_seconds, max_seconds]; 16 kHz, stored as int16.
+Speakers (``num_speakers``) alternate male / female with different base f0 (about 95–140 Hz and
+175–240 Hz) and vocal-tract lengths (formant scale 0.88–1.18); speaker identity is a nuisance factor
+independent of the labels. The stored labels are the latent values plus Gaussian label noise (sd
+``label_noise``), clipped to 1–7. Clip lengths are uniform in [min_seconds, max_seconds]; 16 kHz, stored as int16.
 
 Every clip is generated from its own seed (corpus seed, split, index), so a clip does not depend on the
 split sizes and generation order; the corpus spec (sizes, seed, noise, speakers, lengths, rate and

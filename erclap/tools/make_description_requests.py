@@ -69,12 +69,14 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m erclap.tools.make_description_requests",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_name", default="embedded", help="embedded | msp_podcast | iemocap")
-  parser.add_argument("--data_dir", default="", help="TFDS data dir ('' = $ERCLAP_DATA_DIR or ~/tensorflow_datasets)")
+  parser.add_argument("--data_dir", default="",
+                      help="TFDS data dir ('' = $ERCLAP_DATA_DIR or ~/tensorflow_datasets)")
   parser.add_argument("--manual_dir", default="", help="licensed corpus directory (msp_podcast, iemocap)")
   parser.add_argument("--splits", default="train,validation,test", help="comma-separated split names")
   parser.add_argument("--output", required=True, help="JSONL file to write")
   parser.add_argument("--num_descriptions", type=int, default=8, help="descriptions asked for per utterance")
-  parser.add_argument("--prompt", default="", help="prompt template file (default: erclap/descriptions_prompt.txt)")
+  parser.add_argument("--prompt", default="",
+                      help="prompt template file (default: erclap/descriptions_prompt.txt)")
   parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="override a config.data key, e.g. --set embedded.num_train=40 (repeatable)")
   args = parser.parse_args(argv)
