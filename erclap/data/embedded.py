@@ -23,7 +23,8 @@ Dominance (u_d)
 Speakers (``num_speakers``) alternate male / female with different base f0 (about 95–140 Hz and
 175–240 Hz) and vocal-tract lengths (formant scale 0.88–1.18); speaker identity is a nuisance factor
 independent of the labels. The stored labels are the latent values plus Gaussian label noise (sd
-``label_noise``), clipped to 1–7. Clip lengths are uniform in [min_seconds, max_seconds]; 16 kHz, stored as int16.
+``label_noise``), clipped to 1–7. Clip lengths are uniform in [min_seconds, max_seconds]; 16 kHz, stored
+as int16.
 
 Every clip is generated from its own seed (corpus seed, split, index), so a clip does not depend on the
 split sizes and generation order; the corpus spec (sizes, seed, noise, speakers, lengths, rate and
