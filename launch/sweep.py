@@ -1,0 +1,372 @@
+r"""Expand a sweep (configs/sweeps/<name>.py) into runs; submit each one locally, to a TPU VM slice or SLURM.
+
+  python launch/sweep.py configs/sweeps/demo_smoke.py --backend=local --root=workdirs/sweeps
+  python launch/sweep.py batch_temperature_lr --backend=tpu --tpu-name=erclap-v4 --zone=us-central2-b \
+      --root=gs://BUCKET/erclap/sweeps -- --config.data.manual_dir=/data/MSP-Podcast
+  python launch/sweep.py batch_temperature_lr --backend=slurm --sbatch-arg=--partition=gpu \
+      --root=/shared/erclap/sweeps --dry-run
+
+Each run gets its own workdir ``<root>/<sweep>/<run>``, where ``<run>`` is made from the run's overrides
+(``bs1024_tau0.05_lr1e-4``): deterministic, so re-submitting a sweep resumes every run from its own
+checkpoints. Every override key (and every ``--config.*`` key after ``--``) is checked against the base
+config before anything is submitted, and each run's config is validated as the program would.
+``--dry-run`` prints the commands and runs nothing. See launch/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
+BACKENDS = ("local", "tpu", "slurm")
+MAX_NAME_LEN = 120
+
+# Short names for the keys sweeps usually vary; any other key is named by its last component.
+ABBREVIATIONS = {
+    "train.global_batch_size": "bs",
+    "train.micro_batch_size": "mb",
+    "train.temperature_init": "tau",
+    "train.learning_rate": "lr",
+    "train.num_steps": "steps",
+    "train.warmup_steps": "warmup",
+    "train.weight_decay": "wd",
+    "train.speech_lr_multiplier": "speechlr",
+    "train.text_lr_multiplier": "textlr",
+    "model.joint_dim": "dim",
+    "model.size": "size",
+    "mesh.shape": "mesh",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+  """One run of a sweep: its name (the last part of its workdir), workdir and program arguments."""
+  name: str
+  workdir: str
+  overrides: dict[str, Any]
+  args: list[str] = field(default_factory=list)  # arguments of `python -m erclap.main`
+
+
+@dataclass(frozen=True)
+class Sweep:
+  name: str
+  base_config: str                # relative to the repository root, e.g. "configs/tpu_v4.py"
+  runs: list[dict[str, Any]]      # overrides that vary (they name the workdirs)
+  fixed: dict[str, Any]           # overrides applied to every run (not in the names)
+
+
+# ---------------------------------------------------------------- loading
+def _ensure_repo_on_path() -> None:
+  # Sweep and config files import `configs.*` (and validation lives in `erclap.config_lib`).
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise ValueError(f"{what} {path!r}: no such file")
+  _ensure_repo_on_path()
+  module_name = "_erclap_launch_" + re.sub(r"\W", "_", os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def resolve_sweep_path(sweep: str) -> str:
+  """A sweep file path, or a bare name looked up in configs/sweeps/ (``demo_smoke``)."""
+  if os.path.isfile(sweep):
+    return sweep
+  candidate = os.path.join(SWEEPS_DIR, sweep if sweep.endswith(".py") else sweep + ".py")
+  if os.path.isfile(candidate):
+    return candidate
+  raise ValueError(f"sweep {sweep!r}: neither a file nor a sweep in {SWEEPS_DIR}")
+
+
+def load_sweep(sweep: str) -> Sweep:
+  """Loads a sweep module; raises ValueError naming the file when it lacks what a sweep needs."""
+  path = resolve_sweep_path(sweep)
+  module = _load_module(path, "sweep file")
+  base_config = getattr(module, "base_config", None)
+  if not isinstance(base_config, str) or not base_config:
+    raise ValueError(f"sweep file {path!r}: needs a `base_config` string, e.g. 'configs/tpu_v4.py'")
+  if not callable(getattr(module, "get_sweep", None)):
+    raise ValueError(f"sweep file {path!r}: needs a `get_sweep()` function returning a list of overrides")
+  runs = module.get_sweep()
+  if not isinstance(runs, list) or not runs or not all(isinstance(r, Mapping) for r in runs):
+    raise ValueError(f"sweep file {path!r}: get_sweep() must return a non-empty list of dicts, got {runs!r}")
+  fixed = dict(getattr(module, "fixed", {}) or {})
+  return Sweep(name=os.path.splitext(os.path.basename(path))[0], base_config=base_config,
+               runs=[dict(r) for r in runs], fixed=fixed)
+
+
+def load_base_config(base_config: str):
+  """The base config (an ml_collections.ConfigDict) of a sweep, from a path relative to the repo root."""
+  path = base_config.split(":", 1)[0]
+  path = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+  module = _load_module(path, "base config")
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"base config {base_config!r}: has no get_config()")
+  return module.get_config()
+
+
+# ---------------------------------------------------------------- validation
+def _parent(config, key: str, where: str):
+  """The section holding dotted ``key``, and the key's last part; ValueError naming an unknown key."""
+  import ml_collections
+
+  prefix = f"{where}: " if where else ""
+  if not isinstance(key, str) or not key:
+    raise ValueError(f"{prefix}override key {key!r}: must be a dotted config key like 'train.learning_rate'")
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ValueError(f"{prefix}unknown config key {key!r} (no {'.'.join(parts[:i + 1])!r} in the base "
+                       "config" + (f"; known there: {', '.join(known)})" if known else ")"))
+    if i < len(parts) - 1:
+      node = node[part]
+  if isinstance(node[parts[-1]], ml_collections.ConfigDict):
+    raise ValueError(f"{prefix}config key {key!r} is a section, not a value")
+  return node, parts[-1]
+
+
+def apply_overrides(config, overrides: Mapping[str, Any], where: str = ""):
+  """Sets dotted-key overrides on a copy of ``config``, with ml_collections' type checks.
+
+  Raises ValueError naming the key when the base config has no such key or the value has the wrong type.
+  """
+  import ml_collections
+
+  config = ml_collections.ConfigDict(config.to_dict())  # a copy that keeps the field types
+  config.lock()
+  for key, value in overrides.items():
+    node, last = _parent(config, key, where)
+    try:
+      node[last] = value
+    except (TypeError, ValueError) as e:
+      prefix = f"{where}: " if where else ""
+      raise ValueError(f"{prefix}config key {key!r}: cannot set {value!r}: {e}") from None
+  return config
+
+
+def validate_runs(sweep: Sweep, extra_keys: Sequence[str] = ()) -> None:
+  """Checks every override key against the base config, and each run's config values as the program would."""
+  _ensure_repo_on_path()
+  from erclap import config_lib
+
+  base = load_base_config(sweep.base_config)
+  for key in extra_keys:
+    _parent(base, key, "argument after --")
+  for i, overrides in enumerate(sweep.runs):
+    where = f"sweep {sweep.name!r}, run {i} {overrides}"
+    config = apply_overrides(base, {**sweep.fixed, **overrides}, where)
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise ValueError(f"{where}: {e}") from None
+
+
+# ---------------------------------------------------------------- names and command lines
+def format_value(value: Any) -> str:
+  """A value as ml_collections' config flags parse it (``0.0001``, ``True``, ``(1,-1,1)``, ``infonce``)."""
+  if isinstance(value, bool) or value is None:
+    return str(value)
+  if isinstance(value, int | float):
+    return repr(value)
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list | tuple):
+    inner = ",".join(repr(v) for v in value)
+    return f"({inner},)" if len(value) == 1 else f"({inner})"
+  raise ValueError(f"override value {value!r}: use a bool, int, float, str, tuple or None")
+
+
+def _name_value(value: Any) -> str:
+  """A compact, filesystem-safe rendering of a value for a workdir name (1e-4, 0.05, 1x-1x1)."""
+  if isinstance(value, float) and math.isfinite(value) and value != 0 and not (1e-3 <= abs(value) < 1e5):
+    mantissa, exponent = f"{value:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+  if isinstance(value, float):
+    return repr(value)
+  if isinstance(value, list | tuple):
+    return "x".join(_name_value(v) for v in value) or "empty"
+  return str(value)
+
+
+def run_name(overrides: Mapping[str, Any]) -> str:
+  """The workdir name of a run: its overrides in order, e.g. ``bs1024_tau0.05_lr1e-4``.
+
+  Numbers follow their (abbreviated) key directly; other values after a dash (``loss-infonce``).
+  Characters outside [A-Za-z0-9.-] become dashes; parts are joined by underscores.
+  """
+  if not overrides:
+    return "base"
+  parts = []
+  for key, value in overrides.items():
+    label = ABBREVIATIONS.get(key, key.split(".")[-1].replace("_", ""))
+    text = _name_value(value)
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    parts.append(label + text if numeric else f"{label}-{text}")
+  name = "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p) for p in parts).strip(".")
+  if len(name) > MAX_NAME_LEN:
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    name = f"{name[:MAX_NAME_LEN - 11]}-{digest}"
+  return name
+
+
+def join_path(root: str, *parts: str) -> str:
+  """``root/part/...`` for local paths and gs:// URLs alike."""
+  return "/".join([root.rstrip("/"), *parts]) if root else "/".join(parts)
+
+
+def expand(sweep: Sweep, root: str, mode: str = "train", extra_args: Sequence[str] = ()) -> list[Run]:
+  """The runs of a sweep with unique workdirs and the arguments of `python -m erclap.main` for each."""
+  runs, seen = [], {}
+  for overrides in sweep.runs:
+    name = run_name(overrides)
+    if name in seen:
+      raise ValueError(f"sweep {sweep.name!r}: runs {seen[name]} and {overrides} both get the workdir name "
+                       f"{name!r}: make the overrides differ, or move constants to `fixed`")
+    seen[name] = overrides
+    workdir = join_path(root, sweep.name, name)
+    args = [f"--config={sweep.base_config}", f"--workdir={workdir}", f"--mode={mode}"]
+    args += [f"--config.{k}={format_value(v)}" for k, v in {**sweep.fixed, **overrides}.items()]
+    args += list(extra_args)
+    runs.append(Run(name=name, workdir=workdir, overrides=dict(overrides), args=args))
+  return runs
+
+
+def extra_config_keys(extra_args: Sequence[str]) -> list[str]:
+  """The config keys named by ``--config.KEY=VALUE`` arguments passed through after ``--``."""
+  keys = []
+  for arg in extra_args:
+    if arg.startswith("--config."):
+      if "=" not in arg:
+        raise ValueError(f"extra argument {arg!r}: write --config.KEY=VALUE")
+      keys.append(arg[len("--config."):].split("=", 1)[0])
+  return keys
+
+
+def command_for(run: Run, sweep: Sweep, backend: str, opts: argparse.Namespace) -> list[str]:
+  """The command that submits (or, locally, runs) one run."""
+  program = ["-m", "erclap.main", *run.args]
+  if backend == "local":
+    return [opts.python or sys.executable, *program]
+  if backend == "tpu":
+    cmd = ["bash", "launch/tpu_vm.sh", "run", "--name", opts.tpu_name, "--zone", opts.zone]
+    if opts.project:
+      cmd += ["--project", opts.project]
+    return [*cmd, "--log-name", f"{sweep.name}.{run.name}", "--", "python", *program]
+  if backend == "slurm":
+    cmd = ["sbatch", f"--job-name=erclap.{sweep.name}.{run.name}"]
+    if not run.workdir.startswith("gs://"):
+      cmd.append(f"--output={run.workdir}/slurm-%j.out")
+    if opts.python:
+      cmd.append(f"--export=ALL,ERCLAP_PYTHON={opts.python}")
+    return [*cmd, *opts.sbatch_arg, "launch/slurm.sbatch", *run.args]
+  raise ValueError(f"--backend={backend!r}: choose one of {BACKENDS}")
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  argv = list(argv)
+  extra = []
+  if "--" in argv:
+    i = argv.index("--")
+    argv, extra = argv[:i], argv[i + 1:]
+  p = argparse.ArgumentParser(
+      prog="launch/sweep.py", description=__doc__.split("\n\n")[0],
+      epilog="Arguments after `--` are appended to every run's command (--config.data.manual_dir=/data).")
+  p.add_argument("sweep", help="a sweep file (configs/sweeps/NAME.py) or its NAME")
+  p.add_argument("--backend", choices=BACKENDS, default="local")
+  p.add_argument("--root", default="workdirs/sweeps", help="workdirs: ROOT/<sweep>/<run> (gs:// allowed)")
+  p.add_argument("--base-config", default="", help="run the sweep on this config file instead of its "
+                 "base_config (e.g. configs/gpu.py for a sweep written for configs/tpu_v4.py)")
+  p.add_argument("--mode", choices=("train", "eval", "export", "all"), default="train")
+  p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+  p.add_argument("--only", action="append", default=[], metavar="RUN",
+                 help="submit only this run (its workdir name); repeatable")
+  p.add_argument("--keep-going", action="store_true", help="local/tpu: go on after a failed run")
+  p.add_argument("--python", default="", help="local: interpreter (default: this one); slurm: ERCLAP_PYTHON")
+  p.add_argument("--tpu-name", default="", help="tpu: the TPU VM slice (launch/tpu_vm.sh create --name)")
+  p.add_argument("--zone", default="", help="tpu: its zone")
+  p.add_argument("--project", default="", help="tpu: its Google Cloud project (default: gcloud's)")
+  p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                 help="slurm: an extra sbatch option, e.g. --sbatch-arg=--partition=gpu; repeatable")
+  opts = p.parse_args(argv)
+  if opts.backend == "tpu" and not (opts.tpu_name and opts.zone):
+    p.error("--backend=tpu needs --tpu-name and --zone")
+  return opts, extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  opts, extra = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    sweep = load_sweep(opts.sweep)
+    if opts.base_config:
+      sweep = dataclasses.replace(sweep, base_config=opts.base_config)
+    validate_runs(sweep, extra_config_keys(extra))
+    root = opts.root
+    if opts.backend in ("local", "slurm") and not root.startswith("gs://"):
+      root = os.path.abspath(root)  # the runs start in the repository root, not here
+    runs = expand(sweep, root, opts.mode, extra)
+  except ValueError as e:
+    print(f"sweep.py: error: {e}", file=sys.stderr)
+    return 2
+  if opts.only:
+    unknown = sorted(set(opts.only) - {r.name for r in runs})
+    if unknown:
+      print(f"sweep.py: error: --only {', '.join(unknown)}: not a run of {sweep.name!r} "
+            f"(runs: {', '.join(r.name for r in runs)})", file=sys.stderr)
+      return 2
+    runs = [r for r in runs if r.name in opts.only]
+  if opts.backend == "tpu" and not opts.root.startswith("gs://"):
+    print("sweep.py: warning: on a multi-host TPU slice every worker must see the same workdir: use "
+          "--root=gs://BUCKET/...", file=sys.stderr)
+
+  print(f"# sweep {sweep.name}: {len(runs)} run(s) of {sweep.base_config}, backend {opts.backend}, "
+        f"from {REPO_ROOT}", flush=True)
+  failed = []
+  for i, run in enumerate(runs):
+    cmd = command_for(run, sweep, opts.backend, opts)
+    print(f"# [{i + 1}/{len(runs)}] {run.name}", flush=True)
+    print(shlex.join(cmd), flush=True)
+    if opts.dry_run:
+      continue
+    if opts.backend in ("local", "slurm") and not run.workdir.startswith("gs://"):
+      os.makedirs(run.workdir, exist_ok=True)  # sbatch writes its --output file there
+    try:
+      rc = subprocess.run(cmd, cwd=REPO_ROOT, check=False).returncode
+    except FileNotFoundError as e:
+      print(f"sweep.py: error: run {run.name}: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
+      return 127
+    if rc != 0:
+      failed.append(run.name)
+      print(f"sweep.py: run {run.name} failed (exit status {rc})", file=sys.stderr, flush=True)
+      if not opts.keep_going:
+        return rc
+  if failed:
+    print(f"sweep.py: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
