@@ -16,8 +16,8 @@
 # (the TPU Ubuntu 22.04 images ship 3.10), so python3.11 is installed from the Ubuntu archive if missing.
 # run executes COMMAND in ~/erclap with that venv active, on all workers at once (--worker=all); each worker
 # tees its output to ~/erclap_logs/TAG.<hostname>.log (hostnames end in the worker index), and gcloud also
-# writes one local file per worker, DIR/<worker>.log (default logs/tpu/NAME/TAG). logs copies the workers'
-# ~/erclap_logs into DIR (default logs/tpu/NAME). See launch/README.md.
+# writes one local file per worker, DIR/<worker>.log (default workdirs/tpu_logs/NAME/TAG).
+# logs copies the workers' ~/erclap_logs into DIR (default workdirs/tpu_logs/NAME). See launch/README.md.
 set -euo pipefail
 
 readonly REMOTE_DIR="erclap"          # relative to the workers' home directories
@@ -26,7 +26,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly REPO_ROOT
 
 usage() {
-  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
   exit "${1:-0}"
 }
 
@@ -155,7 +155,7 @@ if [ -d ~/${REMOTE_DIR}.old/.venv ]; then mv ~/${REMOTE_DIR}.old/.venv ~/${REMOT
     [[ ${#COMMAND[@]} -gt 0 ]] || die "run: give the command after --, e.g. -- python -m erclap.main --config=..."
     LOG_NAME="${LOG_NAME:-run-$(date -u +%Y%m%d-%H%M%S)}"
     [[ "${LOG_NAME}" =~ ^[A-Za-z0-9._-]+$ ]] || die "--log-name '${LOG_NAME}': use letters, digits, '.', '_', '-'"
-    LOCAL_LOGS="${LOCAL_LOGS:-${REPO_ROOT}/logs/tpu/${NAME}/${LOG_NAME}}"
+    LOCAL_LOGS="${LOCAL_LOGS:-${REPO_ROOT}/workdirs/tpu_logs/${NAME}/${LOG_NAME}}"
     program=""
     for word in "${COMMAND[@]}"; do
       program+="${program:+ }$(quote "${word}")"
@@ -171,7 +171,7 @@ if [ -d ~/${REMOTE_DIR}.old/.venv ]; then mv ~/${REMOTE_DIR}.old/.venv ~/${REMOT
     ;;
 
   logs)
-    DEST="${DEST:-${REPO_ROOT}/logs/tpu/${NAME}}"
+    DEST="${DEST:-${REPO_ROOT}/workdirs/tpu_logs/${NAME}}"
     if [[ "${DRY_RUN}" != 1 ]]; then
       mkdir -p "${DEST}"
     fi

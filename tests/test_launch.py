@@ -330,7 +330,7 @@ def test_tpu_vm_dry_run_prints_gcloud_commands(tmp_path):
   remote = _flag(ssh, "--command")
   assert _remote_program(remote) == program  # every argument arrives intact, quoting included
   assert "tee ~/erclap_logs/run1.$(hostname).log" in remote and remote.startswith("set -o pipefail;")
-  assert _flag(ssh, "--output-directory") == os.path.join(ROOT, "logs", "tpu", "erclap-v4", "run1")
+  assert _flag(ssh, "--output-directory") == os.path.join(ROOT, "workdirs", "tpu_logs", "erclap-v4", "run1")
 
   out = _run(["bash", TPU_VM, "--dry-run", "logs", *common, "--dest", str(tmp_path / "logs")], env=env)
   [scp] = _commands(out.stdout)
