@@ -3,8 +3,10 @@
 #
 #   launch/tpu_vm.sh [--dry-run] create  --name NAME --zone ZONE [--accelerator-type v4-32]
 #                                        [--version tpu-ubuntu2204-base] [--spot | --preemptible]
-#   launch/tpu_vm.sh [--dry-run] install --name NAME --zone ZONE [--repo GIT_URL [--ref REF]] [--python python3.11]
-#   launch/tpu_vm.sh [--dry-run] run     --name NAME --zone ZONE [--log-name TAG] [--local-logs DIR] -- COMMAND...
+#   launch/tpu_vm.sh [--dry-run] install --name NAME --zone ZONE [--repo GIT_URL [--ref REF]]
+#                                        [--python python3.11]
+#   launch/tpu_vm.sh [--dry-run] run     --name NAME --zone ZONE [--log-name TAG] [--local-logs DIR]
+#                                        -- COMMAND...
 #   launch/tpu_vm.sh [--dry-run] logs    --name NAME --zone ZONE [--dest DIR]
 #   launch/tpu_vm.sh [--dry-run] delete  --name NAME --zone ZONE
 #
@@ -130,31 +132,37 @@ case "${SUBCOMMAND}" in
     ;;
 
   install)
-    python_setup="command -v $(quote "${PYTHON}") >/dev/null || { sudo apt-get update -q \
-&& sudo apt-get install -y -q $(quote "${PYTHON}") $(quote "${PYTHON}-venv"); }"
-    pip_setup="cd ~/${REMOTE_DIR} && $(quote "${PYTHON}") -m venv .venv && .venv/bin/pip install -q --upgrade pip \
+    py="$(quote "${PYTHON}")"
+    # shellcheck disable=SC2088  # the tilde is for the worker's shell to expand
+    dir="~/${REMOTE_DIR}"
+    python_setup="command -v ${py} >/dev/null \
+|| { sudo apt-get update -q && sudo apt-get install -y -q ${py} $(quote "${PYTHON}-venv"); }"
+    pip_setup="cd ${dir} && ${py} -m venv .venv && .venv/bin/pip install -q --upgrade pip \
 && .venv/bin/pip install -q -e '.[tpu]'"
     if [[ -n "${REPO}" ]]; then
-      fetch="if [ -d ~/${REMOTE_DIR}/.git ]; then git -C ~/${REMOTE_DIR} fetch -q origin; \
-else git clone -q $(quote "${REPO}") ~/${REMOTE_DIR}; fi && git -C ~/${REMOTE_DIR} checkout -q $(quote "${REF}") \
-&& { git -C ~/${REMOTE_DIR} merge -q --ff-only $(quote "origin/${REF}") 2>/dev/null || true; }"
+      fetch="if [ -d ${dir}/.git ]; then git -C ${dir} fetch -q origin; \
+else git clone -q $(quote "${REPO}") ${dir}; fi && git -C ${dir} checkout -q $(quote "${REF}") \
+&& { git -C ${dir} merge -q --ff-only $(quote "origin/${REF}") 2>/dev/null || true; }"
       on_all_workers "set -e; ${python_setup}; ${fetch}; ${pip_setup}"
     else
       # The committed state of this checkout (uncommitted edits are not shipped: commit them first).
       archive="${TMPDIR:-/tmp}/erclap-${NAME}.tar.gz"
       execute git -C "${REPO_ROOT}" archive --format=tar.gz --prefix="${REMOTE_DIR}/" -o "${archive}" HEAD
       execute "${GCLOUD[@]}" scp "${archive}" "${NAME}:erclap.tar.gz" "${COMMON[@]}" --worker=all
-      on_all_workers "set -e; ${python_setup}; rm -rf ~/${REMOTE_DIR}.old; \
-if [ -d ~/${REMOTE_DIR} ]; then mv ~/${REMOTE_DIR} ~/${REMOTE_DIR}.old; fi; tar -xzf ~/erclap.tar.gz -C ~; \
-if [ -d ~/${REMOTE_DIR}.old/.venv ]; then mv ~/${REMOTE_DIR}.old/.venv ~/${REMOTE_DIR}/.venv; fi; ${pip_setup}"
+      # Replace the code, keep the venv (its paths stay valid: same directory).
+      unpack="rm -rf ${dir}.old; if [ -d ${dir} ]; then mv ${dir} ${dir}.old; fi; \
+tar -xzf ~/erclap.tar.gz -C ~; if [ -d ${dir}.old/.venv ]; then mv ${dir}.old/.venv ${dir}/.venv; fi"
+      on_all_workers "set -e; ${python_setup}; ${unpack}; ${pip_setup}"
       [[ "${DRY_RUN}" == 1 ]] || rm -f "${archive}"
     fi
     ;;
 
   run)
-    [[ ${#COMMAND[@]} -gt 0 ]] || die "run: give the command after --, e.g. -- python -m erclap.main --config=..."
+    [[ ${#COMMAND[@]} -gt 0 ]] \
+      || die "run: give the command after --, e.g. -- python -m erclap.main --config=..."
     LOG_NAME="${LOG_NAME:-run-$(date -u +%Y%m%d-%H%M%S)}"
-    [[ "${LOG_NAME}" =~ ^[A-Za-z0-9._-]+$ ]] || die "--log-name '${LOG_NAME}': use letters, digits, '.', '_', '-'"
+    [[ "${LOG_NAME}" =~ ^[A-Za-z0-9._-]+$ ]] \
+      || die "--log-name '${LOG_NAME}': use letters, digits, '.', '_', '-'"
     LOCAL_LOGS="${LOCAL_LOGS:-${REPO_ROOT}/workdirs/tpu_logs/${NAME}/${LOG_NAME}}"
     program=""
     for word in "${COMMAND[@]}"; do
@@ -165,7 +173,7 @@ if [ -d ~/${REMOTE_DIR}.old/.venv ]; then mv ~/${REMOTE_DIR}.old/.venv ~/${REMOT
 && ${program} 2>&1 | tee ~/${REMOTE_LOGS}/${LOG_NAME}.\$(hostname).log"
     if [[ "${DRY_RUN}" != 1 ]]; then
       mkdir -p "${LOCAL_LOGS}"
-      echo "tpu_vm.sh: output of worker i goes to ${LOCAL_LOGS}/i.log (and ~/${REMOTE_LOGS} on the worker)" >&2
+      echo "tpu_vm.sh: worker i's output goes to ${LOCAL_LOGS}/i.log (and ~/${REMOTE_LOGS} on it)" >&2
     fi
     on_all_workers "${remote}" "--output-directory=${LOCAL_LOGS}"
     ;;
