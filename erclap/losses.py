@@ -172,19 +172,19 @@ def _sort_rows_by_distance(d):
     ds, perm = _odd_even_pass(ds, perm, k % 2)
 
   def more(state):
-    ds, perm, k = state
+    ds, perm, k, _ = state
     ds, perm = _odd_even_pass(ds, perm, _FIX_PASSES % 2)
     ds, perm = _odd_even_pass(ds, perm, (_FIX_PASSES + 1) % 2)
-    return ds, perm, k + 2
+    return ds, perm, k + 2, _is_sorted(ds)
 
-  ds, perm, _ = lax.while_loop(lambda st: (st[2] < _MAX_FIX_PASSES) & ~_is_sorted(st[0]), more,
-                               (ds, perm, jnp.int32(_FIX_PASSES)))
+  ds, perm, _, ok = lax.while_loop(lambda st: (st[2] < _MAX_FIX_PASSES) & ~st[3], more,
+                                   (ds, perm, jnp.int32(_FIX_PASSES), _is_sorted(ds)))
 
   def exact(_):
     iota = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (b, m))
     return tuple(lax.sort((d, iota), dimension=1, num_keys=1))
 
-  return lax.cond(_is_sorted(ds), lambda _: (ds, perm), exact, None)
+  return lax.cond(ok, lambda _: (ds, perm), exact, None)
 
 
 def _ordering(d):
@@ -225,88 +225,96 @@ def _take(x, idx):
   return jnp.take_along_axis(x, idx, axis=1, mode="promise_in_bounds")
 
 
+def _masked(x, keep, fill):
+  return x if keep is None else jnp.where(keep, x, fill)
+
+
 def _row_shift(z, keep):
-  return jnp.max(jnp.where(keep, z, -jnp.inf), axis=1, keepdims=True)
+  return jnp.max(_masked(z, keep, -jnp.inf), axis=1, keepdims=True)
 
 
 def _fast_ok(z, keep):
-  lo = jnp.min(jnp.where(keep, z, jnp.inf), axis=1)
-  hi = jnp.max(jnp.where(keep, z, -jnp.inf), axis=1)
+  lo = jnp.min(_masked(z, keep, jnp.inf), axis=1)
+  hi = jnp.max(_masked(z, keep, -jnp.inf), axis=1)
   return jnp.all(hi - lo <= _FAST_RANGE)
 
 
-def _log_denominators_fwd_impl(z, keep, perm, gstart):
-  """LS (B, M) in sorted order: log sum_{k: d_ik >= d_i,perm[p]} exp(z_ik) over kept k."""
+def _log_denominators(z, keep, perm, gstart, fast):
+  """LS (B, M) in sorted order: log sum_{k kept: d_ik >= d_i,perm[p]} exp(z_ik) (ties included)."""
   zs = _take(z, perm)
-  ks = _take(keep, perm)
+  ks = None if keep is None else _take(keep, perm)
 
-  def fast(_):
+  def fast_path(_):
     m = _row_shift(z, keep)
-    e = jnp.where(ks, jnp.exp(zs - m), 0.0)
+    e = _masked(jnp.exp(zs - m), ks, 0.0)
     r = lax.cumsum(e, axis=1, reverse=True)
     return m + jnp.log(_take(r, gstart))
 
-  def exact(_):
-    floor = jnp.min(jnp.where(keep, z, jnp.inf), axis=1, keepdims=True) - 1e4  # exp(. - max) == 0
-    r = _lse_scan(jnp.where(ks, zs, floor), reverse=True)
+  def exact_path(_):
+    floor = jnp.min(_masked(z, keep, jnp.inf), axis=1, keepdims=True) - 1e4  # exp(floor - max) == 0
+    r = _lse_scan(_masked(zs, ks, floor), reverse=True)
     return _take(r, gstart)
 
-  return lax.cond(_fast_ok(z, keep), fast, exact, None)
+  return lax.cond(fast, fast_path, exact_path, None)
+
+
+def _sorted_weights(keep, row_w, perm):
+  ws = row_w[:, None]
+  return ws if keep is None else ws * _take(keep, perm)
 
 
 @jax.custom_vjp
-def _sum_log_denominators(z, keep, pair_w, perm, gstart, gend_orig):
-  """sum_{i,p} pair_w_sorted[i,p] * LS[i,p]: the log-denominator part of the RNC loss of a row block.
+def _sum_log_denominators(z, keep, row_w, perm, gstart, gend_orig):
+  """sum_{i, j kept} row_w_i * log sum_{k kept: d_ik >= d_ij} exp(z_ik) for one block of anchor rows.
 
-  z (B, M) float32 logits; keep (B, M) bool: candidates in denominators; pair_w (B, M) float32 weight of
-  each pair (original column order); perm/gstart/gend_orig from ``_ordering``.
+  z (B, M) float32 logits; keep (B, M) bool or None (= all): pairs and denominator terms that exist;
+  row_w (B,) float32 (0 for padding rows); perm/gstart/gend_orig (B, M) int32 from ``_ordering``.
   """
-  return _sum_log_denominators_fwd(z, keep, pair_w, perm, gstart, gend_orig)[0]
+  return _sum_log_denominators_fwd(z, keep, row_w, perm, gstart, gend_orig)[0]
 
 
-def _sum_log_denominators_fwd(z, keep, pair_w, perm, gstart, gend_orig):
-  ls = _log_denominators_fwd_impl(z, keep, perm, gstart)
-  ws = _take(pair_w, perm)
+def _sum_log_denominators_fwd(z, keep, row_w, perm, gstart, gend_orig):
+  fast = _fast_ok(z, keep)
+  ls = _log_denominators(z, keep, perm, gstart, fast)
+  ws = _sorted_weights(keep, row_w, perm)
   total = jnp.sum(jnp.where(ws > 0, ws * ls, 0.0))
-  return total, (z, keep, ls, ws, perm, gend_orig)
+  return total, (z, keep, row_w, ls, perm, gend_orig, fast)
 
 
 def _sum_log_denominators_bwd(res, ct):
-  z, keep, ls, ws, perm, gend_orig = res
-  # d total / d z_ik = exp(z_ik) * sum_{p <= end of k's group} ws_p * exp(-LS_p)
-  def fast(_):
-    m = _row_shift(z, keep)
-    # LS_p >= z_p >= m - _FAST_RANGE, so exp(m - LS_p) <= e^60: no overflow, no underflow.
-    c = lax.cumsum(jnp.where(ws > 0, ws * jnp.exp(m - ls), 0.0), axis=1)
-    return jnp.where(keep, jnp.exp(z - m) * _take(c, gend_orig), 0.0)
+  z, keep, row_w, ls, perm, gend_orig, fast = res
+  ws = _sorted_weights(keep, row_w, perm)
 
-  def exact(_):
+  # d total / d z_ik = exp(z_ik) * sum_{p <= last position of k's tie group} ws_p * exp(-LS_p)
+  def fast_path(_):
+    m = _row_shift(z, keep)
+    # LS_p >= z_p >= m - _FAST_RANGE, so exp(m - LS_p) <= e^60: no overflow, and exp(z - m) >= e^-60.
+    c = lax.cumsum(jnp.where(ws > 0, ws * jnp.exp(m - ls), 0.0), axis=1)
+    return _masked(jnp.exp(z - m) * _take(c, gend_orig), keep, 0.0)
+
+  def exact_path(_):
     neg = jnp.where(ws > 0, jnp.log(jnp.where(ws > 0, ws, 1.0)) - ls, -1e30)
     p = _lse_scan(neg, reverse=False)
-    return jnp.where(keep, jnp.exp(z + _take(p, gend_orig)), 0.0)
+    return _masked(jnp.exp(z + _take(p, gend_orig)), keep, 0.0)
 
-  gz = lax.cond(_fast_ok(z, keep), fast, exact, None)
+  gz = lax.cond(fast, fast_path, exact_path, None)
   return ct * gz, None, None, None, None, None
 
 
 _sum_log_denominators.defvjp(_sum_log_denominators_fwd, _sum_log_denominators_bwd)
 
 
-def _rnc_block_sum(z, keep, pair_w, order):
-  """sum over weighted pairs of l(i, j) = -z_ij + LS_ij for one block of rows."""
+def _rnc_block_sum(z, keep, row_w, order):
+  """sum over the block's weighted pairs of l(i, j) = -z_ij + LS_ij."""
   perm, gstart, gend_orig = order
-  return _sum_log_denominators(z, keep, pair_w, perm, gstart, gend_orig) - jnp.sum(pair_w * z)
+  linear = jnp.sum(row_w * jnp.sum(_masked(z, keep, 0.0), axis=1))
+  return _sum_log_denominators(z, keep, row_w, perm, gstart, gend_orig) - linear
 
 
-def _row_masks(b: int, m: int, row_ids, row_valid, exclude_self: bool):
-  """keep (B, M) bool and pair weights (B, M) float32 for anchors with global ids ``row_ids`` (B,)."""
-  cols = jnp.arange(m)
-  if exclude_self:
-    keep = cols[None, :] != row_ids[:, None]
-  else:
-    keep = jnp.ones((b, m), bool)
-  keep = keep & row_valid[:, None]
-  return keep, keep.astype(jnp.float32)
+def _row_masks(m: int, row_ids, row_valid, exclude_self: bool):
+  """keep (B, M) bool or None, and row weights (B,) float32, for anchors with global ids ``row_ids``."""
+  keep = (jnp.arange(m)[None, :] != row_ids[:, None]) if exclude_self else None
+  return keep, row_valid.astype(jnp.float32)
 
 
 def _blocked(fn: Callable, row_arrays: Sequence, row_block: int | None, n_rows: int):
@@ -364,7 +372,7 @@ def rnc_loss(anchors, candidates, anchor_labels, candidate_labels, *, temperatur
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
 
   def block(valid, rows, a_blk, y_blk):
-    keep, w = _row_masks(a_blk.shape[0], m, rows, valid, exclude_self)
+    keep, w = _row_masks(m, rows, valid, exclude_self)
     order = _ordering(_label_distance(y_blk, yc, label_distance))
     z = _similarity(a_blk, c, similarity) * inv_t
     return (_rnc_block_sum(z, keep, w, order),)
@@ -380,7 +388,7 @@ def _cross_modal_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, row_ids, *, inv_
   full = full and not (row_block and row_block < s_loc.shape[0])   # z_ts == z_st.T only for all rows
 
   def block(valid, rows, s_blk, t_blk, y_blk):
-    keep, w = _row_masks(s_blk.shape[0], m, rows, valid, exclude_self)
+    keep, w = _row_masks(m, rows, valid, exclude_self)
     order = _ordering(_label_distance(y_blk, y_all, label_distance))   # shared by both directions
     z_st = _similarity(s_blk, t_all, similarity) * inv_t
     z_ts = z_st.T if full else _similarity(t_blk, s_all, similarity) * inv_t
