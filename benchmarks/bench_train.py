@@ -64,7 +64,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
               labels=rng.integers(2, 15, (batch, 3)).astype(np.float32) / 2, class_id=np.zeros(batch, np.int32),
               valid=np.ones(batch, bool))
   result = {"devices": jax.device_count(), "batch": batch}
-  with mesh:
+  with jax.set_mesh(mesh):
     batch_arrays = train.global_batch(host, mesh)
     if kind in ("step", "loss_share"):
       step = jax.jit(train.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),

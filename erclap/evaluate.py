@@ -66,7 +66,7 @@ class Embedder:
 
   def audio(self, params, audio, audio_mask) -> np.ndarray:
     """(B, T) host-local waveforms -> (B_global, D) embeddings gathered on every host."""
-    with self.mesh:
+    with jax.set_mesh(self.mesh):
       return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
 
   def text(self, params, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -81,10 +81,10 @@ class Embedder:
       tokens = self.tokenizer(chunk + [""] * pad)
       ids = jnp.asarray(tokens["input_ids"])
       mask = jnp.asarray(tokens["attention_mask"])
-      with self.mesh:
-        emb = self._text(params, jax.device_put(ids, sharding.batch_sharding(self.mesh, 2)),
-                         jax.device_put(mask, sharding.batch_sharding(self.mesh, 2)))
-      out.append(np.asarray(emb)[: len(chunk)])
+      with jax.set_mesh(self.mesh):  # every process holds all texts: a global array, gathered back
+        emb = self._text(params, sharding.put_global(ids, sharding.batch_sharding(self.mesh, 2)),
+                         sharding.put_global(mask, sharding.batch_sharding(self.mesh, 2)))
+      out.append(self._gather(emb)[: len(chunk)])
     return np.concatenate(out)
 
 
@@ -103,7 +103,7 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
   for batch in iterator:
     speech.append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
     if config.stage != "ser":
-      with embedder.mesh:
+      with jax.set_mesh(embedder.mesh):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       text.append(embedder._gather(t))
     labels.append(embedder._gather(embedder._global(batch["labels"])))

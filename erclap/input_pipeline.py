@@ -1,8 +1,9 @@
-"""Grain input pipeline: stored corpus -> seeded shuffle -> per-process shard -> decode -> crop/pad ->
+"""Grain input pipeline: stored corpus -> seeded shuffle -> this process's rows -> decode -> crop/pad ->
 description -> batch -> tokenize (-> multiprocess prefetch).
 
 Training (``create_train_iterator``) is infinite: an IndexSampler reshuffles every epoch from
-``config.seed``, each JAX process reads only its shard, and every random choice (crop offset, which of the
+``config.seed``, each JAX process reads only its rows of every global batch (``GlobalBatchSlice``: the
+global batch does not depend on the process count), and every random choice (crop offset, which of the
 example's descriptions) comes from the per-record generator Grain derives from the seed and the record's
 position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly.
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
@@ -203,9 +204,10 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
 
     if not flags.FLAGS.is_parsed():  # library use outside absl.app: Grain's workers read its flags
       flags.FLAGS.mark_as_parsed()
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shuffle=True, num_epochs=None, seed=int(config.seed),
-      shard_options=grain.sharding.ShardOptions(shard_index=pi, shard_count=pc, drop_remainder=True))
+  sampler = GlobalBatchSlice(
+      grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None, seed=int(config.seed),
+                                  shard_options=grain.sharding.NoSharding()),
+      global_batch_size=global_bs, process_index=pi, process_count=pc)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[train_example(num_samples(d.max_seconds, d.sample_rate), picker),
@@ -214,6 +216,35 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
       worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
       read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(local_bs, 16)))
   return iter(loader)
+
+
+class GlobalBatchSlice:
+  """A Grain sampler: this process's rows of each *global* batch of one shared, seeded record order.
+
+  Every process walks the same shuffled sequence; global batch b is positions [b·G, (b+1)·G) of it, and
+  process p takes the contiguous rows [p·G/P, (p+1)·G/P) of each. So the global batch, and each record's
+  random crop (Grain's per-position rng), is the same for any process count: 2 processes x 4 devices see
+  exactly what 1 process x 8 devices sees (the rows land on the same devices too, see train.global_batch).
+  """
+
+  def __init__(self, base, *, global_batch_size: int, process_index: int, process_count: int):
+    self._base, self._global = base, int(global_batch_size)
+    self._local = self._global // int(process_count)
+    self._offset = int(process_index) * self._local
+    from grain import sharding as grain_sharding
+
+    self._shard_options = grain_sharding.NoSharding()  # the DataLoader must not shard a second time
+
+  def __len__(self) -> int:
+    return len(self._base)
+
+  def __repr__(self) -> str:  # part of the iterator checkpoint: must identify the sample order
+    return f"GlobalBatchSlice({self._base!r}, global={self._global}, local={self._local}, offset={self._offset})"
+
+  def __getitem__(self, index: int):
+    batch, row = divmod(int(index), self._local)
+    meta = self._base[batch * self._global + self._offset + row]
+    return type(meta)(index=index, record_key=meta.record_key, rng=meta.rng)
 
 
 def source_ids(source) -> list[str]:

@@ -98,3 +98,22 @@ def logical_axis_rules(overrides: Sequence[Sequence] | None = None):
     return LOGICAL_AXIS_RULES
   names = {o[0] for o in overrides}
   return tuple((str(a), b) for a, b in overrides) + tuple(r for r in LOGICAL_AXIS_RULES if r[0] not in names)
+
+
+def put_global(value, target: jax.sharding.Sharding) -> jax.Array:
+  """A host value that every process holds in full -> a global array with sharding ``target``.
+
+  Unlike ``jax.device_put`` this also works when ``target`` spans other processes' devices (multi-host):
+  each process fills only its addressable shards.
+  """
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, target, lambda index: value[index])
+
+
+def to_host(tree):
+  """Global arrays -> numpy on every process (an all-gather across processes when multi-host)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)

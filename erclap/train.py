@@ -109,7 +109,7 @@ def param_shardings(model, config, mesh):
 def init_params(model, config, mesh, rng):
   shardings = param_shardings(model, config, mesh)
   init = init_params_fn(model, config)
-  with mesh:
+  with jax.set_mesh(mesh):
     return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
 
 
@@ -259,7 +259,7 @@ def make_train_step(model, config, mesh, optimizer):
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     loss, parts, grads = loss_and_grads(state.params, batch, rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     # Non-finite guard: a bad step leaves the state untouched; the host stops the run (see the loop).
@@ -282,10 +282,31 @@ def state_shardings(model, config, mesh, optimizer):
   abstract_params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                                  nn.meta.unbox(jax.eval_shape(init_params_fn(model, config), jax.random.key(0))))
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_shardings = _follow_params(abstract_opt, abstract_params, p_shardings, sharding.replicated(mesh))
   replicated = sharding.replicated(mesh)
-  opt_shardings = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_shardings,
-                                        transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
+
+
+def _follow_params(abstract_opt, abstract_params, p_shardings, default):
+  """Sharding of each optimizer-state leaf: that of the parameter it mirrors, else ``default``.
+
+  A leaf mirrors a parameter when the parameter's key path is a suffix of the leaf's key path and the shapes
+  agree (Adam's mu/nu, trace, ...). Matching by path rather than by tree structure copes with the
+  ``MaskedNode`` placeholders that ``optax.multi_transform`` leaves where a group's transform is masked out.
+  """
+  by_path = {}
+  for (path, leaf), s in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(p_shardings)):
+    by_path[tuple(str(k) for k in path)] = (leaf.shape, s)
+
+  def pick(path, leaf):
+    keys = tuple(str(k) for k in path)
+    for start in range(len(keys)):
+      hit = by_path.get(keys[start:])
+      if hit is not None and hit[0] == leaf.shape:
+        return hit[1]
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def create_train_state(model, config, mesh, optimizer, rng) -> tuple[TrainState, TrainState]:
@@ -294,10 +315,10 @@ def create_train_state(model, config, mesh, optimizer, rng) -> tuple[TrainState,
   init_rng, state_rng = jax.random.split(rng)
   params = init_params(model, config, mesh, init_rng)
   params = load_pretrained_towers(params, config, shardings.params)
-  with mesh:
+  with jax.set_mesh(mesh):
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params=params,
-                     opt_state=opt_state, rng=jax.device_put(state_rng, shardings.rng))
+  state = TrainState(step=sharding.put_global(np.zeros((), np.int32), shardings.step), params=params,
+                     opt_state=opt_state, rng=jax.jit(lambda r: r, out_shardings=shardings.rng)(state_rng))
   return state, shardings
 
 
@@ -307,8 +328,8 @@ def load_pretrained_towers(params, config, shardings):
     return params
   from erclap import pretrained
 
-  host = pretrained.load_tower_weights(jax.device_get(params), config)
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), host, shardings)
+  host = pretrained.load_tower_weights(sharding.to_host(params), config)
+  return jax.tree.map(sharding.put_global, host, shardings)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -414,7 +435,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   window_start, window_steps, pending = time.time(), 0, []
   run_start, run_start_step = time.time(), step0
   step = step0
-  with _Preemption() as preemption, mesh:
+  with _Preemption() as preemption, jax.set_mesh(mesh):
     while step < t.num_steps:
       profile = tuple(t.profile_steps)
       if profile and step == profile[0] and is_chief:

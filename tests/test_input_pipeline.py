@@ -129,6 +129,12 @@ def test_shards_per_process(setup):
     seen.append({tuple(x) for b in batches for x in b["labels"]})
   assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(_by_labels(records["train"]))
+  # The process slices, stacked, are exactly the single-process global batches (crops included).
+  single = _take(input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1), 3)
+  halves = [_take(input_pipeline.create_train_iterator(config, tokenizer, process_index=pi, process_count=2), 3)
+            for pi in range(2)]
+  stacked = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*halves, strict=True)]
+  _assert_batches_equal(stacked, single)
   with pytest.raises(ValueError, match="global_batch_size=8 is not a multiple of process_count=3"):
     input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=3)
 

@@ -58,7 +58,7 @@ def test_gradient_caching_equals_one_shot(devices, loss):
   cached_config = th.tiny_config("unused", loss=loss, **{"train.micro_batch_size": 8})
   cached = train.make_loss_and_grads(model, cached_config, mesh)
   rng = jax.random.key(1)
-  with mesh:
+  with jax.set_mesh(mesh):
     loss_a, _, grads_a = jax.jit(one_shot)(params, batch, rng)
     loss_b, _, grads_b = jax.jit(cached)(params, batch, rng)
   np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
@@ -80,15 +80,21 @@ def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
     host_batch = _random_batch(config, tokenizer.vocab_size, 16)
     step = jax.jit(train.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
                    out_shardings=(shardings, None))
+    loss_and_grads = jax.jit(train.make_loss_and_grads(model, config, mesh))
     losses = []
-    with mesh:
+    with jax.set_mesh(mesh):
+      _, _, grads = loss_and_grads(state.params, train.global_batch(host_batch, mesh), jax.random.key(3))
       for _ in range(2):
         state, metrics = step(state, train.global_batch(host_batch, mesh))
         losses.append(float(metrics["loss"]))
-    results.append((losses, jax.device_get(state.params)))
+    results.append((losses, jax.device_get(grads)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
-  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+  # Gradients, not Adam-updated parameters: Adam's first step is ~lr * sign(g), so a gradient entry that is
+  # zero up to rounding (a bias) may flip sign between reduction orders without anything being wrong.
+  flat_a, flat_b = jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])
+  scale = max(float(np.max(np.abs(g))) for g in flat_a)
+  for a, b in zip(flat_a, flat_b, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
 
 
 def test_frozen_speech_tower_does_not_move(devices):
@@ -97,9 +103,10 @@ def test_frozen_speech_tower_does_not_move(devices):
   optimizer = train.make_optimizer(config)
   state, _ = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
   before = jax.device_get(state.params)
-  with mesh:
-    state, _ = jax.jit(train.make_train_step(model, config, mesh, optimizer))(
-        state, train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
+  step = jax.jit(train.make_train_step(model, config, mesh, optimizer))
+  with jax.set_mesh(mesh):
+    for _ in range(2):  # the warmup schedule's learning rate is 0 at step 0
+      state, _ = step(state, train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
   after = jax.device_get(state.params)
   for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
     np.testing.assert_array_equal(a, b)

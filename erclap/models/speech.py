@@ -104,8 +104,9 @@ class PositionalConv(nn.Module):
     bias = self.param("bias", layers.zeros_init(("embed",)), (e,), jnp.float32)
     # Padding k//2 on both sides; an even kernel drops the last output frame (HF's SamePadLayer).
     pad = (k // 2, k // 2 - 1 if k % 2 == 0 else k // 2)
-    y = jax.lax.conv_general_dilated(x, w.astype(self.dtype), (1,), [pad],
-                                     dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=g)
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), [pad], dimension_numbers=("NWC", "WIO", "NWC"),
+                                                     feature_group_count=g)
+    y = layers.batch_local(conv)(x, w.astype(self.dtype))
     return layers.activation(a.feat_extract_activation)(y + bias.astype(self.dtype))
 
 
@@ -130,9 +131,11 @@ class SpeechEncoder(nn.Module):
     lengths = frame_lengths(a, audio_mask.sum(-1))
     frame_mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
 
+    x = layers.shard_batch(x)
     if a.feat_proj_layer_norm:
       x = layers.LayerNorm(a.layer_norm_eps, self.dtype, name="feature_projection_norm")(x)
     x = layers.Dense(a.hidden_size, ("conv_out", "embed"), dtype=self.dtype, name="feature_projection")(x)
+    x = layers.shard_batch(x)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     x = drop(x)
 
