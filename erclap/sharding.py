@@ -92,12 +92,26 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def logical_axis_rules(overrides: Sequence[Sequence] | None = None):
-  """The rule table, with ``overrides`` (pairs of logical name, mesh axis) taking precedence."""
-  if not overrides:
-    return LOGICAL_AXIS_RULES
-  names = {o[0] for o in overrides}
-  return tuple((str(a), b) for a, b in overrides) + tuple(r for r in LOGICAL_AXIS_RULES if r[0] not in names)
+def logical_axis_rules(overrides: Sequence[Sequence] | None = None, mesh_axes: Sequence[str] | None = None):
+  """The rule table, with ``overrides`` (pairs of logical name, mesh axis) taking precedence.
+
+  With ``mesh_axes``, mesh axes the mesh does not have are dropped from the rules (a mesh of only
+  ``("data",)`` replicates what would be split over fsdp / tensor).
+  """
+  rules = LOGICAL_AXIS_RULES
+  if overrides:
+    names = {o[0] for o in overrides}
+    rules = tuple((str(a), b) for a, b in overrides) + tuple(r for r in LOGICAL_AXIS_RULES if r[0] not in names)
+  if mesh_axes is None:
+    return rules
+
+  def keep(target):
+    if target is None or isinstance(target, str):
+      return target if target in mesh_axes else None
+    kept = tuple(t for t in target if t in mesh_axes)
+    return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+  return tuple((name, keep(target)) for name, target in rules)
 
 
 def put_global(value, target: jax.sharding.Sharding) -> jax.Array:

@@ -103,7 +103,8 @@ def param_shardings(model, config, mesh):
   """NamedShardings of the (unboxed) parameters, from their logical axis names and the rule table."""
   abstract = jax.eval_shape(init_params_fn(model, config), jax.random.key(0))
   logical = nn.get_partition_spec(abstract)
-  return nn.logical_to_mesh_sharding(logical, mesh, sharding.logical_axis_rules(config.mesh.logical_axis_rules))
+  return nn.logical_to_mesh_sharding(logical, mesh, sharding.logical_axis_rules(config.mesh.logical_axis_rules,
+                                                                                 mesh.axis_names))
 
 
 def init_params(model, config, mesh, rng):
@@ -295,7 +296,8 @@ def _follow_params(abstract_opt, abstract_params, p_shardings, default):
   ``MaskedNode`` placeholders that ``optax.multi_transform`` leaves where a group's transform is masked out.
   """
   by_path = {}
-  for (path, leaf), s in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0], jax.tree.leaves(p_shardings)):
+  flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  for (path, leaf), s in zip(flat_params, jax.tree.leaves(p_shardings), strict=True):
     by_path[tuple(str(k) for k in path)] = (leaf.shape, s)
 
   def pick(path, leaf):

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 import numpy as np
+from jax.sharding import PartitionSpec
 
 Dtype = jnp.dtype
 NEG_INF = -1e30  # additive mask for padded keys (finite: keeps gradients NaN-free)
