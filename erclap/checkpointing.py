@@ -24,6 +24,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def checkpoint_dir(workdir: str) -> str:
+  if "://" not in workdir:  # Orbax's OCDBT store rejects relative local paths
+    workdir = os.path.abspath(workdir)
   return os.path.join(workdir, CHECKPOINT_DIR)
 
 

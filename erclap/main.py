@@ -94,9 +94,11 @@ def main(argv):
 
   logging.info("JAX %s: process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
-  if not FLAGS.workdir.startswith("gs://"):
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-  run_fn(config, FLAGS.workdir)
+  workdir = FLAGS.workdir
+  if "://" not in workdir:  # local: Orbax requires absolute paths
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+  run_fn(config, workdir)
 
 
 def _make_config_package_importable(argv) -> None:

@@ -473,8 +473,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          examples_per_sec=steps_per_sec * t.global_batch_size)
           writer.write_scalars(step, summary)
           eta = (t.num_steps - step) / max((step - run_start_step) / (now - run_start), 1e-9)
-          logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f examples/s  ETA %s", step, t.num_steps,
-                       summary["loss"], steps_per_sec, summary["examples_per_sec"], _format_eta(eta))
           print(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  "
                 f"{steps_per_sec:.2f} steps/s  {summary['examples_per_sec']:.0f} ex/s  ETA {_format_eta(eta)}",
                 flush=True)

@@ -126,3 +126,10 @@ def test_batch_sharding_splits_rows(devices):
 def test_logical_axis_rule_overrides():
   rules = dict(sharding.logical_axis_rules((("embed", None),)))
   assert rules["embed"] is None and rules["mlp"] == "tensor"
+
+
+def test_logical_axis_rules_drop_axes_the_mesh_lacks():
+  rules = dict(sharding.logical_axis_rules(mesh_axes=("data",)))
+  assert rules["batch"] == "data" and rules["embed"] is None and rules["mlp"] is None
+  rules = dict(sharding.logical_axis_rules((("mlp", ("fsdp", "tensor")),), mesh_axes=("data", "tensor")))
+  assert rules["mlp"] == "tensor" and rules["batch"] == "data"

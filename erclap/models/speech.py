@@ -8,6 +8,8 @@ exactly like Hugging Face's ``_get_feature_vector_attention_mask``.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -69,11 +71,20 @@ class FeatureExtractor(nn.Module):
     x = audio[..., None].astype(self.dtype)
     c_in = 1
     for i, (c, k, s) in enumerate(zip(a.conv_dim, a.conv_kernel, a.conv_stride, strict=True)):
-      kernel = self.param(f"conv_{i}_kernel", layers.dense_init((None, "conv_in", "conv_out")), (k, c_in, c),
-                          jnp.float32)
+      # PyTorch's (and so HF's) conv initialisation: He-normal kernels, biases uniform in ±1/sqrt(fan_in).
+      # With 0.02-normal kernels and zero biases, a fully padded frame (input 0 -> output = bias ~ 0) has
+      # almost no variance for the layer norm that follows, which then amplifies its gradient ~300x: random-init
+      # training diverged (gradient norms in the hundreds, loss at chance on the demo).
+      fan_in = k * c_in
+      kernel = self.param(f"conv_{i}_kernel", nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2),
+          (None, "conv_in", "conv_out")), (k, c_in, c), jnp.float32)
       x = strided_conv(x, kernel.astype(self.dtype), s)
       if a.conv_bias:
-        bias = self.param(f"conv_{i}_bias", layers.zeros_init(("conv_out",)), (c,), jnp.float32)
+        bound = 1.0 / math.sqrt(fan_in)
+        bias = self.param(f"conv_{i}_bias", nn.with_logical_partitioning(
+            lambda key, shape, dtype, bound=bound: jax.random.uniform(key, shape, dtype, -bound, bound),
+            ("conv_out",)), (c,), jnp.float32)
         x = x + bias.astype(self.dtype)
       if a.feat_extract_norm == "layer":
         x = layers.LayerNorm(1e-5, self.dtype, name=f"conv_{i}_norm")(x)
