@@ -12,7 +12,6 @@ import math
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -79,8 +78,8 @@ class Embedder:
       chunk = list(texts[start:start + batch_size])
       pad = -len(chunk) % self.divisor
       tokens = self.tokenizer(chunk + [""] * pad)
-      ids = jnp.asarray(tokens["input_ids"])
-      mask = jnp.asarray(tokens["attention_mask"])
+      ids = np.asarray(tokens["input_ids"])
+      mask = np.asarray(tokens["attention_mask"])
       with jax.set_mesh(self.mesh):  # every process holds all texts: a global array, gathered back
         emb = self._text(params, sharding.put_global(ids, sharding.batch_sharding(self.mesh, 2)),
                          sharding.put_global(mask, sharding.batch_sharding(self.mesh, 2)))

@@ -99,16 +99,24 @@ def init_params_fn(model, config):
   return init
 
 
-def param_shardings(model, config, mesh):
-  """NamedShardings of the (unboxed) parameters, from their logical axis names and the rule table."""
-  abstract = jax.eval_shape(init_params_fn(model, config), jax.random.key(0))
-  logical = nn.get_partition_spec(abstract)
+def abstract_params(model, config):
+  """The parameters as boxed (logically partitioned) ShapeDtypeStructs: one trace of the model's init."""
+  return jax.eval_shape(init_params_fn(model, config), jax.random.key(0))
+
+
+def param_shardings(model, config, mesh, boxed=None):
+  """NamedShardings of the (unboxed) parameters, from their logical axis names and the rule table.
+
+  ``boxed``: ``abstract_params(model, config)`` when the caller has it already (saves a trace)."""
+  boxed = abstract_params(model, config) if boxed is None else boxed
+  logical = nn.get_partition_spec(boxed)
   return nn.logical_to_mesh_sharding(logical, mesh, sharding.logical_axis_rules(config.mesh.logical_axis_rules,
                                                                                  mesh.axis_names))
 
 
-def init_params(model, config, mesh, rng):
-  shardings = param_shardings(model, config, mesh)
+def init_params(model, config, mesh, rng, shardings=None):
+  """Freshly initialised parameters, created sharded (``shardings``: from ``param_shardings`` if not given)."""
+  shardings = param_shardings(model, config, mesh) if shardings is None else shardings
   init = init_params_fn(model, config)
   with jax.set_mesh(mesh):
     return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
@@ -277,15 +285,22 @@ def make_train_step(model, config, mesh, optimizer):
   return train_step
 
 
-def state_shardings(model, config, mesh, optimizer):
-  """Shardings of the whole TrainState: optimizer moments follow their parameters."""
-  p_shardings = param_shardings(model, config, mesh)
-  abstract_params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-                                 nn.meta.unbox(jax.eval_shape(init_params_fn(model, config), jax.random.key(0))))
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-  opt_shardings = _follow_params(abstract_opt, abstract_params, p_shardings, sharding.replicated(mesh))
+def abstract_state_and_shardings(model, config, mesh, optimizer) -> tuple[TrainState, TrainState]:
+  """The TrainState as ShapeDtypeStructs, and its shardings: optimizer moments follow their parameters."""
+  boxed = abstract_params(model, config)
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), nn.meta.unbox(boxed))
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=jax.eval_shape(optimizer.init, params),
+                        rng=jax.eval_shape(lambda: jax.random.key(0)))
+  p_shardings = param_shardings(model, config, mesh, boxed)
   replicated = sharding.replicated(mesh)
-  return TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
+  opt_shardings = _follow_params(abstract.opt_state, params, p_shardings, replicated)
+  return abstract, TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
+
+
+def state_shardings(model, config, mesh, optimizer) -> TrainState:
+  """Shardings of the whole TrainState: optimizer moments follow their parameters."""
+  return abstract_state_and_shardings(model, config, mesh, optimizer)[1]
 
 
 def _follow_params(abstract_opt, abstract_params, p_shardings, default):
@@ -315,7 +330,7 @@ def create_train_state(model, config, mesh, optimizer, rng) -> tuple[TrainState,
   """A fresh state (sharded) and its shardings; pre-trained towers are loaded here when configured."""
   shardings = state_shardings(model, config, mesh, optimizer)
   init_rng, state_rng = jax.random.split(rng)
-  params = init_params(model, config, mesh, init_rng)
+  params = init_params(model, config, mesh, init_rng, shardings.params)
   params = load_pretrained_towers(params, config, shardings.params)
   with jax.set_mesh(mesh):
     opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
@@ -532,12 +547,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def restore_params(config, workdir: str, model, mesh, step: int = -1):
   """Parameters of a checkpoint in ``workdir`` (latest, or ``step``), sharded for ``mesh``."""
   optimizer = make_optimizer(config)
-  shardings = state_shardings(model, config, mesh, optimizer)
-  abstract_params = jax.eval_shape(init_params_fn(model, config), jax.random.key(0))
-  abstract_params = nn.meta.unbox(abstract_params)
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                        opt_state=abstract_opt, rng=jax.eval_shape(lambda: jax.random.key(0)))
+  abstract, shardings = abstract_state_and_shardings(model, config, mesh, optimizer)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
   manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=False, read_only=True)
   try:

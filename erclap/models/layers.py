@@ -54,10 +54,18 @@ def shard_batch(x: jax.Array) -> jax.Array:
   """
   from erclap import sharding
 
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not sharding.batch_axes(mesh):
+  mesh = _batch_mesh()
+  if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(x, sharding.batch_spec(mesh, x.ndim))
+
+
+def _batch_mesh():
+  """The mesh in context (``jax.set_mesh``) if it splits the batch, else None."""
+  from erclap import sharding
+
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or not sharding.batch_axes(mesh) else mesh
 
 
 def batch_local(fn):
@@ -72,8 +80,8 @@ def batch_local(fn):
   from erclap import sharding
 
   def wrapped(x, *weights):
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not sharding.batch_axes(mesh) or x.shape[0] % sharding.batch_size_divisor(mesh):
+    mesh = _batch_mesh()
+    if mesh is None or x.shape[0] % sharding.batch_size_divisor(mesh):
       return fn(x, *weights)  # no mesh, or a batch that does not split (parameter init with 2 examples)
     spec = sharding.batch_spec(mesh, x.ndim)
     return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * len(weights), out_specs=spec)(
