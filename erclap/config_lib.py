@@ -6,7 +6,12 @@ keys that do not exist fail while flags are parsed); this module checks values, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
+
+from erclap.schema import LABEL_NAMES
 
 CHOICES = {
     "stage": ("clap", "ser"),
@@ -32,7 +37,6 @@ NON_NEGATIVE = (
     "data.worker_count", "loss_options.row_block", "model.dropout", "data.eval_max_seconds",
     "data.unreadable_audio_tolerance",
 )
-LABEL_NAMES = ("arousal", "valence", "dominance")
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,63 @@ def get(config: ml_collections.ConfigDict, dotted: str):
   for part in dotted.split("."):
     value = value[part]
   return value
+
+
+def _parent(config: ml_collections.ConfigDict, key: str, where: str = ""):
+  """The section holding dotted ``key``, and the key's last part; ConfigError naming an unknown key."""
+  prefix = f"{where}: " if where else ""
+  if not isinstance(key, str) or not key:
+    raise ConfigError(f"{prefix}override key {key!r}: must be a dotted config key like 'train.learning_rate'")
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ConfigError(f"{prefix}unknown config key {key!r} (no {'.'.join(parts[:i + 1])!r} in the config"
+                        + (f"; known there: {', '.join(known)})" if known else ")"))
+    if i < len(parts) - 1:
+      node = node[part]
+  if isinstance(node[parts[-1]], ml_collections.ConfigDict):
+    raise ConfigError(f"{prefix}config key {key!r} is a section, not a value")
+  return node, parts[-1]
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    where: str = "") -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted-key overrides set (``{"train.learning_rate": 1e-4}``).
+
+  ml_collections' type checks apply; ConfigError names the key when the config has no such key or the value
+  has the wrong type. ``where`` prefixes the message (e.g. the sweep run it came from).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # a copy that keeps the field types
+  config.lock()
+  for key, value in overrides.items():
+    node, last = _parent(config, key, where)
+    try:
+      node[last] = value
+    except (TypeError, ValueError) as e:
+      prefix = f"{where}: " if where else ""
+      raise ConfigError(f"{prefix}config key {key!r}: cannot set {value!r}: {e}") from None
+  return config
+
+
+def format_value(value: Any) -> str:
+  """A value as ml_collections' config flags parse it (``0.0001``, ``True``, ``(1,-1,1)``, ``infonce``)."""
+  if isinstance(value, bool) or value is None:
+    return str(value)
+  if isinstance(value, int | float):
+    return repr(value)
+  if isinstance(value, str):
+    return value
+  if isinstance(value, list | tuple):
+    inner = ",".join(repr(v) for v in value)
+    return f"({inner},)" if len(value) == 1 else f"({inner})"
+  raise ConfigError(f"override value {value!r}: use a bool, int, float, str, tuple or None")
+
+
+def override_flags(overrides: Mapping[str, Any]) -> list[str]:
+  """Dotted-key overrides as command-line flags: ``["--config.train.learning_rate=0.0001", ...]``."""
+  return [f"--config.{key}={format_value(value)}" for key, value in overrides.items()]
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
