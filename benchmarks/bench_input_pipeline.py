@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
 def _config(data_dir: str, batch: int, seconds: float, workers: int):
-  from configs import default
+  from erclap.configs import default
 
   c = default.get_config()
   c.data.data_dir = data_dir

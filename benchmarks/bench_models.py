@@ -38,7 +38,7 @@ def bench_clap(size: str, batch: int, seconds: float, tokens: int, repeats: int,
   import jax.numpy as jnp
   import numpy as np
 
-  from configs import default
+  from erclap.configs import default
   from erclap import models
 
   c = default.get_config().model

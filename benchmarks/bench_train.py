@@ -46,7 +46,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
-  from configs import demo
+  from erclap.configs import demo
   from erclap import tokenization, train
 
   config = demo.get_config()

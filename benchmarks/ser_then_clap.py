@@ -51,7 +51,7 @@ def main():
   parser.add_argument("--freeze_speech", action="store_true")
   args = parser.parse_args()
 
-  from configs import demo, ser_pretrain
+  from erclap.configs import demo, ser_pretrain
 
   ser_config = ser_pretrain.get_config("demo")
   if args.ser_steps:

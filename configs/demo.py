@@ -1,37 +1,6 @@
 """Demo: the embedded synthetic corpus, the tiny model, CPU, a few minutes on 2 cores.
 
-  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=all
+The definition lives in erclap/configs/demo.py (importable as ``erclap.configs.demo``).
 """
 
-from configs import default
-
-
-def get_config():
-  c = default.get_config()
-  c.loss = "rnc"
-  c.data.name = "embedded"
-  c.data.max_seconds = 3.0
-  c.data.max_text_tokens = 24
-  c.data.embedded.max_seconds = 3.0
-  c.model.size = "tiny"
-  c.model.joint_dim = 128
-  c.model.projection_hidden = (256,)
-  c.model.tokenizer = "descriptions"
-  # A randomly initialised text tower's CLS output hardly depends on the input (std across descriptions
-  # ~6e-4 of a unit vector at init): mean pooling gives the loss something to work with from step 0.
-  c.model.text_pooling = "mean"
-  c.train.num_steps = 600
-  c.train.global_batch_size = 64
-  c.train.learning_rate = 1e-3
-  c.train.warmup_steps = 50
-  c.train.weight_decay = 1e-4
-  c.train.temperature_init = 0.1
-  c.train.log_every_steps = 25
-  c.checkpoint.every_steps = 200
-  c.checkpoint.keep = 2
-  c.checkpoint.best_metric = "aoc_mean"
-  c.eval.every_steps = 200
-  c.eval.batch_size = 100
-  c.eval.retrieval_draws = 100
-  c.mesh.shape = (-1, 1, 1)
-  return c
+from erclap.configs.demo import get_config  # noqa: F401

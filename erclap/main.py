@@ -101,20 +101,7 @@ def main(argv):
   run_fn(config, workdir)
 
 
-def _make_config_package_importable(argv) -> None:
-  """Config files import their base (``from configs import default``): put the folder above configs/ on
-  sys.path, wherever the program is started from."""
-  for i, arg in enumerate(argv):
-    path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
-        argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-    if path:
-      root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":", 1)[0])))
-      if root not in sys.path:
-        sys.path.insert(0, root)
-
-
 def run():
-  _make_config_package_importable(sys.argv)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -36,7 +36,7 @@ def tiny_data_config(data_dir, **embedded_overrides):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if root not in sys.path:
     sys.path.insert(0, root)
-  from configs import default
+  from erclap.configs import default
 
   config = default.get_config()
   config.data.data_dir = str(data_dir)

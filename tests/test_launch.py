@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from configs import sweeps as sweeps_pkg  # noqa: E402
+from erclap.configs import sweeps as sweeps_pkg  # noqa: E402
 from launch import sweep as sweep_lib  # noqa: E402
 
 SWEEP_PY = os.path.join(ROOT, "launch", "sweep.py")
@@ -56,7 +56,7 @@ def sweep_file(tmp_path):
 
 
 TINY = """
-from configs.sweeps import product
+from erclap.configs.sweeps import product
 
 base_config = "configs/default.py"
 fixed = {"train.num_steps": 7}

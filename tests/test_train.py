@@ -224,7 +224,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
 
 
 def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_path, capsys):
-  from configs import ser_pretrain
+  from erclap.configs import ser_pretrain
 
   ser_config = ser_pretrain.get_config("demo")
   for key, value in {**th.TINY_OVERRIDES, "data.data_dir": data_dir, "train.num_steps": 12,

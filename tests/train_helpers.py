@@ -38,7 +38,7 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(data_dir: str, **overrides):
-  from configs import demo
+  from erclap.configs import demo
 
   config = demo.get_config()
   for key, value in {**TINY_OVERRIDES, "data.data_dir": data_dir, **overrides}.items():

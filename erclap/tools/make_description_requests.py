@@ -41,7 +41,7 @@ def _data_config(args):
   if root not in sys.path:
     sys.path.insert(0, root)
   try:
-    from configs import default
+    from erclap.configs import default
   except ImportError as e:
     raise SystemExit(f"cannot import configs/default.py ({e}): run from the ERCLAP repository root") from e
   data = default.get_config().data

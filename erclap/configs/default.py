@@ -1,0 +1,124 @@
+"""Base configuration: every key any part of ERCLAP reads is declared here (others are errors).
+
+Other config files start from ``default.get_config()`` and change values; command-line overrides
+(``--config.train.global_batch_size=512``) can only touch keys that exist here.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.stage = "clap"       # "clap": cross-modal stage; "ser": stage-1 speech-emotion pre-training
+  c.loss = "rnc"         # "rnc" | "infonce" | "supcon" (clap stage)
+
+  # ---------------------------------------------------------------- loss
+  c.loss_options = ml_collections.ConfigDict()
+  c.loss_options.similarity = "cosine"          # "cosine" | "neg_l2"
+  c.loss_options.label_distance = "l1"          # "l1" | "l2"
+  c.loss_options.rank_labels = ("arousal", "valence")  # label columns the RNC distance uses
+  c.loss_options.row_block = 0                  # 0 = unblocked; else rows per rematerialised block
+  c.loss_options.supcon_bins = 3                # supcon without categorical labels: bins per attribute
+  # SER stage (stage 1)
+  c.loss_options.ccc_weight = 1.0
+  c.loss_options.rank_weight = 1.0
+  c.loss_options.rank_margin = 0.0
+  c.loss_options.rank_scale = 1.0
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "embedded"        # "embedded" | "msp_podcast" | "iemocap"
+  c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
+  c.data.manual_dir = ""          # where the licensed corpora's audio lives (msp_podcast, iemocap)
+  c.data.sample_rate = 16000
+  c.data.max_seconds = 4.0        # random crop / pad length for training, in seconds
+  c.data.eval_max_seconds = 0.0   # 0 = same as max_seconds (centre crop)
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.test_split = "test"
+  c.data.descriptions = "templates"   # "templates" | path to a JSONL of LLM-written descriptions
+  c.data.descriptions_per_example = 8 # template variants drawn from per epoch
+  c.data.max_text_tokens = 32
+  c.data.worker_count = 0             # grain worker processes (0 = in-process)
+  c.data.prefetch_buffer_size = 2
+  c.data.iemocap_test_session = 5     # leave-one-session-out split for IEMOCAP
+  c.data.unreadable_audio_tolerance = 0.0  # fraction of unreadable files tolerated (counted, skipped)
+  c.data.embedded = ml_collections.ConfigDict()
+  c.data.embedded.num_train = 4000
+  c.data.embedded.num_validation = 500
+  c.data.embedded.num_test = 1000
+  c.data.embedded.num_speakers = 8
+  c.data.embedded.min_seconds = 1.0
+  c.data.embedded.max_seconds = 4.0
+  c.data.embedded.label_noise = 0.3
+  c.data.embedded.seed = 1234
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "tiny"               # "tiny" | "base" | "large"
+  c.model.joint_dim = 512
+  c.model.speech_arch = "wavlm"       # "wav2vec2" | "hubert" | "wavlm"
+  c.model.text_arch = "bert"          # "bert" | "roberta" | "distilroberta"
+  c.model.speech_init = ""            # "" (random) | HF model dir | ERCLAP workdir (SER stage-1 run)
+  c.model.text_init = ""              # "" (random) | HF model dir
+  c.model.tokenizer = "descriptions"  # "descriptions" (word-level over the template vocabulary) | HF dir
+  c.model.freeze_speech = False       # the paper freezes its (pre-trained) speech model
+  c.model.freeze_text = False
+  c.model.speech_pooling = "mean"     # "mean" over valid frames
+  c.model.text_pooling = "cls"        # "cls" | "mean"
+  c.model.projection_hidden = (512,)  # hidden widths of the projection MLPs ((): linear)
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"           # compute dtype ("bfloat16" on TPU); params stay float32
+  c.model.remat = False
+  c.model.num_attributes = 3          # SER heads: arousal, valence, dominance
+
+  # ---------------------------------------------------------------- training
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 10_000
+  c.train.global_batch_size = 256
+  c.train.micro_batch_size = 0        # > 0: gradient caching with this many examples per micro-batch
+  c.train.learning_rate = 1e-4
+  c.train.speech_lr_multiplier = 1.0
+  c.train.text_lr_multiplier = 1.0
+  c.train.warmup_steps = 500
+  c.train.weight_decay = 0.01
+  c.train.grad_clip_norm = 1.0
+  c.train.temperature_init = 0.07
+  c.train.learn_temperature = True
+  c.train.log_every_steps = 50
+  c.train.profile_steps = ()          # e.g. (100, 110): write a profiler trace for those steps
+
+  # ---------------------------------------------------------------- checkpoints
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.best_metric = ""       # e.g. "aoc_mean": also keep the best checkpoint by this metric
+  c.checkpoint.best_mode = "max"
+  c.checkpoint.async_save = True
+
+  # ---------------------------------------------------------------- evaluation / export
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_steps = 1000
+  c.eval.batch_size = 64
+  c.eval.max_examples = 0             # 0 = whole split
+  c.eval.probe_train_examples = 2000  # train-split clips the ridge probe is fitted on
+  c.eval.retrieval_levels = 5         # retrieval Kendall tau: K levels
+  c.eval.retrieval_draws = 200        #                        M draws
+  c.eval.retrieval_top_k = 1
+  c.export = ml_collections.ConfigDict()
+  c.export.splits = ("test",)
+  c.export.step = -1                  # -1 = latest checkpoint
+
+  # ---------------------------------------------------------------- devices
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)
+  c.mesh.axes = ("data", "fsdp", "tensor")
+  c.mesh.logical_axis_rules = ()      # overrides of erclap.sharding.LOGICAL_AXIS_RULES
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # "" = auto (TPU/SLURM env) or single process
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.local_device_ids = ()
+  return c
