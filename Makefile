@@ -1,4 +1,5 @@
-# The two commands of the README:  `make demo`  (main job on the embedded corpus)  and  `make test`.
+# The two commands of the README:  `make demo`  (main job on the embedded corpus)  and  `make test`
+# (everything; `make test-fast` skips the tests marked slow: training runs and other subprocesses).
 # Each creates .venv and installs the project on first use (and again whenever pyproject.toml changes).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP   := $(VENV)/.installed
 WORKDIR ?= workdirs/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test test-fast lint install bench clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q -m "not slow" tests
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

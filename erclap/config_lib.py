@@ -69,6 +69,11 @@ def _parent(config: ml_collections.ConfigDict, key: str, where: str = ""):
   return node, parts[-1]
 
 
+def check_key(config: ml_collections.ConfigDict, key: str, where: str = "") -> None:
+  """ConfigError naming ``key`` unless the dotted key names a value (not a section) of ``config``."""
+  _parent(config, key, where)
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
                     where: str = "") -> ml_collections.ConfigDict:
   """A copy of ``config`` with dotted-key overrides set (``{"train.learning_rate": 1e-4}``).

@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-ATTRIBUTES = ("arousal", "valence", "dominance")
+from erclap import fileio
+from erclap.schema import LABEL_NAMES
+
 NUM_LEVELS = 7
 
 # Level phrases, level 1 .. 7, per attribute and synonym set (each set ordered low -> high).
@@ -72,8 +75,8 @@ LEVEL_PROMPT_DEGREES = ("very low", "low", "somewhat low", "medium", "somewhat h
 
 
 def _check_attribute(attribute: str) -> str:
-  if attribute not in ATTRIBUTES:
-    raise ValueError(f"attribute={attribute!r} is not one of {ATTRIBUTES}")
+  if attribute not in LABEL_NAMES:
+    raise ValueError(f"attribute={attribute!r} is not one of {LABEL_NAMES}")
   return attribute
 
 
@@ -160,7 +163,7 @@ def vocabulary() -> list[str]:
       for phrase in phrases:
         vocab.update(words(phrase))
   vocab.add("an")  # the article before vowel-initial phrases
-  for attribute in ATTRIBUTES:
+  for attribute in LABEL_NAMES:
     for prompt in level_prompts(attribute):
       vocab.update(words(prompt))
   return sorted(vocab)
@@ -170,8 +173,6 @@ def example_variants(example_id: str, per_example: int, seed: int = 0) -> list[i
   """The ``per_example`` template variants an utterance draws its descriptions from (fixed per id)."""
   if int(per_example) < 1:
     raise ValueError(f"data.descriptions_per_example must be >= 1, got {per_example}")
-  import zlib
-
   start = zlib.crc32(f"{seed}:{example_id}".encode()) % NUM_VARIANTS
   # A stride coprime with NUM_VARIANTS walks through distinct variants (patterns and synonym sets).
   stride = 7 if np.gcd(7, NUM_VARIANTS) == 1 else 1
@@ -215,13 +216,11 @@ def load_jsonl(path: str) -> dict[str, list[str]]:
 
 
 def write_jsonl(path: str, descriptions: dict[str, Sequence[str]]) -> None:
-  """{id: descriptions} -> JSONL (atomically: written to a temporary file, then renamed)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  """{id: descriptions} -> JSONL, written atomically (``erclap.fileio.atomic_open``)."""
+  with fileio.atomic_open(os.fspath(path), "w", encoding="utf-8") as f:
     for key, texts in descriptions.items():
       line = json.dumps({"id": str(key), "descriptions": [str(t) for t in texts]}, ensure_ascii=False)
       f.write(line + "\n")
-  os.replace(tmp, path)
 
 
 def check_coverage(descriptions: dict[str, list[str]], ids: Iterable[str], *, source: str = "") -> None:

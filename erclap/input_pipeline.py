@@ -22,11 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 
+import grain
+import jax
 import numpy as np
+from absl import flags
 
+from erclap import data
 from erclap import descriptions as desc_lib
-
-LABEL_NAMES = ("arousal", "valence", "dominance")
+from erclap.schema import LABEL_NAMES
 
 
 def num_samples(seconds: float, sample_rate: int) -> int:
@@ -118,8 +121,6 @@ def _tokenize_batch(batch: dict, tokenizer: Callable, max_tokens: int) -> dict:
 
 def _process(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax
-
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= int(process_index) < int(process_count):
@@ -130,13 +131,7 @@ def _process(process_index, process_count) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- training
 
 
-def _grain():
-  import grain
-
-  return grain
-
-
-class _TrainExample:
+class _TrainExample(grain.transforms.RandomMap):
   """RandomMap: record -> cropped audio, mask, labels and one description (Grain's per-record rng)."""
 
   def __init__(self, length: int, picker: DescriptionPicker):
@@ -149,7 +144,7 @@ class _TrainExample:
     return _example(record, audio, mask, self.picker.pick(record, rng))
 
 
-class _Tokenize:
+class _Tokenize(grain.transforms.Map):
   def __init__(self, tokenizer: Callable, max_tokens: int):
     self.tokenizer, self.max_tokens = tokenizer, max_tokens
 
@@ -157,36 +152,10 @@ class _Tokenize:
     return _tokenize_batch(batch, self.tokenizer, self.max_tokens)
 
 
-def _grain_transforms():
-  grain = _grain()
-
-  class TrainExample(_TrainExample, grain.transforms.RandomMap):
-    pass
-
-  class Tokenize(_Tokenize, grain.transforms.Map):
-    pass
-
-  return TrainExample, Tokenize
-
-
-# Grain needs subclasses of its transform bases; build them once at import of this module's users.
-_TrainExampleT, _TokenizeT = None, None
-
-
-def _transform_classes():
-  global _TrainExampleT, _TokenizeT
-  if _TrainExampleT is None:
-    _TrainExampleT, _TokenizeT = _grain_transforms()
-  return _TrainExampleT, _TokenizeT
-
-
 def create_train_iterator(config, tokenizer: Callable, *, process_index: int | None = None,
                           process_count: int | None = None):
   """Infinite, seeded, per-process-sharded iterator of training batches (a grain DataLoader iterator,
   with get_state()/set_state()); batch size config.train.global_batch_size // process_count."""
-  from erclap import data
-
-  grain = _grain()
   pi, pc = _process(process_index, process_count)
   d = config.data
   global_bs = int(config.train.global_batch_size)
@@ -198,10 +167,7 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
     raise ValueError(f"split {d.train_split!r} has {len(source)} examples, fewer than {pc} processes")
   ids = source_ids(source) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{d.train_split}")
-  train_example, tokenize = _transform_classes()
   if int(d.worker_count) > 0:
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():  # library use outside absl.app: Grain's workers read its flags
       flags.FLAGS.mark_as_parsed()
   sampler = GlobalBatchSlice(
@@ -210,9 +176,9 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
       global_batch_size=global_bs, process_index=pi, process_count=pc)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[train_example(num_samples(d.max_seconds, d.sample_rate), picker),
+      operations=[_TrainExample(num_samples(d.max_seconds, d.sample_rate), picker),
                   grain.transforms.Batch(batch_size=local_bs, drop_remainder=True),
-                  tokenize(tokenizer, int(d.max_text_tokens))],
+                  _Tokenize(tokenizer, int(d.max_text_tokens))],
       worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
       read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(local_bs, 16)))
   return iter(loader)
@@ -231,9 +197,7 @@ class GlobalBatchSlice:
     self._base, self._global = base, int(global_batch_size)
     self._local = self._global // int(process_count)
     self._offset = int(process_index) * self._local
-    from grain import sharding as grain_sharding
-
-    self._shard_options = grain_sharding.NoSharding()  # the DataLoader must not shard a second time
+    self._shard_options = grain.sharding.NoSharding()  # the DataLoader must not shard a second time
 
   def __len__(self) -> int:
     return len(self._base)
@@ -286,7 +250,7 @@ class EvalIterator:
           rows.append(_example(record, audio, mask, text))
           ids.append(record["id"])
         else:  # padding row: masked out everywhere
-          blank = {"arousal": 0.0, "valence": 0.0, "dominance": 0.0, "class_id": -1}
+          blank = {**dict.fromkeys(LABEL_NAMES, 0.0), "class_id": -1}
           rows.append(_example(blank, np.zeros(self.length, np.float32), np.zeros(self.length, bool), "",
                                valid=False))
           ids.append("")
@@ -302,8 +266,6 @@ class EvalIterator:
 def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size: int,
                          process_index: int | None = None, process_count: int | None = None) -> EvalIterator:
   """Iterates ``split`` exactly once (this process's share) in batches of ``batch_size`` (per process)."""
-  from erclap import data
-
   pi, pc = _process(process_index, process_count)
   if int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -1,15 +1,10 @@
 """PNG plots of an exported split: the joint space (PCA), similarity vs label distance, prompt ordering.
 
-Matplotlib with the Agg backend (no display). Every function writes its PNG atomically: the figure goes
-to a hidden temporary file in the target directory (``.<name>.tmp-<pid>-<random>``, the pattern export
-cleans up after a crash) and is renamed onto ``path`` only when complete, so a reader never sees a partial
-image and an error leaves no file behind.
+Matplotlib with the Agg backend (no display). Every function writes its PNG atomically
+(``erclap.fileio.atomic_path``): a reader never sees a partial image and an error leaves no file behind.
 """
 
 from __future__ import annotations
-
-import os
-import uuid
 
 import matplotlib
 
@@ -18,22 +13,14 @@ matplotlib.use("Agg")  # before pyplot: headless, and the same output on every m
 import matplotlib.pyplot as plt
 import numpy as np
 
-from erclap import metrics
+from erclap import fileio, metrics
 
 
 def _save_atomically(fig, path: str) -> str:
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    plt.close(fig)
-    raise ValueError(f"path: directory {directory!r} does not exist")
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  """Writes ``fig`` as a PNG through ``fileio.atomic_path`` and closes it, whatever happens."""
   try:
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    with fileio.atomic_path(path) as tmp:
+      fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
   finally:
     plt.close(fig)
   return path

@@ -11,15 +11,16 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, normalizers, pre_tokenizers, processors
+
+from erclap import descriptions
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0..3
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 1, 2, 3
 
 
 def _build_word_level(vocabulary: Sequence[str], max_length: int):
-  from tokenizers import Tokenizer as HFTokenizer
-  from tokenizers import models, normalizers, pre_tokenizers, processors
-
   vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
   for word in vocabulary:
     word = str(word).lower().strip()
@@ -58,6 +59,7 @@ class Tokenizer:
       if self.vocabulary is not None:
         self._backend = _build_word_level(self.vocabulary, self.max_length)
       else:
+        # transformers takes seconds to import and is needed only for a checkpoint's own tokenizer.
         from transformers import AutoTokenizer
 
         try:
@@ -116,8 +118,6 @@ def build_tokenizer(model_config, max_length: int, *, vocabulary: Sequence[str] 
   name = model_config.get("tokenizer", "descriptions") or model_config.get("text_init", "")
   if name == "descriptions":
     if vocabulary is None:
-      from erclap import descriptions  # written by the data side; imported lazily
-
       vocabulary = descriptions.vocabulary()
     return build_word_tokenizer(vocabulary, max_length)
   if vocabulary is not None:

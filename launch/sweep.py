@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib.util
 import math
 import os
@@ -27,6 +28,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from erclap import config_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
@@ -68,16 +71,9 @@ class Sweep:
 
 
 # ---------------------------------------------------------------- loading
-def _ensure_repo_on_path() -> None:
-  # Sweep and config files import `configs.*` (and validation lives in `erclap.config_lib`).
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-
 def _load_module(path: str, what: str):
   if not os.path.isfile(path):
     raise ValueError(f"{what} {path!r}: no such file")
-  _ensure_repo_on_path()
   module_name = "_erclap_launch_" + re.sub(r"\W", "_", os.path.abspath(path))
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
@@ -123,78 +119,23 @@ def load_base_config(base_config: str):
 
 
 # ---------------------------------------------------------------- validation
-def _parent(config, key: str, where: str):
-  """The section holding dotted ``key``, and the key's last part; ValueError naming an unknown key."""
-  import ml_collections
-
-  prefix = f"{where}: " if where else ""
-  if not isinstance(key, str) or not key:
-    raise ValueError(f"{prefix}override key {key!r}: must be a dotted config key like 'train.learning_rate'")
-  parts = key.split(".")
-  node = config
-  for i, part in enumerate(parts):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      raise ValueError(f"{prefix}unknown config key {key!r} (no {'.'.join(parts[:i + 1])!r} in the base "
-                       "config" + (f"; known there: {', '.join(known)})" if known else ")"))
-    if i < len(parts) - 1:
-      node = node[part]
-  if isinstance(node[parts[-1]], ml_collections.ConfigDict):
-    raise ValueError(f"{prefix}config key {key!r} is a section, not a value")
-  return node, parts[-1]
-
-
-def apply_overrides(config, overrides: Mapping[str, Any], where: str = ""):
-  """Sets dotted-key overrides on a copy of ``config``, with ml_collections' type checks.
-
-  Raises ValueError naming the key when the base config has no such key or the value has the wrong type.
-  """
-  import ml_collections
-
-  config = ml_collections.ConfigDict(config.to_dict())  # a copy that keeps the field types
-  config.lock()
-  for key, value in overrides.items():
-    node, last = _parent(config, key, where)
-    try:
-      node[last] = value
-    except (TypeError, ValueError) as e:
-      prefix = f"{where}: " if where else ""
-      raise ValueError(f"{prefix}config key {key!r}: cannot set {value!r}: {e}") from None
-  return config
-
-
 def validate_runs(sweep: Sweep, extra_keys: Sequence[str] = ()) -> None:
-  """Checks every override key against the base config, and each run's config values as the program would."""
-  _ensure_repo_on_path()
-  from erclap import config_lib
+  """Checks every override key against the base config, and each run's config values as the program would.
 
+  Raises ValueError (config_lib.ConfigError) naming the run and the key."""
   base = load_base_config(sweep.base_config)
   for key in extra_keys:
-    _parent(base, key, "argument after --")
+    config_lib.check_key(base, key, "argument after --")
   for i, overrides in enumerate(sweep.runs):
     where = f"sweep {sweep.name!r}, run {i} {overrides}"
-    config = apply_overrides(base, {**sweep.fixed, **overrides}, where)
+    config = config_lib.apply_overrides(base, {**sweep.fixed, **overrides}, where)
     try:
       config_lib.validate(config)
     except config_lib.ConfigError as e:
-      raise ValueError(f"{where}: {e}") from None
+      raise config_lib.ConfigError(f"{where}: {e}") from None
 
 
 # ---------------------------------------------------------------- names and command lines
-def format_value(value: Any) -> str:
-  """A value as ml_collections' config flags parse it (``0.0001``, ``True``, ``(1,-1,1)``, ``infonce``)."""
-  if isinstance(value, bool) or value is None:
-    return str(value)
-  if isinstance(value, int | float):
-    return repr(value)
-  if isinstance(value, str):
-    return value
-  if isinstance(value, list | tuple):
-    inner = ",".join(repr(v) for v in value)
-    return f"({inner},)" if len(value) == 1 else f"({inner})"
-  raise ValueError(f"override value {value!r}: use a bool, int, float, str, tuple or None")
-
-
 def _name_value(value: Any) -> str:
   """A compact, filesystem-safe rendering of a value for a workdir name (1e-4, 0.05, 1x-1x1)."""
   if isinstance(value, float) and math.isfinite(value) and value != 0 and not (1e-3 <= abs(value) < 1e5):
@@ -224,8 +165,6 @@ def run_name(overrides: Mapping[str, Any]) -> str:
     parts.append(label + text if numeric else f"{label}-{text}")
   name = "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p) for p in parts).strip(".")
   if len(name) > MAX_NAME_LEN:
-    import hashlib
-
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
     name = f"{name[:MAX_NAME_LEN - 11]}-{digest}"
   return name
@@ -247,7 +186,7 @@ def expand(sweep: Sweep, root: str, mode: str = "train", extra_args: Sequence[st
     seen[name] = overrides
     workdir = join_path(root, sweep.name, name)
     args = [f"--config={sweep.base_config}", f"--workdir={workdir}", f"--mode={mode}"]
-    args += [f"--config.{k}={format_value(v)}" for k, v in {**sweep.fixed, **overrides}.items()]
+    args += config_lib.override_flags({**sweep.fixed, **overrides})
     args += list(extra_args)
     runs.append(Run(name=name, workdir=workdir, overrides=dict(overrides), args=args))
   return runs

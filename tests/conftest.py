@@ -1,4 +1,4 @@
-"""Test set-up: 8 simulated CPU devices for every test (must run before jax is imported)."""
+"""Test set-up: 8 simulated CPU devices for every test (must run before jax is imported), and the tiny corpus."""
 
 import os
 
@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
 import pytest
+from train_helpers import tiny_config
+
+from erclap import data
 
 jax.config.update("jax_threefry_partitionable", True)
 
@@ -24,35 +27,20 @@ def devices():
   return devs
 
 
-# ---------------------------------------------------------------- data fixtures (issue 5)
-TINY_EMBEDDED = dict(num_train=40, num_validation=10, num_test=12, num_speakers=4, min_seconds=0.3,
-                     max_seconds=0.9, label_noise=0.3, seed=7)
-
-
-def tiny_data_config(data_dir, **embedded_overrides):
-  """The default config with config.data pointed at a tiny embedded corpus in ``data_dir``."""
-  import sys
-
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  from erclap.configs import default
-
-  config = default.get_config()
-  config.data.data_dir = str(data_dir)
-  for key, value in {**TINY_EMBEDDED, **embedded_overrides}.items():
-    config.data.embedded[key] = value
-  return config
-
-
 @pytest.fixture(scope="session")
-def tiny_embedded(tmp_path_factory):
-  """(config, data_dir) of a built 40/10/12-clip embedded corpus of 0.3–0.9 s clips, shared by a session."""
-  from erclap import data
+def data_dir(tmp_path_factory):
+  """The TFDS data dir holding the built tiny corpus (train_helpers.TINY_CORPUS): built once per test run.
 
-  data_dir = tmp_path_factory.mktemp("tiny_embedded")
-  config = tiny_data_config(data_dir)
-  config.data.max_seconds = 0.5
-  config.data.max_text_tokens = 32
-  data.ensure_dataset(config.data)
-  return config, str(data_dir)
+  Under pytest-xdist the workers share one directory (the corpus build holds a file lock, so the first
+  worker builds it and the others wait and reuse it)."""
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_corpus"
+  path.mkdir(exist_ok=True)
+  data.ensure_dataset(tiny_config(str(path)).data)
+  return str(path)
+
+
+@pytest.fixture
+def tiny_embedded(data_dir):
+  """(config, data_dir): a fresh tiny config (train_helpers.tiny_config) on the built tiny corpus."""
+  return tiny_config(data_dir), data_dir

@@ -7,9 +7,9 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import tiny_data_config
 from scipy import signal, stats
 from scipy.io import wavfile
+from train_helpers import TINY_CORPUS, tiny_data_config
 
 from erclap import data
 from erclap.data import audio as audio_io
@@ -167,24 +167,25 @@ def test_embedded_build_cache_and_source(tiny_embedded, capsys):
   assert data.ensure_dataset(config.data) == data_dir
   assert "[data] building" not in capsys.readouterr().out  # built once by the fixture, reused here
   source = data.get_data_source(config.data, "train")
-  assert len(source) == 40 and len(data.get_data_source(config.data, "test")) == 12
+  n_train, n_test = TINY_CORPUS["num_train"], TINY_CORPUS["num_test"]
+  assert len(source) == n_train and len(data.get_data_source(config.data, "test")) == n_test
   records = [source[i] for i in range(len(source))]
   ids = sorted(r["id"] for r in records)
-  assert ids == [f"embedded-train-{i:06d}" for i in range(40)]
+  assert ids == [f"embedded-train-{i:06d}" for i in range(n_train)]
   spec = embedded.EmbeddedSpec.from_config(config.data)
   for r in records[:5]:
     expected = embedded.generate_example(spec, "train", int(r["id"].split("-")[-1]))
     np.testing.assert_array_equal(r["audio"], expected["audio"])
     assert r["audio"].dtype == np.int16 and isinstance(r["speaker"], str)
     assert r["class_id"] == -1 and r["arousal"].dtype == np.float32
-    assert 0.3 * 16000 - 1 <= r["audio"].size <= 0.9 * 16000 + 1
+    assert TINY_CORPUS["min_seconds"] * 16000 - 1 <= r["audio"].size <= TINY_CORPUS["max_seconds"] * 16000 + 1
     assert r["arousal"] == expected["arousal"]
   clone = pickle.loads(pickle.dumps(source))
   np.testing.assert_array_equal(clone[7]["audio"], source[7]["audio"])
   with pytest.raises(ValueError, match="nonexistent.*available"):
     data.get_data_source(config.data, "nonexistent")
   with pytest.raises(IndexError):
-    source[40]
+    source[n_train]
 
 
 def test_embedded_spec_change_builds_a_new_corpus(tmp_path, capsys):

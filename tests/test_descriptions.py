@@ -2,17 +2,15 @@
 
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from train_helpers import TINY_CORPUS
 
 from erclap import descriptions as d
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from erclap.schema import LABEL_NAMES
+from erclap.tools import make_description_requests as tool
 
 
 def _level_of(attribute, text):
@@ -27,7 +25,7 @@ def test_monotone_wording_every_variant():
   """Higher arousal (others fixed) never gets a phrase of a lower level, in every variant; also v, d."""
   values = np.linspace(1.0, 7.0, 25)
   for variant in range(d.NUM_VARIANTS):
-    for attribute in d.ATTRIBUTES:
+    for attribute in LABEL_NAMES:
       got = []
       for x in values:
         labels = {"arousal": 4.0, "valence": 4.0, "dominance": 4.0, attribute: x}
@@ -38,7 +36,7 @@ def test_monotone_wording_every_variant():
 
 
 def test_every_level_reachable_and_level_word():
-  for attribute in d.ATTRIBUTES:
+  for attribute in LABEL_NAMES:
     words = [d.level_word(attribute, x) for x in (1.0, 1.6, 2.4, 3.2, 4.0, 4.6, 5.5, 6.6, 7.0)]
     assert len(set(words)) == 7
     assert d.level_word(attribute, 0.2) == d.level_word(attribute, 1.0)  # clipped to the scale
@@ -69,7 +67,7 @@ def test_vocabulary_covers_every_output():
   for variant, (a, v, dd) in itertools.product(range(d.NUM_VARIANTS), grid):
     if (a + v + dd + variant) % 5 == 0:  # a fifth of the 12k combinations keeps the test fast
       assert set(d.words(d.describe(a, v, dd, variant=variant))) <= vocab
-  for attribute in d.ATTRIBUTES:
+  for attribute in LABEL_NAMES:
     for prompt in d.level_prompts(attribute):
       assert set(d.words(prompt)) <= vocab
 
@@ -127,22 +125,30 @@ def test_jsonl_round_trip_and_errors(tmp_path):
     d.load_jsonl(str(tmp_path / "none.jsonl"))
 
 
-def test_make_description_requests_tool(tmp_path):
-  from erclap.tools import make_description_requests as tool
-
+def test_make_description_requests_tool(data_dir, tmp_path, capsys):
   prompt = tool.render_prompt(tool.default_prompt(), "utt-9", 6.8, 1.2, 4.0, 5)
   assert "6.8 (extremely excited)" in prompt and "1.2 (very negative)" in prompt and "Write 5" in prompt
   assert '{"id": "utt-9", "descriptions"' in prompt
   out = tmp_path / "requests.jsonl"
-  cmd = [sys.executable, "-m", "erclap.tools.make_description_requests", f"--data_dir={tmp_path / 'tfds'}",
-         f"--output={out}", "--splits=validation,test", "--num_descriptions=3",
-         *[f"--set=embedded.{k}={v}" for k, v in dict(num_train=3, num_validation=2, num_test=2,
-                                                       min_seconds=0.2, max_seconds=0.3).items()]]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-  result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  corpus = [f"--set=embedded.{k}={v}" for k, v in TINY_CORPUS.items()]
+  args = [f"--data_dir={data_dir}", f"--output={out}", "--splits=validation,test", "--num_descriptions=3"]
+  assert tool.main(args + corpus) == 0
+  assert "[data] building" not in capsys.readouterr().out  # the built tiny corpus, found by its spec
   lines = [json.loads(x) for x in out.read_text().splitlines()]
-  assert len(lines) == 4 and {x["split"] for x in lines} == {"validation", "test"}
+  assert len(lines) == TINY_CORPUS["num_validation"] + TINY_CORPUS["num_test"]
+  assert {x["split"] for x in lines} == {"validation", "test"}
   for x in lines:
     assert x["id"].startswith(f"embedded-{x['split']}-") and 1 <= x["arousal"] <= 7
     assert f"{x['arousal']:.1f} ({d.level_word('arousal', x['arousal'])})" in x["prompt"]
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("embedded.no_such_key=1", "'data.embedded.no_such_key'"),
+    ("embedded.num_train=many", "'data.embedded.num_train'"),
+    ("embedded", "--set expects key=value"),
+])
+def test_make_description_requests_names_a_bad_setting(tmp_path, setting, needle):
+  out = tmp_path / "requests.jsonl"
+  with pytest.raises(SystemExit, match=re.escape(needle)):
+    tool.main([f"--data_dir={tmp_path}", f"--output={out}", f"--set={setting}"])
+  assert not out.exists() and not list(tmp_path.iterdir())  # refused before building or writing anything

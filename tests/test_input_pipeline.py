@@ -9,6 +9,7 @@ from erclap import data, input_pipeline, tokenization
 from erclap import descriptions as d
 
 BATCH = 8
+TOKENS = 32  # room for the longest template description (23 tokens with [CLS] and [SEP]): none is truncated
 
 
 @pytest.fixture
@@ -16,6 +17,7 @@ def setup(tiny_embedded):
   config, _ = tiny_embedded
   config = copy.deepcopy(config)
   config.train.global_batch_size = BATCH
+  config.data.max_text_tokens = TOKENS
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
   inverse = list(tokenization.SPECIAL_TOKENS) + [w for w in d.vocabulary()]
   records = {}
@@ -58,7 +60,7 @@ def test_train_batch_contents(setup):
   for batch in _take(it, 3):
     assert batch["audio"].shape == (BATCH, t) and batch["audio"].dtype == np.float32
     assert batch["audio_mask"].shape == (BATCH, t) and batch["audio_mask"].dtype == bool
-    assert batch["input_ids"].shape == (BATCH, 32) and batch["input_ids"].dtype == np.int32
+    assert batch["input_ids"].shape == (BATCH, TOKENS) and batch["input_ids"].dtype == np.int32
     assert batch["attention_mask"].dtype == np.int32 and batch["labels"].shape == (BATCH, 3)
     assert batch["class_id"].dtype == np.int32 and batch["valid"].dtype == bool and batch["valid"].all()
     for row in range(BATCH):
@@ -109,11 +111,12 @@ def test_deterministic_given_seed(setup):
 
 
 def test_state_resumes_exactly_across_epochs(setup):
-  config, tokenizer, _, _ = setup
+  config, tokenizer, _, records = setup
   it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
   _take(it, 3)
   state = it.get_state()
-  expected = _take(it, 5)  # crosses the epoch boundary after batch 5
+  assert 3 < len(records["train"]) // BATCH < 8
+  expected = _take(it, 5)  # batches 4..8: they cross the epoch boundary
   resumed = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
   resumed.set_state(state)
   _assert_batches_equal(_take(resumed, 5), expected)
@@ -127,7 +130,7 @@ def test_shards_per_process(setup):
     batches = _take(it, len(records["train"]) // BATCH)  # one epoch of this process's half
     assert batches[0]["audio"].shape[0] == BATCH // 2
     seen.append({tuple(x) for b in batches for x in b["labels"]})
-  assert len(seen[0]) == len(seen[1]) == 20 and not seen[0] & seen[1]
+  assert len(seen[0]) == len(seen[1]) == len(records["train"]) // 2 and not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(_by_labels(records["train"]))
   # The process slices, stacked, are exactly the single-process global batches (crops included).
   single = _take(input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1), 3)
@@ -144,15 +147,17 @@ def test_eval_iterates_once_with_padding(setup):
   config.data.eval_max_seconds = 0.6
   t = input_pipeline.num_samples(0.6, 16000)
   by_id = {r["id"]: r for r in records["test"]}
-  batches = list(input_pipeline.create_eval_iterator(config, tokenizer, "test", batch_size=BATCH,
+  n, size = len(by_id), 6
+  assert n % size, "the last batch must need padding"
+  batches = list(input_pipeline.create_eval_iterator(config, tokenizer, "test", batch_size=size,
                                                      process_index=0, process_count=1))
-  assert len(batches) == 2 and [int(b["valid"].sum()) for b in batches] == [8, 4]
+  assert [int(b["valid"].sum()) for b in batches] == [size] * (n // size) + [n % size]
   ids = [i for b in batches for i, v in zip(b["id"], b["valid"], strict=True) if v]
   assert sorted(ids) == sorted(by_id)
   for b in batches:
-    assert b["audio"].shape == (BATCH, t) and b["input_ids"].shape == (BATCH, 32)
-    assert isinstance(b["description"], list) and len(b["description"]) == BATCH
-    for row in range(BATCH):
+    assert b["audio"].shape == (size, t) and b["input_ids"].shape == (size, TOKENS)
+    assert isinstance(b["description"], list) and len(b["description"]) == size
+    for row in range(size):
       if not b["valid"][row]:
         assert b["id"][row] == "" and not b["audio_mask"][row].any() and not b["audio"][row].any()
         continue
@@ -173,10 +178,12 @@ def test_eval_iterates_once_with_padding(setup):
 def test_eval_shards_per_process_with_equal_batch_counts(setup):
   config, tokenizer, _, records = setup
   got = []
+  share = len(records["test"]) // 2
+  assert share % 3, "each share's last batch must need padding"
   for pi in range(2):
-    batches = list(input_pipeline.create_eval_iterator(config, tokenizer, "test", batch_size=4,
+    batches = list(input_pipeline.create_eval_iterator(config, tokenizer, "test", batch_size=3,
                                                        process_index=pi, process_count=2))
-    assert len(batches) == 2 and [int(b["valid"].sum()) for b in batches] == [4, 2]
+    assert [int(b["valid"].sum()) for b in batches] == [3] * (share // 3) + [share % 3]
     got.append([i for b in batches for i, v in zip(b["id"], b["valid"], strict=True) if v])
   assert not set(got[0]) & set(got[1]) and sorted(got[0] + got[1]) == sorted(r["id"] for r in records["test"])
   five = list(input_pipeline.create_eval_iterator(config, tokenizer, "test", batch_size=4, process_index=4,
@@ -208,6 +215,7 @@ def test_llm_descriptions_from_jsonl(setup, tmp_path):
     input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
 
 
+@pytest.mark.slow  # starts Grain worker processes (about half a minute on 2 cores)
 def test_worker_processes(setup):
   """One worker process reproduces the in-process stream; with two, Grain batches within each worker (the
   stream then depends on worker_count, as its checkpointed state records) and still covers each epoch once."""
@@ -225,10 +233,14 @@ def test_worker_processes(setup):
 def test_crop_or_pad_reference():
   x = (np.arange(10) * 1000).astype(np.int16)
   audio, mask = input_pipeline.crop_or_pad(x, 4)
-  np.testing.assert_array_equal(audio * 32768, [3000, 4000, 5000, 6000]) and mask.all()
+  np.testing.assert_array_equal(audio * 32768, [3000, 4000, 5000, 6000])  # centre crop
+  np.testing.assert_array_equal(mask, [True] * 4)
   audio, mask = input_pipeline.crop_or_pad(x, 4, start=6)
   np.testing.assert_array_equal(audio * 32768, [6000, 7000, 8000, 9000])
+  np.testing.assert_array_equal(mask, [True] * 4)
   audio, mask = input_pipeline.crop_or_pad(x[:3], 5)
-  np.testing.assert_array_equal(mask, [1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(audio * 32768, [0, 1000, 2000, 0, 0])
+  np.testing.assert_array_equal(mask, [True, True, True, False, False])
+  assert audio.dtype == np.float32 and mask.dtype == bool
   with pytest.raises(ValueError, match="crop start"):
     input_pipeline.crop_or_pad(x, 4, start=7)

@@ -12,12 +12,10 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from erclap.configs import sweeps as sweeps_pkg
+from launch import sweep as sweep_lib
 
-from erclap.configs import sweeps as sweeps_pkg  # noqa: E402
-from launch import sweep as sweep_lib  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEP_PY = os.path.join(ROOT, "launch", "sweep.py")
 TPU_VM = os.path.join(ROOT, "launch", "tpu_vm.sh")

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import pytest
 
 from erclap import config_lib, sharding
+from erclap.schema import LABEL_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -17,8 +19,7 @@ CONFIG_FILES = [f for f in CONFIG_FILES if not f.endswith("__init__.py")]
 
 
 def _load(path):
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+  """A config file's get_config(), the file loaded by path as `--config=` does (the shims import erclap.configs)."""
   spec = importlib.util.spec_from_file_location("cfg_" + os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -31,15 +32,29 @@ def _main(*args, cwd=ROOT):
                         capture_output=True, text=True, timeout=300)
 
 
+# The names sweeps and launch scripts rely on, with the type each must have.
+KEY_TYPES = {
+    "seed": int, "loss": str, "data.name": str, "data.max_seconds": float, "model.size": str,
+    "model.joint_dim": int, "train.num_steps": int, "train.global_batch_size": int, "train.learning_rate": float,
+    "train.temperature_init": float, "checkpoint.every_steps": int, "checkpoint.keep": int,
+    "eval.every_steps": int, "mesh.shape": tuple, "mesh.axes": tuple,
+}
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
 def test_config_files_load_and_validate(path):
   config = _load(path)
-  config_lib.validate(config)
-  for key in ("seed", "loss", "data.name", "data.max_seconds", "model.size", "model.joint_dim",
-              "train.num_steps", "train.global_batch_size", "train.learning_rate",
-              "train.temperature_init", "checkpoint.every_steps", "checkpoint.keep", "eval.every_steps",
-              "mesh.shape", "mesh.axes"):
-    config_lib.get(config, key)  # the names sweeps and launch scripts rely on
+  assert isinstance(config, ml_collections.ConfigDict)
+  assert config_lib.validate(config) is config
+  for key, kind in KEY_TYPES.items():
+    value = config_lib.get(config, key)
+    assert isinstance(value, kind) and not isinstance(value, bool), (key, value)
+  assert config.loss in config_lib.CHOICES["loss"] and config.model.size in config_lib.CHOICES["model.size"]
+  assert 0 < config.train.learning_rate < 1 and 0 < config.train.temperature_init <= 1
+  assert config.train.global_batch_size >= 2 and config.train.num_steps >= config.train.warmup_steps
+  assert len(config.mesh.shape) == len(config.mesh.axes) and list(config.mesh.shape).count(-1) <= 1
+  assert set(config.mesh.axes) <= {"data", "fsdp", "tensor"}
+  assert set(config.loss_options.rank_labels) <= set(LABEL_NAMES)
 
 
 def test_expected_config_files_exist():

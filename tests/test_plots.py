@@ -75,12 +75,11 @@ def test_errors_leave_no_partial_file(tmp_path):
     plots.plot_similarity_vs_distance(np.zeros((3, 4)), labels[:3], str(tmp_path / "sim.png"))
   with pytest.raises(ValueError, match="prompt_sim"):
     plots.plot_prompt_ordering(np.zeros((4, 30)), np.linspace(1, 7, 5), labels[:, 0], str(tmp_path / "p.png"))
-  with pytest.raises(ValueError, match="directory"):
+  with pytest.raises(FileNotFoundError, match="missing does not exist"):
     plots.plot_embedding_pca(speech, text, labels, str(tmp_path / "missing" / "pca.png"))
-  # A failure after the image was rendered (the final rename onto a directory fails): the temporary
-  # file is removed, and the existing directory at the target path is untouched.
+  # A directory in the way of the output: refused, and left untouched.
   (tmp_path / "taken.png").mkdir()
-  with pytest.raises(OSError):
+  with pytest.raises(IsADirectoryError, match="taken.png: a directory is in the way"):
     plots.plot_embedding_pca(speech, text, labels, str(tmp_path / "taken.png"))
-  assert sorted(os.listdir(tmp_path)) == ["taken.png"]
+  assert sorted(os.listdir(tmp_path)) == ["taken.png"] and not os.listdir(tmp_path / "taken.png")
   assert not _no_temporaries(tmp_path)

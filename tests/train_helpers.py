@@ -1,4 +1,9 @@
-"""Small configs and subprocess runners shared by the training tests."""
+"""The tiny corpus and configs every data and training test uses, and runners of `python -m erclap.main`.
+
+One tiny embedded corpus serves the whole suite: ``TINY_CORPUS`` (config.data.embedded) is built once per
+test run by the ``data_dir`` fixture of tests/conftest.py; ``tiny_config`` points a tiny demo config
+(``TINY_OVERRIDES``) at it.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,20 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+from erclap import config_lib
+from erclap.configs import demo
 
-# Overrides that make configs/demo.py tiny: a 48/16/16-clip corpus of <= 1 s clips, 16-example batches.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tiny embedded corpus (config.data.embedded): 48/16/16 clips of 0.4–0.8 s from 8 speakers.
+TINY_CORPUS = dict(num_train=48, num_validation=16, num_test=16, num_speakers=8, min_seconds=0.4,
+                   max_seconds=0.8, label_noise=0.3, seed=1234)
+
+# Overrides that make configs/demo.py tiny: the tiny corpus cropped to 0.5 s, 16-example batches.
 TINY_OVERRIDES = {
     "data.max_seconds": 0.5,
     "data.max_text_tokens": 16,
-    "data.embedded.num_train": 48,
-    "data.embedded.num_validation": 16,
-    "data.embedded.num_test": 16,
-    "data.embedded.min_seconds": 0.4,
-    "data.embedded.max_seconds": 0.8,
+    **{f"data.embedded.{key}": value for key, value in TINY_CORPUS.items()},
     "model.joint_dim": 32,
     "model.projection_hidden": (32,),
     "train.global_batch_size": 16,
@@ -37,26 +43,24 @@ TINY_OVERRIDES = {
 }
 
 
-def tiny_config(data_dir: str, **overrides):
-  from erclap.configs import demo
+def tiny_overrides(data_dir: str, **overrides) -> dict:
+  """TINY_OVERRIDES with the corpus in ``data_dir``, then ``overrides`` (dotted keys) on top."""
+  return {**TINY_OVERRIDES, "data.data_dir": str(data_dir), **overrides}
 
-  config = demo.get_config()
-  for key, value in {**TINY_OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
-    parent = config
-    *path, leaf = key.split(".")
-    for part in path:
-      parent = parent[part]
-    parent[leaf] = value
-  return config
+
+def tiny_config(data_dir: str, **overrides):
+  """configs/demo.py made tiny, reading the tiny corpus from ``data_dir`` (a locked ConfigDict)."""
+  return config_lib.apply_overrides(demo.get_config(), tiny_overrides(data_dir, **overrides), "tiny_config")
+
+
+def tiny_data_config(data_dir: str, **corpus_overrides):
+  """The tiny config with other corpus parameters (``num_train=4``, ``seed=8`` ...): a corpus of its own."""
+  return tiny_config(data_dir, **{f"data.embedded.{key}": value for key, value in corpus_overrides.items()})
 
 
 def override_flags(data_dir: str, **overrides) -> list[str]:
-  flags = []
-  for key, value in {**TINY_OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
-    if isinstance(value, tuple):
-      value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    flags.append(f"--config.{key}={value}")
-  return flags
+  """The tiny config's overrides as ``--config.KEY=VALUE`` flags of `erclap.main`."""
+  return config_lib.override_flags(tiny_overrides(data_dir, **overrides))
 
 
 def main_command(workdir: str, data_dir: str, mode: str = "train", **overrides) -> list[str]:

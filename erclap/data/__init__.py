@@ -12,21 +12,25 @@ present). IEMOCAP is stored per session and speaker gender; its folds are leave-
 ``data_config.iemocap_test_session`` = k: train = the other sessions, validation = session k's female
 speaker, test = session k's male speaker ("session<k>" = the whole session, "session<k>_F" one speaker).
 
-TensorFlow is never imported here: TFDS reads ArrayRecord without it. Builders are imported lazily so that
-``erclap.data.audio`` stays light.
+TensorFlow is never imported here: TFDS reads ArrayRecord without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import sys
 import time
 
 import numpy as np
 
+from erclap.data import builders, embedded
+from erclap.schema import LABEL_NAMES
+
 CORPORA = ("embedded", "msp_podcast", "iemocap")
-RECORD_KEYS = ("id", "audio", "arousal", "valence", "dominance", "class_id", "speaker")
+RECORD_KEYS = ("id", "audio", *LABEL_NAMES, "class_id", "speaker")
 
 
 def _hide_accelerators_from_tensorflow():
@@ -63,10 +67,6 @@ class _QuietCustomConfig:
 
 
 def _builder(data_config, data_dir: str):
-  import logging
-
-  from erclap.data import builders, embedded
-
   name = _check_name(data_config)
   absl_logger, quiet = logging.getLogger("absl"), _QuietCustomConfig()
   absl_logger.addFilter(quiet)
@@ -86,8 +86,6 @@ def _is_prepared(builder) -> bool:
 @contextlib.contextmanager
 def _file_lock(path: str):
   """An exclusive lock so that concurrent processes never build the same corpus twice."""
-  import fcntl
-
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -116,8 +114,6 @@ def ensure_dataset(data_config) -> str:
                        f"for the expected layout)")
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
   _hide_accelerators_from_tensorflow()
-  from erclap.data import builders
-
   with _file_lock(os.path.join(data_dir, f".erclap-{data_config.name}.lock")):
     builder = _builder(data_config, data_dir)  # re-check: another process may have built it meanwhile
     if not _is_prepared(builder):
@@ -230,9 +226,7 @@ def normalize_record(record: dict) -> dict:
   return {
       "id": _text(record["id"]),
       "audio": np.asarray(record["audio"]),
-      "arousal": np.float32(record["arousal"]),
-      "valence": np.float32(record["valence"]),
-      "dominance": np.float32(record["dominance"]),
+      **{name: np.float32(record[name]) for name in LABEL_NAMES},
       "class_id": np.int32(record["class_id"]),
       "speaker": _text(record["speaker"]),
   }

@@ -7,6 +7,8 @@ import os
 import warnings
 
 import numpy as np
+from scipy import signal
+from scipy.io import wavfile
 
 
 class AudioReadError(ValueError):
@@ -42,8 +44,6 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     raise ValueError(f"sample rates must be positive, got {orig_rate} -> {target_rate}")
   if orig_rate == target_rate:
     return np.asarray(wave, np.float32)
-  from scipy import signal
-
   g = math.gcd(orig_rate, target_rate)
   out = signal.resample_poly(np.asarray(wave, np.float32), target_rate // g, orig_rate // g)
   return out.astype(np.float32)
@@ -53,8 +53,6 @@ def read_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
   """Reads a WAV file (8/16/24/32-bit PCM or float, any channel count) -> float32 mono at ``sample_rate``.
 
   Raises AudioReadError (a ValueError) naming the file when it is missing, not a WAV, or empty."""
-  from scipy.io import wavfile
-
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioReadError(f"{path}: audio file not found")
@@ -79,6 +77,4 @@ def to_int16(wave: np.ndarray) -> np.ndarray:
 
 def write_wav(path: str, wave: np.ndarray, sample_rate: int = 16000) -> None:
   """Writes a float waveform as 16-bit PCM WAV (tools and tests)."""
-  from scipy.io import wavfile
-
   wavfile.write(os.fspath(path), int(sample_rate), to_int16(wave))

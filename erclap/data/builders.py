@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 
 from erclap.data import audio as audio_io
 from erclap.data import embedded
+from erclap.schema import LABEL_NAMES
 
 SAMPLE_RATE = 16000
 MSP_COLUMNS = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
@@ -53,9 +54,7 @@ def features() -> tfds.features.FeaturesDict:
       "id": tfds.features.Text(),
       # Raw int16 bytes: a variable-length int16 Tensor would otherwise be stored as int64 varints.
       "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
-      "arousal": tfds.features.Scalar(dtype=np.float32),
-      "valence": tfds.features.Scalar(dtype=np.float32),
-      "dominance": tfds.features.Scalar(dtype=np.float32),
+      **{name: tfds.features.Scalar(dtype=np.float32) for name in LABEL_NAMES},
       "class_id": tfds.features.Scalar(dtype=np.int32),
       "speaker": tfds.features.Text(),
   })

@@ -38,6 +38,10 @@ import hashlib
 import json
 
 import numpy as np
+from scipy import signal
+
+from erclap.data import audio as audio_io
+from erclap.schema import LABEL_NAMES
 
 SYNTHESIS_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -132,8 +136,6 @@ def _smooth_noise(rng: np.random.Generator, n: int, sr: int, hop_seconds: float 
 def synthesize(arousal: float, valence: float, dominance: float, speaker: Speaker, num_samples: int,
                rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
   """One clip with the cues of the module docstring -> float32 (num_samples,) in [-1, 1]."""
-  from scipy import signal
-
   sr = sample_rate
   ua, uv, ud = ((float(x) - 4.0) / 3.0 for x in (arousal, valence, dominance))
   n = int(num_samples)
@@ -196,8 +198,6 @@ def clip_rng(spec: EmbeddedSpec, split: str, index: int) -> np.random.Generator:
 def generate_example(spec: EmbeddedSpec, split: str, index: int, speaker_list: list[Speaker] | None = None
                      ) -> dict:
   """The ``index``-th clip of ``split``: a record in the corpus schema (audio as int16)."""
-  from erclap.data import audio as audio_io
-
   speaker_list = speaker_list or speakers(spec)
   rng = clip_rng(spec, split, index)
   latent = rng.uniform(1.0, 7.0, size=3)
@@ -208,7 +208,7 @@ def generate_example(spec: EmbeddedSpec, split: str, index: int, speaker_list: l
   return {
       "id": f"embedded-{split}-{index:06d}",
       "audio": audio_io.to_int16(wave),
-      "arousal": labels[0], "valence": labels[1], "dominance": labels[2],
+      **dict(zip(LABEL_NAMES, labels, strict=True)),
       "class_id": np.int32(-1),  # the synthetic corpus has no categorical label
       "speaker": speaker.name,
   }

@@ -17,18 +17,19 @@ import ast
 import json
 import os
 import sys
+from importlib import resources
+
+from erclap import config_lib, data, descriptions, fileio
+from erclap.configs import default
+from erclap.schema import LABEL_NAMES
 
 
 def default_prompt() -> str:
-  from importlib import resources
-
   return resources.files("erclap").joinpath("descriptions_prompt.txt").read_text(encoding="utf-8")
 
 
 def render_prompt(template: str, example_id: str, arousal: float, valence: float, dominance: float,
                   num_descriptions: int) -> str:
-  from erclap import descriptions
-
   return template.format(
       id=example_id, arousal=float(arousal), valence=float(valence), dominance=float(dominance),
       arousal_level=descriptions.level_word("arousal", arousal),
@@ -36,33 +37,26 @@ def render_prompt(template: str, example_id: str, arousal: float, valence: float
       dominance_level=descriptions.level_word("dominance", dominance), num_descriptions=int(num_descriptions))
 
 
-def _data_config(args):
-  root = os.getcwd()
-  if root not in sys.path:
-    sys.path.insert(0, root)
+def _literal(text: str):
+  """A --set value: a Python literal (40, 0.3, (1, 2)), else the text itself (a name or path)."""
   try:
-    from erclap.configs import default
-  except ImportError as e:
-    raise SystemExit(f"cannot import configs/default.py ({e}): run from the ERCLAP repository root") from e
-  data = default.get_config().data
-  data.name = args.data_name
-  data.data_dir = args.data_dir
-  data.manual_dir = args.manual_dir
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _data_config(args):
+  """config.data of configs/default.py with the corpus arguments and ``--set data-key=value`` overrides."""
+  overrides = {"data.name": args.data_name, "data.data_dir": args.data_dir, "data.manual_dir": args.manual_dir}
   for item in args.set or []:
     key, sep, value = item.partition("=")
     if not sep:
       raise SystemExit(f"--set expects key=value, got {item!r}")
-    parent = data
-    *path, leaf = key.split(".")
-    for part in path:
-      parent = parent[part]
-    if leaf not in parent:
-      raise SystemExit(f"--set: config.data has no key {key!r}")
-    try:
-      parent[leaf] = type(parent[leaf])(ast.literal_eval(value))
-    except (ValueError, SyntaxError):
-      parent[leaf] = value
-  return data
+    overrides[f"data.{key}"] = _literal(value)
+  try:
+    return config_lib.apply_overrides(default.get_config(), overrides, "--set").data
+  except config_lib.ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
 
 
 def main(argv=None) -> int:
@@ -86,23 +80,19 @@ def main(argv=None) -> int:
     parser.error(f"--prompt file {args.prompt} not found")
   template = open(args.prompt, encoding="utf-8").read() if args.prompt else default_prompt()
 
-  from erclap import data
-
   data_config = _data_config(args)
   data.ensure_dataset(data_config)
-  tmp = f"{args.output}.tmp-{os.getpid()}"
   count = 0
-  with open(tmp, "w", encoding="utf-8") as f:
+  with fileio.atomic_open(args.output, "w", encoding="utf-8") as f:
     for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
       source = data.get_data_source(data_config, split)
       for i in range(len(source)):
         r = source[i]
-        a, v, d = (float(r[k]) for k in ("arousal", "valence", "dominance"))
+        a, v, d = (float(r[k]) for k in LABEL_NAMES)
         prompt = render_prompt(template, r["id"], a, v, d, args.num_descriptions)
         f.write(json.dumps(dict(id=r["id"], split=split, arousal=round(a, 4), valence=round(v, 4),
                                 dominance=round(d, 4), prompt=prompt), ensure_ascii=False) + "\n")
         count += 1
-  os.replace(tmp, args.output)
   print(f"wrote {count} prompt requests to {args.output}")
   return 0
 
