@@ -22,7 +22,8 @@ CHOICES = {
     "model.size": ("tiny", "base", "large"),
     "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
     "model.text_arch": ("bert", "roberta", "distilroberta"),
-    "model.speech_pooling": ("mean",),
+    "model.speech_pooling": ("mean", "attentive_stats"),
+    "model.speech_features": ("pooled", "ser_hidden", "ser_output"),
     "model.text_pooling": ("cls", "mean"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "checkpoint.best_mode": ("max", "min"),
@@ -30,12 +31,12 @@ CHOICES = {
 POSITIVE = (
     "data.sample_rate", "data.max_seconds", "data.max_text_tokens", "model.joint_dim", "train.num_steps",
     "train.global_batch_size", "train.learning_rate", "train.temperature_init", "train.log_every_steps",
-    "checkpoint.every_steps", "checkpoint.keep", "eval.every_steps", "eval.batch_size",
+    "model.ser_head_layers", "checkpoint.every_steps", "checkpoint.keep", "eval.every_steps", "eval.batch_size",
 )
 NON_NEGATIVE = (
     "train.micro_batch_size", "train.warmup_steps", "train.weight_decay", "train.grad_clip_norm",
     "data.worker_count", "loss_options.row_block", "model.dropout", "data.eval_max_seconds",
-    "data.unreadable_audio_tolerance",
+    "data.unreadable_audio_tolerance", "model.speech_input_std", "model.ser_head_hidden",
 )
 
 
@@ -128,6 +129,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if bad or not config.loss_options.rank_labels:
     raise ConfigError(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
                       f"choose a non-empty subset of {LABEL_NAMES}")
+  if config.model.speech_input_std == 0 and config.model.speech_input_mean != 0:
+    raise ConfigError(f"config.model.speech_input_mean={config.model.speech_input_mean!r} has no effect while "
+                      f"config.model.speech_input_std=0 (standardisation off): set both or neither")
   t = config.train
   if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
     raise ConfigError(f"config.train.micro_batch_size={t.micro_batch_size} must divide "

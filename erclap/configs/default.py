@@ -65,7 +65,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tokenizer = "descriptions"  # "descriptions" (word-level over the template vocabulary) | HF dir
   c.model.freeze_speech = False       # the paper freezes its (pre-trained) speech model
   c.model.freeze_text = False
-  c.model.speech_pooling = "mean"     # "mean" over valid frames
+  c.model.speech_pooling = "mean"     # "mean" | "attentive_stats" ([mean || std], attention-weighted) over valid frames
+  c.model.speech_input_mean = 0.0     # speech_input_std > 0: the waveform is standardised as (x - mean) /
+  c.model.speech_input_std = 0.0      #   (std + 1e-6) with corpus statistics (Odyssey SER models); 0 = off
+  c.model.speech_features = "pooled"  # CLAP speech projection input: "pooled" | "ser_hidden" | "ser_output" (SER head)
+  c.model.ser_head_layers = 1         # SER head: Dense -> LayerNorm -> ReLU -> Dropout blocks, then a Dense
+  c.model.ser_head_hidden = 0         # their width; 0 = the speech tower's hidden size
   c.model.text_pooling = "cls"        # "cls" | "mean"
   c.model.projection_hidden = (512,)  # hidden widths of the projection MLPs ((): linear)
   c.model.dropout = 0.0

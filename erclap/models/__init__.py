@@ -10,6 +10,7 @@ from erclap.models.arch import (
     text_preset,
 )
 from erclap.models.clap import (
+    SPEECH_FEATURES,
     CLAPModel,
     ProjectionHead,
     SERModel,
@@ -20,10 +21,21 @@ from erclap.models.clap import (
     text_arch_for,
 )
 from erclap.models.layers import masked_mean
+from erclap.models.pooling import (
+    POOLINGS,
+    AttentiveStatisticsPooling,
+    MeanPooling,
+    make_pooling,
+    pooled_size,
+    standardize_waveform,
+)
+from erclap.models.ser_head import SERHead
 from erclap.models.speech import SpeechEncoder, frame_lengths, normalize_waveform
 from erclap.models.text import TextEncoder, padded_vocab_size
 
 __all__ = [
+    "POOLINGS", "SPEECH_FEATURES", "AttentiveStatisticsPooling", "MeanPooling", "SERHead", "make_pooling",
+    "pooled_size", "standardize_waveform",
     "CLAPModel", "ProjectionHead", "SERModel", "SpeechArch", "SpeechEncoder", "TextArch", "TextEncoder",
     "arch_from_hf_config", "build_clap_model", "build_ser_model", "frame_lengths", "hf_arch",
     "is_hf_model_dir", "l2_normalize", "masked_mean", "normalize_waveform", "padded_vocab_size",

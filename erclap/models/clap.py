@@ -1,8 +1,10 @@
 """The CLAP model (speech tower + text tower + projections + learnable temperature) and the SER model.
 
 Parameter tree (top level): ``speech_tower``, ``speech_proj``, ``text_tower``, ``text_proj``,
-``log_temperature`` (SER: ``speech_tower``, ``ser_head``). The trainer freezes towers and sets learning
-rates by these names; a SER (stage 1) ``speech_tower`` drops straight into the CLAP model.
+``log_temperature`` (SER: ``speech_tower``, ``ser_head``); with ``speech_pooling="attentive_stats"`` also
+``speech_pool``, and a CLAP model fed by the SER head (``speech_features``) also ``ser_head``. The trainer freezes
+towers and sets learning rates by these names; a SER (stage 1) ``speech_tower`` / ``speech_pool`` / ``ser_head``
+drop straight into the CLAP model.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import jax.numpy as jnp
 
 from erclap.models import layers
 from erclap.models.arch import SpeechArch, TextArch, hf_arch, is_hf_model_dir, speech_preset, text_preset
+from erclap.models.pooling import make_pooling, standardize_waveform
+from erclap.models.ser_head import SERHead
 from erclap.models.speech import SpeechEncoder, normalize_waveform
 from erclap.models.text import TextEncoder
+
+# What the CLAP speech projection reads: the pooled tower output, or the SER head's last hidden block / scores.
+SPEECH_FEATURES = ("pooled", "ser_hidden", "ser_output")
 
 
 class ProjectionHead(nn.Module):
@@ -48,14 +55,20 @@ def _pool_text(hidden, attention_mask, pooling: str):
   raise ValueError(f"model.text_pooling={pooling!r}: use 'cls' or 'mean'")
 
 
-def _speech_embedding(tower, arch, audio, audio_mask, pooling, train):
+def _speech_embedding(model, audio, audio_mask, train):
+  """Waveform -> (input standardisation) -> tower -> pooling over valid frames, (B, P) float32."""
   audio_mask = audio_mask.astype(bool)
-  if arch.normalize_waveform:
+  if model.speech_input_std > 0:  # 0 = off; else the corpus statistics the speech model was trained with
+    audio = standardize_waveform(audio, audio_mask, model.speech_input_mean, model.speech_input_std)
+  if model.speech_arch.normalize_waveform:
     audio = normalize_waveform(audio.astype(jnp.float32), audio_mask)
-  hidden, frame_mask = tower(audio, audio_mask, train=train)
-  if pooling != "mean":
-    raise ValueError(f"model.speech_pooling={pooling!r}: only 'mean' (over valid frames) is supported")
-  return layers.masked_mean(hidden, frame_mask)
+  hidden, frame_mask = model.speech_tower(audio, audio_mask, train=train)
+  return model.speech_pool(hidden, frame_mask)
+
+
+def _ser_head(model, out_dim: int, hidden: int, num_layers: int) -> SERHead:
+  return SERHead(out_dim=out_dim, hidden=hidden or model.speech_arch.hidden_size, num_layers=num_layers,
+                 dropout=model.dropout, dtype=model.dtype)
 
 
 class CLAPModel(nn.Module):
@@ -69,10 +82,21 @@ class CLAPModel(nn.Module):
   speech_pooling: str = "mean"
   text_pooling: str = "cls"
   temperature_init: float = 0.07
+  speech_input_mean: float = 0.0
+  speech_input_std: float = 0.0         # > 0: standardise the waveform with these corpus statistics
+  speech_features: str = "pooled"       # one of SPEECH_FEATURES
+  num_attributes: int = 3               # SER head (speech_features != "pooled")
+  ser_head_layers: int = 1
+  ser_head_hidden: int = 0              # 0: the speech tower's hidden size
 
   def setup(self):
     kw = dict(dtype=self.dtype, dropout=self.dropout, remat=self.remat)
     self.speech_tower = SpeechEncoder(self.speech_arch, **kw)
+    self.speech_pool = make_pooling(self.speech_pooling, self.dtype)
+    if self.speech_features not in SPEECH_FEATURES:
+      raise ValueError(f"model.speech_features={self.speech_features!r}: use one of {SPEECH_FEATURES}")
+    if self.speech_features != "pooled":
+      self.ser_head = _ser_head(self, self.num_attributes, self.ser_head_hidden, self.ser_head_layers)
     self.text_tower = TextEncoder(self.text_arch, **kw)
     head = dict(hidden=tuple(self.projection_hidden), out_dim=self.joint_dim, dtype=self.dtype,
                 dropout=self.dropout)
@@ -85,13 +109,20 @@ class CLAPModel(nn.Module):
             lambda key: jnp.asarray(jnp.log(self.temperature_init), jnp.float32), ()))
 
   def pooled_audio(self, audio, audio_mask, *, train: bool = False):
-    """The speech tower's pooled output before projection (B, H) float32 (= SERModel's "embedding")."""
-    return _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling,
-                             train)
+    """The speech tower's pooled output (B, H or 2H) float32 (= SERModel's "embedding")."""
+    return _speech_embedding(self, audio, audio_mask, train)
+
+  def speech_feature(self, audio, audio_mask, *, train: bool = False):
+    """What the speech projection reads (``speech_features``): pooled output or SER head hidden / scores."""
+    pooled = self.pooled_audio(audio, audio_mask, train=train)
+    if self.speech_features == "pooled":
+      return pooled
+    hidden, scores = self.ser_head(pooled, train=train)
+    return hidden if self.speech_features == "ser_hidden" else scores
 
   def embed_audio(self, audio, audio_mask, *, train: bool = False):
     """audio float32 (B, T) at 16 kHz, audio_mask bool (B, T) -> L2-normalised (B, D) float32."""
-    return l2_normalize(self.speech_proj(self.pooled_audio(audio, audio_mask, train=train), train=train))
+    return l2_normalize(self.speech_proj(self.speech_feature(audio, audio_mask, train=train), train=train))
 
   def embed_text(self, input_ids, attention_mask, *, train: bool = False):
     """input_ids int32 (B, L), attention_mask int32 (B, L) -> L2-normalised (B, D) float32."""
@@ -106,26 +137,29 @@ class CLAPModel(nn.Module):
 
 
 class SERModel(nn.Module):
-  """Stage 1: the speech tower + mean-pooled embedding + a head scoring ``num_attributes`` attributes."""
+  """Stage 1 (or an imported Odyssey SER model): speech tower + pooling + the SER head's ``num_attributes`` scores."""
   speech_arch: SpeechArch
   num_attributes: int = 3
-  head_hidden: tuple[int, ...] = (512,)
+  head_hidden: int = 0                  # 0: the speech tower's hidden size (the Odyssey head's width)
+  head_layers: int = 1
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   speech_pooling: str = "mean"
+  speech_input_mean: float = 0.0
+  speech_input_std: float = 0.0         # > 0: standardise the waveform with these corpus statistics
 
   def setup(self):
     self.speech_tower = SpeechEncoder(self.speech_arch, dtype=self.dtype, dropout=self.dropout,
                                       remat=self.remat)
-    self.ser_head = ProjectionHead(hidden=tuple(self.head_hidden), out_dim=self.num_attributes, out_name=None,
-                                   dtype=self.dtype, dropout=self.dropout)
+    self.speech_pool = make_pooling(self.speech_pooling, self.dtype)
+    self.ser_head = _ser_head(self, self.num_attributes, self.head_hidden, self.head_layers)
 
   def __call__(self, audio, audio_mask, *, train: bool = False):
-    """-> dict(attributes=(B, A) float32, embedding=(B, H) float32 pooled tower output)."""
-    pooled = _speech_embedding(self.speech_tower, self.speech_arch, audio, audio_mask, self.speech_pooling,
-                               train)
-    return dict(attributes=self.ser_head(pooled, train=train).astype(jnp.float32), embedding=pooled)
+    """-> dict(attributes=(B, A) float32 scores, embedding=(B, H or 2H) float32 pooled tower output)."""
+    pooled = _speech_embedding(self, audio, audio_mask, train)
+    _, scores = self.ser_head(pooled, train=train)
+    return dict(attributes=scores, embedding=pooled)
 
 
 # --------------------------------------------------------------------------- builders from config.model
@@ -166,20 +200,30 @@ def text_arch_for(model_config, vocab_size: int | None) -> TextArch:
   return text_preset(model_config.size, model_config.text_arch, vocab_size)
 
 
-def build_clap_model(model_config, *, vocab_size: int | None) -> CLAPModel:
-  """The CLAP model that ``config.model`` describes (``vocab_size``: the tokenizer's)."""
+def _speech_head_fields(model_config) -> dict:
+  """Input standardisation fields (``.get``: model sections written before these keys existed)."""
+  return dict(speech_input_mean=float(model_config.get("speech_input_mean", 0.0)),
+              speech_input_std=float(model_config.get("speech_input_std", 0.0)))
+
+
+def build_clap_model(model_config, *, vocab_size: int | None, speech_arch: SpeechArch | None = None) -> CLAPModel:
+  """The CLAP model that ``config.model`` describes (``vocab_size``: the tokenizer's; ``speech_arch``: overrides
+  the one ``config.model`` implies, e.g. an imported Odyssey SER checkpoint's backbone)."""
   return CLAPModel(
-      speech_arch=speech_arch_for(model_config), text_arch=text_arch_for(model_config, vocab_size),
+      speech_arch=speech_arch or speech_arch_for(model_config), text_arch=text_arch_for(model_config, vocab_size),
       joint_dim=int(model_config.joint_dim),
       projection_hidden=tuple(int(h) for h in model_config.projection_hidden),
       dropout=float(model_config.dropout), dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
-      speech_pooling=model_config.speech_pooling, text_pooling=model_config.text_pooling)
+      speech_pooling=model_config.speech_pooling, text_pooling=model_config.text_pooling,
+      speech_features=model_config.get("speech_features", "pooled"),
+      num_attributes=int(model_config.num_attributes), ser_head_layers=int(model_config.get("ser_head_layers", 1)),
+      ser_head_hidden=int(model_config.get("ser_head_hidden", 0)), **_speech_head_fields(model_config))
 
 
-def build_ser_model(model_config) -> SERModel:
-  """Stage-1 SER model on the speech tower that ``config.model`` describes."""
+def build_ser_model(model_config, *, speech_arch: SpeechArch | None = None) -> SERModel:
+  """Stage-1 SER model on the speech tower that ``config.model`` describes (``speech_arch``: as for CLAP)."""
   return SERModel(
-      speech_arch=speech_arch_for(model_config), num_attributes=int(model_config.num_attributes),
-      head_hidden=tuple(int(h) for h in model_config.projection_hidden), dropout=float(model_config.dropout),
-      dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
-      speech_pooling=model_config.speech_pooling)
+      speech_arch=speech_arch or speech_arch_for(model_config), num_attributes=int(model_config.num_attributes),
+      head_hidden=int(model_config.get("ser_head_hidden", 0)), head_layers=int(model_config.get("ser_head_layers", 1)),
+      dropout=float(model_config.dropout), dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
+      speech_pooling=model_config.speech_pooling, **_speech_head_fields(model_config))
