@@ -2,10 +2,14 @@
 
 Unknown keys are already refused by ``ml_collections`` (configs are locked, and command-line overrides of
 keys that do not exist fail while flags are parsed); this module checks values, and names the key.
+``validate`` checks the values on their own; ``validate_for_devices`` also checks them against the run's
+device and process counts (mesh shape, batch sizes), before any corpus or model is built. Both report every
+problem at once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,32 +117,192 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
   return [f"--config.{key}={format_value(value)}" for key, value in overrides.items()]
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks values; raises ConfigError naming the offending key. Returns the config."""
+def value_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every problem of the config's values on their own (no devices involved), one message per problem."""
+  problems = []
   for key, choices in CHOICES.items():
     value = get(config, key)
     if value not in choices:
-      raise ConfigError(f"config.{key}={value!r}: must be one of {choices}")
-  for key in POSITIVE:
-    if not get(config, key) > 0:
-      raise ConfigError(f"config.{key}={get(config, key)!r}: must be > 0")
-  for key in NON_NEGATIVE:
-    if not get(config, key) >= 0:
-      raise ConfigError(f"config.{key}={get(config, key)!r}: must be >= 0")
+      problems.append(f"config.{key}={value!r}: must be one of {choices}")
+  problems += [f"config.{key}={get(config, key)!r}: must be > 0" for key in POSITIVE if not get(config, key) > 0]
+  problems += [f"config.{key}={get(config, key)!r}: must be >= 0" for key in NON_NEGATIVE
+               if not get(config, key) >= 0]
   bad = [n for n in config.loss_options.rank_labels if n not in LABEL_NAMES]
   if bad or not config.loss_options.rank_labels:
-    raise ConfigError(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
-                      f"choose a non-empty subset of {LABEL_NAMES}")
+    problems.append(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
+                    f"choose a non-empty subset of {LABEL_NAMES}")
   if config.model.speech_input_std == 0 and config.model.speech_input_mean != 0:
-    raise ConfigError(f"config.model.speech_input_mean={config.model.speech_input_mean!r} has no effect while "
-                      f"config.model.speech_input_std=0 (standardisation off): set both or neither")
+    problems.append(f"config.model.speech_input_mean={config.model.speech_input_mean!r} has no effect while "
+                    f"config.model.speech_input_std=0 (standardisation off): set both or neither")
   t = config.train
   if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
-    raise ConfigError(f"config.train.micro_batch_size={t.micro_batch_size} must divide "
-                      f"config.train.global_batch_size={t.global_batch_size}")
+    problems.append(f"config.train.micro_batch_size={t.micro_batch_size} must divide "
+                    f"config.train.global_batch_size={t.global_batch_size}")
+  if t.micro_batch_size and t.micro_batch_size < t.global_batch_size and config.stage == "ser":
+    problems.append(f"config.train.micro_batch_size={t.micro_batch_size}: gradient caching is for the clap "
+                    f"stage; the ser stage's losses are cheap: set it to 0 and lower train.global_batch_size "
+                    f"instead")
   if len(config.mesh.shape) != len(config.mesh.axes):
-    raise ConfigError(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
-                      f"{tuple(config.mesh.axes)} differ in length")
+    problems.append(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
+                    f"{tuple(config.mesh.axes)} differ in length")
   if config.train.global_batch_size < 2:
-    raise ConfigError("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
+    problems.append("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
+  problems += _eval_problems(config) + _data_problems(config)
+  return problems
+
+
+def _eval_problems(config) -> list[str]:
+  e = config.eval
+  problems = []
+  for key in ("max_examples", "probe_train_examples"):  # 0 = the whole split; else metrics need pairs
+    if e[key] < 0 or e[key] == 1:
+      problems.append(f"config.eval.{key}={e[key]}: must be 0 (the whole split) or >= 2")
+  if e.retrieval_levels < 2:
+    problems.append(f"config.eval.retrieval_levels={e.retrieval_levels}: must be >= 2 (Kendall tau orders "
+                    f"levels)")
+  for key in ("retrieval_draws", "retrieval_top_k"):
+    if e[key] < 1:
+      problems.append(f"config.eval.{key}={e[key]}: must be >= 1")
+  return problems
+
+
+def _data_problems(config) -> list[str]:
+  d = config.data
+  if d.rebuild and d.name != "embedded" and not d.manual_dir:
+    return [f"config.data.rebuild=True: rebuilding {d.name} needs config.data.manual_dir (the licensed corpus "
+            f"to rebuild from)"]
+  return []
+
+
+def _raise_all(problems: list[str], title: str) -> None:
+  if len(problems) == 1:
+    raise ConfigError(problems[0])
+  if problems:
+    raise ConfigError(f"{title}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks values; raises one ConfigError naming every offending key. Returns the config."""
+  _raise_all(value_problems(config), "invalid config")
+  return config
+
+
+# --------------------------------------------------------------------------- devices
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_MESH_AXES = ("data", "fsdp")  # the axes a batch is split over (erclap.sharding.BATCH_AXIS_NAMES)
+BATCH_SECTIONS = ("train", "eval", "export")  # their *batch_size keys are global batches split over devices
+
+
+def resolve_mesh_shape(shape, axes, device_count: int) -> tuple[tuple[int, ...] | None, list[str]]:
+  """``config.mesh.shape`` with its -1 filled for ``device_count`` devices, and the problems found.
+
+  The same rules as ``erclap.sharding.make_mesh``, without jax: at most one -1, the other entries >= 1,
+  the product equal to the device count. Returns (None, problems) when the shape cannot be resolved."""
+  shape, axes = tuple(shape), tuple(axes)
+  where = f"config.mesh.shape={shape}"
+  problems = []
+  unknown = [a for a in axes if a not in MESH_AXES]
+  if unknown or len(set(axes)) != len(axes):
+    problems.append(f"config.mesh.axes={axes}: use distinct names among {MESH_AXES}")
+  if len(shape) != len(axes):
+    problems.append(f"config.mesh.shape {shape} and config.mesh.axes {axes} differ in length")
+  bad = [s for s in shape if not isinstance(s, int) or isinstance(s, bool) or (s < 1 and s != -1)]
+  if bad:
+    problems.append(f"{where}: entries must be positive integers or one -1 (fill), got {bad}")
+  elif shape.count(-1) > 1:
+    problems.append(f"{where}: at most one entry may be -1 (fill with the remaining devices)")
+  if problems:
+    return None, problems
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if device_count % known:
+      return None, [f"{where}: the fixed entries' product {known} does not divide the {device_count} devices"]
+    shape = tuple(device_count // known if s == -1 else s for s in shape)
+  if math.prod(shape) != device_count:
+    return None, [f"{where} needs {math.prod(shape)} devices, but {device_count} are available (use -1 in one "
+                  f"entry to fill)"]
+  return shape, []
+
+
+def batch_size_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """The global batch sizes the config holds (``train.global_batch_size``, ``eval.batch_size`` and any other
+  ``*batch_size`` of the train / eval / export sections), without the micro-batch size."""
+  keys = []
+  for section in BATCH_SECTIONS:
+    node = config.get(section)
+    if isinstance(node, ml_collections.ConfigDict):
+      keys += [f"{section}.{k}" for k, v in node.items() if k.endswith("batch_size") and k != "micro_batch_size"
+               and isinstance(v, int) and not isinstance(v, bool)]
+  return keys
+
+
+def _multiple_hint(value: int, divisor: int) -> str:
+  lower, upper = value // divisor * divisor, (value // divisor + 1) * divisor
+  return f"e.g. {lower} or {upper}" if lower > 0 else f"e.g. {upper}"
+
+
+def _device_count_problems(config, device_count, process_count, local_device_count) -> list[str]:
+  problems = []
+  if not device_count >= 1 or not process_count >= 1 or device_count % process_count:
+    problems.append(f"{device_count} devices over {process_count} processes: need >= 1 device per process "
+                    f"and the same number on every process")
+  elif local_device_count is not None and local_device_count * process_count != device_count:
+    problems.append(f"{local_device_count} local devices x {process_count} processes != {device_count} devices: "
+                    f"every process must see the same number of devices")
+  n = config.distributed.num_processes
+  if n and n != process_count:
+    problems.append(f"config.distributed.num_processes={n} but the run has {process_count} processes")
+  return problems
+
+
+def device_problems(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1,
+                    local_device_count: int | None = None) -> list[str]:
+  """The problems of running ``config`` on ``device_count`` devices in ``process_count`` processes."""
+  problems = _device_count_problems(config, device_count, process_count, local_device_count)
+  if problems:
+    return problems
+  shape, problems = resolve_mesh_shape(config.mesh.shape, config.mesh.axes, device_count)
+  if shape is None:
+    return problems
+  mesh = dict(zip(config.mesh.axes, shape, strict=True))
+  shards = math.prod(mesh.get(a, 1) for a in BATCH_MESH_AXES)
+  why = f"the {shards} batch shards of mesh {mesh} on {device_count} devices"
+  divisor = math.lcm(shards, process_count)
+  if process_count > 1:
+    why += f", and {process_count} processes each reading an equal share"
+  for key in batch_size_keys(config):
+    value = get(config, key)
+    if value % divisor:
+      problems.append(f"config.{key}={value} must be a multiple of {divisor} ({why}): "
+                      f"{_multiple_hint(value, divisor)}")
+  micro, total = config.train.micro_batch_size, config.train.global_batch_size
+  if micro and micro < total and micro % shards:
+    problems.append(f"config.train.micro_batch_size={micro} must be a multiple of {shards} (every micro-batch is "
+                    f"split over {why.removeprefix('the ')}): {_multiple_hint(micro, shards)}")
+  return problems
+
+
+def validate_for_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1,
+                         local_device_count: int | None = None) -> ml_collections.ConfigDict:
+  """Everything checkable from the config and the device count, before any corpus or model is built.
+
+  Pure (no jax import): the caller passes ``jax.device_count()``, ``jax.process_count()`` and
+  ``jax.local_device_count()``. Checks the values (``validate``), that ``config.mesh.shape`` resolves
+  for ``device_count`` devices, and that every global batch size (``batch_size_keys``) is a multiple of
+  the mesh's batch shards (data x fsdp) and of ``process_count`` (each process reads its share), and the
+  micro-batch size a multiple of the batch shards.
+
+  Args:
+    config: the run's config.
+    device_count: devices of the whole run.
+    process_count: processes of the run (hosts).
+    local_device_count: devices of this process (None: device_count / process_count).
+  Returns:
+    ``config``. Raises one ConfigError listing every problem, each naming its key, value and divisor.
+  """
+  problems = value_problems(config)
+  problems += [p for p in device_problems(config, device_count, process_count, local_device_count)
+               if p not in problems]
+  _raise_all(problems, f"config does not fit {device_count} device(s) in {process_count} process(es)")
   return config

@@ -31,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = "embedded"        # "embedded" | "msp_podcast" | "iemocap"
   c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
   c.data.manual_dir = ""          # where the licensed corpora's audio lives (msp_podcast, iemocap)
+  # A built licensed corpus records its source (<version dir>/erclap_source.json). When data.manual_dir is set
+  # and differs from that record (files added / removed / changed, label file content), the run stops and
+  # says what differs; True rebuilds it from data.manual_dir instead (the old build is replaced only once the
+  # new one is complete).
+  c.data.rebuild = False
   c.data.sample_rate = 16000
   c.data.max_seconds = 4.0        # random crop / pad length for training, in seconds
   c.data.eval_max_seconds = 0.0   # 0 = same as max_seconds (centre crop)

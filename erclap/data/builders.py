@@ -17,6 +17,11 @@ All three write the same record schema: "id" (text), "audio" (int16 PCM at 16 kH
   leave-one-session-out folds from them. Categories neu hap sad ang exc fru sur fea dis oth -> 0..9,
   xxx (no agreement) -> -1.
 
+A built licensed corpus records what it was built from (``source_fingerprint``): the sha256 of its label
+files and the listing (relative name, size, modification time) of its audio directories, the files the
+builder reads (``LABEL_FILES`` and ``AUDIO_DIRS`` of each builder). Listing and stat only, so it stays cheap
+for 100k files; ``source_differences`` says what changed since.
+
 Unreadable or missing audio files are counted and skipped while their fraction of the corpus stays within
 ``unreadable_audio_tolerance`` (reported at the end of the build); beyond it the build fails naming the
 files. Bad label rows (missing columns, NaN, out-of-range values) always fail, naming file and row.
@@ -26,10 +31,12 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import logging
 import math
 import os
 import re
+import time
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -130,6 +137,10 @@ class _ManualCorpus(tfds.core.GeneratorBasedBuilder):
   """Shared parts of the licensed corpora: manual dir, skip counting."""
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Set data.manual_dir to the directory holding the licensed corpus."
+  # What the builder reads, relative to the manual dir (glob patterns): label files (content-hashed) and the
+  # directories of audio files (listed recursively). Keep them in step with _split_generators.
+  LABEL_FILES: tuple[str, ...] = ()
+  AUDIO_DIRS: tuple[str, ...] = ()
 
   def __init__(self, *, unreadable_audio_tolerance: float = 0.0, **kwargs):
     self._tolerance = float(unreadable_audio_tolerance)
@@ -144,6 +155,8 @@ class ErclapMspPodcast(_ManualCorpus):
   """MSP-Podcast (v1.10–1.12 layout; users bring the licensed audio)."""
 
   VERSION = tfds.core.Version("1.0.0")
+  LABEL_FILES = ("Labels/labels_consensus.csv",)
+  AUDIO_DIRS = ("Audios",)
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
@@ -240,16 +253,18 @@ class ErclapIemocap(_ManualCorpus):
   """IEMOCAP (users bring the licensed audio); splits session<k>_<F|M>."""
 
   VERSION = tfds.core.Version("1.0.0")
+  LABEL_FILES = ("Session[1-9]/dialog/EmoEvaluation/*.txt",)
+  AUDIO_DIRS = ("Session[1-9]/sentences/wav",)
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
-    sessions = sorted(d for d in glob.glob(os.path.join(root, "Session[1-9]")) if os.path.isdir(d))
+    sessions = sorted(d for d in glob.glob(os.path.join(glob.escape(root), "Session[1-9]")) if os.path.isdir(d))
     if not sessions:
       raise ValueError(f"iemocap: no Session1..Session5 directories in manual dir {root}")
     by_split: dict[str, list[dict]] = {}
     for session_dir in sessions:
       k = int(os.path.basename(session_dir)[len("Session"):])
-      txts = sorted(glob.glob(os.path.join(session_dir, "dialog", "EmoEvaluation", "*.txt")))
+      txts = sorted(glob.glob(os.path.join(glob.escape(session_dir), "dialog", "EmoEvaluation", "*.txt")))
       if not txts:
         raise ValueError(f"iemocap: no EmoEvaluation/*.txt under {session_dir}/dialog")
       for txt in txts:
@@ -284,3 +299,111 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> N
   if counter is not None:
     logging.info("%s", counter.report())
     print(counter.report(), flush=True)
+
+
+# ----------------------------------------------------------------------------- source fingerprint
+
+SOURCE_FORMAT = 1
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _audio_listing(root: str, patterns: tuple[str, ...]) -> dict[str, list[int]]:
+  """{relative path: [size, mtime_ns]} of every file under the audio directories (hidden names skipped)."""
+  files = {}
+  pending = [top for pattern in patterns for top in sorted(glob.glob(os.path.join(glob.escape(root), pattern)))]
+  prefix = len(root) + 1
+  while pending:  # scandir, not os.walk + relpath: a 100k-file corpus is listed in about a second
+    with os.scandir(pending.pop()) as entries:
+      for entry in entries:
+        if entry.name.startswith("."):
+          continue
+        try:
+          if entry.is_dir():  # follows links, as the builder's reads do
+            pending.append(entry.path)
+            continue
+          st = entry.stat()  # a link's target: that is what the builder reads
+        except OSError:  # a dangling link: unreadable, like a missing file
+          continue
+        files[entry.path[prefix:]] = [int(st.st_size), int(st.st_mtime_ns)]
+  return dict(sorted(files.items()))
+
+
+def source_fingerprint(builder_cls: type[_ManualCorpus], manual_dir: str) -> dict:
+  """What a licensed corpus is built from: its manual dir's label files and audio listing.
+
+  Args:
+    builder_cls: ErclapMspPodcast or ErclapIemocap (its LABEL_FILES and AUDIO_DIRS).
+    manual_dir: the licensed corpus' directory.
+  Returns:
+    {"format", "builder", "manual_dir" (absolute), "labels": {relative path: {"sha256", "size"}},
+    "files": {relative path: [size, mtime_ns]}}: a JSON-able dict; only the label files are read.
+  """
+  root = os.path.abspath(os.path.expanduser(manual_dir))
+  labels = {}
+  for pattern in builder_cls.LABEL_FILES:
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
+      if os.path.isfile(path):
+        labels[os.path.relpath(path, root)] = {"sha256": _sha256(path), "size": os.path.getsize(path)}
+  return {"format": SOURCE_FORMAT, "builder": builder_cls.name, "manual_dir": root, "labels": labels,
+          "files": _audio_listing(root, builder_cls.AUDIO_DIRS)}
+
+
+def _listed(names: list[str], shown: int) -> str:
+  more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+  return ", ".join(names[:shown]) + more
+
+
+def _when(mtime_ns: int) -> str:
+  return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime_ns / 1e9))
+
+
+def _file_change(name: str, old: list[int], new: list[int]) -> str:
+  if old[0] != new[0]:
+    return f"{name} (size {old[0]} -> {new[0]} bytes)"
+  return f"{name} (modified {_when(old[1])} -> {_when(new[1])})"
+
+
+def source_differences(recorded: dict | None, current: dict, shown: int = 5) -> list[str]:
+  """What differs between the source a corpus was built from and ``current`` (both ``source_fingerprint``);
+  [] when nothing does. The manual dir's own path may differ (a moved corpus is the same corpus)."""
+  if recorded is None:
+    return ["there is no record of the source it was built from (built before sources were recorded, or "
+            "its record was removed)"]
+  if recorded.get("format") != SOURCE_FORMAT:
+    return [f"its source record has format {recorded.get('format')!r}, this version reads {SOURCE_FORMAT}"]
+  out = []
+  old_labels, new_labels = recorded["labels"], current["labels"]
+  for name in sorted(old_labels.keys() | new_labels.keys()):
+    if name not in new_labels:
+      out.append(f"label file {name} removed")
+    elif name not in old_labels:
+      out.append(f"label file {name} added")
+    elif old_labels[name]["sha256"] != new_labels[name]["sha256"]:
+      out.append(f"label file {name} changed: sha256 {old_labels[name]['sha256'][:16]} -> "
+                 f"{new_labels[name]['sha256'][:16]}")
+  old_files, new_files = recorded["files"], current["files"]
+  for what, names in (("added", sorted(new_files.keys() - old_files.keys())),
+                      ("removed", sorted(old_files.keys() - new_files.keys()))):
+    if names:
+      out.append(f"{len(names)} audio file(s) {what}: {_listed(names, shown)}")
+  changed = sorted(k for k in old_files.keys() & new_files.keys() if list(old_files[k]) != list(new_files[k]))
+  if changed:
+    shown_changes = [_file_change(k, old_files[k], new_files[k]) for k in changed[:shown]]
+    out.append(f"{len(changed)} audio file(s) changed: {_listed(shown_changes + changed[shown:], shown)}")
+  return out
+
+
+def describe_source(recorded: dict | None) -> str:
+  """One line naming the source of a build, for the log."""
+  if recorded is None:
+    return "an unrecorded source"
+  labels = ", ".join(f"{name} sha256 {v['sha256'][:16]}" for name, v in sorted(recorded["labels"].items()))
+  built = f", built {recorded['built_at']}" if recorded.get("built_at") else ""
+  return f"{recorded['manual_dir']} ({len(recorded['files'])} audio files; {labels or 'no label files'}{built})"

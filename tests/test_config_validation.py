@@ -1,0 +1,173 @@
+"""config_lib.validate_for_devices: every problem a config has on a device count, found before any work."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from erclap import config_lib, sharding
+from erclap.configs import default, demo, gpu, ser_pretrain, tpu_v4
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(base=demo, **overrides):
+  return config_lib.apply_overrides(base.get_config(), overrides)
+
+
+def _problems(config, device_count, process_count=1, local_device_count=None) -> str:
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate_for_devices(config, device_count, process_count, local_device_count)
+  return str(info.value)
+
+
+def test_demo_runs_unchanged_on_1_and_8_devices():
+  for devices in (1, 8):
+    config = demo.get_config()
+    assert config_lib.validate_for_devices(config, devices, 1) is config
+
+
+def test_eval_batch_of_100_on_8_devices_is_named_with_the_fix():
+  config = _config(**{"eval.batch_size": 100})
+  config_lib.validate_for_devices(config, 1, 1)
+  message = _problems(config, 8)
+  assert message.startswith("config.eval.batch_size=100 must be a multiple of 8 (the 8 batch shards of mesh "
+                            "{'data': 8, 'fsdp': 1, 'tensor': 1} on 8 devices)")
+  assert "e.g. 96 or 104" in message
+  assert "train.global_batch_size" not in message  # 64 is fine
+
+
+@pytest.mark.parametrize("shape, needle", [
+    ((3, -1, 1), r"config.mesh.shape=(3, -1, 1): the fixed entries' product 3 does not divide the 8 devices"),
+    ((2, 2, 1), r"config.mesh.shape=(2, 2, 1) needs 4 devices, but 8 are available"),
+    ((-1, -1, 1), r"config.mesh.shape=(-1, -1, 1): at most one entry may be -1"),
+    ((0, -1, 1), r"config.mesh.shape=(0, -1, 1): entries must be positive integers or one -1"),
+    ((-1, 1), r"config.mesh.shape (-1, 1) and config.mesh.axes ('data', 'fsdp', 'tensor') differ in length"),
+])
+def test_bad_mesh_shape_is_named(shape, needle):
+  assert needle in _problems(_config(**{"mesh.shape": shape}), 8)
+
+
+def test_mesh_resolution_agrees_with_make_mesh(devices):
+  """The pure resolution gives make_mesh's shape and batch shards, and refuses exactly what make_mesh refuses."""
+  axes = ("data", "fsdp", "tensor")
+  for shape in [(-1, 1, 1), (1, -1, 1), (2, -1, 2), (2, 2, 2), (-1, 2, 1), (1, 1, -1), (3, -1, 1), (2, 2, 1),
+                (4, 4, -1), (8, 1, 1), (1, 8, 2)]:
+    got, problems = config_lib.resolve_mesh_shape(shape, axes, len(devices))
+    try:
+      mesh = sharding.make_mesh(shape, axes, devices)
+    except ValueError:
+      assert got is None and problems, shape
+      continue
+    assert got == tuple(mesh.shape[a] for a in axes) and not problems, shape
+    assert got[0] * got[1] == sharding.batch_size_divisor(mesh)
+
+
+def test_fsdp_mesh_counts_its_shards_as_batch_shards():
+  # gpu.py: FSDP over all devices. 512 is a multiple of 8, 36 is not.
+  config = _config(gpu, **{"eval.batch_size": 36})
+  assert "config.eval.batch_size=36 must be a multiple of 8 (the 8 batch shards of mesh " \
+         "{'data': 1, 'fsdp': 8, 'tensor': 1}" in _problems(config, 8)
+  # Tensor parallelism does not split the batch: 4 batch shards on (2, 2, 2).
+  config = _config(gpu, **{"mesh.shape": (2, 2, 2), "eval.batch_size": 12})
+  config_lib.validate_for_devices(config, 8)
+
+
+def test_processes_divide_the_batches():
+  # mesh (1, 1, -1): one batch shard, but 2 processes each read an equal share of every batch.
+  config = _config(**{"mesh.shape": (1, 1, -1), "eval.batch_size": 33, "train.global_batch_size": 64})
+  message = _problems(config, 8, 2)
+  assert "config.eval.batch_size=33 must be a multiple of 2" in message and "2 processes" in message
+  assert "global_batch_size" not in message
+  # lcm(batch shards, processes): 8 shards over 2 processes -> multiples of 8.
+  message = _problems(_config(**{"eval.batch_size": 100}), 8, 2, 4)
+  assert "config.eval.batch_size=100 must be a multiple of 8" in message
+  assert "3 local devices x 2 processes != 8 devices" in _problems(_config(), 8, 2, 3)
+  assert "8 devices over 3 processes" in _problems(_config(), 8, 3)
+  assert "config.distributed.num_processes=4 but the run has 2 processes" in \
+      _problems(_config(**{"distributed.num_processes": 4}), 8, 2)
+
+
+def test_micro_batches_are_split_over_the_batch_shards():
+  config = _config(**{"train.global_batch_size": 64, "train.micro_batch_size": 4})
+  config_lib.validate_for_devices(config, 4)
+  message = _problems(config, 8)
+  assert "config.train.micro_batch_size=4 must be a multiple of 8" in message
+  config_lib.validate_for_devices(_config(**{"train.global_batch_size": 64, "train.micro_batch_size": 64}), 8)
+
+
+def test_ser_stage_refuses_micro_batching():
+  config = _config(ser_pretrain, **{"train.micro_batch_size": 64})
+  message = _problems(config, 1)
+  assert "config.train.micro_batch_size=64: gradient caching is for the clap stage" in message
+  config_lib.validate_for_devices(_config(ser_pretrain, **{"train.micro_batch_size": 0}), 8)
+
+
+def test_eval_and_probe_sizes():
+  config = _config(**{"eval.max_examples": 1, "eval.probe_train_examples": -5, "eval.retrieval_levels": 1,
+                      "eval.retrieval_draws": 0, "eval.retrieval_top_k": 0})
+  message = _problems(config, 1)
+  for needle in ("config.eval.max_examples=1: must be 0 (the whole split) or >= 2",
+                 "config.eval.probe_train_examples=-5", "config.eval.retrieval_levels=1",
+                 "config.eval.retrieval_draws=0", "config.eval.retrieval_top_k=0"):
+    assert needle in message
+  config_lib.validate_for_devices(_config(**{"eval.max_examples": 0, "eval.probe_train_examples": 0}), 1)
+
+
+def test_all_problems_are_listed_at_once():
+  config = _config(**{"loss": "focal", "train.global_batch_size": 60, "train.micro_batch_size": 7,
+                      "eval.batch_size": 100, "mesh.shape": (-1, 1, 1)})
+  message = _problems(config, 8)
+  lines = [line for line in message.splitlines() if line.startswith("  - ")]
+  assert message.startswith("config does not fit 8 device(s) in 1 process(es): 5 problems:")
+  assert len(lines) == 5
+  for needle in ("config.loss='focal'", "config.train.global_batch_size=60 must be a multiple of 8",
+                 "config.eval.batch_size=100 must be a multiple of 8",
+                 "config.train.micro_batch_size=7 must be a multiple of 8",
+                 "config.train.micro_batch_size=7 must divide config.train.global_batch_size=60"):
+    assert sum(needle in line for line in lines) == 1, needle
+  # A bad mesh: the batch sizes cannot be checked against it, the mesh and the other values are named.
+  config = _config(**{"loss": "focal", "mesh.shape": (3, -1, 1)})
+  lines = [line for line in _problems(config, 8).splitlines() if line.startswith("  - ")]
+  assert len(lines) == 2 and "config.loss" in lines[0] and "config.mesh.shape" in lines[1]
+
+
+def test_validate_lists_every_value_problem():
+  config = _config(**{"loss": "focal", "model.size": "huge"})
+  with pytest.raises(config_lib.ConfigError, match=r"(?s)2 problems.*config.loss='focal'.*config.model.size"):
+    config_lib.validate(config)
+
+
+def test_rebuild_needs_a_manual_dir():
+  config = _config(**{"data.name": "msp_podcast", "data.rebuild": True})
+  with pytest.raises(config_lib.ConfigError, match=r"config.data.rebuild=True: rebuilding msp_podcast needs "
+                                                   r"config.data.manual_dir"):
+    config_lib.validate(config)
+  config_lib.validate(_config(**{"data.name": "msp_podcast", "data.rebuild": True, "data.manual_dir": "/x"}))
+
+
+def test_batch_size_keys_cover_every_global_batch():
+  assert config_lib.batch_size_keys(default.get_config()) == ["train.global_batch_size", "eval.batch_size"]
+
+
+@pytest.mark.parametrize("module", [default, demo, gpu, tpu_v4, ser_pretrain], ids=lambda m: m.__name__)
+def test_shipped_configs_fit_1_and_8_devices(module):
+  for devices in (1, 8):
+    config_lib.validate_for_devices(module.get_config(), devices)
+
+
+@pytest.mark.slow
+def test_validation_does_not_import_jax():
+  code = ("import sys; from erclap import config_lib; from erclap.configs import demo; "
+          "config_lib.validate_for_devices(demo.get_config(), 8, 1); "
+          "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+  assert result.returncode == 0, result.stderr
+
+
+def test_real_device_count_passes(devices):
+  config_lib.validate_for_devices(demo.get_config(), jax.device_count(), jax.process_count(),
+                                  jax.local_device_count())
