@@ -6,16 +6,23 @@ Mesh axes (any subset, in this order by convention):
   * ``tensor`` – model (tensor) parallelism inside attention / MLP blocks.
 
 Model code never names mesh axes. Parameters carry *logical* axis names (``embed``, ``mlp``,
-``heads``, ``kv``, ``vocab``, ``conv_out``, ...); ``LOGICAL_AXIS_RULES`` maps them to mesh axes, and a
-config may override the table (``config.mesh.logical_axis_rules``) to pick FSDP or tensor parallelism
-without touching model code.
+``heads``, ``kv``, ``vocab``, ``conv_out``, ...) and activations are constrained with logical names too
+(``constrain(x, ("activation_batch", "activation_length", "activation_embed"))``). ONE table,
+``LOGICAL_AXIS_RULES``, maps both onto mesh axes, and a config may override it
+(``config.mesh.logical_axis_rules``) to pick FSDP or tensor parallelism without touching model code.
+
+Callers run a model inside ``use_mesh(mesh, config.mesh.logical_axis_rules)``: it sets the mesh
+(``jax.set_mesh``) and the rules that ``constrain`` reads while tracing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -26,7 +33,13 @@ BATCH_AXIS_NAMES: tuple[str, ...] = ("data", "fsdp")
 # Logical parameter / activation axis -> mesh axis (or None = replicated). Order matters for flax:
 # the first rule whose mesh axis is still free is used.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    # Activations: split over the batch only. Besides being the intended layout, the batch-only pins keep
+    # weight shardings from propagating into activations, which on fsdp > 1 and tensor > 1 meshes hit an
+    # XLA miscompilation (see erclap.xla_workarounds, "batch-row swap").
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    # Parameters.
     ("embed", "fsdp"),        # hidden dimension of weight matrices: sharded by FSDP
     ("mlp", "tensor"),        # feed-forward inner dimension: tensor parallel
     ("heads", "tensor"),      # attention heads: tensor parallel
@@ -102,9 +115,10 @@ def logical_axis_rules(overrides: Sequence[Sequence] | None = None, mesh_axes: S
   if overrides:
     names = {o[0] for o in overrides}
     rules = tuple((str(a), b) for a, b in overrides) + tuple(r for r in LOGICAL_AXIS_RULES if r[0] not in names)
-  if mesh_axes is None:
-    return rules
+  return rules if mesh_axes is None else _restrict_to_mesh(rules, mesh_axes)
 
+
+def _restrict_to_mesh(rules, mesh_axes: Sequence[str]):
   def keep(target):
     if target is None or isinstance(target, str):
       return target if target in mesh_axes else None
@@ -112,6 +126,84 @@ def logical_axis_rules(overrides: Sequence[Sequence] | None = None, mesh_axes: S
     return kept if len(kept) > 1 else (kept[0] if kept else None)
 
   return tuple((name, keep(target)) for name, target in rules)
+
+
+# The rules ``use_mesh`` sets. Not flax's ``nn.logical_axis_rules`` context: flax applies that to every
+# parameter it unboxes, and ``nn.DenseGeneral`` unboxes its kernel at init while still flattened to 2-D
+# (the 3 logical names then fail on a rank-2 value). Parameter shardings come from the same table through
+# ``nn.logical_to_mesh_sharding(..., logical_axis_rules(overrides, mesh.axis_names))``.
+_ACTIVE_RULES: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("erclap_axis_rules", default=None)
+
+
+def rules_in_context(mesh_axes: Sequence[str]):
+  """The rules that govern activation sharding now, restricted to ``mesh_axes``: those ``use_mesh`` set,
+  else flax's ``nn.logical_axis_rules`` context if one is set, else the default table."""
+  rules = _ACTIVE_RULES.get() or nn.get_logical_axis_rules() or LOGICAL_AXIS_RULES
+  return _restrict_to_mesh(rules, tuple(mesh_axes))
+
+
+def logical_spec(logical_axes: Sequence[str | None], mesh_axes: Sequence[str]) -> PartitionSpec:
+  """PartitionSpec of an array whose dimensions carry ``logical_axes``, under ``rules_in_context``."""
+  return nn.logical_to_mesh_axes(tuple(logical_axes), rules_in_context(mesh_axes))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """Pins activation ``x`` to the sharding its logical axis names map to on the mesh in context.
+
+  E.g. ``constrain(x, ("activation_batch", "activation_length", "activation_embed"))`` for (B, T, E)
+  hidden states; with the default table that is batch-only sharding over (data, fsdp). Model code calls
+  this at layer boundaries; without a mesh in context (``jax.set_mesh`` / ``use_mesh``) it is a no-op.
+  The rules are read while tracing (``rules_in_context``).
+
+  Args:
+    x: an activation array.
+    logical_axes: one logical name (or None = replicated) per dimension of ``x``.
+
+  Returns:
+    ``x`` with a sharding constraint (or ``x`` itself without a mesh).
+  """
+  logical_axes = tuple(logical_axes)
+  if len(logical_axes) != x.ndim:
+    raise ValueError(f"logical_axes {logical_axes} name {len(logical_axes)} dimensions; the array has shape "
+                     f"{x.shape}")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_spec(logical_axes, mesh.axis_names))
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, overrides: Sequence[Sequence] | None = None) -> Iterator[Mesh]:
+  """Context for tracing, compiling and running a model on ``mesh`` under the (overridden) rule table.
+
+  Sets the mesh (``jax.set_mesh``) and the activation rules (``rules_in_context``) to
+  ``logical_axis_rules(overrides, mesh.axis_names)``, the table parameter shardings are built from
+  (``nn.logical_to_mesh_sharding``), so one override in ``config.mesh.logical_axis_rules`` reaches both
+  parameters and activations (``constrain``). Use it, in place of a bare ``jax.set_mesh``, wherever a model
+  is initialised, applied or differentiated under a mesh (train step, evaluation, export, inference)::
+
+      with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
+        state, metrics = train_step(state, batch)
+
+  The rules take effect when a function is traced. ``jax.jit`` (and ``jax.make_jaxpr``) key their trace cache
+  on the function and the mesh in context, not on these rules: one function object called under two rule
+  sets keeps its first trace, so build the jitted function per configuration (as the trainer does: one
+  config, one set of rules).
+
+  Args:
+    mesh: the device mesh (``make_mesh``).
+    overrides: pairs (logical name, mesh axis or axes or None) that take precedence over
+      ``LOGICAL_AXIS_RULES``; typically ``config.mesh.logical_axis_rules``.
+
+  Yields:
+    ``mesh``.
+  """
+  token = _ACTIVE_RULES.set(logical_axis_rules(overrides, mesh.axis_names))
+  try:
+    with jax.set_mesh(mesh):
+      yield mesh
+  finally:
+    _ACTIVE_RULES.reset(token)
 
 
 def put_global(value, target: jax.sharding.Sharding) -> jax.Array:

@@ -105,7 +105,8 @@ def test_sharded_forward_equals_single_device(tiny, devices):
   sharded_params = jax.device_put(params, shardings)
   sharded_batch = [jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)) for x in batch]
   want = jax.jit(model.apply)({"params": params}, *batch)
-  got = jax.jit(model.apply)({"params": sharded_params}, *sharded_batch)
+  with sharding.use_mesh(mesh):  # activation constraints and batch_local active, as in training
+    got = jax.jit(model.apply)({"params": sharded_params}, *sharded_batch)
   assert len(got["speech"].sharding.device_set) == 8
   for k in ("speech", "text", "temperature"):
     np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), atol=2e-5)

@@ -1,8 +1,8 @@
 """Building blocks shared by the speech and text towers.
 
-Parameters are float32 and carry logical axis names (see ``erclap.sharding.LOGICAL_AXIS_RULES``);
-activations run in ``dtype`` (bfloat16 on TPU), while LayerNorm / GroupNorm statistics and softmax are
-computed in float32.
+Parameters are float32 and carry logical axis names; activations are pinned with logical names too
+(``sharding.constrain``); ``erclap.sharding.LOGICAL_AXIS_RULES`` maps both onto the mesh. Activations run in
+``dtype`` (bfloat16 on TPU), while LayerNorm / GroupNorm statistics and softmax are computed in float32.
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
+
+from erclap import sharding
 
 Dtype = jnp.dtype
 NEG_INF = -1e30  # additive mask for padded keys (finite: keeps gradients NaN-free)
+# Logical axes of (B, T, E) hidden states. Pinning them at layer boundaries keeps weight shardings
+# (``embed`` -> fsdp, ``mlp`` / ``heads`` -> tensor) from propagating into activations; see
+# ``erclap.xla_workarounds`` for the miscompilation that these batch-only pins avoid.
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
 def activation(name: str):
@@ -40,54 +45,6 @@ def zeros_init(names: Sequence[str | None]):
 
 def ones_init(names: Sequence[str | None]):
   return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(names))
-
-
-def shard_batch(x: jax.Array) -> jax.Array:
-  """Pins activations (B, ...) to batch-only sharding on the mesh in context (``jax.set_mesh``); else a no-op.
-
-  Activations are batch-sharded by design; pinning them at layer boundaries keeps weight shardings
-  (``embed`` -> fsdp, ``mlp``/``heads`` -> tensor) from propagating into them. That is also a correctness
-  workaround: on a mesh with fsdp > 1 *and* tensor > 1, XLA (jax 0.10.2, CPU) produced wrong results
-  without these pins: swapped batch rows after the feature projection, and wrong gradients through WavLM's
-  per-head gate (a reshape of E into heads). ``tests/test_train.py`` compares such a mesh with pure data
-  parallelism.
-  """
-  from erclap import sharding
-
-  mesh = _batch_mesh()
-  if mesh is None:
-    return x
-  return jax.lax.with_sharding_constraint(x, sharding.batch_spec(mesh, x.ndim))
-
-
-def _batch_mesh():
-  """The mesh in context (``jax.set_mesh``) if it splits the batch, else None."""
-  from erclap import sharding
-
-  mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh.empty or not sharding.batch_axes(mesh) else mesh
-
-
-def batch_local(fn):
-  """``fn(x, *weights)`` run per batch shard (``shard_map``, weights replicated) on the mesh in context.
-
-  For ops whose automatic partitioning is wrong: with a ``tensor`` axis > 1, XLA (jax 0.10.2, CPU, Shardy
-  and GSPMD alike) returns the weight gradient of a grouped convolution multiplied by the tensor-axis size.
-  Inside ``shard_map`` the op is local and JAX itself sums the weight cotangent over the batch shards.
-  ``x`` and the result are (B, ...) batch-sharded; without a mesh in context (or with a batch that does not
-  split evenly) this is ``fn`` itself.
-  """
-  from erclap import sharding
-
-  def wrapped(x, *weights):
-    mesh = _batch_mesh()
-    if mesh is None or x.shape[0] % sharding.batch_size_divisor(mesh):
-      return fn(x, *weights)  # no mesh, or a batch that does not split (parameter init with 2 examples)
-    spec = sharding.batch_spec(mesh, x.ndim)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * len(weights), out_specs=spec)(
-        x, *weights)
-
-  return wrapped
 
 
 class Dense(nn.Module):
@@ -189,7 +146,8 @@ class SelfAttention(nn.Module):
       # Gate from this layer's input, per head and query position.
       gate_proj = nn.DenseGeneral(8, dtype=jnp.float32, param_dtype=jnp.float32, name="gru_rel_pos_linear",
                                   kernel_init=dense_init(("kv", None)), bias_init=zeros_init((None,)))
-      g = gate_proj(shard_batch(x).reshape(b, t, h, dh).astype(jnp.float32))  # (B, T, H, 8)
+      x_heads = sharding.constrain(x, HIDDEN_AXES).reshape(b, t, h, dh)
+      g = gate_proj(x_heads.astype(jnp.float32))                          # (B, T, H, 8)
       g = jax.nn.sigmoid(g.reshape(b, t, h, 2, 4).sum(-1))                # (B, T, H, 2)
       const = self.param("gru_rel_pos_const", ones_init(("heads",)), (h,), jnp.float32)
       gate = g[..., 0] * (g[..., 1] * const - 1.0) + 2.0                  # (B, T, H)
@@ -203,7 +161,7 @@ class SelfAttention(nn.Module):
     out = nn.DenseGeneral(self.hidden_size, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
                           kernel_init=dense_init(("heads", "kv", "embed")), bias_init=zeros_init(("embed",)),
                           name="out")(out)
-    return shard_batch(out), position_bias
+    return sharding.constrain(out, HIDDEN_AXES), position_bias
 
 
 class TransformerLayer(nn.Module):
@@ -236,7 +194,7 @@ class TransformerLayer(nn.Module):
     output = Dense(self.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="output")
 
     def ffn(y):
-      return drop(shard_batch(output(drop(activation(self.act)(inter(y))))))
+      return drop(sharding.constrain(output(drop(activation(self.act)(inter(y)))), HIDDEN_AXES))
 
     if self.pre_ln:
       a, position_bias = attn(ln_attn(x), mask, position_bias)
@@ -246,7 +204,7 @@ class TransformerLayer(nn.Module):
       a, position_bias = attn(x, mask, position_bias)
       x = ln_attn(x + drop(a))
       x = ln_ffn(x + ffn(x))
-    return shard_batch(x), position_bias
+    return sharding.constrain(x, HIDDEN_AXES), position_bias
 
 
 def layer_class(remat: bool):

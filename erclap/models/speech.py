@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from erclap import sharding, xla_workarounds
 from erclap.models import layers
 from erclap.models.arch import SpeechArch
 
@@ -117,7 +118,11 @@ class PositionalConv(nn.Module):
     pad = (k // 2, k // 2 - 1 if k % 2 == 0 else k // 2)
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1,), [pad], dimension_numbers=("NWC", "WIO", "NWC"),
                                                      feature_group_count=g)
-    y = layers.batch_local(conv)(x, w.astype(self.dtype))
+    # Under a mesh, a grouped convolution's weight gradient needs batch_local (erclap.xla_workarounds).
+    # Initialisation takes no gradient (the forward partitions correctly), and its dummy batch need not
+    # split over the mesh, so it runs the convolution as is.
+    run = conv if self.is_initializing() else xla_workarounds.batch_local(conv)
+    y = run(x, w.astype(self.dtype))
     return layers.activation(a.feat_extract_activation)(y + bias.astype(self.dtype))
 
 
@@ -142,11 +147,11 @@ class SpeechEncoder(nn.Module):
     lengths = frame_lengths(a, audio_mask.sum(-1))
     frame_mask = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
 
-    x = layers.shard_batch(x)
+    x = sharding.constrain(x, layers.HIDDEN_AXES)
     if a.feat_proj_layer_norm:
       x = layers.LayerNorm(a.layer_norm_eps, self.dtype, name="feature_projection_norm")(x)
     x = layers.Dense(a.hidden_size, ("conv_out", "embed"), dtype=self.dtype, name="feature_projection")(x)
-    x = layers.shard_batch(x)
+    x = sharding.constrain(x, layers.HIDDEN_AXES)
     drop = nn.Dropout(self.dropout, deterministic=not train)
     x = drop(x)
 

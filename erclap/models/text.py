@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from erclap import sharding
 from erclap.models import layers
 from erclap.models.arch import TextArch
 
@@ -50,7 +51,8 @@ class TextEncoder(nn.Module):
     x = x + embed(a.max_position_embeddings, "position_embeddings", "length")(positions)
     token_types = jnp.zeros_like(input_ids, dtype=jnp.int32)
     x = x + embed(a.type_vocab_size, "token_type_embeddings", None)(token_types)
-    x = layers.LayerNorm(a.layer_norm_eps, self.dtype, name="embeddings_norm")(layers.shard_batch(x))
+    x = sharding.constrain(x, layers.HIDDEN_AXES)
+    x = layers.LayerNorm(a.layer_norm_eps, self.dtype, name="embeddings_norm")(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     layer_cls = layers.layer_class(self.remat)
     for i in range(a.num_layers):
