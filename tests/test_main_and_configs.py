@@ -145,6 +145,6 @@ def test_logical_axis_rule_overrides():
 
 def test_logical_axis_rules_drop_axes_the_mesh_lacks():
   rules = dict(sharding.logical_axis_rules(mesh_axes=("data",)))
-  assert rules["batch"] == "data" and rules["embed"] is None and rules["mlp"] is None
+  assert rules["activation_batch"] == "data" and rules["embed"] is None and rules["mlp"] is None
   rules = dict(sharding.logical_axis_rules((("mlp", ("fsdp", "tensor")),), mesh_axes=("data", "tensor")))
-  assert rules["mlp"] == "tensor" and rules["batch"] == "data"
+  assert rules["mlp"] == "tensor" and rules["activation_batch"] == "data"
