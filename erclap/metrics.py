@@ -13,7 +13,7 @@ Definitions (the paper's exact protocol is not published; these are ours, also d
 * Ordinal consistency (AOC / VOC): for each anchor i, Kendall's tau-b between ``sim[i, :]`` and
   ``-|y_i - y_j|`` over all candidates j, averaged over anchors. A model whose similarities fall off with
   label distance scores 1.
-* Retrieval Kendall tau (issue 9, the paper's headline protocol as far as it is published): K
+* Retrieval Kendall tau (the paper's headline protocol as far as it is published): K
   descriptions at distinct levels of one attribute each retrieve their top-k clips; Kendall's tau between
   the levels and the retrieved clips' true values, averaged over M random draws of levels and wordings.
 """
@@ -28,7 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, special
 
-LABEL_NAMES = ("arousal", "valence", "dominance")
+from erclap.schema import LABEL_NAMES
+
 # Rows per chunk are chosen so that one chunk holds about this many matrix elements (int64: 32 MB).
 _CHUNK_ELEMENTS = 1 << 22
 # Label distances are rounded to this many decimals before ranking, so that distances that are equal in
@@ -298,7 +299,7 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
 
 def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: int = 5, num_draws: int = 200,
                           top_k: int = 1, seed: int = 0) -> dict:
-  """Issue 9's retrieval Kendall tau (the paper's headline ordinality protocol, as far as it is published).
+  """Retrieval Kendall tau (the paper's headline ordinality protocol, as far as it is published).
 
   Args:
     query_sim: (Q, N) similarities of a pool of Q descriptions of one attribute (several wordings at each
@@ -533,6 +534,30 @@ def ccc(x, y, axis: int = 0):
   return float(value) if value.ndim == 0 else value
 
 
+def pairwise_ranking_accuracy(scores, labels, margin: float = 0.0, block: int = 1024) -> float:
+  """Fraction of ordered pairs with |y_i - y_j| > margin (ties excluded) whose scores order them like the
+  labels (score ties count 1/2); mean over attributes. scores/labels (N,) or (N, A). NumPy, row-blocked."""
+  f = np.asarray(scores, np.float64)
+  y = np.asarray(labels, np.float64)
+  if f.ndim == 1:
+    f, y = f[:, None], (y[:, None] if y.ndim == 1 else y)
+  if f.shape != y.shape or f.ndim != 2:
+    raise ValueError(f"scores {np.shape(scores)} and labels {np.shape(labels)} must have the same (N,)/(N, A) shape")
+  if np.isnan(y).any():
+    raise ValueError("labels contains NaN")
+  correct = np.zeros(f.shape[1])
+  count = np.zeros(f.shape[1])
+  for start in range(0, f.shape[0], block):
+    dy = y[start:start + block, None, :] - y[None, :, :]
+    df = f[start:start + block, None, :] - f[None, :, :]
+    inc = (np.abs(dy) > margin) & (dy != 0)
+    agree = np.where(df * dy > 0, 1.0, np.where(df == 0, 0.5, 0.0))
+    correct += np.sum(np.where(inc, agree, 0.0), axis=(0, 1))
+    count += np.sum(inc, axis=(0, 1))
+  acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+  return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+
 def zero_shot_attribute_prediction(prompt_sim, prompt_levels, *, temperature: float = 0.05) -> np.ndarray:
   """Predicts each clip's attribute from its similarities to K level prompts.
 
@@ -607,7 +632,7 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     prompt_embeddings / prompt_levels: {attribute: (K, D)} level-prompt embeddings and {attribute: (K,)}
       their levels -> prompt ordinality and zero-shot CCC.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
-      values -> the retrieval Kendall tau (issue 9).
+      values -> the retrieval Kendall tau.
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
   Keys: aoc_s2t, aoc_t2s, aoc_mean, voc_s2t, voc_t2s, voc_mean (anchor-wise ordinal consistency), mmd,
     wasserstein (exact W1, on a random subset of exact_wasserstein_max_n pairs for larger splits),
