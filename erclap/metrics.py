@@ -616,6 +616,45 @@ def ridge_probe(train_x, train_y, test_x, test_y, alpha: float = 1.0) -> np.ndar
 # Everything at once.
 
 
+def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperature) -> dict[str, float]:
+  """Zero-shot CCC and prompt ordinality per attribute with level prompts (see ``summarize``)."""
+  out = {}
+  for attribute, emb in prompt_embeddings.items():
+    column = _attribute_column(attribute)
+    if prompt_levels is None or attribute not in prompt_levels:
+      raise ValueError(f"prompt_levels: missing the levels of the {attribute!r} prompts")
+    prompt_sim = l2_normalize(_as_2d(f"prompt_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
+    levels = prompt_levels[attribute]
+    pred = zero_shot_attribute_prediction(prompt_sim, levels, temperature=temperature)
+    out[f"ccc_zero_shot_{attribute}"] = ccc(pred, labels[:, column])
+    p = prompt_ordinal_consistency(prompt_sim, levels, labels[:, column])
+    out[f"prompt_tau_{attribute}"] = p["signed_tau"]
+    out[f"prompt_distance_tau_{attribute}"] = p["distance_tau"]
+    out[f"prompt_order_tau_{attribute}"] = p["order_tau"]
+    out[f"prompt_monotone_{attribute}"] = float(p["monotone"])
+  return out
+
+
+def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval_levels, retrieval_draws,
+                       retrieval_top_k, seed) -> dict[str, float]:
+  """The retrieval Kendall tau per attribute with a query pool (see ``summarize``)."""
+  out = {}
+  for attribute, emb in query_embeddings.items():
+    column = _attribute_column(attribute)
+    if query_values is None or attribute not in query_values:
+      raise ValueError(f"query_values: missing the values of the {attribute!r} queries")
+    query_sim = l2_normalize(_as_2d(f"query_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
+    num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
+    r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
+                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
+    out[f"retrieval_tau_{attribute}"] = r["tau"]
+    out[f"retrieval_tau_std_{attribute}"] = r["tau_std"]
+    out["retrieval_num_levels"] = float(r["num_levels"])
+    out["retrieval_num_draws"] = float(r["num_draws"])
+    out["retrieval_top_k"] = float(r["top_k"])
+  return out
+
+
 def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarray] | None = None,
               prompt_levels: Mapping[str, np.ndarray] | None = None,
               query_embeddings: Mapping[str, np.ndarray] | None = None,
@@ -670,38 +709,15 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   out[f"ndcg{ndcg_k}_s2t"] = ndcg_at_k(sim, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_mean"] = 0.5 * (out[f"ndcg{ndcg_k}_s2t"] + out[f"ndcg{ndcg_k}_t2s"])
-  for attribute, emb in (prompt_embeddings or {}).items():
-    column = _attribute_column(attribute)
-    if prompt_levels is None or attribute not in prompt_levels:
-      raise ValueError(f"prompt_levels: missing the levels of the {attribute!r} prompts")
-    prompt_sim = l2_normalize(_as_2d(f"prompt_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
-    levels = prompt_levels[attribute]
-    pred = zero_shot_attribute_prediction(prompt_sim, levels, temperature=zero_shot_temperature)
-    out[f"ccc_zero_shot_{attribute}"] = ccc(pred, labels[:, column])
-    p = prompt_ordinal_consistency(prompt_sim, levels, labels[:, column])
-    out[f"prompt_tau_{attribute}"] = p["signed_tau"]
-    out[f"prompt_distance_tau_{attribute}"] = p["distance_tau"]
-    out[f"prompt_order_tau_{attribute}"] = p["order_tau"]
-    out[f"prompt_monotone_{attribute}"] = float(p["monotone"])
+  out.update(_prompt_metrics(speech, labels, prompt_embeddings or {}, prompt_levels, zero_shot_temperature))
   if train_speech is not None and train_labels is not None:
     probe = ridge_probe(l2_normalize(_as_2d("train_speech", train_speech, np.float32)), train_labels, speech,
                         labels, alpha=probe_alpha)
     for column, attribute in enumerate(LABEL_NAMES):
       out[f"ccc_probe_{attribute}"] = float(probe[column])
     out["ccc_probe_mean"] = float(np.mean(probe))
-  for attribute, emb in (query_embeddings or {}).items():
-    column = _attribute_column(attribute)
-    if query_values is None or attribute not in query_values:
-      raise ValueError(f"query_values: missing the values of the {attribute!r} queries")
-    query_sim = l2_normalize(_as_2d(f"query_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
-    num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
-    r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
-                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
-    out[f"retrieval_tau_{attribute}"] = r["tau"]
-    out[f"retrieval_tau_std_{attribute}"] = r["tau_std"]
-    out["retrieval_num_levels"] = float(r["num_levels"])
-    out["retrieval_num_draws"] = float(r["num_draws"])
-    out["retrieval_top_k"] = float(r["top_k"])
+  out.update(_retrieval_metrics(speech, labels, query_embeddings or {}, query_values, retrieval_levels,
+                                retrieval_draws, retrieval_top_k, seed))
   return {k: float(v) for k, v in out.items()}
 
 
