@@ -38,8 +38,8 @@ def bench_clap(size: str, batch: int, seconds: float, tokens: int, repeats: int,
   import jax.numpy as jnp
   import numpy as np
 
-  from erclap.configs import default
   from erclap import models
+  from erclap.configs import default
 
   c = default.get_config().model
   c.size, c.remat = size, remat

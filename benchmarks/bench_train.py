@@ -46,16 +46,16 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
+  from erclap import optim, runtime, state, step, tokenization
   from erclap.configs import demo
-  from erclap import tokenization, train
 
   config = demo.get_config()
-  config.train.global_batch_size = batch
-  mesh = train.make_mesh(config)
+  config.runtime.global_batch_size = batch
+  mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
-  model = train.build_model(config, vocab_size=tokenizer.vocab_size)
-  optimizer = train.make_optimizer(config)
-  state, shardings = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+  optimizer = optim.make_optimizer(config)
+  train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
   rng = np.random.default_rng(0)
   t = int(round(config.data.max_seconds * config.data.sample_rate))
   host = dict(audio=rng.standard_normal((batch, t)).astype(np.float32) * 0.1, audio_mask=np.ones((batch, t), bool),
@@ -64,15 +64,15 @@ def child(kind: str, batch: int, repeats: int) -> dict:
               labels=rng.integers(2, 15, (batch, 3)).astype(np.float32) / 2, class_id=np.zeros(batch, np.int32),
               valid=np.ones(batch, bool))
   result = {"devices": jax.device_count(), "batch": batch}
-  with jax.set_mesh(mesh):
-    batch_arrays = train.global_batch(host, mesh)
+  with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
+    batch_arrays = runtime.global_batch(host, mesh)
     if kind in ("step", "loss_share"):
-      step = jax.jit(train.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
+      train_step = jax.jit(step.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
                      out_shardings=(shardings, None))
-      holder = {"state": state}
+      holder = {"state": train_state}
 
       def run_step():
-        holder["state"], metrics = step(holder["state"], batch_arrays)
+        holder["state"], metrics = train_step(holder["state"], batch_arrays)
         return metrics["loss"]
       result["step_s"] = _timeit(run_step, repeats)
     if kind in ("loss_share", "loss_only"):
@@ -81,7 +81,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
       d = config.model.joint_dim
       emb = jax.random.normal(jax.random.key(1), (2, batch, d))
       emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
-      loss_grad = jax.jit(jax.grad(lambda s, x: train.clap_loss_from_embeddings(
+      loss_grad = jax.jit(jax.grad(lambda s, x: step.clap_loss_from_embeddings(
           config, mesh, s, x, jnp.log(0.1), batch_arrays), argnums=(0, 1)))
       result["loss_s"] = _timeit(lambda: loss_grad(emb[0], emb[1]), repeats)
   return result

@@ -23,6 +23,7 @@ import datetime
 import os
 from typing import Any
 
+import grain.checkpoint as grain_ckpt
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,8 +93,6 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None, me
   Returns:
     Whether a checkpoint was written (Orbax's answer).
   """
-  import grain.checkpoint as grain_ckpt  # grain: only needed when a checkpoint is written or read
-
   meta = dict(meta or {})
   meta[INTEGRITY_KEY] = dict(algorithm=CHECKSUM_ALGORITHM, leaves=state_checksums(state))
   items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
@@ -255,8 +254,6 @@ def restore_step(manager, step: int, abstract_state, *, data_iter=None) -> tuple
     CheckpointMismatchError: the stored tree differs from ``abstract_state`` (paths or shapes).
     CheckpointDamagedError: the step's files are damaged (see ``CheckpointDamagedError.certain``).
   """
-  import grain.checkpoint as grain_ckpt  # grain: only needed when a checkpoint is written or read
-
   where = f"Checkpoint step {step} in {manager.directory}"
   error = None
   try:

@@ -7,7 +7,6 @@ batch by batch under ``jax.jit`` with the batch sharded over the mesh and gather
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -15,9 +14,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import sharding
+from erclap import descriptions, fileio, input_pipeline, metrics, runtime, sharding
+from erclap.schema import LABEL_NAMES
 
-LABEL_NAMES = ("arousal", "valence", "dominance")
 # Printed in progress lines and the final table (those present in the result).
 HEADLINE_METRICS = (
     "aoc_mean", "voc_mean", "retrieval_tau_arousal", "retrieval_tau_valence", "mmd", "wasserstein",
@@ -29,12 +28,20 @@ HEADLINE_METRICS = (
 @dataclasses.dataclass
 class SplitEmbeddings:
   """Everything export and metrics need about one split (valid rows only, in split order)."""
-  speech: np.ndarray          # (N, D) float32, L2-normalised (clap) | (N, A) attribute predictions (ser)
-  text: np.ndarray | None     # (N, D) float32 (clap) | None (ser)
-  labels: np.ndarray          # (N, 3) arousal, valence, dominance
-  class_id: np.ndarray        # (N,) int32
+  speech: np.ndarray | None      # (N, D) float32 L2-normalised speech embeddings (clap) | None (ser)
+  text: np.ndarray | None        # (N, D) float32 L2-normalised text embeddings (clap) | None (ser)
+  labels: np.ndarray             # (N, 3) arousal, valence, dominance
+  class_id: np.ndarray           # (N,) int32
   ids: list[str]
   descriptions: list[str]
+  attributes: np.ndarray | None = None  # (N, A) predicted attributes, LABEL_NAMES order (ser) | None (clap)
+
+  def head(self, n: int) -> SplitEmbeddings:
+    """The first ``n`` rows."""
+    cut = lambda x: None if x is None else x[:n]
+    return SplitEmbeddings(speech=cut(self.speech), text=cut(self.text), labels=self.labels[:n],
+                           class_id=self.class_id[:n], ids=self.ids[:n], descriptions=self.descriptions[:n],
+                           attributes=cut(self.attributes))
 
 
 class Embedder:
@@ -65,7 +72,7 @@ class Embedder:
 
   def audio(self, params, audio, audio_mask) -> np.ndarray:
     """(B, T) host-local waveforms -> (B_global, D) embeddings gathered on every host."""
-    with jax.set_mesh(self.mesh):
+    with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
       return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
 
   def text(self, params, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -80,7 +87,8 @@ class Embedder:
       tokens = self.tokenizer(chunk + [""] * pad)
       ids = np.asarray(tokens["input_ids"])
       mask = np.asarray(tokens["attention_mask"])
-      with jax.set_mesh(self.mesh):  # every process holds all texts: a global array, gathered back
+      # every process holds all texts: a global array, gathered back
+      with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
         emb = self._text(params, sharding.put_global(ids, sharding.batch_sharding(self.mesh, 2)),
                          sharding.put_global(mask, sharding.batch_sharding(self.mesh, 2)))
       out.append(self._gather(emb)[: len(chunk)])
@@ -89,20 +97,18 @@ class Embedder:
 
 def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0) -> SplitEmbeddings:
   """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows."""
-  from erclap import input_pipeline
-
   divisor = math.lcm(embedder.divisor, jax.process_count())
   if config.eval.batch_size % divisor:
     raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} "
                      f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
   per_process = config.eval.batch_size // jax.process_count()
   iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
-  speech, text, labels, class_id, valid, ids, descriptions = [], [], [], [], [], [], []
+  audio_out, text, labels, class_id, valid, ids, texts = [], [], [], [], [], [], []
   seen = 0
   for batch in iterator:
-    speech.append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
+    audio_out.append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
     if config.stage != "ser":
-      with jax.set_mesh(embedder.mesh):
+      with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       text.append(embedder._gather(t))
     labels.append(embedder._gather(embedder._global(batch["labels"])))
@@ -110,25 +116,21 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     local_valid = np.asarray(batch["valid"])
     valid.append(embedder._gather(embedder._global(local_valid)))
     ids.extend(_gather_strings(embedder, batch["id"], 128))
-    descriptions.extend(_gather_strings(embedder, batch["description"], 1024))
+    texts.extend(_gather_strings(embedder, batch["description"], 1024))
     seen += int(valid[-1].sum())
     if max_examples and seen >= max_examples:
       break
-  if not speech:
+  if not audio_out:
     raise ValueError(f"split {split!r} of {config.data.name!r} is empty")
   keep = np.concatenate(valid).astype(bool)
-  ids = [i for i, k in zip(ids, keep, strict=True) if k]
-  descriptions = [d for d, k in zip(descriptions, keep, strict=True) if k]
+  audio_out = np.concatenate(audio_out)[keep]
+  ser = config.stage == "ser"
   result = SplitEmbeddings(
-      speech=np.concatenate(speech)[keep], text=np.concatenate(text)[keep] if text else None,
+      speech=None if ser else audio_out, text=np.concatenate(text)[keep] if text else None,
       labels=np.concatenate(labels)[keep].astype(np.float32), class_id=np.concatenate(class_id)[keep],
-      ids=ids, descriptions=descriptions)
-  if max_examples:
-    n = min(max_examples, len(result.labels))
-    result = dataclasses.replace(result, speech=result.speech[:n],
-                                 text=None if result.text is None else result.text[:n], labels=result.labels[:n],
-                                 class_id=result.class_id[:n], ids=result.ids[:n], descriptions=result.descriptions[:n])
-  return result
+      ids=[i for i, k in zip(ids, keep, strict=True) if k],
+      descriptions=[d for d, k in zip(texts, keep, strict=True) if k], attributes=audio_out if ser else None)
+  return result.head(max_examples) if max_examples else result
 
 
 def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
@@ -145,8 +147,6 @@ def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
 
 def prompt_embeddings(embedder: Embedder, params, config) -> dict:
   """Level prompts (for prompt-based metrics, zero-shot prediction) and retrieval query pools."""
-  from erclap import descriptions
-
   out = {"prompts": {}, "prompt_levels": {}, "queries": {}, "query_values": {}}
   for attribute in LABEL_NAMES:
     prompts = descriptions.level_prompts(attribute)
@@ -162,8 +162,7 @@ def prompt_embeddings(embedder: Embedder, params, config) -> dict:
 
 
 def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
-  from erclap import metrics
-
+  """Every metric of ``erclap.metrics.summarize`` on ``split`` (ridge probe fit on the train split)."""
   split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
   train_emb = embed_split(embedder, params, config, config.data.train_split,
                           max_examples=config.eval.probe_train_examples)
@@ -180,21 +179,20 @@ def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[s
 
 def ser_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
   """Stage 1: CCC per attribute and pairwise ranking accuracy of the predicted attributes."""
-  from erclap import losses, metrics
-
   split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
-  pred, labels = split_emb.speech, split_emb.labels
+  pred, labels = split_emb.attributes, split_emb.labels
+  names = LABEL_NAMES[: pred.shape[1]]
   result = {}
-  for a, name in enumerate(LABEL_NAMES[: pred.shape[1]]):
+  for a, name in enumerate(names):
     result[f"ser_ccc_{name}"] = float(metrics.ccc(pred[:, a], labels[:, a]))
-    result[f"ser_rank_accuracy_{name}"] = float(losses.pairwise_ranking_accuracy(pred[:, a], labels[:, a]))
-  result["ser_ccc_mean"] = float(np.mean([result[f"ser_ccc_{n}"] for n in LABEL_NAMES[: pred.shape[1]]]))
-  result["ser_rank_accuracy"] = float(np.mean([result[f"ser_rank_accuracy_{n}"]
-                                               for n in LABEL_NAMES[: pred.shape[1]]]))
+    result[f"ser_rank_accuracy_{name}"] = float(metrics.pairwise_ranking_accuracy(pred[:, a], labels[:, a]))
+  result["ser_ccc_mean"] = float(np.mean([result[f"ser_ccc_{n}"] for n in names]))
+  result["ser_rank_accuracy"] = float(np.mean([result[f"ser_rank_accuracy_{n}"] for n in names]))
   return result, split_emb
 
 
 def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:
+  """The metrics of ``config.stage`` (``clap_metrics`` or ``ser_metrics``) of ``params`` on ``split``."""
   embedder = Embedder(model, config, mesh, tokenizer)
   fn = ser_metrics if config.stage == "ser" else clap_metrics
   return fn(embedder, params, config, split)[0]
@@ -210,19 +208,16 @@ def format_table(metrics: dict[str, float], title: str = "") -> str:
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
-  """--mode=eval: metrics of a checkpoint (config.export.step, default latest) on the test split."""
-  from erclap import train
+  """--mode=eval: metrics of a checkpoint (config.export.step, default latest) on the test split.
 
-  mesh, tokenizer, model = train.setup(config, workdir)
-  step, params, _ = train.restore_params(config, workdir, model, mesh, step=config.export.step)
+  Writes ``workdir/eval/<split>_<step>.json`` and prints the table; returns the metrics."""
+  mesh, tokenizer, model = runtime.setup(config, workdir)
+  step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   split = config.data.test_split
   result = evaluate_params(model, params, config, tokenizer, mesh, split=split)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", f"{split}_{step}.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(dict(step=step, split=split, metrics=result), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(os.path.join(workdir, "eval", f"{split}_{step}.json"), dict(step=step, split=split,
+                                                                                 metrics=result))
     print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:"), flush=True)
   return result

@@ -1,44 +1,29 @@
 """--mode=export: embeddings, metrics and plots of a checkpoint, under ``workdir/export/``.
 
-Per split: ``<split>.parquet`` (id, split, arousal, valence, dominance, description, speech_embedding and
-text_embedding as fixed-size lists), ``<split>_speech.npy`` / ``<split>_text.npy``, ``<split>_metrics.json``
-and PNG plots (PCA of both modalities coloured by arousal and valence, similarity versus label distance,
-prompt-level ordering). Every file is written under a temporary name and renamed when complete, so an
-interrupted export leaves no partial file. Embeddings are gathered from all hosts; process 0 writes.
+Per split of the cross-modal (clap) stage: ``<split>.parquet`` (id, split, arousal, valence, dominance,
+description, speech_embedding and text_embedding as fixed-size lists), ``<split>_speech.npy`` /
+``<split>_text.npy``, ``<split>_metrics.json`` and PNG plots (PCA of both modalities coloured by arousal and
+valence, similarity versus label distance, prompt-level ordering). For the SER stage the parquet holds the
+predicted attributes (``predicted_arousal``, ...) instead of embeddings, and ``<split>_attributes.npy``
+the (N, A) predictions. Every file is written under a temporary name and renamed when complete
+(``erclap.fileio``), so an interrupted export leaves no partial file. Embeddings are gathered from all
+hosts; process 0 writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
-from erclap import evaluate
-
-
-def _atomic_path(path: str) -> str:
-  return f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}"
-
-
-def write_npy(path: str, array: np.ndarray) -> None:
-  tmp = _atomic_path(path)
-  with open(tmp, "wb") as f:
-    np.save(f, array)
-  os.replace(tmp, path)
-
-
-def write_json(path: str, payload) -> None:
-  tmp = _atomic_path(path)
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+from erclap import evaluate, fileio, plots, runtime
+from erclap.schema import LABEL_NAMES
 
 
 def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
   """One row per clip; embeddings as Arrow fixed-size lists (pandas reads them as arrays)."""
-  import pyarrow as pa
+  import pyarrow as pa  # heavy; only export writes Parquet
   import pyarrow.parquet as pq
 
   def fixed_list(x: np.ndarray):
@@ -48,33 +33,54 @@ def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
   columns = {
       "id": pa.array(emb.ids, pa.string()),
       "split": pa.array([split] * len(emb.ids), pa.string()),
-      "arousal": pa.array(emb.labels[:, 0]),
-      "valence": pa.array(emb.labels[:, 1]),
-      "dominance": pa.array(emb.labels[:, 2]),
+      **{name: pa.array(emb.labels[:, a]) for a, name in enumerate(LABEL_NAMES)},
       "description": pa.array(emb.descriptions, pa.string()),
-      "speech_embedding": fixed_list(emb.speech),
   }
+  if emb.speech is not None:
+    columns["speech_embedding"] = fixed_list(emb.speech)
   if emb.text is not None:
     columns["text_embedding"] = fixed_list(emb.text)
-  tmp = _atomic_path(path)
-  pq.write_table(pa.table(columns), tmp)
-  os.replace(tmp, path)
+  if emb.attributes is not None:
+    for a, name in enumerate(LABEL_NAMES[: emb.attributes.shape[1]]):
+      columns[f"predicted_{name}"] = pa.array(np.asarray(emb.attributes[:, a], np.float32))
+  with fileio.atomic_path(path) as tmp:
+    pq.write_table(pa.table(columns), tmp)
+
+
+def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, prompts: dict) -> None:
+  plots.plot_embedding_pca(emb.speech, emb.text, emb.labels, os.path.join(out_dir, f"{split}_pca.png"))
+  sim = emb.speech @ emb.text.T
+  plots.plot_similarity_vs_distance(sim, emb.labels, os.path.join(out_dir, f"{split}_sim_vs_distance.png"))
+  for a, attribute in enumerate(("arousal", "valence")):
+    prompt_sim = prompts["prompts"][attribute] @ emb.speech.T
+    plots.plot_prompt_ordering(prompt_sim, prompts["prompt_levels"][attribute], emb.labels[:, a],
+                               os.path.join(out_dir, f"{split}_prompt_ordering_{attribute}.png"))
+
+
+def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddings, metrics: dict) -> None:
+  write_parquet(os.path.join(out_dir, f"{split}.parquet"), split, emb)
+  arrays = dict(speech=emb.speech, text=emb.text, attributes=emb.attributes)
+  for name, array in arrays.items():
+    if array is not None:
+      fileio.write_npy(os.path.join(out_dir, f"{split}_{name}.npy"), array.astype(np.float32))
+  # Last: the metrics file marks the split's export as complete.
+  fileio.write_json(os.path.join(out_dir, f"{split}_metrics.json"), dict(step=step, split=split, metrics=metrics))
 
 
 def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
-  """Writes the export of ``config.export.splits`` for checkpoint ``config.export.step`` (-1 = latest)."""
-  from erclap import plots, train
+  """Writes the export of ``config.export.splits`` for checkpoint ``config.export.step`` (-1 = latest).
 
-  mesh, tokenizer, model = train.setup(config, workdir)
-  step, params, _ = train.restore_params(config, workdir, model, mesh, step=config.export.step)
+  Returns:
+    {split: metrics}.
+  """
+  mesh, tokenizer, model = runtime.setup(config, workdir)
+  step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   embedder = evaluate.Embedder(model, config, mesh, tokenizer)
   out_dir = os.path.join(workdir, "export")
   chief = jax.process_index() == 0
   if chief:
     os.makedirs(out_dir, exist_ok=True)
-    for name in os.listdir(out_dir):  # debris of an export killed mid-write (never a visible output)
-      if name.startswith(".") and ".tmp-" in name:
-        os.remove(os.path.join(out_dir, name))
+    fileio.remove_stale_temps(out_dir)  # debris of an export killed mid-write (never a visible output)
   all_metrics = {}
   for split in config.export.splits:
     if config.stage == "ser":
@@ -84,19 +90,8 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
     all_metrics[split] = metrics
     if not chief:
       continue
-    write_parquet(os.path.join(out_dir, f"{split}.parquet"), split, emb)
-    write_npy(os.path.join(out_dir, f"{split}_speech.npy"), emb.speech.astype(np.float32))
+    _write_split(out_dir, split, step, emb, metrics)
     if emb.text is not None:
-      write_npy(os.path.join(out_dir, f"{split}_text.npy"), emb.text.astype(np.float32))
-    write_json(os.path.join(out_dir, f"{split}_metrics.json"), dict(step=step, split=split, metrics=metrics))
-    if emb.text is not None:
-      plots.plot_embedding_pca(emb.speech, emb.text, emb.labels, os.path.join(out_dir, f"{split}_pca.png"))
-      sim = emb.speech @ emb.text.T
-      plots.plot_similarity_vs_distance(sim, emb.labels, os.path.join(out_dir, f"{split}_sim_vs_distance.png"))
-      prompts = evaluate.prompt_embeddings(embedder, params, config)
-      for a, attribute in enumerate(("arousal", "valence")):
-        prompt_sim = prompts["prompts"][attribute] @ emb.speech.T
-        plots.plot_prompt_ordering(prompt_sim, prompts["prompt_levels"][attribute], emb.labels[:, a],
-                                   os.path.join(out_dir, f"{split}_prompt_ordering_{attribute}.png"))
+      _write_plots(out_dir, split, emb, evaluate.prompt_embeddings(embedder, params, config))
     print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}"), flush=True)
   return all_metrics

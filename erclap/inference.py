@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from erclap import evaluate, sharding
-
-ATTRIBUTES = ("arousal", "valence", "dominance")
+from erclap import checkpointing, descriptions, evaluate, input_pipeline, metrics, runtime, sharding, tokenization
+from erclap.data import audio as audio_io
+from erclap.schema import LABEL_NAMES
 
 
 def _split_checkpoint_path(path: str) -> tuple[str, int]:
@@ -33,8 +33,6 @@ def _split_checkpoint_path(path: str) -> tuple[str, int]:
 
 def _stored_config(workdir: str, step: int) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with (saved in its metadata)."""
-  from erclap import checkpointing
-
   ckpt_dir = checkpointing.checkpoint_dir(workdir)
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{workdir}: not an ERCLAP workdir or checkpoint (no {ckpt_dir})")
@@ -71,8 +69,7 @@ class ERCLAP:
 
   @classmethod
   def load(cls, workdir_or_checkpoint: str, *, batch_size: int = 32) -> ERCLAP:
-    from erclap import tokenization, train
-
+    """A workdir (its latest checkpoint) or ``<workdir>/checkpoints/<step>``, on all local devices."""
     workdir, step = _split_checkpoint_path(workdir_or_checkpoint)
     config = _stored_config(workdir, step)
     if config.stage != "clap":
@@ -81,18 +78,16 @@ class ERCLAP:
     with config.unlocked():
       config.mesh.shape, config.mesh.axes = (-1,), ("data",)
       config.model.speech_init = config.model.text_init = ""  # the checkpoint holds the towers already
-    mesh = train.make_mesh(config)
+    mesh = runtime.make_mesh(config)
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
-    model = train.build_model(config, vocab_size=tokenizer.vocab_size)
-    got_step, params, _ = train.restore_params(config, workdir, model, mesh, step=step)
+    model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+    got_step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)
     return cls(config, model, params, tokenizer, mesh, got_step, batch_size=batch_size)
 
   # ------------------------------------------------------------------ inputs
 
   def _waveforms(self, audio) -> list[np.ndarray]:
     """Paths, 1-D arrays, or a 2-D (N, T) array -> list of float32 mono 16 kHz waveforms."""
-    from erclap.data import audio as audio_io
-
     if isinstance(audio, str | os.PathLike):
       audio = [audio]
     if isinstance(audio, np.ndarray) and audio.ndim == 1:
@@ -118,15 +113,6 @@ class ERCLAP:
       out.append(wave)
     return out
 
-  def _crop_or_pad(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t = self.num_samples
-    if wave.size >= t:
-      start = (wave.size - t) // 2  # centre crop, like evaluation
-      return wave[start:start + t], np.ones(t, bool)
-    padded, mask = np.zeros(t, np.float32), np.zeros(t, bool)
-    padded[: wave.size], mask[: wave.size] = wave, True
-    return padded, mask
-
   # ------------------------------------------------------------------ embeddings
 
   def embed_audio(self, audio) -> np.ndarray:
@@ -134,7 +120,8 @@ class ERCLAP:
     waves = self._waveforms(audio)
     out = []
     for start in range(0, len(waves), self.batch_size):
-      chunk = [self._crop_or_pad(w) for w in waves[start:start + self.batch_size]]
+      # Centre crop (or zero-pad), exactly like evaluation.
+      chunk = [input_pipeline.crop_or_pad(w, self.num_samples) for w in waves[start:start + self.batch_size]]
       n = len(chunk)
       batch = np.zeros((self.batch_size, self.num_samples), np.float32)
       mask = np.zeros((self.batch_size, self.num_samples), bool)
@@ -167,11 +154,9 @@ class ERCLAP:
 
   def predict_attributes(self, audio) -> dict[str, np.ndarray]:
     """Zero-shot arousal / valence / dominance (1–7) from similarities to the level prompts."""
-    from erclap import descriptions, metrics
-
     speech = self.embed_audio(audio)
     result = {}
-    for attribute in ATTRIBUTES:
+    for attribute in LABEL_NAMES:
       if attribute not in self._prompt_cache:
         prompts = descriptions.level_prompts(attribute)
         self._prompt_cache[attribute] = (self.embed_text(prompts), np.linspace(1.0, 7.0, len(prompts)))

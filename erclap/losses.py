@@ -43,8 +43,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from erclap import sharding
+from erclap.schema import LABEL_NAMES
 
-LABEL_COLUMNS = ("arousal", "valence", "dominance")
 _FAST_RANGE = 60.0       # max logit range of a row for the cumsum path (e^60 * 2^17 << float32 max)
 _FIX_PASSES = 3          # odd-even transposition passes that always repair quantisation buckets
 _MAX_FIX_PASSES = 32     # ... and at most this many before the exact comparator sort takes over
@@ -638,30 +638,6 @@ def pairwise_ranking_loss(scores, labels, *, margin: float = 0.0, scale: float =
   return jnp.mean(jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0))
 
 
-def pairwise_ranking_accuracy(scores, labels, margin: float = 0.0, block: int = 1024) -> float:
-  """Fraction of ordered pairs with |y_i - y_j| > margin (ties excluded) whose scores order them like the
-  labels (score ties count 1/2); mean over attributes. scores/labels (N,) or (N, A). NumPy, row-blocked."""
-  f = np.asarray(scores, np.float64)
-  y = np.asarray(labels, np.float64)
-  if f.ndim == 1:
-    f, y = f[:, None], (y[:, None] if y.ndim == 1 else y)
-  if f.shape != y.shape or f.ndim != 2:
-    raise ValueError(f"scores {np.shape(scores)} and labels {np.shape(labels)} must have the same (N,)/(N, A) shape")
-  if np.isnan(y).any():
-    raise ValueError("labels contains NaN")
-  correct = np.zeros(f.shape[1])
-  count = np.zeros(f.shape[1])
-  for start in range(0, f.shape[0], block):
-    dy = y[start:start + block, None, :] - y[None, :, :]
-    df = f[start:start + block, None, :] - f[None, :, :]
-    inc = (np.abs(dy) > margin) & (dy != 0)
-    agree = np.where(df * dy > 0, 1.0, np.where(df == 0, 0.5, 0.0))
-    correct += np.sum(np.where(inc, agree, 0.0), axis=(0, 1))
-    count += np.sum(inc, axis=(0, 1))
-  acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
-  return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
-
-
 # --------------------------------------------------------------------------- dispatcher for the training loop
 
 
@@ -677,10 +653,10 @@ def _label_columns(names) -> list[int]:
   names = (names,) if isinstance(names, str) else tuple(names)
   if not names:
     raise ValueError("loss_options.rank_labels must name at least one label column")
-  bad = [x for x in names if x not in LABEL_COLUMNS]
+  bad = [x for x in names if x not in LABEL_NAMES]
   if bad:
-    raise ValueError(f"loss_options.rank_labels: unknown columns {bad}; choose from {LABEL_COLUMNS}")
-  return [LABEL_COLUMNS.index(x) for x in names]
+    raise ValueError(f"loss_options.rank_labels: unknown columns {bad}; choose from {LABEL_NAMES}")
+  return [LABEL_NAMES.index(x) for x in names]
 
 
 def _batch_labels(batch) -> Any:

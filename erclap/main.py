@@ -12,42 +12,26 @@ speech-emotion pre-training (``ser``).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, distributed
+from erclap import config_lib, demo, distributed, evaluate, export, train
+
+_MODES = {
+    "train": train.train_and_evaluate,
+    "eval": evaluate.evaluate_checkpoint,
+    "export": export.export_embeddings,
+    "all": demo.run_all,
+}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, exports and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "export", "all"], "What to run.")
-
-# mode -> (module, function, the capability that provides it)
-_MODES = {
-    "train": ("erclap.train", "train_and_evaluate", "training (issue: training at scale)"),
-    "eval": ("erclap.evaluate", "evaluate_checkpoint", "evaluation (issue: evaluation and export)"),
-    "export": ("erclap.export", "export_embeddings", "embedding export (issue: evaluation and export)"),
-    "all": ("erclap.demo", "run_all", "the end-to-end demo (train + evaluate + export)"),
-}
-
-
-def resolve_mode(mode: str):
-  """The function that runs ``mode``; a clear error if that capability is not built in this checkout."""
-  module_name, fn_name, capability = _MODES[mode]
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name != module_name:
-      raise
-    raise NotImplementedError(
-        f"--mode={mode} needs {capability}, which this version of ERCLAP does not have yet "
-        f"(module {module_name} is missing).") from None
-  return getattr(module, fn_name)
-
+flags.DEFINE_enum("mode", "train", list(_MODES), "What to run.")
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
@@ -85,20 +69,14 @@ def main(argv):
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     sys.exit(f"FATAL {e}")
-  try:
-    run_fn = resolve_mode(FLAGS.mode)
-  except NotImplementedError as e:
-    sys.exit(f"FATAL {e}")
-  distributed.initialize(config.distributed)
-  import jax  # after distributed.initialize, which must precede any backend use
-
+  distributed.initialize(config.distributed)  # before any backend use (importing jax is fine)
   logging.info("JAX %s: process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   workdir = FLAGS.workdir
   if "://" not in workdir:  # local: Orbax requires absolute paths
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-  run_fn(config, workdir)
+  _MODES[FLAGS.mode](config, workdir)
 
 
 def run():

@@ -13,7 +13,7 @@ Definitions (the paper's exact protocol is not published; these are ours, also d
 * Ordinal consistency (AOC / VOC): for each anchor i, Kendall's tau-b between ``sim[i, :]`` and
   ``-|y_i - y_j|`` over all candidates j, averaged over anchors. A model whose similarities fall off with
   label distance scores 1.
-* Retrieval Kendall tau (issue 9, the paper's headline protocol as far as it is published): K
+* Retrieval Kendall tau (the paper's headline protocol as far as it is published): K
   descriptions at distinct levels of one attribute each retrieve their top-k clips; Kendall's tau between
   the levels and the retrieved clips' true values, averaged over M random draws of levels and wordings.
 """
@@ -28,7 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, special
 
-LABEL_NAMES = ("arousal", "valence", "dominance")
+from erclap.schema import LABEL_NAMES
+
 # Rows per chunk are chosen so that one chunk holds about this many matrix elements (int64: 32 MB).
 _CHUNK_ELEMENTS = 1 << 22
 # Label distances are rounded to this many decimals before ranking, so that distances that are equal in
@@ -298,7 +299,7 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
 
 def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: int = 5, num_draws: int = 200,
                           top_k: int = 1, seed: int = 0) -> dict:
-  """Issue 9's retrieval Kendall tau (the paper's headline ordinality protocol, as far as it is published).
+  """Retrieval Kendall tau (the paper's headline ordinality protocol, as far as it is published).
 
   Args:
     query_sim: (Q, N) similarities of a pool of Q descriptions of one attribute (several wordings at each
@@ -533,6 +534,30 @@ def ccc(x, y, axis: int = 0):
   return float(value) if value.ndim == 0 else value
 
 
+def pairwise_ranking_accuracy(scores, labels, margin: float = 0.0, block: int = 1024) -> float:
+  """Fraction of ordered pairs with |y_i - y_j| > margin (ties excluded) whose scores order them like the
+  labels (score ties count 1/2); mean over attributes. scores/labels (N,) or (N, A). NumPy, row-blocked."""
+  f = np.asarray(scores, np.float64)
+  y = np.asarray(labels, np.float64)
+  if f.ndim == 1:
+    f, y = f[:, None], (y[:, None] if y.ndim == 1 else y)
+  if f.shape != y.shape or f.ndim != 2:
+    raise ValueError(f"scores {np.shape(scores)} and labels {np.shape(labels)} must have the same (N,)/(N, A) shape")
+  if np.isnan(y).any():
+    raise ValueError("labels contains NaN")
+  correct = np.zeros(f.shape[1])
+  count = np.zeros(f.shape[1])
+  for start in range(0, f.shape[0], block):
+    dy = y[start:start + block, None, :] - y[None, :, :]
+    df = f[start:start + block, None, :] - f[None, :, :]
+    inc = (np.abs(dy) > margin) & (dy != 0)
+    agree = np.where(df * dy > 0, 1.0, np.where(df == 0, 0.5, 0.0))
+    correct += np.sum(np.where(inc, agree, 0.0), axis=(0, 1))
+    count += np.sum(inc, axis=(0, 1))
+  acc = np.where(count > 0, correct / np.maximum(count, 1), np.nan)
+  return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+
 def zero_shot_attribute_prediction(prompt_sim, prompt_levels, *, temperature: float = 0.05) -> np.ndarray:
   """Predicts each clip's attribute from its similarities to K level prompts.
 
@@ -591,6 +616,45 @@ def ridge_probe(train_x, train_y, test_x, test_y, alpha: float = 1.0) -> np.ndar
 # Everything at once.
 
 
+def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperature) -> dict[str, float]:
+  """Zero-shot CCC and prompt ordinality per attribute with level prompts (see ``summarize``)."""
+  out = {}
+  for attribute, emb in prompt_embeddings.items():
+    column = _attribute_column(attribute)
+    if prompt_levels is None or attribute not in prompt_levels:
+      raise ValueError(f"prompt_levels: missing the levels of the {attribute!r} prompts")
+    prompt_sim = l2_normalize(_as_2d(f"prompt_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
+    levels = prompt_levels[attribute]
+    pred = zero_shot_attribute_prediction(prompt_sim, levels, temperature=temperature)
+    out[f"ccc_zero_shot_{attribute}"] = ccc(pred, labels[:, column])
+    p = prompt_ordinal_consistency(prompt_sim, levels, labels[:, column])
+    out[f"prompt_tau_{attribute}"] = p["signed_tau"]
+    out[f"prompt_distance_tau_{attribute}"] = p["distance_tau"]
+    out[f"prompt_order_tau_{attribute}"] = p["order_tau"]
+    out[f"prompt_monotone_{attribute}"] = float(p["monotone"])
+  return out
+
+
+def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval_levels, retrieval_draws,
+                       retrieval_top_k, seed) -> dict[str, float]:
+  """The retrieval Kendall tau per attribute with a query pool (see ``summarize``)."""
+  out = {}
+  for attribute, emb in query_embeddings.items():
+    column = _attribute_column(attribute)
+    if query_values is None or attribute not in query_values:
+      raise ValueError(f"query_values: missing the values of the {attribute!r} queries")
+    query_sim = l2_normalize(_as_2d(f"query_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
+    num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
+    r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
+                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
+    out[f"retrieval_tau_{attribute}"] = r["tau"]
+    out[f"retrieval_tau_std_{attribute}"] = r["tau_std"]
+    out["retrieval_num_levels"] = float(r["num_levels"])
+    out["retrieval_num_draws"] = float(r["num_draws"])
+    out["retrieval_top_k"] = float(r["top_k"])
+  return out
+
+
 def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarray] | None = None,
               prompt_levels: Mapping[str, np.ndarray] | None = None,
               query_embeddings: Mapping[str, np.ndarray] | None = None,
@@ -607,7 +671,7 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     prompt_embeddings / prompt_levels: {attribute: (K, D)} level-prompt embeddings and {attribute: (K,)}
       their levels -> prompt ordinality and zero-shot CCC.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
-      values -> the retrieval Kendall tau (issue 9).
+      values -> the retrieval Kendall tau.
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
   Keys: aoc_s2t, aoc_t2s, aoc_mean, voc_s2t, voc_t2s, voc_mean (anchor-wise ordinal consistency), mmd,
     wasserstein (exact W1, on a random subset of exact_wasserstein_max_n pairs for larger splits),
@@ -645,38 +709,15 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   out[f"ndcg{ndcg_k}_s2t"] = ndcg_at_k(sim, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_mean"] = 0.5 * (out[f"ndcg{ndcg_k}_s2t"] + out[f"ndcg{ndcg_k}_t2s"])
-  for attribute, emb in (prompt_embeddings or {}).items():
-    column = _attribute_column(attribute)
-    if prompt_levels is None or attribute not in prompt_levels:
-      raise ValueError(f"prompt_levels: missing the levels of the {attribute!r} prompts")
-    prompt_sim = l2_normalize(_as_2d(f"prompt_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
-    levels = prompt_levels[attribute]
-    pred = zero_shot_attribute_prediction(prompt_sim, levels, temperature=zero_shot_temperature)
-    out[f"ccc_zero_shot_{attribute}"] = ccc(pred, labels[:, column])
-    p = prompt_ordinal_consistency(prompt_sim, levels, labels[:, column])
-    out[f"prompt_tau_{attribute}"] = p["signed_tau"]
-    out[f"prompt_distance_tau_{attribute}"] = p["distance_tau"]
-    out[f"prompt_order_tau_{attribute}"] = p["order_tau"]
-    out[f"prompt_monotone_{attribute}"] = float(p["monotone"])
+  out.update(_prompt_metrics(speech, labels, prompt_embeddings or {}, prompt_levels, zero_shot_temperature))
   if train_speech is not None and train_labels is not None:
     probe = ridge_probe(l2_normalize(_as_2d("train_speech", train_speech, np.float32)), train_labels, speech,
                         labels, alpha=probe_alpha)
     for column, attribute in enumerate(LABEL_NAMES):
       out[f"ccc_probe_{attribute}"] = float(probe[column])
     out["ccc_probe_mean"] = float(np.mean(probe))
-  for attribute, emb in (query_embeddings or {}).items():
-    column = _attribute_column(attribute)
-    if query_values is None or attribute not in query_values:
-      raise ValueError(f"query_values: missing the values of the {attribute!r} queries")
-    query_sim = l2_normalize(_as_2d(f"query_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
-    num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
-    r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
-                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
-    out[f"retrieval_tau_{attribute}"] = r["tau"]
-    out[f"retrieval_tau_std_{attribute}"] = r["tau_std"]
-    out["retrieval_num_levels"] = float(r["num_levels"])
-    out["retrieval_num_draws"] = float(r["num_draws"])
-    out["retrieval_top_k"] = float(r["top_k"])
+  out.update(_retrieval_metrics(speech, labels, query_embeddings or {}, query_values, retrieval_levels,
+                                retrieval_draws, retrieval_top_k, seed))
   return {k: float(v) for k, v in out.items()}
 
 

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import trees
-from erclap.checkpoints import hf_import
+from erclap import hf_import, trees
 from erclap.models.arch import SpeechArch, arch_from_hf_config, hf_arch, is_hf_model_dir
 from erclap.models.clap import SERModel
 from erclap.models.pooling import AttentiveStatisticsPooling

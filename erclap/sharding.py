@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 # Mesh axes over which the global batch is split (in this order).
@@ -220,6 +221,4 @@ def to_host(tree):
   """Global arrays -> numpy on every process (an all-gather across processes when multi-host)."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-
   return multihost_utils.process_allgather(tree, tiled=True)

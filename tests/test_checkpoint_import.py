@@ -13,7 +13,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from erclap import checkpoints, models
+from erclap import hf_import, models
 from erclap.models.speech import SpeechEncoder
 from erclap.models.text import TextEncoder
 
@@ -90,7 +90,7 @@ def test_speech_models_match_pytorch_on_padded_batches(tmp_path, kind, style):
   _perturb(torch_model, 1)
   path = _save(torch_model, tmp_path, kind)
 
-  arch, params = checkpoints.import_hf_model(path)
+  arch, params = hf_import.import_hf_model(path)
   assert isinstance(arch, models.SpeechArch) and arch.model_type == kind
   assert arch.do_stable_layer_norm == style["do_stable_layer_norm"]
   audio, mask = _padded_audio([4000, 2500, 3130])
@@ -117,7 +117,7 @@ def test_roberta_matches_pytorch_on_padded_batches(tmp_path):
   torch_model = transformers.RobertaModel(config, add_pooling_layer=True).eval()
   _perturb(torch_model, 2)
   path = _save(torch_model, tmp_path, "roberta")
-  arch, params = checkpoints.import_hf_model(path)
+  arch, params = hf_import.import_hf_model(path)
   assert arch.model_type == "roberta" and arch.vocab_size == 99
   assert params["word_embeddings"]["embedding"].shape[0] % 128 == 0  # padded rows for tensor parallelism
 
@@ -138,7 +138,7 @@ def test_roberta_matches_pytorch_on_padded_batches(tmp_path):
 
 def test_minilm_real_weights_match_pytorch_bert():
   path = _minilm_dir()
-  arch, params = checkpoints.import_hf_model(path)
+  arch, params = hf_import.import_hf_model(path)
   assert arch.model_type == "bert" and arch.hidden_size == 384 and arch.num_layers == 6
   tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
   sentences = ["A woman speaks in a calm, low voice.", "Excited!",
@@ -176,8 +176,8 @@ def test_import_errors_list_every_fault(tmp_path):
   tensors["encoder.layer.9.surprise.weight"] = np.zeros((2, 2), np.float32)
   tensors["encoder.layer.1.output.dense.bias"] = np.zeros((7,), np.float32)
   save_file(tensors, str(bad / "model.safetensors"))
-  with pytest.raises(checkpoints.CheckpointImportError) as e:
-    checkpoints.import_hf_model(str(bad))
+  with pytest.raises(hf_import.CheckpointImportError) as e:
+    hf_import.import_hf_model(str(bad))
   msg = str(e.value)
   assert "missing: encoder.layer.3.intermediate.dense.weight" in msg
   assert "unexpected: encoder.layer.9.surprise.weight" in msg
@@ -188,9 +188,9 @@ def test_import_errors_list_every_fault(tmp_path):
   shutil.copy(os.path.join(src, "config.json"), torch_only / "config.json")
   (torch_only / "pytorch_model.bin").write_bytes(b"not read")
   with pytest.raises(FileNotFoundError, match="convert it once"):
-    checkpoints.import_hf_model(str(torch_only))
+    hf_import.import_hf_model(str(torch_only))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    checkpoints.import_hf_model(str(tmp_path / "nowhere"))
+    hf_import.import_hf_model(str(tmp_path / "nowhere"))
 
 
 def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
@@ -205,8 +205,8 @@ def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
   ids, tmask = np.full((2, 6), 101, np.int32), np.ones((2, 6), np.int32)
   params = nn.meta.unbox(model.init(jax.random.key(0), audio, mask, ids, tmask)["params"])
   params = jax.tree.map(np.asarray, params)
-  loaded = checkpoints.init_from_pretrained(params, c)
-  _, want_text = checkpoints.import_hf_model(_minilm_dir())
+  loaded = hf_import.init_from_pretrained(params, c)
+  _, want_text = hf_import.import_hf_model(_minilm_dir())
   np.testing.assert_array_equal(loaded["text_tower"]["layers_5"]["output"]["dense"]["kernel"],
                                 want_text["layers_5"]["output"]["dense"]["kernel"])
   np.testing.assert_array_equal(loaded["speech_proj"]["out"]["dense"]["kernel"],
@@ -221,8 +221,8 @@ def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
   tiny = models.build_clap_model(_model_config(), vocab_size=30522)
   tiny_params = nn.meta.unbox(tiny.init(jax.random.key(0), audio, mask, ids, tmask)["params"])
   tiny_params = jax.tree.map(np.asarray, tiny_params)
-  with pytest.raises(checkpoints.CheckpointImportError, match="shape"):
-    checkpoints.init_from_pretrained(tiny_params, small)
+  with pytest.raises(hf_import.CheckpointImportError, match="shape"):
+    hf_import.init_from_pretrained(tiny_params, small)
 
 
 def test_presets_match_the_hf_architectures_they_stand_for():

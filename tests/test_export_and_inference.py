@@ -59,6 +59,7 @@ def test_export_writes_complete_files(trained):
   assert not [f for f in os.listdir(out) if ".tmp" in f]
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
   config, workdir = trained
   command = th.main_command(workdir, config.data.data_dir, mode="export",

@@ -337,6 +337,23 @@ def test_ridge_probe_recovers_linear_targets():
     metrics.ridge_probe(tr, tr @ true_w, te[:, :5], te @ true_w)
 
 
+def test_pairwise_ranking_accuracy_against_double_loop():
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(30, 3)).astype(np.float32)
+  y = (rng.integers(0, 5, size=(30, 3)) * 0.5).astype(np.float32)    # ties
+  f[3, 0] = f[4, 0]   # a score tie counts one half
+  for margin in (0.0, 0.5):
+    ok = cnt = 0.0
+    for i in range(30):
+      for j in range(30):
+        dy = y[i, 0] - y[j, 0]
+        if dy != 0 and abs(dy) > margin:
+          cnt += 1
+          ok += 0.5 if f[i, 0] == f[j, 0] else float((f[i, 0] - f[j, 0]) * dy > 0)
+    assert metrics.pairwise_ranking_accuracy(f[:, 0], y[:, 0], margin=margin, block=7) == pytest.approx(ok / cnt)
+  assert metrics.pairwise_ranking_accuracy(y, y) == 1.0
+
+
 # ------------------------------------------------------------------------------------------------- summarize
 
 

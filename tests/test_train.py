@@ -1,7 +1,9 @@
-"""Training: gradient caching, sharding invariance, loss falls, exact resume, preemption, multi-host, guards."""
+"""Training: gradient caching, sharding invariance, frozen towers, loss falls, exact resume, preemption,
+multi-host, guards."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -14,7 +16,9 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import data, pretrained, tokenization, train
+from erclap import data, optim, runtime, tokenization, tower_init, train
+from erclap import state as state_lib
+from erclap import step as step_lib
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +45,14 @@ def _random_batch(config, vocab_size, n, seed=0):
   )
 
 
+def _tower_loader(config):
+  return functools.partial(tower_init.load_pretrained_towers, config=config)
+
+
 def _setup(config):
-  mesh = train.make_mesh(config)
+  mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
-  model = train.build_model(config, vocab_size=tokenizer.vocab_size)
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
   return mesh, tokenizer, model
 
 
@@ -52,11 +60,11 @@ def _setup(config):
 def test_gradient_caching_equals_one_shot(devices, loss):
   config = th.tiny_config("unused", loss=loss)
   mesh, tokenizer, model = _setup(config)
-  params = train.init_params(model, config, mesh, jax.random.key(0))
-  batch = train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh)
-  one_shot = train.make_loss_and_grads(model, config, mesh)
+  params = state_lib.init_params(model, config, mesh, jax.random.key(0))
+  batch = runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh)
+  one_shot = step_lib.make_loss_and_grads(model, config, mesh)
   cached_config = th.tiny_config("unused", loss=loss, **{"train.micro_batch_size": 8})
-  cached = train.make_loss_and_grads(model, cached_config, mesh)
+  cached = step_lib.make_loss_and_grads(model, cached_config, mesh)
   rng = jax.random.key(1)
   with jax.set_mesh(mesh):
     loss_a, _, grads_a = jax.jit(one_shot)(params, batch, rng)
@@ -75,17 +83,17 @@ def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
   for shape in [(8, 1, 1), (2, 2, 2)]:
     config = th.tiny_config("unused", **{"mesh.shape": shape})
     mesh, tokenizer, model = _setup(config)
-    optimizer = train.make_optimizer(config)
-    state, shardings = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+    optimizer = optim.make_optimizer(config)
+    state, shardings = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
     host_batch = _random_batch(config, tokenizer.vocab_size, 16)
-    step = jax.jit(train.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
+    step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
                    out_shardings=(shardings, None))
-    loss_and_grads = jax.jit(train.make_loss_and_grads(model, config, mesh))
+    loss_and_grads = jax.jit(step_lib.make_loss_and_grads(model, config, mesh))
     losses = []
     with jax.set_mesh(mesh):
-      _, _, grads = loss_and_grads(state.params, train.global_batch(host_batch, mesh), jax.random.key(3))
+      _, _, grads = loss_and_grads(state.params, runtime.global_batch(host_batch, mesh), jax.random.key(3))
       for _ in range(2):
-        state, metrics = step(state, train.global_batch(host_batch, mesh))
+        state, metrics = step(state, runtime.global_batch(host_batch, mesh))
         losses.append(float(metrics["loss"]))
     results.append((losses, jax.device_get(grads)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
@@ -100,13 +108,13 @@ def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
 def test_frozen_speech_tower_does_not_move(devices):
   config = th.tiny_config("unused", **{"model.freeze_speech": True})
   mesh, tokenizer, model = _setup(config)
-  optimizer = train.make_optimizer(config)
-  state, _ = train.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+  optimizer = optim.make_optimizer(config)
+  state, _ = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
   before = jax.device_get(state.params)
-  step = jax.jit(train.make_train_step(model, config, mesh, optimizer))
+  step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer))
   with jax.set_mesh(mesh):
     for _ in range(2):  # the warmup schedule's learning rate is 0 at step 0
-      state, _ = step(state, train.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
+      state, _ = step(state, runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
   after = jax.device_get(state.params)
   for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
     np.testing.assert_array_equal(a, b)
@@ -115,6 +123,7 @@ def test_frozen_speech_tower_does_not_move(devices):
   assert any(moved)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["rnc", "infonce", "supcon"])
 def test_training_lowers_the_loss(data_dir, tmp_path, capsys, loss):
   steps = 24 if loss == "rnc" else 8
@@ -130,21 +139,23 @@ def test_training_lowers_the_loss(data_dir, tmp_path, capsys, loss):
   assert f"{steps}.json" in evals
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
   config = th.tiny_config(data_dir, **{"train.learning_rate": 1e30, "train.grad_clip_norm": 0.0,
                                        "train.warmup_steps": 0, "train.num_steps": 20,
                                        "checkpoint.every_steps": 1})
   with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
-  step, params = pretrained.read_workdir_params(str(tmp_path / "run"))
+  step, params = tower_init.read_workdir_params(str(tmp_path / "run"))
   assert step >= 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
 def _final_params(workdir):
-  return pretrained.read_workdir_params(workdir)
+  return tower_init.read_workdir_params(workdir)
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigkill(data_dir, tmp_path):
   overrides = {"train.num_steps": 16, "checkpoint.every_steps": 2}
   full = th.run_main(str(tmp_path / "full"), data_dir, **overrides)
@@ -172,6 +183,7 @@ def test_exact_resume_after_sigkill(data_dir, tmp_path):
     np.testing.assert_array_equal(a, b)  # bit-identical
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
   workdir = str(tmp_path / "run")
   overrides = {"train.num_steps": 500, "checkpoint.every_steps": 1000, "eval.every_steps": 1000}
@@ -187,12 +199,12 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
   output = "".join(lines) + rest
   assert proc.returncode == 0, output[-3000:]
   assert "preempted" in output
-  step, params = pretrained.read_workdir_params(workdir)
+  step, params = tower_init.read_workdir_params(workdir)
   assert 3 <= step < 500
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
   resumed = th.run_main(workdir, data_dir, **{**overrides, "train.num_steps": step + 2})
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert pretrained.read_workdir_params(workdir)[0] == step + 2
+  assert tower_init.read_workdir_params(workdir)[0] == step + 2
 
 
 def _free_port():
@@ -201,6 +213,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(data_dir, tmp_path):
   overrides = {"train.num_steps": 4, "checkpoint.every_steps": 1000}
   single = th.run_main(str(tmp_path / "single"), data_dir, **overrides)
@@ -223,6 +236,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
                              rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_path, capsys):
   from erclap.configs import ser_pretrain
 
@@ -243,14 +257,16 @@ def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_pa
 
   clap_config = th.tiny_config(data_dir, **{"model.speech_init": ser_dir})
   mesh, _, model = _setup(clap_config)
-  optimizer = train.make_optimizer(clap_config)
-  state, _ = train.create_train_state(model, clap_config, mesh, optimizer, jax.random.key(0))
-  _, ser_params = pretrained.read_workdir_params(ser_dir)
+  optimizer = optim.make_optimizer(clap_config)
+  state, _ = state_lib.create_train_state(model, clap_config, mesh, optimizer, jax.random.key(0),
+                                         load_towers=_tower_loader(clap_config))
+  _, ser_params = tower_init.read_workdir_params(ser_dir)
   for a, b in zip(jax.tree.leaves(ser_params["speech_tower"]),
                   jax.tree.leaves(jax.device_get(state.params["speech_tower"])), strict=True):
     np.testing.assert_array_equal(a, b)
 
   wrong = th.tiny_config(data_dir, **{"model.speech_init": ser_dir, "model.speech_arch": "wav2vec2"})
   mesh, _, model = _setup(wrong)
-  with pytest.raises(pretrained.TowerMismatchError, match="speech_tower"):
-    train.create_train_state(model, wrong, mesh, train.make_optimizer(wrong), jax.random.key(0))
+  with pytest.raises(tower_init.TowerMismatchError, match="speech_tower"):
+    state_lib.create_train_state(model, wrong, mesh, optim.make_optimizer(wrong), jax.random.key(0),
+                                 load_towers=_tower_loader(wrong))

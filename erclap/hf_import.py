@@ -12,12 +12,16 @@ import json
 import os
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
-from erclap.models.arch import SpeechArch, TextArch, hf_arch
-from erclap.models.text import padded_vocab_size
+from erclap import trees
+from erclap.models.arch import SpeechArch, TextArch, hf_arch, is_hf_model_dir
+from erclap.models.speech import SpeechEncoder
+from erclap.models.text import TextEncoder, padded_vocab_size
 
 # Present in many checkpoints but unused by an encoder tower: task heads, pre-training modules, buffers.
 IGNORED_PREFIXES = ("pooler.", "lm_head.", "cls.", "classifier.", "projector.", "quantizer.", "project_q.",
@@ -32,8 +36,6 @@ class CheckpointImportError(ValueError):
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of a HF model directory: model.safetensors or a sharded model.safetensors.index.json."""
-  from safetensors.numpy import load_file
-
   single = os.path.join(path, "model.safetensors")
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(single):
@@ -161,11 +163,6 @@ def text_mapping(arch: TextArch) -> Mapping:
 
 def tower_shapes(arch: SpeechArch | TextArch) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Flax parameter shapes of the tower ``arch`` builds (abstract init; nothing is allocated)."""
-  import flax.linen as nn
-
-  from erclap.models.speech import SpeechEncoder
-  from erclap.models.text import TextEncoder
-
   if isinstance(arch, SpeechArch):
     module = SpeechEncoder(arch)
     n = 16000
@@ -231,12 +228,8 @@ def import_hf_model(path: str) -> tuple[SpeechArch | TextArch, dict]:
 
 
 def _check_and_merge(tower: str, source: str, target: dict, new: dict) -> dict:
-  flat_t = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(target)}
-  flat_n = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(new)}
-  problems = [f"  missing in checkpoint: {k} {flat_t[k]}" for k in sorted(set(flat_t) - set(flat_n))]
-  problems += [f"  not in model: {k} {flat_n[k]}" for k in sorted(set(flat_n) - set(flat_t))]
-  problems += [f"  shape: {k}: checkpoint {flat_n[k]} vs model {flat_t[k]}"
-               for k in sorted(set(flat_t) & set(flat_n)) if flat_t[k] != flat_n[k]]
+  """``new`` cast to ``target``'s dtypes; CheckpointImportError listing every tree or shape difference."""
+  problems = trees.mismatch_lines(trees.leaf_shapes(target), trees.leaf_shapes(new), want_name="model")
   if problems:
     raise CheckpointImportError(f"{source}: its weights do not fit the model's {tower} (was the model "
                                 f"built from this checkpoint's config.json?):\n" + "\n".join(problems))
@@ -247,8 +240,6 @@ def init_from_pretrained(params: dict, model_config) -> dict:
   """``params`` with ``speech_tower`` / ``text_tower`` replaced by the HF checkpoints that
   ``model_config.speech_init`` / ``text_init`` name (empty: untouched). Shapes are checked; other entries
   are kept as they are."""
-  from erclap.models.arch import is_hf_model_dir
-
   params = dict(params)
   for tower, key in (("speech_tower", "speech_init"), ("text_tower", "text_init")):
     path = model_config.get(key, "")

@@ -3,7 +3,7 @@
 ``config.model.speech_init`` / ``config.model.text_init`` may name
   * an ERCLAP workdir (it has ``checkpoints/``): its latest checkpoint's ``speech_tower`` (stage 1 trains
     exactly this tower) or ``text_tower`` is copied in;
-  * a Hugging Face model directory (``config.json`` + safetensors): imported by ``erclap.checkpoints``.
+  * a Hugging Face model directory (``config.json`` + safetensors): imported by ``erclap.hf_import``.
 Shapes must match what the current config builds; otherwise one error lists every difference.
 """
 
@@ -13,6 +13,9 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+
+from erclap import checkpointing, hf_import, sharding, trees
 
 TOWERS = (("speech_tower", "speech_init"), ("text_tower", "text_init"))
 
@@ -27,10 +30,6 @@ def is_erclap_workdir(path: str) -> bool:
 
 def read_workdir_params(workdir: str, step: int = -1) -> tuple[int, dict]:
   """Parameters (numpy) of an ERCLAP workdir's latest (or given) checkpoint, without knowing its config."""
-  import orbax.checkpoint as ocp
-
-  from erclap import checkpointing
-
   manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), item_names=("state", "meta"),
                                   options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   try:
@@ -52,20 +51,11 @@ def read_workdir_params(workdir: str, step: int = -1) -> tuple[int, dict]:
 
 
 def _check_same_tree(name: str, source: str, want, have) -> None:
-  flat_want = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(want)}
-  flat_have = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(have)}
-  missing = sorted(set(flat_want) - set(flat_have))
-  unexpected = sorted(set(flat_have) - set(flat_want))
-  shapes = sorted(k for k in set(flat_want) & set(flat_have) if flat_want[k] != flat_have[k])
-  if missing or unexpected or shapes:
-    lines = [f"{source}: its {name} does not match the {name} this config builds "
-             f"(check config.model.size / *_arch against the checkpoint):"]
-    lines += [f"  missing: {k} {flat_want[k]}" for k in missing[:15]]
-    lines += [f"  unexpected: {k} {flat_have[k]}" for k in unexpected[:15]]
-    lines += [f"  shape: {k}: checkpoint {flat_have[k]} vs config {flat_want[k]}" for k in shapes[:15]]
-    if len(missing) + len(unexpected) + len(shapes) > 45:
-      lines.append("  ...")
-    raise TowerMismatchError("\n".join(lines))
+  """TowerMismatchError listing every missing, unexpected and differently shaped leaf of ``have``."""
+  lines = trees.mismatch_lines(trees.leaf_shapes(want), trees.leaf_shapes(have), limit=15)
+  if lines:
+    raise TowerMismatchError("\n".join([f"{source}: its {name} does not match the {name} this config builds "
+                                        f"(check config.model.size / *_arch against the checkpoint):", *lines]))
 
 
 def load_tower_weights(params: dict, config) -> dict:
@@ -92,7 +82,24 @@ def load_tower_weights(params: dict, config) -> dict:
     else:
       hf_needed = True
   if hf_needed:
-    from erclap import checkpoints
-
-    params = checkpoints.init_from_pretrained(params, hf_model_config)
+    params = hf_import.init_from_pretrained(params, hf_model_config)
   return params
+
+
+def load_pretrained_towers(params, shardings, *, config):
+  """Sharded ``params`` with the ``model.speech_init`` / ``model.text_init`` towers put in place.
+
+  Args:
+    params: the freshly initialised parameters (global arrays).
+    shardings: their NamedShardings (the result is placed the same way).
+    config: the run's config.
+
+  Returns:
+    ``params`` unchanged when no init is configured, else the parameters with the loaded towers.
+    ``functools.partial(load_pretrained_towers, config=config)`` is the ``load_towers`` argument of
+    ``erclap.state.create_train_state``.
+  """
+  if not (config.model.speech_init or config.model.text_init):
+    return params
+  host = load_tower_weights(sharding.to_host(params), config)
+  return jax.tree.map(sharding.put_global, host, shardings)
