@@ -46,7 +46,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
-  from erclap import optim, runtime, state, step, tokenization
+  from erclap import optim, runtime, sharding, state, step, tokenization
   from erclap.configs import demo
 
   config = demo.get_config()
