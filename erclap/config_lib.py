@@ -130,6 +130,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if len(config.mesh.shape) != len(config.mesh.axes):
     raise ConfigError(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
                       f"{tuple(config.mesh.axes)} differ in length")
+  for key in ("plan.utilization", "plan.hbm_headroom"):
+    if not 0 < get(config, key) <= 1:
+      raise ConfigError(f"config.{key}={get(config, key)!r}: must be in (0, 1]")
+  if not isinstance(config.plan.topology, str):
+    raise ConfigError(f"config.plan.topology={config.plan.topology!r}: must be a name like 'v4-8' or ''")
   if config.train.global_batch_size < 2:
     raise ConfigError("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
   return config
