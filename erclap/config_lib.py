@@ -145,6 +145,11 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   if len(config.mesh.shape) != len(config.mesh.axes):
     problems.append(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
                     f"{tuple(config.mesh.axes)} differ in length")
+  for key in ("plan.utilization", "plan.hbm_headroom"):
+    if not 0 < get(config, key) <= 1:
+      problems.append(f"config.{key}={get(config, key)!r}: must be in (0, 1]")
+  if not isinstance(config.plan.topology, str):
+    problems.append(f"config.plan.topology={config.plan.topology!r}: must be a name like 'v4-8' or ''")
   if config.train.global_batch_size < 2:
     problems.append("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
   problems += _eval_problems(config) + _data_problems(config)

@@ -378,7 +378,7 @@ def rnc_loss(anchors, candidates, anchor_labels, candidate_labels, *, temperatur
     return (_rnc_block_sum(z, keep, w, order),)
 
   (total,) = _blocked(block, (jnp.arange(n), a, ya), row_block, n)
-  return total / (n * (m - 1) if exclude_self else n * m)
+  return total / float(n * (m - 1) if exclude_self else n * m)  # float: N^2 overflows int32 past 46,340
 
 
 def _cross_modal_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, row_ids, *, inv_t, similarity, label_distance,
@@ -452,7 +452,7 @@ def cross_modal_rnc_loss(speech, text, labels, *, temperature, mesh: Mesh | None
 
   st, ts = _shard_rows(mesh, axes, local, (s, t, y), (inv_t,))
   count = n * (n - 1) if exclude_self else n * n
-  return 0.5 * (st + ts) / count
+  return 0.5 * (st + ts) / float(count)  # float: N^2 overflows int32 past N = 46,340
 
 
 def _shard_rows(mesh, axes, fn, row_args, rep_args=()):

@@ -6,7 +6,9 @@ r"""ERCLAP command line: one program for every stage and mode.
 
 Modes: ``train`` (resumes from the workdir when it holds checkpoints), ``eval`` (evaluate a checkpoint
 on the test split), ``export`` (embeddings, metrics and plots under workdir/export), ``all`` (train, then
-evaluate and export: the demo). ``config.stage`` picks the cross-modal stage (``clap``) or stage-1
+evaluate and export: the demo), ``plan`` (compile the train step for ``config.plan.topology`` on simulated
+devices and report per-device memory, FLOPs and the step time a chip implies, without allocating anything).
+``config.stage`` picks the cross-modal stage (``clap``) or stage-1
 speech-emotion pre-training (``ser``).
 """
 
@@ -19,13 +21,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, demo, distributed, evaluate, export, train
+from erclap import config_lib, demo, distributed, evaluate, export, plan, train
 
 _MODES = {
     "train": train.train_and_evaluate,
     "eval": evaluate.evaluate_checkpoint,
     "export": export.export_embeddings,
     "all": demo.run_all,
+    "plan": plan.run_plan,
 }
 
 FLAGS = flags.FLAGS
@@ -69,6 +72,8 @@ def main(argv):
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     sys.exit(f"FATAL {e}")
+  if FLAGS.mode == "plan":
+    plan.prepare_devices(config)  # simulated devices of the planned topology: before any backend use
   distributed.initialize(config.distributed)  # before any backend use (importing jax is fine)
   logging.info("JAX %s: process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())

@@ -131,4 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
   c.distributed.local_device_ids = ()
+
+  # ---------------------------------------------------------------- plan (--mode=plan: will it fit, how fast)
+  c.plan = ml_collections.ConfigDict()
+  c.plan.topology = ""          # "" = the local devices; "v4-8", "v4-32", "v5e-8", "v5p-8", "h100-8", ...
+  c.plan.utilization = 0.4      # assumed model FLOP utilisation for the step-time estimate
+  c.plan.hbm_headroom = 0.9     # fits when the per-device total is <= this fraction of the chip's HBM
   return c

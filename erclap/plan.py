@@ -1,0 +1,465 @@
+"""Will a config fit, and how fast? The plan of a train step on a TPU / GPU topology, computed on a CPU.
+
+``--mode=plan`` lowers and compiles the real train step (``erclap.step``) on abstract inputs (shape/dtype
+structs that carry their shardings: no parameter or batch is allocated) over as many simulated CPU devices
+as the topology has chips, and reports per device:
+
+* parameter, optimizer-state and gradient bytes, from the abstract shapes and ``sharding.shard_shape``;
+* argument, output, temporary (activation) bytes and the total, from XLA's ``compiled.memory_analysis()``;
+* FLOPs per step, from ``compiled.cost_analysis()["flops"]``. On an SPMD program that is the cost of ONE
+  device's partitioned program (a (1024, 512) @ (512, 256) matmul split over 8 devices reports 1/8 of
+  2·M·K·N), so the global figure is that times the device count. XLA counts what it executes, the forward
+  passes that rematerialisation repeats included: the FLOPs the step time depends on;
+* the cross-modal loss's share: its loss and gradient alone on (N, D) embeddings over the same mesh. The RNC
+  loss sorts every row by label distance; comparisons are not FLOPs, so its share of the step time is larger
+  than its share of the FLOPs.
+
+Step time = FLOPs per device / (the chip's dense bf16 peak × ``plan.utilization``); communication is not
+modelled (it hides behind compute at a good utilisation, and is what a low utilisation stands for). The
+verdict compares the total with ``plan.hbm_headroom`` × the chip's HBM. The memory figures are XLA:CPU's
+buffer assignment of the same program: TPU and GPU compilers fuse and schedule differently (and XLA:CPU may
+compute bf16 matmuls in float32), so they are estimates to tens of percent; the headroom is for that.
+
+Topology names: ``v4-N`` and ``v5p-N`` count TensorCores (2 per chip: ``v4-8`` = 4 chips); ``v5e-N`` (or
+``v5litepod-N``) counts chips; GPU names (``h100-8``, ``a100-40gb-8``, ``a100-80gb-8``) count GPUs. One JAX
+device per chip (v4 / v5p megacore) or GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from erclap import fileio, losses, models, optim, schema, sharding, state, step, tokenization
+
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  bf16_flops: float    # dense peak FLOP/s (no sparsity)
+  hbm_bytes: int       # per chip (per JAX device)
+  cores_per_chip: int  # what a topology name counts per chip
+
+
+# Sources: Google Cloud TPU documentation, "TPU v4" / "TPU v5e" / "TPU v5p" system architecture pages (peak
+# bf16 compute and HBM per chip: 275 TFLOP/s and 32 GiB; 197 TFLOP/s and 16 GiB; 459 TFLOP/s and 95 GiB);
+# NVIDIA A100 Tensor Core GPU datasheet (BF16 312 TFLOP/s dense, 40 / 80 GB HBM); NVIDIA H100 Tensor Core GPU
+# datasheet, SXM (BF16 989 TFLOP/s dense, 80 GB HBM3).
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("TPU v4", 275e12, 32 * GiB, 2),
+    "v5e": Chip("TPU v5e", 197e12, 16 * GiB, 1),
+    "v5p": Chip("TPU v5p", 459e12, 95 * GiB, 2),
+    "a100-40gb": Chip("NVIDIA A100 40GB", 312e12, 40 * GiB, 1),
+    "a100-80gb": Chip("NVIDIA A100 80GB", 312e12, 80 * GiB, 1),
+    "h100": Chip("NVIDIA H100 80GB (SXM)", 989e12, 80 * GiB, 1),
+}
+_CHIP_ALIASES = {"v5litepod": "v5e", "h100-80gb": "h100"}
+# jax ``device_kind`` (lower case) fragments -> chip, for plan.topology="" on an accelerator.
+_DEVICE_KINDS = (("v5 lite", "v5e"), ("v5e", "v5e"), ("v5p", "v5p"), ("v5", "v5p"), ("v4", "v4"),
+                 ("h100", "h100"), ("a100", "a100"))
+TOPOLOGY_EXAMPLES = "v4-8, v4-32, v5e-8, v5p-8, h100-8, a100-40gb-8, a100-80gb-8"
+
+
+def parse_topology(topology: str) -> tuple[str, int]:
+  """``"v4-32"`` -> (chip key in CHIPS, number of JAX devices = chips); ValueError naming plan.topology."""
+  match = re.fullmatch(r"([a-z0-9]+(?:-\d+gb)?)-(\d+)", str(topology).strip().lower())
+  key = _CHIP_ALIASES.get(match.group(1), match.group(1)) if match else None
+  if key not in CHIPS:
+    raise ValueError(f"plan.topology={topology!r}: use <chip>-<count> with chip one of "
+                     f"{sorted(CHIPS) + sorted(_CHIP_ALIASES)}, e.g. {TOPOLOGY_EXAMPLES}")
+  count, per_chip = int(match.group(2)), CHIPS[key].cores_per_chip
+  if count < per_chip or count % per_chip:
+    raise ValueError(f"plan.topology={topology!r}: {key} names count TensorCores, {per_chip} per chip, so the "
+                     f"count must be a positive multiple of {per_chip}")
+  return key, count // per_chip
+
+
+def chip_of_device(device) -> str | None:
+  """The CHIPS key of a JAX device (None for CPUs and chips not in the table)."""
+  kind = str(getattr(device, "device_kind", "")).lower()
+  for fragment, key in _DEVICE_KINDS:
+    if fragment in kind:
+      if key == "a100":
+        return "a100-80gb" if "80" in kind else "a100-40gb"
+      return key
+  return None
+
+
+def _backends_initialized() -> bool:
+  # No public API says whether a backend exists yet; xla_bridge has said so under these names.
+  from jax._src import xla_bridge  # private module, version-guarded below
+
+  probe = getattr(xla_bridge, "backends_are_initialized", None)
+  return bool(probe()) if callable(probe) else bool(getattr(xla_bridge, "_backends", {}))
+
+
+def prepare_devices(config) -> int:
+  """Makes JAX simulate the topology's devices on the CPU; call before anything uses a JAX backend.
+
+  Args:
+    config: the run config; ``config.plan.topology`` ("" = the local devices, nothing to do).
+  Returns:
+    The number of devices the plan will use (0 for "": whatever the local backend has).
+  Raises:
+    RuntimeError: a backend is already running with another device count or platform.
+  """
+  topology = config.plan.topology
+  if not topology:
+    return 0
+  _, n = parse_topology(topology)
+  if _backends_initialized():
+    devices = jax.devices()
+    if len(devices) != n or devices[0].platform != "cpu":
+      raise RuntimeError(
+          f"plan.topology={topology!r} needs {n} simulated CPU devices, but JAX already runs on "
+          f"{len(devices)} {devices[0].platform} device(s): call erclap.plan.prepare_devices before anything "
+          f"uses JAX (run the plan in a process of its own)")
+    return n
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  jax.config.update("jax_platforms", "cpu")  # jax read JAX_PLATFORMS when it was imported
+  return n
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _per_device_bytes(tree, shardings) -> int:
+  sizes = jax.tree.map(lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize,
+                       tree, shardings)
+  return int(sum(jax.tree.leaves(sizes)))
+
+
+def _trainable(config, params) -> dict:
+  """The parameter groups that receive gradients (frozen towers and a fixed temperature do not)."""
+  frozen = {optim.SPEECH_TOWER: bool(config.model.freeze_speech), optim.TEXT_TOWER: bool(config.model.freeze_text),
+            optim.LOG_TEMPERATURE: config.stage == "clap" and not config.train.learn_temperature}
+  return {k: v for k, v in params.items() if not frozen.get(k, False)}
+
+
+def abstract_batch(config, mesh) -> dict:
+  """The global step batch as ShapeDtypeStructs sharded along the batch (nothing allocated)."""
+  n = config.train.global_batch_size
+  one = schema.dummy_batch(config, 1)
+  return {k: jax.ShapeDtypeStruct((n,) + v.shape[1:], v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
+          for k, v in one.items() if k in schema.STEP_KEYS}
+
+
+def compiled_cost(compiled) -> dict:
+  """``compiled.cost_analysis()`` as one dict (per device on an SPMD program)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost  # a list of one dict on older jax
+  return dict(cost or {})
+
+
+def _memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+         for k in ("argument", "output", "alias", "temp", "generated_code")}
+  # Donated state buffers are reused for the new state: aliased bytes are counted once.
+  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["generated_code"]
+  return out
+
+
+def check_batch(config, mesh) -> None:
+  """ValueError naming the key when the global / micro batch does not split over the mesh's batch shards."""
+  shards = sharding.batch_size_divisor(mesh)
+  n, micro = config.train.global_batch_size, config.train.micro_batch_size
+  if n % shards:
+    raise ValueError(f"config.train.global_batch_size={n} must be a multiple of the {shards} batch shards of "
+                     f"mesh {dict(mesh.shape)}")
+  if micro and micro < n and (micro % shards or n % micro):
+    raise ValueError(f"config.train.micro_batch_size={micro} must divide the global batch {n} and be a "
+                     f"multiple of the {shards} batch shards of mesh {dict(mesh.shape)}")
+
+
+def compile_train_step(config, mesh, model):
+  """The real train step, jitted with the run's shardings and donation, compiled for abstract inputs.
+
+  Returns:
+    (compiled, abstract state, state shardings, abstract batch, compile seconds); ``compiled(state, batch)``
+    runs it on real arrays of those shapes and shardings.
+  """
+  check_batch(config, mesh)
+  optimizer = optim.make_optimizer(config)
+  abstract, shardings = state.abstract_state_and_shardings(model, config, mesh, optimizer)
+  args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  batch = abstract_batch(config, mesh)
+  train_step = step.make_train_step(model, config, mesh, optimizer)
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(train_step, in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}),
+                       out_shardings=(shardings, None), donate_argnums=(0,)).lower(args, batch).compile()
+  return compiled, abstract, shardings, batch, time.perf_counter() - start
+
+
+def step_figures(config, mesh, compiled, abstract, shardings) -> dict:
+  """Per-device bytes and FLOPs of a compiled train step (see ``plan_step``)."""
+  flops = float(compiled_cost(compiled).get("flops", float("nan")))
+  out = dict(_state_bytes(config, abstract, shardings), flops_per_device=flops, flops_per_step=flops * mesh.size,
+             flops_per_example=flops * mesh.size / config.train.global_batch_size)
+  out.update({f"{k}_bytes": v for k, v in _memory(compiled).items()})
+  return out
+
+
+def plan_step(config, mesh, model) -> dict:
+  """Per-device memory and FLOPs of the compiled train step (abstract inputs: nothing is allocated).
+
+  Args:
+    config: the run config. mesh: the device mesh (as many devices as the target has chips).
+    model: the model the run trains (``runtime.build_model``).
+  Returns:
+    dict of per-device bytes (params, opt_state, grads, argument, output, alias, temp, total),
+    ``flops_per_device``, ``flops_per_step`` (global), ``flops_per_example`` and ``compile_s``.
+  """
+  compiled, abstract, shardings, _, seconds = compile_train_step(config, mesh, model)
+  return dict(step_figures(config, mesh, compiled, abstract, shardings), compile_s=seconds)
+
+
+def _state_bytes(config, abstract, shardings) -> dict:
+  trainable = _trainable(config, abstract.params)
+  return dict(params_bytes=_per_device_bytes(abstract.params, shardings.params),
+              opt_state_bytes=_per_device_bytes(abstract.opt_state, shardings.opt_state),
+              grads_bytes=_per_device_bytes(trainable, {k: shardings.params[k] for k in trainable}),
+              param_count=int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))))
+
+
+def state_bytes(config, mesh, model) -> dict:
+  """Per-device parameter, optimizer-state and gradient bytes (and the parameter count), without compiling."""
+  abstract, shardings = state.abstract_state_and_shardings(model, config, mesh, optim.make_optimizer(config))
+  return _state_bytes(config, abstract, shardings)
+
+
+def plan_loss(config, mesh) -> dict | None:
+  """Per-device FLOPs and temporary bytes of the cross-modal loss + gradient alone on (N, D) embeddings.
+
+  None for the SER stage (its losses act on (N, 3) predictions: negligible)."""
+  if config.stage != "clap":
+    return None
+  n, d = config.train.global_batch_size, config.model.joint_dim
+  rows = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+  loss_fn = losses.get_clap_loss(config.loss)
+
+  def loss(speech, text, log_temperature, batch):
+    return loss_fn(speech, text, batch, temperature=jnp.exp(log_temperature), mesh=mesh,
+                   options=config.loss_options)
+
+  batch = dict(labels=rows(n, len(schema.LABEL_NAMES)), class_id=rows(n, dtype=jnp.int32))
+  log_t = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
+        rows(n, d), rows(n, d), log_t, batch).compile()
+  return dict(flops_per_device=float(compiled_cost(compiled).get("flops", float("nan"))),
+              temp_bytes=_memory(compiled)["temp"])
+
+
+# --------------------------------------------------------------------------- verdict and knobs
+
+
+def _micro_knob(config, mesh, step_plan, limit, model_act) -> dict | None:
+  """Gradient caching: the towers' activations scale with the micro-batch; embeddings and a gradient
+  accumulator are added. The largest micro-batch (a power-of-two fraction) that fits, else the smallest."""
+  n, shards = config.train.global_batch_size, sharding.batch_size_divisor(mesh)
+  current = config.train.micro_batch_size if 0 < config.train.micro_batch_size < n else n
+  extra = 0 if current < n else step_plan["grads_bytes"]
+  best = None
+  m = current // 2
+  while m >= shards and m % shards == 0 and n % m == 0:
+    total = step_plan["total_bytes"] - model_act * (1 - m / current) + extra
+    best = dict(knob="train.micro_batch_size", value=m, total_bytes=int(total),
+                note="one extra forward pass per step (~+1/3 FLOPs)" if current == n else "")
+    if total <= limit:
+      break
+    m //= 2
+  return best
+
+
+def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
+  """Config changes that lower the per-device total, each with an estimated total where cheap to estimate.
+
+  ``total_bytes`` None: not estimated (recompile with the override to measure it)."""
+  loss_temp = loss_plan["temp_bytes"] if loss_plan else 0
+  model_act = max(step_plan["temp_bytes"] - step_plan["grads_bytes"] - loss_temp, 0)
+  total, out = step_plan["total_bytes"], []
+  micro = _micro_knob(config, mesh, step_plan, limit, model_act) if config.stage == "clap" else None
+  if micro:  # gradient caching is for the clap stage
+    out.append(micro)
+  if not config.model.remat:
+    out.append(dict(knob="model.remat", value=True, total_bytes=None,
+                    note="keeps only each layer's input for the backward pass; ~+1/3 FLOPs"))
+  data = mesh.shape.get("data", 1)
+  if data > 1 and "fsdp" in mesh.axis_names:
+    fsdp = mesh.shape["fsdp"]
+    state_bytes = step_plan["params_bytes"] + step_plan["opt_state_bytes"] + step_plan["grads_bytes"]
+    shape = tuple(1 if a == "data" else (data * fsdp if a == "fsdp" else mesh.shape[a]) for a in mesh.axis_names)
+    out.append(dict(knob="mesh.shape", value=shape, total_bytes=int(total - state_bytes * (1 - 1 / data)),
+                    note="parameters, gradients and optimizer state split over the data devices too "
+                         "(adds parameter all-gathers)"))
+  n_local = config.train.global_batch_size // sharding.batch_size_divisor(mesh)
+  block = config.loss_options.row_block or n_local
+  if config.stage == "clap" and config.loss == "rnc" and block > 512 and n_local > 512:
+    out.append(dict(knob="loss_options.row_block", value=512, total_bytes=int(total - loss_temp * (1 - 512 / block)),
+                    note="the loss's (rows x N) matrices are built 512 rows at a time"))
+  if config.model.dtype == "float32":
+    out.append(dict(knob="model.dtype", value="bfloat16", total_bytes=int(total - model_act / 2),
+                    note="activations in bfloat16 (parameters stay float32)"))
+  return out
+
+
+def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | None = None) -> dict:
+  """The whole plan of ``config`` on ``mesh``: memory, FLOPs, the loss's share, speed and the verdict.
+
+  Args:
+    config: the run config (``config.plan`` gives utilisation and headroom).
+    mesh: the mesh, with one device per chip of the target. model: the model the run trains.
+    chip_key: a key of CHIPS (None: no chip figures; memory and FLOPs only).
+    step_plan: ``plan_step``'s figures when the caller has compiled the step already.
+  Returns:
+    A JSON-serialisable dict (see ``format_plan``).
+  """
+  step_plan = plan_step(config, mesh, model) if step_plan is None else step_plan
+  loss_plan = plan_loss(config, mesh)
+  n = config.train.global_batch_size
+  result = dict(chip=None, devices=int(mesh.size), mesh={k: int(v) for k, v in mesh.shape.items()},
+                global_batch=n, micro_batch=int(config.train.micro_batch_size), loss=config.loss,
+                utilization=float(config.plan.utilization), hbm_headroom=float(config.plan.hbm_headroom),
+                step=step_plan, loss_plan=loss_plan,
+                loss_flops_share=(loss_plan["flops_per_device"] / step_plan["flops_per_device"]
+                                  if loss_plan and step_plan["flops_per_device"] > 0 else None))
+  if chip_key is None:
+    return dict(result, verdict="UNKNOWN (no chip: set plan.topology)", knobs=[])
+  chip = CHIPS[chip_key]
+  limit = config.plan.hbm_headroom * chip.hbm_bytes
+  step_s = step_plan["flops_per_device"] / (chip.bf16_flops * config.plan.utilization)
+  fits = step_plan["total_bytes"] <= limit
+  return dict(result, chip=chip.name, chip_bf16_flops=chip.bf16_flops, hbm_bytes=chip.hbm_bytes,
+              limit_bytes=int(limit), step_time_s=step_s, examples_per_s=n / step_s if step_s > 0 else None,
+              verdict="FITS" if fits else "DOES NOT FIT",
+              knobs=[] if fits else knobs(config, mesh, step_plan, loss_plan, limit))
+
+
+def format_bytes(x) -> str:
+  if x is None:
+    return "-"
+  return f"{x / GiB:.2f} GiB" if abs(x) >= GiB / 10 else f"{x / 2 ** 20:.1f} MiB"
+
+
+def format_plan(result: dict, title: str = "plan") -> str:
+  """The plan as a text table (what ``run_plan`` prints)."""
+  s, lp = result["step"], result["loss_plan"]
+  lines = [f"== {title}: {result.get('topology') or 'local devices'} ({result['chip'] or 'no chip'}), "
+           f"{result['devices']} devices, mesh {result['mesh']}, global batch {result['global_batch']}"
+           + (f", micro-batch {result['micro_batch']}" if result["micro_batch"] else ""),
+           f"  parameters          {s['param_count'] / 1e6:.1f} M",
+           "  per device:"]
+  for name, key in (("parameters", "params"), ("optimizer state", "opt_state"), ("gradients (in temp)", "grads"),
+                    ("arguments", "argument"), ("outputs", "output"), ("aliased (donated)", "alias"),
+                    ("activations / temp", "temp"), ("total", "total")):
+    lines.append(f"    {name:<20}{format_bytes(s[f'{key}_bytes']):>14}")
+  lines.append(f"  FLOPs per step      {s['flops_per_step']:.4g} ({s['flops_per_device']:.4g} per device; "
+               f"cost_analysis is per device on the SPMD program)")
+  lines.append(f"  FLOPs per example   {s['flops_per_example'] / 1e9:.1f} GFLOP")
+  if lp:
+    lines.append(f"  {result['loss']} loss+grad    {lp['flops_per_device']:.4g} FLOPs/device = "
+                 f"{100 * result['loss_flops_share']:.3g}% of the step (sorts are not FLOPs), "
+                 f"temp {format_bytes(lp['temp_bytes'])}")
+  if result["chip"]:
+    lines.append(f"  at {100 * result['utilization']:.0f}% of {result['chip_bf16_flops'] / 1e12:.0f} TFLOP/s bf16: "
+                 f"step {result['step_time_s'] * 1e3:.3g} ms, {result['examples_per_s']:.0f} examples/s")
+    lines.append(f"  verdict: {result['verdict']} ({format_bytes(s['total_bytes'])} of "
+                 f"{format_bytes(result['limit_bytes'])} = {100 * result['hbm_headroom']:.0f}% of "
+                 f"{format_bytes(result['hbm_bytes'])} HBM)")
+  else:
+    lines.append(f"  verdict: {result['verdict']}")
+  for k in result["knobs"]:
+    est = f"-> ~{format_bytes(k['total_bytes'])}" if k["total_bytes"] is not None else "-> not estimated (recompile)"
+    value = str(k["value"]).replace(" ", "")
+    lines.append(f"    knob --config.{k['knob']}={value}  {est}  {k['note']}".rstrip())
+  if "compile_s" in s:
+    lines.append(f"  (step compiled in {s['compile_s']:.0f} s)")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the mode
+
+
+def vocab_size(config) -> tuple[int | None, str]:
+  """The text vocabulary the model is built with, and where it came from.
+
+  The configured tokenizer's when it can be built here; else the text preset's (a tokenizer directory on the
+  training machine only: the embedding table then has the preset's size, e.g. RoBERTa's 50265)."""
+  if config.stage == "ser":
+    return None, "no text tower"
+  try:
+    return tokenization.build_tokenizer(config.model, config.data.max_text_tokens).vocab_size, "tokenizer"
+  except (OSError, ValueError, ImportError) as e:
+    preset = models.text_preset(config.model.size, config.model.text_arch)
+    return preset.vocab_size, f"{config.model.text_arch} preset ({type(e).__name__}: tokenizer not available)"
+
+
+def feature_variant(config):
+  """The config with cached speech features switched on, when the config has that option and it is off."""
+  data = config.data
+  if "speech_features" not in data or not isinstance(data.speech_features, bool) or data.speech_features:
+    return None
+  variant = copy.deepcopy(config)
+  variant.data.speech_features = True
+  return variant
+
+
+def target(config) -> tuple[str | None, str]:
+  """(CHIPS key or None, a description) of what the plan is for: plan.topology, else the local devices."""
+  if config.plan.topology:
+    key, n = parse_topology(config.plan.topology)
+    if jax.device_count() != n:
+      raise RuntimeError(f"plan.topology={config.plan.topology!r} needs {n} devices but JAX has "
+                         f"{jax.device_count()}: call erclap.plan.prepare_devices(config) before anything uses JAX")
+    return key, config.plan.topology
+  device = jax.devices()[0]
+  return chip_of_device(device), f"local {jax.device_count()} x {device.device_kind}"
+
+
+def run_plan(config, workdir: str) -> dict:
+  """``--mode=plan``: prints the plan of ``config`` (and of its cached-feature variant) and writes
+  ``<workdir>/plan.json``.
+
+  Args:
+    config: the run config; ``config.plan`` names the topology, assumed utilisation and HBM headroom.
+    workdir: where plan.json goes (a remote workdir gets none: the printed table is the plan).
+  Returns:
+    The plan dict (``plan_config``'s, with ``topology``, ``vocab_size`` and ``variants``).
+  """
+  # erclap.runtime builds the mesh and model from the config; it also holds the training set-up, which reaches
+  # the data stack (grain / TFDS): imported here so that the measuring functions above need jax/flax/optax only.
+  from erclap import runtime
+
+  chip_key, where = target(config)
+  mesh = runtime.make_mesh(config)
+  vocab, vocab_from = vocab_size(config)
+  result = plan_config(config, mesh, runtime.build_model(config, vocab_size=vocab), chip_key)
+  result.update(topology=where, vocab_size=vocab, vocab_from=vocab_from, variants={})
+  print(format_plan(result, f"plan (text vocabulary {vocab}: {vocab_from})"), flush=True)
+  variant = feature_variant(config)
+  if variant is not None:
+    cached = plan_config(variant, mesh, runtime.build_model(variant, vocab_size=vocab), chip_key)
+    cached.update(topology=where)
+    result["variants"]["speech_features"] = cached
+    print(format_plan(cached, "plan with cached speech features (data.speech_features=True)"), flush=True)
+  if "://" in workdir:
+    print(f"plan.json not written: {workdir} is remote (the table above is the plan)")
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    fileio.write_json(os.path.join(workdir, "plan.json"), result)
+  return result

@@ -1,0 +1,178 @@
+"""The plan (--mode=plan): topology names, device set-up, per-device bytes under FSDP, FLOPs, verdict, knobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from erclap import config_lib, plan, runtime, sharding
+from erclap.configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GiB = 2 ** 30
+
+
+def _config(**overrides):
+  config = default.get_config()
+  small = {"data.max_seconds": 0.5, "data.max_text_tokens": 8, "model.joint_dim": 32,
+           "model.projection_hidden": (32,), "train.global_batch_size": 16}
+  return config_lib.apply_overrides(config, {**small, **overrides})
+
+
+def _mesh(config, n_devices):
+  return sharding.make_mesh(config.mesh.shape, config.mesh.axes, jax.devices()[:n_devices])
+
+
+@pytest.mark.parametrize("name, chip, devices", [
+    ("v4-8", "v4", 4), ("v4-32", "v4", 16), ("v5p-8", "v5p", 4), ("v5e-8", "v5e", 8), ("v5litepod-16", "v5e", 16),
+    ("h100-8", "h100", 8), ("a100-40gb-8", "a100-40gb", 8), ("A100-80GB-2", "a100-80gb", 2)])
+def test_topology_names(name, chip, devices):
+  assert plan.parse_topology(name) == (chip, devices)
+
+
+@pytest.mark.parametrize("name", ["v4-7", "v4", "tpu-8", "v5e-x", "h100", "v4-0", ""])
+def test_bad_topology_is_named(name):
+  with pytest.raises(ValueError, match="plan.topology"):
+    plan.parse_topology(name)
+
+
+def test_prepare_devices_checks_a_running_backend(devices):
+  config = _config()
+  assert plan.prepare_devices(config_lib.apply_overrides(config, {"plan.topology": ""})) == 0
+  assert plan.prepare_devices(config_lib.apply_overrides(config, {"plan.topology": "v5e-8"})) == 8
+  with pytest.raises(RuntimeError, match="needs 4 simulated CPU devices.*already runs on 8"):
+    plan.prepare_devices(config_lib.apply_overrides(config, {"plan.topology": "v4-8"}))
+
+
+def test_plan_keys_are_validated():
+  config_lib.validate(_config(**{"plan.utilization": 0.5, "plan.hbm_headroom": 1.0}))
+  for key, value in (("plan.utilization", 0.0), ("plan.utilization", 1.5), ("plan.hbm_headroom", -0.1)):
+    with pytest.raises(config_lib.ConfigError, match=key):
+      config_lib.validate(_config(**{key: value}))
+
+
+def test_device_kinds_map_to_chips():
+  kinds = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5p": "v5p", "NVIDIA H100 80GB HBM3": "h100",
+           "NVIDIA A100-SXM4-40GB": "a100-40gb", "NVIDIA A100-SXM4-80GB": "a100-80gb", "cpu": None}
+  for kind, chip in kinds.items():
+    assert plan.chip_of_device(type("D", (), {"device_kind": kind})()) == chip, kind
+
+
+def test_state_bytes_halve_when_fsdp_doubles(devices):
+  config = _config(**{"mesh.shape": (1, -1, 1)})
+  model = runtime.build_model(config, vocab_size=500)
+  one = plan.state_bytes(config, _mesh(config, 1), model)
+  # Reference by hand: every parameter is float32; Adam keeps two moments per parameter plus step counters.
+  assert one["params_bytes"] == 4 * one["param_count"]
+  assert 2 * one["params_bytes"] <= one["opt_state_bytes"] <= 2 * one["params_bytes"] + 1024
+  assert one["grads_bytes"] == one["params_bytes"]
+  two, four = (plan.state_bytes(config, _mesh(config, n), model) for n in (2, 4))
+  for key in ("params_bytes", "opt_state_bytes"):
+    assert 0.5 <= two[key] / one[key] <= 0.6, (key, two[key] / one[key])
+    assert 0.5 <= four[key] / two[key] <= 0.6, (key, four[key] / two[key])
+  frozen = plan.state_bytes(_config(**{"mesh.shape": (1, -1, 1), "model.freeze_speech": True}), _mesh(config, 1),
+                            model)
+  assert frozen["grads_bytes"] < 0.7 * one["grads_bytes"]
+
+
+def test_loss_flops_per_device_against_hand_count(devices):
+  # InfoNCE on (N, D): each direction (rows of its own modality, so that rows can be split over devices) has a
+  # logits matmul (2·N²·D) and two gradient matmuls (4·N²·D): 12·N²·D in all, plus O(N²) elementwise work.
+  n, d = 256, 64
+  config = _config(**{"loss": "infonce", "train.global_batch_size": n, "model.joint_dim": d})
+  one = plan.plan_loss(config, _mesh(config, 1))
+  four = plan.plan_loss(config, _mesh(config, 4))
+  assert 12 * n * n * d <= one["flops_per_device"] <= 1.25 * 12 * n * n * d
+  # cost_analysis of an SPMD program is one device's share: four devices together do the same work.
+  assert abs(4 * four["flops_per_device"] / one["flops_per_device"] - 1) < 0.05
+
+
+def test_knobs_estimates_by_hand(devices):
+  config = _config(**{"mesh.shape": (2, 4, 1), "train.global_batch_size": 65536, "loss": "rnc"})
+  mesh = _mesh(config, 8)
+  step_plan = dict(total_bytes=40 * GiB, temp_bytes=30 * GiB, grads_bytes=2 * GiB, params_bytes=2 * GiB,
+                   opt_state_bytes=4 * GiB)
+  loss_plan = dict(temp_bytes=8 * GiB)
+  found = {k["knob"]: k for k in plan.knobs(config, mesh, step_plan, loss_plan, limit=14.4 * GiB)}
+  assert set(found) == {"train.micro_batch_size", "model.remat", "mesh.shape", "loss_options.row_block",
+                        "model.dtype"}
+  # Model activations = temp - gradients - loss temp = 20 GiB; nothing fits, so the smallest micro-batch (the 8
+  # batch shards) is named: 40 - 20·(1 - 8/65536) + 2 (the gradient accumulator).
+  assert found["train.micro_batch_size"]["value"] == 8
+  assert found["train.micro_batch_size"]["total_bytes"] == int((40 - 20 * (1 - 8 / 65536) + 2) * GiB)
+  assert found["model.remat"]["total_bytes"] is None
+  assert found["mesh.shape"]["value"] == (1, 8, 1)
+  assert found["mesh.shape"]["total_bytes"] == int((40 - 8 / 2) * GiB)   # state 8 GiB split over 2x more devices
+  assert found["loss_options.row_block"]["total_bytes"] == int((40 - 8 * (1 - 512 / 8192)) * GiB)
+  assert found["model.dtype"]["total_bytes"] == int((40 - 10) * GiB)
+  # With a higher limit the largest micro-batch that fits is named.
+  fits = {k["knob"]: k for k in plan.knobs(config, mesh, step_plan, loss_plan, limit=32.1 * GiB)}
+  assert fits["train.micro_batch_size"]["value"] == 32768  # 40 - 10 + 2 = 32 GiB
+  bf16 = _config(**{"mesh.shape": (1, 8, 1), "train.global_batch_size": 64, "model.dtype": "bfloat16",
+                    "model.remat": True})
+  names = {k["knob"] for k in plan.knobs(bf16, _mesh(bf16, 8), step_plan, loss_plan, limit=14.4 * GiB)}
+  assert names == {"train.micro_batch_size"}   # no data axis to fold, 8 rows per device: no row blocks
+
+
+@pytest.mark.slow
+def test_run_plan_writes_plan_json(devices, tmp_path):
+  config = _config(**{"plan.topology": "v5e-8", "mesh.shape": (2, 4, 1)})
+  assert plan.prepare_devices(config) == 8
+  result = plan.run_plan(config, str(tmp_path))
+  with open(tmp_path / "plan.json") as f:
+    assert json.load(f) == json.loads(json.dumps(result))
+  assert result["verdict"] == "FITS" and result["chip"] == "TPU v5e" and result["devices"] == 8
+  s = result["step"]
+  assert s["argument_bytes"] >= s["params_bytes"] + s["opt_state_bytes"]
+  assert s["total_bytes"] >= s["argument_bytes"] and s["alias_bytes"] > 0   # the donated state is reused
+  assert result["step_time_s"] == pytest.approx(s["flops_per_device"] / (197e12 * 0.4))
+  assert 0 < result["loss_flops_share"] < 0.05
+
+
+@pytest.mark.slow
+def test_a_config_that_cannot_fit_names_knobs(devices):
+  config = default.get_config()
+  config = config_lib.apply_overrides(config, {
+      "model.size": "large", "model.text_arch": "roberta", "train.global_batch_size": 65536, "loss": "infonce",
+      "model.remat": False, "mesh.shape": (-1, 1, 1), "plan.topology": "v5e-8"})
+  mesh = runtime.make_mesh(config)
+  result = plan.plan_config(config, mesh, runtime.build_model(config, vocab_size=50265), "v5e")
+  assert result["verdict"] == "DOES NOT FIT"
+  assert result["step"]["total_bytes"] > result["limit_bytes"]
+  names = {k["knob"] for k in result["knobs"]}
+  assert {"train.micro_batch_size", "model.remat", "model.dtype"} <= names
+  assert "DOES NOT FIT" in plan.format_plan(result) and "--config.model.remat=True" in plan.format_plan(result)
+
+
+@pytest.mark.slow
+def test_flops_per_example_of_the_base_model(devices):
+  # benchmarks/bench_models.py measures 136 GFLOP per example for forward+backward of the base model (3 s audio,
+  # 32 tokens, towers trained); the plan's step adds the optimizer update (~20 FLOPs per parameter per step).
+  config = config_lib.apply_overrides(default.get_config(), {
+      "model.size": "base", "model.text_arch": "distilroberta", "data.max_seconds": 3.0,
+      "data.max_text_tokens": 32, "train.global_batch_size": 8, "loss": "infonce", "mesh.shape": (1, 1, 1)})
+  result = plan.plan_step(config, _mesh(config, 1), runtime.build_model(config, vocab_size=50265))
+  assert abs(result["flops_per_example"] / 136e9 - 1) < 0.10, result["flops_per_example"] / 1e9
+
+
+@pytest.mark.slow
+def test_tpu_v4_config_plans_on_v4_8_in_a_fresh_process(tmp_path):
+  code = ("import sys; from erclap import plan; from erclap.configs import tpu_v4\n"
+          "c = tpu_v4.get_config(); c.plan.topology = 'v4-8'\n"
+          "assert plan.prepare_devices(c) == 4\n"
+          "r = plan.run_plan(c, sys.argv[1]); assert r['devices'] == 4, r['devices']\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env["PYTHONPATH"] = ROOT
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=1500)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "4 devices" in out.stdout and "verdict: " in out.stdout
+  with open(tmp_path / "plan.json") as f:
+    saved = json.load(f)
+  assert saved["chip"] == "TPU v4" and saved["verdict"] in ("FITS", "DOES NOT FIT")
+  assert saved["step"]["flops_per_example"] > 136e9   # 6 s of audio, 64 tokens and remat: more than 3 s / 32
