@@ -17,7 +17,17 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from erclap import checkpointing, descriptions, evaluate, input_pipeline, metrics, runtime, sharding, tokenization
+from erclap import (
+  checkpointing,
+  descriptions,
+  evaluate,
+  input_pipeline,
+  metrics,
+  model_export,
+  runtime,
+  sharding,
+  tokenization,
+)
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -68,8 +78,16 @@ class ERCLAP:
     self._prompt_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
   @classmethod
-  def load(cls, workdir_or_checkpoint: str, *, batch_size: int = 32) -> ERCLAP:
-    """A workdir (its latest checkpoint) or ``<workdir>/checkpoints/<step>``, on all local devices."""
+  def load(cls, workdir_or_checkpoint: str, *, batch_size: int = 32, dtype: str | None = None) -> ERCLAP:
+    """A workdir (its latest checkpoint), ``<workdir>/checkpoints/<step>`` or a model directory
+    (``--mode=export_model``), on all local devices. ``dtype``: compute dtype ("bfloat16"; parameters stay
+    float32); None: the training's."""
+    if model_export.is_model_dir(workdir_or_checkpoint):
+      m = model_export.load_model_dir(workdir_or_checkpoint, dtype=dtype)
+      if m.config.stage != "clap":
+        raise ValueError(f"{workdir_or_checkpoint}: a '{m.config.stage}' stage model; ERCLAP.load needs the "
+                         f"cross-modal (clap) stage")
+      return cls(m.config, m.model, m.params, m.tokenizer, m.mesh, m.step, batch_size=batch_size)
     workdir, step = _split_checkpoint_path(workdir_or_checkpoint)
     config = _stored_config(workdir, step)
     if config.stage != "clap":
@@ -78,6 +96,7 @@ class ERCLAP:
     with config.unlocked():
       config.mesh.shape, config.mesh.axes = (-1,), ("data",)
       config.model.speech_init = config.model.text_init = ""  # the checkpoint holds the towers already
+      config.model.dtype = dtype or config.model.dtype
     mesh = runtime.make_mesh(config)
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
     model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)

@@ -21,12 +21,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, demo, distributed, evaluate, export, plan, train
+from erclap import config_lib, demo, distributed, evaluate, export, model_export, plan, train
 
 _MODES = {
     "train": train.train_and_evaluate,
     "eval": evaluate.evaluate_checkpoint,
     "export": export.export_embeddings,
+    "export_model": model_export.export_model,
     "all": demo.run_all,
     "plan": plan.run_plan,
 }

