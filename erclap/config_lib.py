@@ -36,6 +36,7 @@ POSITIVE = (
     "data.sample_rate", "data.max_seconds", "data.max_text_tokens", "model.joint_dim", "train.num_steps",
     "train.global_batch_size", "train.learning_rate", "train.temperature_init", "train.log_every_steps",
     "model.ser_head_layers", "checkpoint.every_steps", "checkpoint.keep", "eval.every_steps", "eval.batch_size",
+    "eval.prompt_wordings",
 )
 NON_NEGATIVE = (
     "train.micro_batch_size", "train.warmup_steps", "train.weight_decay", "train.grad_clip_norm",

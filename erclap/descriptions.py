@@ -6,8 +6,10 @@ Deterministic templates with graded wording: each attribute's 1–7 value is qua
 distinct wordings (several are drawn per utterance and epoch as augmentation). Within every synonym set the
 phrases are ordered, so a higher value never gets a phrase of a lower level.
 
-Also: fixed level prompts ("very low arousal" ... "very high arousal") for prompt-based metrics and
-zero-shot attribute prediction, single-attribute queries for the retrieval Kendall tau, the vocabulary of
+Also: level descriptions (``level_descriptions``: one attribute at each level 1..7, the others neutral, in
+the training templates' words) for zero-shot attribute prediction and the prompt-based metrics; the fixed,
+out-of-template level prompts ("very low arousal" ... "very high arousal", ``level_prompts``) for the
+``*_fixed_*`` metrics; single-attribute queries for the retrieval Kendall tau, the vocabulary of
 every word a template can produce (the word-level tokenizer's vocabulary), and loading of LLM-written
 descriptions from JSONL (``{"id": ..., "descriptions": [...]}``; prompt in ``descriptions_prompt.txt``).
 """
@@ -126,7 +128,10 @@ def words(text: str) -> list[str]:
 
 def level_prompts(attribute: str, num_levels: int = NUM_LEVELS) -> list[str]:
   """Fixed prompts from the lowest to the highest level: "very low arousal" ... "very high arousal"
-  (num_levels from 2 to 7, evenly spread over the 7 degrees)."""
+  (num_levels from 2 to 7, evenly spread over the 7 degrees).
+
+  These words never occur in the training descriptions (out of distribution for the text tower); zero-shot
+  prediction uses ``level_descriptions``, and these prompts feed only the ``*_fixed_*`` metrics."""
   _check_attribute(attribute)
   if not 2 <= int(num_levels) <= NUM_LEVELS:
     raise ValueError(f"num_levels must be in 2..{NUM_LEVELS}, got {num_levels}")
@@ -151,6 +156,23 @@ def attribute_queries(attribute: str, values: Sequence[float], *, num_wordings: 
     out.extend(describe(labels["arousal"], labels["valence"], labels["dominance"], variant=int(v))
                for v in variants)
   return out
+
+
+def level_descriptions(attribute: str, *, num_wordings: int = 8, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+  """Descriptions of ``attribute`` at each level 1..7 with the other attributes neutral (4), written by the
+  same templates as the training descriptions (``attribute_queries``), ``num_wordings`` per level.
+
+  The level prompts of zero-shot attribute prediction and the prompt-based metrics: their embeddings are
+  averaged per level (``metrics.normalized_mean``). For a model trained on LLM-written descriptions
+  (``data.descriptions`` = a JSONL file) they are still these template descriptions.
+
+  Returns:
+    levels: (7 * num_wordings,) float32 level of each text (1.0 .. 7.0, grouped, level 1 first).
+    texts: the 7 * num_wordings descriptions in the same order.
+  """
+  values = np.arange(1, NUM_LEVELS + 1, dtype=np.float32)
+  texts = attribute_queries(attribute, values, num_wordings=num_wordings, seed=seed)
+  return np.repeat(values, int(num_wordings)), texts
 
 
 def vocabulary() -> list[str]:

@@ -146,12 +146,26 @@ def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
 
 
 def prompt_embeddings(embedder: Embedder, params, config) -> dict:
-  """Level prompts (for prompt-based metrics, zero-shot prediction) and retrieval query pools."""
-  out = {"prompts": {}, "prompt_levels": {}, "queries": {}, "query_values": {}}
+  """Text embeddings of the level prompts (prompt-based metrics, zero-shot prediction) and retrieval queries.
+
+  Returns a dict of {attribute: array} dicts:
+    prompts / prompt_levels: (7, D) one unit-norm embedding per level 1..7 (the ``metrics.mean_by_level`` of
+      ``config.eval.prompt_wordings`` template descriptions per level, ``descriptions.level_descriptions``:
+      the words the model was trained on) and (7,) the levels.
+    fixed_prompts / fixed_prompt_levels: the fixed prompts "very low arousal" ... "very high arousal" (words
+      the training descriptions never contain) and their levels, for the ``*_fixed_*`` metrics.
+    queries / query_values (arousal, valence): single-attribute description pools of the retrieval tau.
+  """
+  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "queries",
+                         "query_values")}
   for attribute in LABEL_NAMES:
-    prompts = descriptions.level_prompts(attribute)
-    out["prompts"][attribute] = embedder.text(params, prompts)
-    out["prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(prompts))
+    levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
+                                                    seed=config.seed)
+    out["prompt_levels"][attribute], out["prompts"][attribute] = metrics.mean_by_level(
+        embedder.text(params, texts), levels)
+    fixed = descriptions.level_prompts(attribute)
+    out["fixed_prompts"][attribute] = embedder.text(params, fixed)
+    out["fixed_prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(fixed))
   for attribute in ("arousal", "valence"):
     values = np.arange(1, 8, dtype=np.float32)
     texts = descriptions.attribute_queries(attribute, values, num_wordings=4, seed=config.seed)
@@ -170,6 +184,7 @@ def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[s
   result = metrics.summarize(
       split_emb.speech, split_emb.text, split_emb.labels,
       prompt_embeddings=prompts["prompts"], prompt_levels=prompts["prompt_levels"],
+      fixed_prompt_embeddings=prompts["fixed_prompts"], fixed_prompt_levels=prompts["fixed_prompt_levels"],
       query_embeddings=prompts["queries"], query_values=prompts["query_values"],
       train_speech=train_emb.speech, train_labels=train_emb.labels,
       retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,

@@ -75,6 +75,28 @@ def l2_normalize(x, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
+def normalized_mean(x, axis: int = 0) -> np.ndarray:
+  """The mean direction of embeddings: L2-normalise each, average along ``axis``, re-normalise.
+
+  One embedding for several (wordings of a level prompt, windows of a long clip), each counted equally."""
+  x = np.asarray(x)
+  if x.ndim < 2 or x.shape[axis] == 0:
+    raise ValueError(f"normalized_mean: expected a non-empty stack of embeddings, got shape {x.shape}")
+  return l2_normalize(l2_normalize(x).mean(axis=axis))
+
+
+def mean_by_level(embeddings, levels) -> tuple[np.ndarray, np.ndarray]:
+  """Embeddings of several texts per level -> one per level (``normalized_mean`` of each level's rows).
+
+  embeddings: (M, D); levels: (M,). Returns (sorted unique levels (K,), (K, D) unit-norm embeddings)."""
+  emb = _as_2d("embeddings", embeddings)
+  levels = _as_1d("levels", levels)
+  if len(levels) != len(emb):
+    raise ValueError(f"levels: {len(levels)} entries for {len(emb)} embeddings")
+  unique = np.unique(levels)
+  return unique, np.stack([normalized_mean(emb[levels == v]) for v in unique])
+
+
 def _row_chunks(num_rows: int, row_length: int):
   step = max(1, _CHUNK_ELEMENTS // max(row_length, 1))
   for start in range(0, num_rows, step):
@@ -254,7 +276,7 @@ def _top_k_mean(sim: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
 
 
 def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fraction: float = 0.1) -> dict:
-  """How well fixed level prompts ("very low arousal" ... "very high arousal") order the clips.
+  """How well level prompts (one text embedding per level) order the clips.
 
   Args:
     prompt_sim: (K, N) similarities of K level prompts to N clips.
@@ -616,8 +638,10 @@ def ridge_probe(train_x, train_y, test_x, test_y, alpha: float = 1.0) -> np.ndar
 # Everything at once.
 
 
-def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperature) -> dict[str, float]:
-  """Zero-shot CCC and prompt ordinality per attribute with level prompts (see ``summarize``)."""
+def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperature,
+                    tag: str = "") -> dict[str, float]:
+  """Zero-shot CCC and prompt ordinality per attribute with level prompts (see ``summarize``); ``tag`` goes
+  between the metric's name and the attribute (``ccc_zero_shot_fixed_arousal``)."""
   out = {}
   for attribute, emb in prompt_embeddings.items():
     column = _attribute_column(attribute)
@@ -625,13 +649,14 @@ def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperatur
       raise ValueError(f"prompt_levels: missing the levels of the {attribute!r} prompts")
     prompt_sim = l2_normalize(_as_2d(f"prompt_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
     levels = prompt_levels[attribute]
+    name = f"{tag}{attribute}"
     pred = zero_shot_attribute_prediction(prompt_sim, levels, temperature=temperature)
-    out[f"ccc_zero_shot_{attribute}"] = ccc(pred, labels[:, column])
+    out[f"ccc_zero_shot_{name}"] = ccc(pred, labels[:, column])
     p = prompt_ordinal_consistency(prompt_sim, levels, labels[:, column])
-    out[f"prompt_tau_{attribute}"] = p["signed_tau"]
-    out[f"prompt_distance_tau_{attribute}"] = p["distance_tau"]
-    out[f"prompt_order_tau_{attribute}"] = p["order_tau"]
-    out[f"prompt_monotone_{attribute}"] = float(p["monotone"])
+    out[f"prompt_tau_{name}"] = p["signed_tau"]
+    out[f"prompt_distance_tau_{name}"] = p["distance_tau"]
+    out[f"prompt_order_tau_{name}"] = p["order_tau"]
+    out[f"prompt_monotone_{name}"] = float(p["monotone"])
   return out
 
 
@@ -657,6 +682,8 @@ def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval
 
 def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarray] | None = None,
               prompt_levels: Mapping[str, np.ndarray] | None = None,
+              fixed_prompt_embeddings: Mapping[str, np.ndarray] | None = None,
+              fixed_prompt_levels: Mapping[str, np.ndarray] | None = None,
               query_embeddings: Mapping[str, np.ndarray] | None = None,
               query_values: Mapping[str, np.ndarray] | None = None,
               train_speech=None, train_labels=None, retrieval_levels: int = 5, retrieval_draws: int = 200,
@@ -668,8 +695,11 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   Args:
     speech, text: (N, D) paired embeddings (normalised here again, defensively).
     labels: (N, 3) arousal, valence, dominance.
-    prompt_embeddings / prompt_levels: {attribute: (K, D)} level-prompt embeddings and {attribute: (K,)}
-      their levels -> prompt ordinality and zero-shot CCC.
+    prompt_embeddings / prompt_levels: {attribute: (K, D)} level-prompt embeddings (one per level: the
+      ``mean_by_level`` of the template descriptions of ``descriptions.level_descriptions``) and
+      {attribute: (K,)} their levels -> prompt ordinality and zero-shot CCC.
+    fixed_prompt_embeddings / fixed_prompt_levels: the same for the fixed out-of-template prompts
+      ("very low arousal" ...) -> the same metrics with ``fixed_`` before the attribute.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
       values -> the retrieval Kendall tau.
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
@@ -677,7 +707,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     wasserstein (exact W1, on a random subset of exact_wasserstein_max_n pairs for larger splits),
     wasserstein_num_points, wasserstein_sliced (sliced estimate on the whole split), r{1,5,10}_{s2t,t2s},
     ndcg10_s2t, ndcg10_t2s, ndcg10_mean; per attribute A with prompts: ccc_zero_shot_A, prompt_tau_A,
-    prompt_distance_tau_A, prompt_order_tau_A, prompt_monotone_A; with the train split: ccc_probe_A for
+    prompt_distance_tau_A, prompt_order_tau_A, prompt_monotone_A (with fixed prompts also
+    ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...); with the train split: ccc_probe_A for
     the three attributes and ccc_probe_mean; per attribute A with a query pool: retrieval_tau_A,
     retrieval_tau_std_A, and retrieval_num_levels / retrieval_num_draws / retrieval_top_k; num_clips.
   """
@@ -710,6 +741,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_mean"] = 0.5 * (out[f"ndcg{ndcg_k}_s2t"] + out[f"ndcg{ndcg_k}_t2s"])
   out.update(_prompt_metrics(speech, labels, prompt_embeddings or {}, prompt_levels, zero_shot_temperature))
+  out.update(_prompt_metrics(speech, labels, fixed_prompt_embeddings or {}, fixed_prompt_levels,
+                             zero_shot_temperature, tag="fixed_"))
   if train_speech is not None and train_labels is not None:
     probe = ridge_probe(l2_normalize(_as_2d("train_speech", train_speech, np.float32)), train_labels, speech,
                         labels, alpha=probe_alpha)

@@ -10,7 +10,7 @@ The model directory (``<workdir>/model``; ``config.export.model_dir`` overrides)
   tokenizer/           ``vocabulary.json`` + ``tokenizer.json`` (word level) | a checkpoint tokenizer's files
   arch/speech, arch/text  the HF ``config.json`` (+ ``preprocessor_config.json``) a tower's architecture was
                        read from, when ``model.speech_init`` / ``model.text_init`` was a HF directory
-  level_prompts.json   {attribute: [prompt, ...]}, lowest level first (zero-shot attribute prediction)
+  level_prompts.json   {attribute: {levels, texts per level}}: the zero-shot prompts, lowest level first
   saved_model/         with ``config.export.saved_model`` (clap stage): a TF SavedModel, see
                        ``export_saved_model``
 
@@ -100,8 +100,7 @@ def _write_contents(out: str, config, step: int, params, tokenizer) -> None:
   for key, subdir in ARCH_DIRS.items():
     if models.is_hf_model_dir(config.model.get(key, "")):
       _copy_arch_files(config.model[key], os.path.join(out, subdir))
-  fileio.write_json(os.path.join(out, PROMPTS_FILE),
-                    {attribute: descriptions.level_prompts(attribute) for attribute in LABEL_NAMES})
+  fileio.write_json(os.path.join(out, PROMPTS_FILE), level_prompt_texts(config))
   # Last: config.json is what makes a directory a model directory.
   fileio.write_json(os.path.join(out, CONFIG_FILE), dict(
       erclap_model_format=MODEL_FORMAT, step=int(step), stage=config.stage,
@@ -142,6 +141,19 @@ def _atomic_dir(target: str):
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+def level_prompt_texts(config) -> dict:
+  """{attribute: {"levels": [...], "texts": [[...], ...]}}: the zero-shot level prompts ``predict_attributes``
+  embeds (``descriptions.level_descriptions``, the wordings of one level together), for readers without ERCLAP."""
+  out = {}
+  for attribute in LABEL_NAMES:
+    levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
+                                                    seed=config.seed)
+    distinct = sorted({float(v) for v in levels})
+    out[attribute] = dict(levels=distinct, texts=[[t for t, v in zip(texts, levels, strict=True) if float(v) == level]
+                                                  for level in distinct])
+  return out
 
 
 def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, saved_model: bool = False) -> str:

@@ -91,6 +91,20 @@ def test_level_prompts():
     d.level_prompts("valence", 9)
 
 
+def test_level_descriptions_are_training_descriptions():
+  levels, texts = d.level_descriptions("valence", num_wordings=5, seed=3)
+  np.testing.assert_array_equal(levels, np.repeat(np.arange(1.0, 8.0), 5))
+  assert len(texts) == 35 and len(set(texts[:5])) == 5  # distinct wordings per level
+  training = {d.describe(a, v, dom, variant=k) for a in range(1, 8) for v in range(1, 8) for dom in range(1, 8)
+              for k in range(d.NUM_VARIANTS)}
+  assert set(texts) <= training  # the exact sentences training draws from
+  for level, text in zip(levels, texts, strict=True):
+    assert _level_of("valence", text) == level
+    assert _level_of("arousal", text) == 4 and _level_of("dominance", text) == 4
+  assert not any("valence" in t for t in texts)  # unlike the fixed prompts ("very low valence")
+  assert d.level_descriptions("valence", num_wordings=5, seed=3)[1] == texts  # deterministic
+
+
 def test_attribute_queries_vary_only_the_attribute():
   values = [1.0, 3.0, 5.0, 7.0]
   texts = d.attribute_queries("valence", values, num_wordings=3, seed=4)

@@ -8,13 +8,18 @@ import signal
 import subprocess
 import time
 
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
 import train_helpers as th
+from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, train
+from erclap import data, descriptions, evaluate, export, inference, train
+from erclap.configs import default as default_config
+from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
+from erclap.schema import LABEL_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -97,6 +102,8 @@ def test_eval_mode_writes_test_metrics(trained):
   result = evaluate.evaluate_checkpoint(config, workdir)
   assert os.path.exists(os.path.join(workdir, "eval", "test_60.json"))
   assert np.isfinite(result["aoc_mean"])
+  for attribute in LABEL_NAMES:  # level prompts from the description templates, and the fixed prompts apart
+    assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
 
 
 def _extreme_test_clips(config):
@@ -140,3 +147,80 @@ def test_inference_bad_input_is_named(trained, tmp_path):
     model.embed_audio([str(broken)])
   with pytest.raises(FileNotFoundError, match="not an ERCLAP workdir"):
     ERCLAP.load(str(tmp_path))
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_zero_shot_uses_the_description_generator(trained):
+  config, workdir = trained
+  model = ERCLAP.load(workdir)
+  calm, excited, _, _ = _extreme_test_clips(config)
+  speech = model.embed_audio([calm, excited])
+  attrs = model.predict_attributes([calm, excited])
+  for attribute in LABEL_NAMES:
+    levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
+                                                    seed=config.seed)
+    assert len(texts) == 7 * config.eval.prompt_wordings == 56
+    text_emb = model.embed_text(texts)
+    per_level = np.stack([_unit(_unit(text_emb[levels == v]).mean(0)) for v in range(1, 8)])
+    np.testing.assert_allclose(model.level_prompts()["prompts"][attribute], per_level, atol=1e-5)
+    z = per_level @ speech.T / 0.05  # softmax over the 7 levels, temperature 0.05
+    w = np.exp(z - z.max(0))
+    np.testing.assert_allclose(attrs[attribute], np.arange(1, 8) @ (w / w.sum(0)), rtol=1e-4)
+
+
+def test_inference_inputs_are_converted_like_the_reference(trained):
+  _, workdir = trained
+  model = ERCLAP.load(workdir)
+  rng = np.random.default_rng(0)
+  pcm = rng.integers(-20000, 20000, 6000).astype(np.int16)
+  np.testing.assert_allclose(model.embed_audio(pcm), model.embed_audio(pcm / 32768.0), atol=1e-5)
+  pcm32 = pcm.astype(np.int32) * 65536
+  np.testing.assert_allclose(model.embed_audio(pcm32), model.embed_audio(pcm / 32768.0), atol=1e-5)
+  x48 = (0.3 * rng.standard_normal(24000)).astype(np.float32)
+  np.testing.assert_allclose(model.embed_audio(x48, sample_rate=48000),
+                             model.embed_audio(scipy_signal.resample_poly(x48, 1, 3)), atol=1e-5)
+  attrs = model.predict_attributes([x48], sample_rate=48000)
+  np.testing.assert_allclose(attrs["arousal"], model.predict_attributes(scipy_signal.resample_poly(x48, 1, 3))
+                             ["arousal"], atol=1e-4)
+  with pytest.raises(ValueError, match=r"\(16000, 2\).*mix it down"):
+    model.similarity(np.zeros((16000, 2), np.float32), ["a calm voice"])
+
+
+def test_as_waveforms_pcm_and_shape_rules():
+  rng = np.random.default_rng(1)
+  ints = rng.integers(-32768, 32767, 500).astype(np.int16)
+  np.testing.assert_array_equal(audio_io.as_waveforms(ints)[0], ints.astype(np.float64) / 32768)
+  i32 = rng.integers(-2 ** 31, 2 ** 31 - 1, 500).astype(np.int32)
+  np.testing.assert_allclose(audio_io.as_waveforms(i32)[0], i32 / 2.0 ** 31, rtol=1e-7)
+  u8 = np.array([0, 64, 128, 255], np.uint8)
+  np.testing.assert_array_equal(audio_io.as_waveforms(u8)[0], [-1.0, -0.5, 0.0, 127 / 128])
+  with pytest.raises(ValueError, match=r"audio\[0\].*int64"):
+    audio_io.as_waveforms(ints.astype(np.int64))
+  two = audio_io.as_waveforms(np.zeros((2, 100), np.float32))  # (clips, samples)
+  assert len(two) == 2 and two[0].shape == (100,)
+  for stereo in (np.zeros((100, 2), np.float32), np.zeros((100, 8), np.float32)):
+    with pytest.raises(ValueError, match="mix it down"):
+      audio_io.as_waveforms(stereo)
+  with pytest.raises(ValueError, match=r"audio\[1\].*mix"):
+    audio_io.as_waveforms([np.zeros(100), np.zeros((100, 2))])
+  with pytest.raises(ValueError, match=r"audio\[1\].*NaN"):
+    audio_io.as_waveforms([np.zeros(100), np.array([0.0, np.nan])])
+  with pytest.raises(ValueError, match=r"audio\[0\]: empty"):
+    audio_io.as_waveforms([np.zeros(0)])
+  with pytest.raises(ValueError, match="sample_rate"):
+    audio_io.as_waveforms(np.zeros(100), sample_rate=-8000)
+  x = rng.standard_normal(4410).astype(np.float32)
+  np.testing.assert_allclose(audio_io.as_waveforms(x, sample_rate=44100)[0],
+                             scipy_signal.resample_poly(x, 160, 441), atol=1e-6)
+
+
+def test_stored_configs_gain_new_keys_with_defaults():
+  stored = default_config.get_config().to_dict()
+  del stored["eval"]["prompt_wordings"]
+  config = ml_collections.ConfigDict(stored)
+  inference._fill_defaults(config, default_config.get_config())
+  assert config.eval.prompt_wordings == default_config.get_config().eval.prompt_wordings

@@ -403,8 +403,30 @@ def test_summarize_keys_and_consistency():
   assert out["ccc_probe_arousal"] > 0.5
   minimal = metrics.summarize(speech, text, labels)
   assert "ccc_probe_mean" not in minimal and "retrieval_tau_arousal" not in minimal
+  fixed = metrics.summarize(speech, text, labels, prompt_embeddings=prompts,
+                            prompt_levels={a: levels for a in prompts}, fixed_prompt_embeddings=prompts,
+                            fixed_prompt_levels={a: levels for a in prompts})
+  for a in ("arousal", "valence"):  # the same prompts under both names give the same values
+    for name in ("ccc_zero_shot", "prompt_tau", "prompt_distance_tau", "prompt_order_tau", "prompt_monotone"):
+      assert fixed[f"{name}_fixed_{a}"] == out[f"{name}_{a}"]
   with pytest.raises(ValueError, match="labels"):
     metrics.summarize(speech, text, labels[:, :2])
   with pytest.raises(ValueError, match="attribute"):
     metrics.summarize(speech, text, labels, query_embeddings={"joy": queries["arousal"]},
                       query_values={"joy": query_values["arousal"]})
+
+
+def test_normalized_mean_and_mean_by_level():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(6, 5))
+  naive = np.mean([row / np.linalg.norm(row) for row in x], axis=0)
+  np.testing.assert_allclose(metrics.normalized_mean(x), naive / np.linalg.norm(naive), atol=1e-12)
+  np.testing.assert_allclose(metrics.normalized_mean(10 * x), metrics.normalized_mean(x), atol=1e-12)  # scale-free
+  levels = np.array([2.0, 1.0, 2.0, 1.0, 3.0, 2.0])
+  got_levels, got = metrics.mean_by_level(x, levels)
+  np.testing.assert_array_equal(got_levels, [1.0, 2.0, 3.0])
+  for k, level in enumerate(got_levels):
+    rows = [x[i] / np.linalg.norm(x[i]) for i in range(6) if levels[i] == level]
+    np.testing.assert_allclose(got[k], np.mean(rows, 0) / np.linalg.norm(np.mean(rows, 0)), atol=1e-12)
+  with pytest.raises(ValueError, match="levels"):
+    metrics.mean_by_level(x, levels[:5])

@@ -97,7 +97,11 @@ def test_model_dir_holds_the_checkpoint(exported):
     assert flat[key].dtype == np.float32
     np.testing.assert_array_equal(flat[key], value, err_msg=key)
   with open(os.path.join(model_dir, "level_prompts.json")) as f:
-    assert json.load(f) == {a: descriptions.level_prompts(a) for a in LABEL_NAMES}
+    prompts = json.load(f)
+  for a in LABEL_NAMES:  # the zero-shot prompts predict_attributes embeds, grouped by level
+    levels, texts = descriptions.level_descriptions(a, num_wordings=config.eval.prompt_wordings, seed=config.seed)
+    assert prompts[a]["levels"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert [t for level_texts in prompts[a]["texts"] for t in level_texts] == list(texts)
   saved = tokenization.load_saved_tokenizer(os.path.join(model_dir, "tokenizer"), config.data.max_text_tokens)
   original = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
   for key in ("input_ids", "attention_mask"):
