@@ -190,7 +190,7 @@ class GlobalBatchSlice:
   Every process walks the same shuffled sequence; global batch b is positions [b·G, (b+1)·G) of it, and
   process p takes the contiguous rows [p·G/P, (p+1)·G/P) of each. So the global batch, and each record's
   random crop (Grain's per-position rng), is the same for any process count: 2 processes x 4 devices see
-  exactly what 1 process x 8 devices sees (the rows land on the same devices too, see train.global_batch).
+  exactly what 1 process x 8 devices sees (the rows land on the same devices too, see runtime.global_batch).
   """
 
   def __init__(self, base, *, global_batch_size: int, process_index: int, process_count: int):

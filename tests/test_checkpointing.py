@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from erclap import checkpointing, tower_init
+from erclap import checkpointing
 
 
 def _ckpt_config(**kw):
@@ -380,15 +380,3 @@ def test_checksums_match_a_reference_and_ignore_sharding(devices):
   swapped[[0, 1]] = swapped[[1, 0]]
   for changed in (flipped, swapped):
     assert checkpointing.state_checksums({"f32": changed})["f32"] != sums["f32"]
-
-
-# --------------------------------------------------------------------------- pretrained towers
-
-
-def test_pretrained_tower_mismatch_lists_differences():
-  want = {"layer": {"kernel": np.zeros((4, 8)), "bias": np.zeros(8)}}
-  have = {"layer": {"kernel": np.zeros((4, 6))}, "other": {"x": np.zeros(1)}}
-  with pytest.raises(tower_init.TowerMismatchError) as info:
-    tower_init._check_same_tree("speech_tower", "config.model.speech_init='x'", want, have)
-  text = str(info.value)
-  assert "bias" in text and "(4, 6)" in text and "other" in text
