@@ -19,6 +19,7 @@ import numpy as np
 
 from erclap import checkpointing, descriptions, evaluate, input_pipeline, metrics, runtime, sharding, tokenization
 from erclap.data import audio as audio_io
+from erclap.emotion_encoder import EmotionRankEncoder
 from erclap.schema import LABEL_NAMES
 
 
@@ -169,4 +170,4 @@ def load(workdir_or_checkpoint: str, **kw) -> ERCLAP:
   return ERCLAP.load(workdir_or_checkpoint, **kw)
 
 
-__all__ = ["ERCLAP", "load"]
+__all__ = ["ERCLAP", "EmotionRankEncoder", "load"]
