@@ -3,8 +3,11 @@
 Unknown keys are already refused by ``ml_collections`` (configs are locked, and command-line overrides of
 keys that do not exist fail while flags are parsed); this module checks values, and names the key.
 ``validate`` checks the values on their own; ``validate_for_devices`` also checks them against the run's
-device and process counts (mesh shape, batch sizes), before any corpus or model is built. Both report every
-problem at once.
+device and process counts (mesh shape, batch sizes), and that the required values (``REQUIRED``) are set,
+before any corpus or model is built. Both report every problem at once.
+
+A config file may leave a value to the command line: ``ml_collections.config_dict.placeholder(str)`` (None
+until set). Such a file still ``validate``s as a template; ``required_problems`` names what is missing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ CHOICES = {
     "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
     "model.text_arch": ("bert", "roberta", "distilroberta"),
     "model.speech_pooling": ("mean", "attentive_stats"),
-    "model.speech_features": ("pooled", "ser_hidden", "ser_output"),
+    "model.speech_representation": ("pooled", "ser_hidden", "ser_output"),
     "model.text_pooling": ("cls", "mean"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "checkpoint.best_mode": ("max", "min"),
@@ -43,6 +46,14 @@ NON_NEGATIVE = (
     "data.worker_count", "loss_options.row_block", "model.dropout", "data.eval_max_seconds",
     "data.unreadable_audio_tolerance", "model.speech_input_std", "model.ser_head_hidden",
 )
+
+
+# What a required (placeholder) value is, for the message naming it when it is not set.
+REQUIRED = {
+    "model.speech_init": "the speech emotion model: an Odyssey-format SER model directory (config.json with "
+                         "ssl_type + model.safetensors) or an ERCLAP stage-1 workdir",
+    "model.text_init": "the text tower: a local Hugging Face model directory (e.g. distilroberta-base)",
+}
 
 
 class ConfigError(ValueError):
@@ -155,6 +166,21 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
   problems += _eval_problems(config) + _data_problems(config)
   return problems
+
+
+def _unset(node, prefix: str = ""):
+  """Dotted keys of the values left None (``config_dict.placeholder``) in ``node``."""
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _unset(value, f"{prefix}{key}.")
+    elif value is None:
+      yield f"{prefix}{key}"
+
+
+def required_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """One message per value the config file left to the command line (None) and that is still not set."""
+  return [f"config.{key} is required: set --config.{key}=..." + (f" ({REQUIRED[key]})" if key in REQUIRED else "")
+          for key in _unset(config)]
 
 
 def _eval_problems(config) -> list[str]:
@@ -296,8 +322,9 @@ def validate_for_devices(config: ml_collections.ConfigDict, device_count: int, p
   Pure (no jax import): the caller passes ``jax.device_count()``, ``jax.process_count()`` and
   ``jax.local_device_count()``. Checks the values (``validate``), that ``config.mesh.shape`` resolves
   for ``device_count`` devices, and that every global batch size (``batch_size_keys``) is a multiple of
-  the mesh's batch shards (data x fsdp) and of ``process_count`` (each process reads its share), and the
-  micro-batch size a multiple of the batch shards.
+  the mesh's batch shards (data x fsdp) and of ``process_count`` (each process reads its share), the
+  micro-batch size a multiple of the batch shards, and that no required value is left unset
+  (``required_problems``).
 
   Args:
     config: the run's config.
@@ -307,7 +334,7 @@ def validate_for_devices(config: ml_collections.ConfigDict, device_count: int, p
   Returns:
     ``config``. Raises one ConfigError listing every problem, each naming its key, value and divisor.
   """
-  problems = value_problems(config)
+  problems = required_problems(config) + value_problems(config)
   problems += [p for p in device_problems(config, device_count, process_count, local_device_count)
                if p not in problems]
   _raise_all(problems, f"config does not fit {device_count} device(s) in {process_count} process(es)")

@@ -42,6 +42,7 @@ from erclap import (
 )
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
+from erclap.emotion_encoder import EmotionRankEncoder
 from erclap.schema import LABEL_NAMES
 
 
@@ -249,4 +250,4 @@ def load(workdir_or_checkpoint: str, **kw) -> ERCLAP:
   return ERCLAP.load(workdir_or_checkpoint, **kw)
 
 
-__all__ = ["ERCLAP", "load"]
+__all__ = ["ERCLAP", "EmotionRankEncoder", "load"]

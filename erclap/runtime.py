@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import checkpointing, data, models, optim, schema, sharding, state, tokenization
+from erclap import checkpointing, config_lib, data, models, optim, schema, sharding, state, tokenization, tower_init
 
 
 def hide_accelerators_from_tensorflow() -> None:
@@ -31,10 +31,19 @@ def make_mesh(config):
 
 
 def build_model(config, vocab_size: int | None = None) -> nn.Module:
-  """The model of ``config.stage``: the SER model, or the CLAP model with its initial temperature."""
+  """The model of ``config.stage``: the SER model, or the CLAP model with its initial temperature.
+
+  An Odyssey SER directory as ``model.speech_init`` gives the speech backbone, and completes ``config`` in
+  place with its pooling, input statistics and head size (``tower_init.speech_init_arch``). A required value
+  the config file left unset (``config_lib.required_problems``) is a ConfigError naming it.
+  """
+  missing = config_lib.required_problems(config)
+  if missing:
+    raise config_lib.ConfigError("\n".join(missing))
+  speech_arch = tower_init.speech_init_arch(config)
   if config.stage == "ser":
-    return models.build_ser_model(config.model)
-  model = models.build_clap_model(config.model, vocab_size=vocab_size)
+    return models.build_ser_model(config.model, speech_arch=speech_arch)
+  model = models.build_clap_model(config.model, vocab_size=vocab_size, speech_arch=speech_arch)
   return model.clone(temperature_init=float(config.train.temperature_init))
 
 

@@ -1,23 +1,35 @@
-"""Initialising towers from elsewhere: a Hugging Face model directory or an ERCLAP stage-1 (SER) workdir.
+"""Initialising towers from elsewhere: an ERCLAP workdir, an Odyssey-format SER model, a Hugging Face model.
 
-``config.model.speech_init`` / ``config.model.text_init`` may name
-  * an ERCLAP workdir (it has ``checkpoints/``): its latest checkpoint's ``speech_tower`` (stage 1 trains
-    exactly this tower) or ``text_tower`` is copied in;
-  * a Hugging Face model directory (``config.json`` + safetensors): imported by ``erclap.hf_import``.
+``config.model.speech_init`` may name
+  * an ERCLAP workdir (it has ``checkpoints/``), e.g. a stage-1 (SER) run: its latest checkpoint's speech
+    representation is copied in: ``speech_tower``, and in the cross-modal stage also ``speech_pool`` /
+    ``ser_head`` where the model being trained has them (``erclap.optim.speech_group``). Its input
+    standardisation (``model.speech_input_mean`` / ``std``) must be the run's;
+  * an Odyssey-format SER model directory (``config.json`` with ``ssl_type`` + ``model.safetensors``,
+    ``erclap.odyssey_import``): the same parts. Its backbone architecture, pooling, input statistics and head
+    size are read from it: ``speech_init_arch`` completes ``config.model`` before the model is built;
+  * a Hugging Face model directory (``config.json`` + safetensors): the tower alone, by ``erclap.hf_import``.
+``config.model.text_init``: an ERCLAP workdir or a Hugging Face directory.
 Shapes must match what the current config builds; otherwise one error lists every difference.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from erclap import checkpointing, hf_import, sharding, trees
+from erclap import checkpointing, hf_import, odyssey_import, optim, sharding, trees
+from erclap.models import SpeechArch
 
 TOWERS = (("speech_tower", "speech_init"), ("text_tower", "text_init"))
+# Stage-1 settings the speech representation depends on without showing in its parameter shapes.
+INPUT_KEYS = ("speech_input_mean", "speech_input_std")
 
 
 class TowerMismatchError(ValueError):
@@ -26,6 +38,50 @@ class TowerMismatchError(ValueError):
 
 def is_erclap_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def is_odyssey_dir(path: str) -> bool:
+  """A directory whose config.json names an ``ssl_type`` backbone (the Odyssey SER format)."""
+  file = os.path.join(path, "config.json") if path else ""
+  if not os.path.isfile(file):
+    return False
+  try:
+    with open(file) as f:
+      cfg = json.load(f)
+  except (OSError, ValueError):
+    return False  # not this format; the Hugging Face reader reports the broken file
+  return isinstance(cfg, dict) and "ssl_type" in cfg
+
+
+def split_checkpoint_path(path: str) -> tuple[str, int]:
+  """A workdir -> (workdir, -1); ``<workdir>/checkpoints/<step>`` -> (workdir, step)."""
+  path = os.path.abspath(path.rstrip("/"))
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
+    return os.path.dirname(os.path.dirname(path)), int(base)
+  return path, -1
+
+
+def read_workdir_config(workdir: str, step: int = -1) -> ml_collections.ConfigDict:
+  """The config an ERCLAP checkpoint was trained with (its metadata); the latest step when ``step`` < 0."""
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{workdir}: not an ERCLAP workdir or checkpoint (no {ckpt_dir})")
+  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint")
+  chosen = step if step >= 0 else steps[-1]
+  meta_dir = os.path.join(ckpt_dir, str(chosen), "meta")
+  meta_files = [os.path.join(r, f) for r, _, fs in os.walk(meta_dir) for f in fs if not f.startswith("_")]
+  for meta_file in meta_files:
+    try:
+      with open(meta_file) as f:
+        meta = json.load(f)
+      if "config" in meta:
+        return ml_collections.ConfigDict(json.loads(meta["config"]))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      continue
+  raise FileNotFoundError(f"{meta_dir}: no training config in the checkpoint metadata")
 
 
 def read_workdir_params(workdir: str, step: int = -1) -> tuple[int, dict]:
@@ -50,12 +106,95 @@ def read_workdir_params(workdir: str, step: int = -1) -> tuple[int, dict]:
     manager.close()
 
 
+def speech_init_arch(config) -> SpeechArch | None:
+  """The backbone of an Odyssey ``config.model.speech_init``, with ``config`` completed in place; else None.
+
+  The directory decides what its model is: the keys of ``OdysseyCheckpoint.config_overrides()`` (attentive
+  statistics pooling, input mean / std, head layers / width / classes, sample rate) are set in ``config``
+  whatever they held, so the config saved with the run rebuilds the same model.
+
+  Args:
+    config: the run's config (``model.speech_init``); changed in place for an Odyssey directory.
+
+  Returns:
+    The backbone architecture to pass to the model builders (``speech_arch=``), or None when
+    ``model.speech_init`` is not an Odyssey directory.
+  """
+  path = config.model.get("speech_init", "")
+  if not is_odyssey_dir(path):
+    return None
+  ckpt = odyssey_import.import_odyssey(path)
+  for key, value in ckpt.config_overrides().items():
+    section, name = key.split(".")
+    if config[section][name] != value:
+      logging.info("config.%s=%r -> %r (from the Odyssey model %s)", key, config[section][name], value, path)
+      config[section][name] = value
+  return ckpt.speech_arch
+
+
+def _speech_parts(params: dict, config) -> tuple[str, ...]:
+  """The entries of the speech representation that the model being built has (``optim.speech_group``)."""
+  return tuple(name for name in optim.speech_group(config.stage) if name in params)
+
+
 def _check_same_tree(name: str, source: str, want, have) -> None:
   """TowerMismatchError listing every missing, unexpected and differently shaped leaf of ``have``."""
   lines = trees.mismatch_lines(trees.leaf_shapes(want), trees.leaf_shapes(have), limit=15)
   if lines:
     raise TowerMismatchError("\n".join([f"{source}: its {name} does not match the {name} this config builds "
-                                        f"(check config.model.size / *_arch against the checkpoint):", *lines]))
+                                        f"(check config.model.size / *_arch / speech_pooling / "
+                                        f"speech_representation / ser_head_* against the source):", *lines]))
+
+
+def _copy_parts(params: dict, source: dict, names: tuple[str, ...], where: str) -> dict:
+  """``params`` with the entries ``names`` taken from ``source`` (cast to ``params``' dtypes); one
+  TowerMismatchError listing every difference of all of them."""
+  label = names[0] if len(names) == 1 else " + ".join(names)
+  _check_same_tree(label, where, {n: params[n] for n in names}, {n: source[n] for n in names if n in source})
+  params = dict(params)
+  for name in names:
+    params[name] = jax.tree.map(lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype), source[name],
+                                params[name])
+  return params
+
+
+def _input_problems(config, stored_model, source: str) -> list[str]:
+  """Differences in the settings a speech representation depends on beyond its parameters."""
+  problems = [f"  model.{k}: {source} has {stored_model.get(k, 0.0)!r}, this config {config.model[k]!r}"
+              for k in INPUT_KEYS if float(stored_model.get(k, 0.0)) != float(config.model[k])]
+  names = set(optim.speech_group(config.stage))
+  if optim.SPEECH_POOL in names and stored_model.get("speech_pooling", "mean") != config.model.speech_pooling:
+    problems.append(f"  model.speech_pooling: {source} has {stored_model.get('speech_pooling', 'mean')!r}, "
+                    f"this config {config.model.speech_pooling!r}")
+  return problems
+
+
+def _from_workdir(params: dict, config, tower: str, key: str, path: str) -> dict:
+  step, source = read_workdir_params(path)
+  where = f"config.model.{key}={path!r} (step {step})"
+  if tower != "speech_tower":
+    return _copy_parts(params, source, (tower,), where)
+  try:
+    stored = read_workdir_config(path, step).model
+  except FileNotFoundError:
+    stored = None  # a checkpoint without its config: only the parameter shapes can be checked
+  problems = [] if stored is None else _input_problems(config, stored, "the checkpoint")
+  if problems:
+    raise TowerMismatchError("\n".join([f"{where}: its speech model was trained with other input settings:",
+                                        *problems]))
+  return _copy_parts(params, source, _speech_parts(params, config), where)
+
+
+def _from_odyssey(params: dict, config, path: str) -> dict:
+  ckpt = odyssey_import.import_odyssey(path)
+  where = f"config.model.speech_init={path!r} (Odyssey SER model)"
+  stored = dict(speech_input_mean=ckpt.mean, speech_input_std=ckpt.std, speech_pooling="attentive_stats")
+  problems = _input_problems(config, stored, "the Odyssey model")
+  if problems:
+    raise TowerMismatchError("\n".join([f"{where}: this config does not describe it (build the model with "
+                                        f"erclap.runtime.build_model, which reads these from the directory):",
+                                        *problems]))
+  return _copy_parts(params, ckpt.params, _speech_parts(params, config), where)
 
 
 def load_tower_weights(params: dict, config) -> dict:
@@ -70,17 +209,14 @@ def load_tower_weights(params: dict, config) -> dict:
     if not os.path.exists(path):
       raise FileNotFoundError(f"config.model.{key}={path!r} does not exist")
     if is_erclap_workdir(path):
-      step, source_params = read_workdir_params(path)
-      if tower not in source_params:
-        raise TowerMismatchError(f"config.model.{key}={path!r}: checkpoint at step {step} has no {tower} "
-                                 f"(it holds {sorted(source_params)})")
-      _check_same_tree(tower, f"config.model.{key}={path!r} (step {step})", params[tower], source_params[tower])
-      params[tower] = jax.tree.map(lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype),
-                                   source_params[tower], params[tower])
-      with hf_model_config.unlocked():
-        hf_model_config[key] = ""
+      params = _from_workdir(params, config, tower, key, path)
+    elif tower == "speech_tower" and is_odyssey_dir(path):
+      params = _from_odyssey(params, config, path)
     else:
       hf_needed = True
+      continue
+    with hf_model_config.unlocked():
+      hf_model_config[key] = ""
   if hf_needed:
     params = hf_import.init_from_pretrained(params, hf_model_config)
   return params

@@ -148,7 +148,7 @@ def test_imported_model_matches_pytorch_replica_on_a_padded_batch(odyssey):
 def test_clap_speech_path_reads_the_ser_head(odyssey):
   ckpt = odyssey_import.import_odyssey(odyssey[0])
   config = config_lib.apply_overrides(default.get_config(), ckpt.config_overrides())
-  config.model.speech_features = "ser_output"
+  config.model.speech_representation = "ser_output"
   config.model.joint_dim, config.model.projection_hidden = 8, ()
   clap = models.build_clap_model(config.model, vocab_size=40, speech_arch=ckpt.speech_arch)
   audio, mask, _ = _padded_audio()
@@ -239,7 +239,7 @@ def test_config_keys_validate():
   config.model.speech_pooling = "attentive_stats"
   config_lib.validate(config)
   for key, value, match in [("model.speech_pooling", "max", "speech_pooling"),
-                            ("model.speech_features", "cls", "speech_features"),
+                            ("model.speech_representation", "cls", "speech_representation"),
                             ("model.ser_head_layers", 0, "ser_head_layers"),
                             ("model.speech_input_std", -1.0, "speech_input_std"),
                             ("model.speech_input_mean", 0.5, "speech_input_mean")]:

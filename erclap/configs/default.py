@@ -73,7 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.speech_pooling = "mean"     # "mean" | "attentive_stats" ([mean || std], attention-weighted) over valid frames
   c.model.speech_input_mean = 0.0     # speech_input_std > 0: the waveform is standardised as (x - mean) /
   c.model.speech_input_std = 0.0      #   (std + 1e-6) with corpus statistics (Odyssey SER models); 0 = off
-  c.model.speech_features = "pooled"  # CLAP speech projection input: "pooled" | "ser_hidden" | "ser_output" (SER head)
+  # What the CLAP speech projection reads: "pooled" (tower + pooling) | "ser_hidden" | "ser_output" (SER head)
+  c.model.speech_representation = "pooled"
   c.model.ser_head_layers = 1         # SER head: Dense -> LayerNorm -> ReLU -> Dropout blocks, then a Dense
   c.model.ser_head_hidden = 0         # their width; 0 = the speech tower's hidden size
   c.model.text_pooling = "cls"        # "cls" | "mean"

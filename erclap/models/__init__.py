@@ -10,7 +10,7 @@ from erclap.models.arch import (
     text_preset,
 )
 from erclap.models.clap import (
-    SPEECH_FEATURES,
+    SPEECH_REPRESENTATIONS,
     CLAPModel,
     ProjectionHead,
     SERModel,
@@ -34,8 +34,8 @@ from erclap.models.speech import SpeechEncoder, frame_lengths, normalize_wavefor
 from erclap.models.text import TextEncoder, padded_vocab_size
 
 __all__ = [
-    "POOLINGS", "SPEECH_FEATURES", "AttentiveStatisticsPooling", "MeanPooling", "SERHead", "make_pooling",
-    "pooled_size", "standardize_waveform",
+    "POOLINGS", "SPEECH_REPRESENTATIONS", "AttentiveStatisticsPooling", "MeanPooling", "SERHead",
+    "make_pooling", "pooled_size", "standardize_waveform",
     "CLAPModel", "ProjectionHead", "SERModel", "SpeechArch", "SpeechEncoder", "TextArch", "TextEncoder",
     "arch_from_hf_config", "build_clap_model", "build_ser_model", "frame_lengths", "hf_arch",
     "is_hf_model_dir", "l2_normalize", "masked_mean", "normalize_waveform", "padded_vocab_size",

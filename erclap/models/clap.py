@@ -2,8 +2,8 @@
 
 Parameter tree (top level): ``speech_tower``, ``speech_proj``, ``text_tower``, ``text_proj``,
 ``log_temperature`` (SER: ``speech_tower``, ``ser_head``); with ``speech_pooling="attentive_stats"`` also
-``speech_pool``, and a CLAP model fed by the SER head (``speech_features``) also ``ser_head``. The trainer freezes
-towers and sets learning rates by these names; a SER (stage 1) ``speech_tower`` / ``speech_pool`` / ``ser_head``
+``speech_pool``, and a CLAP model fed by the SER head (``speech_representation``) also ``ser_head``. The trainer
+freezes towers and sets learning rates by these names; a SER (stage 1) ``speech_tower`` / ``speech_pool`` / ``ser_head``
 drop straight into the CLAP model.
 """
 
@@ -21,7 +21,7 @@ from erclap.models.speech import SpeechEncoder, normalize_waveform
 from erclap.models.text import TextEncoder
 
 # What the CLAP speech projection reads: the pooled tower output, or the SER head's last hidden block / scores.
-SPEECH_FEATURES = ("pooled", "ser_hidden", "ser_output")
+SPEECH_REPRESENTATIONS = ("pooled", "ser_hidden", "ser_output")
 
 
 class ProjectionHead(nn.Module):
@@ -84,8 +84,8 @@ class CLAPModel(nn.Module):
   temperature_init: float = 0.07
   speech_input_mean: float = 0.0
   speech_input_std: float = 0.0         # > 0: standardise the waveform with these corpus statistics
-  speech_features: str = "pooled"       # one of SPEECH_FEATURES
-  num_attributes: int = 3               # SER head (speech_features != "pooled")
+  speech_representation: str = "pooled"  # one of SPEECH_REPRESENTATIONS
+  num_attributes: int = 3               # SER head (speech_representation != "pooled")
   ser_head_layers: int = 1
   ser_head_hidden: int = 0              # 0: the speech tower's hidden size
 
@@ -93,9 +93,10 @@ class CLAPModel(nn.Module):
     kw = dict(dtype=self.dtype, dropout=self.dropout, remat=self.remat)
     self.speech_tower = SpeechEncoder(self.speech_arch, **kw)
     self.speech_pool = make_pooling(self.speech_pooling, self.dtype)
-    if self.speech_features not in SPEECH_FEATURES:
-      raise ValueError(f"model.speech_features={self.speech_features!r}: use one of {SPEECH_FEATURES}")
-    if self.speech_features != "pooled":
+    if self.speech_representation not in SPEECH_REPRESENTATIONS:
+      raise ValueError(f"model.speech_representation={self.speech_representation!r}: use one of "
+                       f"{SPEECH_REPRESENTATIONS}")
+    if self.speech_representation != "pooled":
       self.ser_head = _ser_head(self, self.num_attributes, self.ser_head_hidden, self.ser_head_layers)
     self.text_tower = TextEncoder(self.text_arch, **kw)
     head = dict(hidden=tuple(self.projection_hidden), out_dim=self.joint_dim, dtype=self.dtype,
@@ -113,12 +114,12 @@ class CLAPModel(nn.Module):
     return _speech_embedding(self, audio, audio_mask, train)
 
   def speech_feature(self, audio, audio_mask, *, train: bool = False):
-    """What the speech projection reads (``speech_features``): pooled output or SER head hidden / scores."""
+    """What the speech projection reads (``speech_representation``): pooled output, SER head hidden or scores."""
     pooled = self.pooled_audio(audio, audio_mask, train=train)
-    if self.speech_features == "pooled":
+    if self.speech_representation == "pooled":
       return pooled
     hidden, scores = self.ser_head(pooled, train=train)
-    return hidden if self.speech_features == "ser_hidden" else scores
+    return hidden if self.speech_representation == "ser_hidden" else scores
 
   def embed_audio(self, audio, audio_mask, *, train: bool = False):
     """audio float32 (B, T) at 16 kHz, audio_mask bool (B, T) -> L2-normalised (B, D) float32."""
@@ -215,7 +216,7 @@ def build_clap_model(model_config, *, vocab_size: int | None, speech_arch: Speec
       projection_hidden=tuple(int(h) for h in model_config.projection_hidden),
       dropout=float(model_config.dropout), dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
       speech_pooling=model_config.speech_pooling, text_pooling=model_config.text_pooling,
-      speech_features=model_config.get("speech_features", "pooled"),
+      speech_representation=model_config.get("speech_representation", "pooled"),
       num_attributes=int(model_config.num_attributes), ser_head_layers=int(model_config.get("ser_head_layers", 1)),
       ser_head_hidden=int(model_config.get("ser_head_hidden", 0)), **_speech_head_fields(model_config))
 
