@@ -35,35 +35,6 @@ DEFAULT_MAX_SECONDS = 30.0
 MIN_BUCKET_SECONDS = 1.0
 
 
-def as_waveforms(audio, sample_rate: int) -> list[np.ndarray]:
-  """Paths, 1-D arrays, a list of them, or a 2-D (N, T) array -> list of float32 mono waveforms.
-
-  Paths are read and resampled to ``sample_rate``; arrays are taken to be at ``sample_rate`` already
-  (integer PCM scaled as the WAV reader scales it). Errors name the offending item.
-  """
-  if isinstance(audio, str | os.PathLike):
-    audio = [audio]
-  if isinstance(audio, np.ndarray) and audio.ndim == 1:
-    audio = [audio]
-  if isinstance(audio, np.ndarray) and audio.ndim == 2:
-    audio = list(audio)
-  if not isinstance(audio, Sequence) or len(audio) == 0:
-    raise ValueError("audio: expected a non-empty list of file paths or 1-D float waveforms")
-  out = []
-  for i, item in enumerate(audio):
-    if isinstance(item, str | os.PathLike):
-      wave = audio_io.read_audio(str(item), sample_rate)
-    else:
-      wave = np.asarray(item)
-      if wave.ndim != 1 or not (np.issubdtype(wave.dtype, np.floating) or np.issubdtype(wave.dtype, np.integer)):
-        raise ValueError(f"audio[{i}]: expected a 1-D numeric waveform, got shape {wave.shape} dtype {wave.dtype}")
-      wave = audio_io.to_float32(wave, path=f"audio[{i}]")
-    if wave.size == 0 or not np.all(np.isfinite(wave)):
-      raise ValueError(f"audio[{i}]: empty or non-finite waveform")
-    out.append(np.asarray(wave, np.float32))
-  return out
-
-
 def bucket_lengths(max_samples: int, min_samples: int) -> tuple[int, ...]:
   """Padded lengths: ``min_samples`` growing by sqrt(2) (at most ~41% padding), capped by ``max_samples``."""
   out, n = [], max(1, min(min_samples, max_samples))
@@ -169,7 +140,7 @@ class EmotionRankEncoder:
   # ------------------------------------------------------------------ encoding
 
   def _checked_waveforms(self, audio) -> list[np.ndarray]:
-    waves = as_waveforms(audio, self.sample_rate)
+    waves = audio_io.as_waveforms(audio, target_rate=self.sample_rate)
     arch = self.model.speech_arch
     shortest = 1  # the conv stack's receptive field: the fewest samples that give one frame
     for k, s in reversed(list(zip(arch.conv_kernel, arch.conv_stride, strict=True))):
@@ -193,7 +164,7 @@ class EmotionRankEncoder:
     """Audio -> ``{"embedding": (N, P) pooled features, "head": (N, num_classes) raw outputs}``, float32.
 
     Args:
-      audio: as ``as_waveforms`` takes it.
+      audio: as ``erclap.data.audio.as_waveforms`` takes it (paths at any rate; arrays at 16 kHz).
 
     Returns:
       Both outputs of one pass, rows in the input's order.
@@ -226,4 +197,4 @@ class EmotionRankEncoder:
     return {name: scores[:, i] for i, name in enumerate(self.label_names)}
 
 
-__all__ = ["DEFAULT_MAX_SECONDS", "EmotionRankEncoder", "as_waveforms", "bucket_lengths", "plan_batches"]
+__all__ = ["DEFAULT_MAX_SECONDS", "EmotionRankEncoder", "bucket_lengths", "plan_batches"]

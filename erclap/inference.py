@@ -24,7 +24,6 @@ local devices.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -32,7 +31,6 @@ import ml_collections
 import numpy as np
 
 from erclap import (
-  checkpointing,
   evaluate,
   metrics,
   model_export,
@@ -46,15 +44,6 @@ from erclap.emotion_encoder import EmotionRankEncoder
 from erclap.schema import LABEL_NAMES
 
 
-def _split_checkpoint_path(path: str) -> tuple[str, int]:
-  """A workdir -> (workdir, -1); ``<workdir>/checkpoints/<step>`` -> (workdir, step)."""
-  path = os.path.abspath(path.rstrip("/"))
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
-    return os.path.dirname(os.path.dirname(path)), int(base)
-  return path, -1
-
-
 def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
   """Adds the keys a stored config lacks (written before they existed) with their default values."""
   for key, value in defaults.items():
@@ -66,26 +55,9 @@ def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.C
 
 def _stored_config(workdir: str, step: int) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with (saved in its metadata), completed with today's defaults."""
-  ckpt_dir = checkpointing.checkpoint_dir(workdir)
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir}: not an ERCLAP workdir or checkpoint (no {ckpt_dir})")
-  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint")
-  chosen = step if step >= 0 else steps[-1]
-  meta_dir = os.path.join(ckpt_dir, str(chosen), "meta")
-  meta_files = [os.path.join(r, f) for r, _, fs in os.walk(meta_dir) for f in fs if not f.startswith("_")]
-  for meta_file in meta_files:
-    try:
-      with open(meta_file) as f:
-        meta = json.load(f)
-      if "config" in meta:
-        config = ml_collections.ConfigDict(json.loads(meta["config"]))
-        _fill_defaults(config, default_config.get_config())
-        return config
-    except (json.JSONDecodeError, UnicodeDecodeError):
-      continue
-  raise FileNotFoundError(f"{meta_dir}: no training config in the checkpoint metadata")
+  config = tower_init.read_workdir_config(workdir, step)
+  _fill_defaults(config, default_config.get_config())
+  return config
 
 
 class ERCLAP:
@@ -113,14 +85,18 @@ class ERCLAP:
         raise ValueError(f"{workdir_or_checkpoint}: a '{m.config.stage}' stage model; ERCLAP.load needs the "
                          f"cross-modal (clap) stage")
       return cls(m.config, m.model, m.params, m.tokenizer, m.mesh, m.step, batch_size=batch_size)
-    workdir, step = _split_checkpoint_path(workdir_or_checkpoint)
+    workdir, step = tower_init.split_checkpoint_path(workdir_or_checkpoint)
     config = _stored_config(workdir, step)
     if config.stage != "clap":
       raise ValueError(f"{workdir_or_checkpoint}: a '{config.stage}' stage checkpoint; ERCLAP.load needs the "
                        f"cross-modal (clap) stage")
     with config.unlocked():
       config.mesh.shape, config.mesh.axes = (-1,), ("data",)
-      config.model.speech_init = config.model.text_init = ""  # the checkpoint holds the towers already
+      for key in ("speech_init", "text_init"):
+        # The checkpoint holds the towers' weights; a directory still there is kept because the towers'
+        # architecture is read from it (HF or Odyssey). A model to move between machines: --mode=export_model.
+        if not os.path.isdir(config.model[key]):
+          config.model[key] = ""
       config.model.dtype = dtype or config.model.dtype
     mesh = runtime.make_mesh(config)
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
