@@ -37,6 +37,7 @@ from erclap import (
   runtime,
   sharding,
   tokenization,
+  tower_init,
 )
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
