@@ -5,12 +5,16 @@ Point the towers at Hugging Face checkpoints you have locally (nothing is downlo
 
   python -m erclap.main --config=configs/tpu_v4.py --workdir=gs://BUCKET/erclap/run1 \
     --config.data.manual_dir=/data/MSP-Podcast \
-    --config.model.speech_init=/ckpt/wavlm-base-plus --config.model.freeze_speech=True \
+    --config.model.speech_init=/ckpt/wavlm-base-plus \
     --config.model.text_init=/ckpt/distilroberta-base --config.model.tokenizer=/ckpt/distilroberta-base
 
 Mesh: pure data parallelism over all chips by default (the towers are ~95M + 82M parameters). For FSDP,
 ``--config.mesh.shape='(1,-1,1)'``; to add tensor parallelism, e.g. ``'(1,-1,4)'``: the logical-axis
 table in erclap/sharding.py maps parameters onto whichever axes exist, without model changes.
+
+The speech tower is frozen, as in the paper. Fine-tuning it at this batch and crop does not fit a v4-8 or v4-32
+by `--mode=plan` (XLA's memory analysis: ~194 / ~50 GiB per chip against 32 GiB of HBM); the plan names the
+knobs, e.g. ``--config.model.freeze_speech=False --config.train.micro_batch_size=128`` on v4-8.
 """
 
 from erclap.configs import default
@@ -34,6 +38,7 @@ def get_config():
   c.model.text_pooling = "cls"
   c.model.dtype = "bfloat16"
   c.model.remat = True
+  c.model.freeze_speech = True
   c.train.num_steps = 20_000
   c.train.global_batch_size = 1024
   c.train.learning_rate = 5e-5
