@@ -96,40 +96,57 @@ class Embedder:
 
 
 def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0) -> SplitEmbeddings:
-  """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows."""
+  """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows.
+
+  Every process must call it (the gathers are collectives); all get the same result, in split order, so
+  that 1 and N processes give the same rows in the same order (each process reads a contiguous slice of
+  the split, so a global batch is not a contiguous run of rows).
+
+  Args:
+    embedder: the model's embedder.
+    params: the model parameters.
+    config: the run's config.
+    split: the split to embed.
+    max_examples: keep the split's first ``max_examples`` rows (0: all).
+
+  Returns:
+    The split's embeddings, labels, ids and descriptions.
+  """
   divisor = math.lcm(embedder.divisor, jax.process_count())
   if config.eval.batch_size % divisor:
     raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} "
                      f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
   per_process = config.eval.batch_size // jax.process_count()
   iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
-  audio_out, text, labels, class_id, valid, ids, texts = [], [], [], [], [], [], []
-  seen = 0
-  for batch in iterator:
-    audio_out.append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
+  wanted = min(max_examples, len(iterator.source)) if max_examples else 0
+  gather = lambda x: embedder._gather(embedder._global(x))
+  cols = {k: [] for k in ("audio", "text", "labels", "class_id", "valid", "row")}
+  ids, texts = [], []
+  for b, batch in enumerate(iterator):
+    cols["audio"].append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
     if config.stage != "ser":
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
-      text.append(embedder._gather(t))
-    labels.append(embedder._gather(embedder._global(batch["labels"])))
-    class_id.append(embedder._gather(embedder._global(batch["class_id"])))
-    local_valid = np.asarray(batch["valid"])
-    valid.append(embedder._gather(embedder._global(local_valid)))
+      cols["text"].append(embedder._gather(t))
+    for key in ("labels", "class_id", "valid"):
+      cols[key].append(gather(np.asarray(batch[key])))
+    # The split row of every batch row: the gathered rows are put back into split order at the end.
+    cols["row"].append(gather(iterator.start + b * per_process + np.arange(per_process, dtype=np.int32)))
     ids.extend(_gather_strings(embedder, batch["id"], 128))
     texts.extend(_gather_strings(embedder, batch["description"], 1024))
-    seen += int(valid[-1].sum())
-    if max_examples and seen >= max_examples:
+    rows = np.concatenate(cols["row"])[np.concatenate(cols["valid"]).astype(bool)]
+    if wanted and np.sum(rows < wanted) >= wanted:  # the same verdict on every process: gathered data
       break
-  if not audio_out:
+  if not cols["audio"]:
     raise ValueError(f"split {split!r} of {config.data.name!r} is empty")
-  keep = np.concatenate(valid).astype(bool)
-  audio_out = np.concatenate(audio_out)[keep]
+  keep = np.flatnonzero(np.concatenate(cols["valid"]).astype(bool))
+  keep = keep[np.argsort(np.concatenate(cols["row"])[keep], kind="stable")]
+  audio_out = np.concatenate(cols["audio"])[keep]
   ser = config.stage == "ser"
   result = SplitEmbeddings(
-      speech=None if ser else audio_out, text=np.concatenate(text)[keep] if text else None,
-      labels=np.concatenate(labels)[keep].astype(np.float32), class_id=np.concatenate(class_id)[keep],
-      ids=[i for i, k in zip(ids, keep, strict=True) if k],
-      descriptions=[d for d, k in zip(texts, keep, strict=True) if k], attributes=audio_out if ser else None)
+      speech=None if ser else audio_out, text=np.concatenate(cols["text"])[keep] if cols["text"] else None,
+      labels=np.concatenate(cols["labels"])[keep].astype(np.float32), class_id=np.concatenate(cols["class_id"])[keep],
+      ids=[ids[i] for i in keep], descriptions=[texts[i] for i in keep], attributes=audio_out if ser else None)
   return result.head(max_examples) if max_examples else result
 
 
@@ -229,10 +246,17 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   mesh, tokenizer, model = runtime.setup(config, workdir)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   split = config.data.test_split
+  path = os.path.join(workdir, "eval", f"{split}_{step}.json")
+  chief = jax.process_index() == 0
+  # Checked before the embeddings are computed; every process stops together if process 0 cannot write.
+  runtime.agree_or_raise(f"{path}: a directory is in the way of this output file (move it and rerun)"
+                         if chief and os.path.isdir(path) else None, IsADirectoryError)
+  if chief:
+    print(f"[eval] {split}: embedding with the checkpoint of step {step}", flush=True)
+  # Every process computes (the embedding gathers are collectives); process 0 alone writes.
   result = evaluate_params(model, params, config, tokenizer, mesh, split=split)
-  if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    fileio.write_json(os.path.join(workdir, "eval", f"{split}_{step}.json"), dict(step=step, split=split,
-                                                                                 metrics=result))
+  if chief:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.write_json(path, dict(step=step, split=split, metrics=result))
     print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:"), flush=True)
   return result

@@ -57,6 +57,41 @@ def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, prompt
                                os.path.join(out_dir, f"{split}_prompt_ordering_{attribute}.png"))
 
 
+def _split_outputs(out_dir: str, split: str, stage: str) -> list[str]:
+  """Every file the export of ``split`` writes (``_write_split`` and, for clap, ``_write_plots``)."""
+  names = [f"{split}.parquet", f"{split}_metrics.json"]
+  if stage == "ser":
+    names += [f"{split}_attributes.npy"]
+  else:
+    names += [f"{split}_speech.npy", f"{split}_text.npy", f"{split}_pca.png", f"{split}_sim_vs_distance.png",
+              *(f"{split}_prompt_ordering_{a}.png" for a in ("arousal", "valence"))]
+  return [os.path.join(out_dir, name) for name in names]
+
+
+def output_problems(out_dir: str, paths: list[str]) -> list[str]:
+  """Why the export could not write ``paths`` into ``out_dir`` (empty: it can), found before any work.
+
+  A directory where a file goes, a file where the directory goes, or a directory that cannot be written
+  would otherwise fail the export only after every embedding was computed."""
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    return [f"{out_dir}: exists and is not a directory; the export writes its files there (move it and rerun)"]
+  existing = out_dir if os.path.isdir(out_dir) else os.path.dirname(out_dir)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return [f"{existing}: not writable by this user; the export writes into {out_dir}"]
+  return [f"{path}: a directory is in the way of this output file (move it and rerun)"
+          for path in paths if os.path.isdir(path)]
+
+
+def _check_outputs(config, out_dir: str) -> None:
+  """Process 0 checks every output path; every process stops if one cannot be written."""
+  problem = None
+  if jax.process_index() == 0:
+    paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, config.stage)]
+    problems = output_problems(out_dir, paths)
+    problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
+  runtime.agree_or_raise(problem, OSError)
+
+
 def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddings, metrics: dict) -> None:
   write_parquet(os.path.join(out_dir, f"{split}.parquet"), split, emb)
   arrays = dict(speech=emb.speech, text=emb.text, attributes=emb.attributes)
@@ -70,28 +105,39 @@ def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddi
 def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   """Writes the export of ``config.export.splits`` for checkpoint ``config.export.step`` (-1 = latest).
 
+  Every output path is checked first. Every process computes everything (embedding, gathering, metrics and
+  prompts are collectives that all processes must enter); only process 0 writes.
+
+  Args:
+    config: the run's config.
+    workdir: the run's directory; outputs go to ``workdir/export``.
+
   Returns:
     {split: metrics}.
   """
+  out_dir = os.path.join(workdir, "export")
+  _check_outputs(config, out_dir)
   mesh, tokenizer, model = runtime.setup(config, workdir)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   embedder = evaluate.Embedder(model, config, mesh, tokenizer)
-  out_dir = os.path.join(workdir, "export")
   chief = jax.process_index() == 0
   if chief:
     os.makedirs(out_dir, exist_ok=True)
     fileio.remove_stale_temps(out_dir)  # debris of an export killed mid-write (never a visible output)
+  clap = config.stage != "ser"
+  prompts = evaluate.prompt_embeddings(embedder, params, config) if clap else None  # a collective: everyone
   all_metrics = {}
   for split in config.export.splits:
-    if config.stage == "ser":
-      metrics, emb = evaluate.ser_metrics(embedder, params, config, split)
-    else:
+    if chief:
+      print(f"[export] {split}: embedding with the checkpoint of step {step}", flush=True)
+    if clap:
       metrics, emb = evaluate.clap_metrics(embedder, params, config, split)
+    else:
+      metrics, emb = evaluate.ser_metrics(embedder, params, config, split)
     all_metrics[split] = metrics
-    if not chief:
-      continue
-    _write_split(out_dir, split, step, emb, metrics)
-    if emb.text is not None:
-      _write_plots(out_dir, split, emb, evaluate.prompt_embeddings(embedder, params, config))
-    print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}"), flush=True)
+    if chief:
+      _write_split(out_dir, split, step, emb, metrics)
+      if clap:
+        _write_plots(out_dir, split, emb, prompts)
+      print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}"), flush=True)
   return all_metrics

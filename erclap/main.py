@@ -10,10 +10,16 @@ evaluate and export: the demo), ``plan`` (compile the train step for ``config.pl
 devices and report per-device memory, FLOPs and the step time a chip implies, without allocating anything).
 ``config.stage`` picks the cross-modal stage (``clap``) or stage-1
 speech-emotion pre-training (``ser``).
+
+Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
+workdir; the config is checked against the devices (``runtime.setup``) before any corpus or model is built.
+SIGTERM / SIGINT end a mode other than training at once (status 128 + signal; outputs are written
+atomically, so only complete files remain); training checkpoints on SIGTERM and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -21,7 +27,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, demo, distributed, evaluate, export, model_export, plan, train
+from erclap import config_lib, demo, distributed, evaluate, export, model_export, plan, runtime, train, workdir_lock
 
 _MODES = {
     "train": train.train_and_evaluate,
@@ -31,6 +37,13 @@ _MODES = {
     "all": demo.run_all,
     "plan": plan.run_plan,
 }
+
+# Modes that train: the loop owns SIGTERM (preemption: checkpoint, then exit) and must not be cut short.
+# Every other mode stops at once on SIGTERM/SIGINT (its outputs are atomic: complete or absent).
+_TRAINING_MODES = frozenset({"train", "all"})
+# Modes that never write into the workdir (they may run beside a training run); every other mode holds
+# the workdir lock for its whole run.
+_READ_ONLY_MODES = frozenset()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -52,13 +65,23 @@ def _parse_flags(argv):
   except flags.Error as e:
     sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    # Name the whole dotted key of the offending override, not only its last part.
-    overrides = [a.split("=", 1)[0][2:] for a in argv[1:] if a.startswith("--config.")]
-    bad = [o for o in overrides if isinstance(e, AttributeError | KeyError)
-           and any(f"'{part}'" in msg for part in o.split(".")[1:])]
-    where = f" (override --{bad[0]}: no such config key)" if bad else ""
-    sys.exit(f"FATAL config error{where}: {msg}")
+    sys.exit(f"FATAL config error: {_config_error_message(e, argv)}")
+
+
+def _config_error_message(e: Exception, argv) -> str:
+  """The error of a bad ``--config.KEY=VALUE`` override, naming its whole dotted key.
+
+  ml_collections names only the missing part (``KeyError('no_such_key')``); the override whose dotted
+  key holds that part is the one at fault."""
+  msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  if not isinstance(e, AttributeError | KeyError):
+    return msg
+  overrides = [a.split("=", 1)[0].removeprefix("--config.") for a in argv[1:] if a.startswith("--config.")]
+  for key in overrides:
+    if f"lookup: {key}" in msg or any(msg == part or f"'{part}'" in msg for part in key.split(".")):
+      hint = msg[msg.index("Did you mean"):] if "Did you mean" in msg else ""
+      return f"--config.{key}: no such config key {key!r}" + (f" ({hint})" if hint else "")
+  return msg
 
 
 def main(argv):
@@ -81,8 +104,22 @@ def main(argv):
   workdir = FLAGS.workdir
   if "://" not in workdir:  # local: Orbax requires absolute paths
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-  _MODES[FLAGS.mode](config, workdir)
+  mode = FLAGS.mode
+  with contextlib.ExitStack() as stack:
+    lock = workdir_lock.WorkdirLock(workdir)
+    if mode not in _TRAINING_MODES:  # first, so that the lock sees a SIGTERM handler and leaves it to us
+      stack.enter_context(runtime.stop_on_signals(mode, on_exit=lock.release))
+    try:
+      if mode not in _READ_ONLY_MODES:
+        stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
+      elif "://" not in workdir:
+        os.makedirs(workdir, exist_ok=True)
+      _MODES[mode](config, workdir)
+    except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
+      sys.exit(f"FATAL {e}")
+    except runtime.StopRequested as e:
+      print(f"[{mode}] {e}.", file=sys.stderr, flush=True)
+      sys.exit(128 + e.signum)
 
 
 def run():

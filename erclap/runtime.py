@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -47,17 +54,6 @@ def build_model(config, vocab_size: int | None = None) -> nn.Module:
   return model.clone(temperature_init=float(config.train.temperature_init))
 
 
-def _check_batch_sizes(config, mesh) -> None:
-  divisor = math.lcm(sharding.batch_size_divisor(mesh), jax.process_count())
-  if config.train.global_batch_size % divisor:
-    raise ValueError(f"config.train.global_batch_size={config.train.global_batch_size} must be a multiple "
-                     f"of {divisor} (batch shards of mesh {dict(mesh.shape)} and {jax.process_count()} processes)")
-  micro = config.train.micro_batch_size
-  if micro and micro < config.train.global_batch_size and micro % sharding.batch_size_divisor(mesh):
-    raise ValueError(f"config.train.micro_batch_size={micro} must be a multiple of the "
-                     f"{sharding.batch_size_divisor(mesh)} batch shards of the mesh")
-
-
 def setup(config, workdir: str):
   """Everything the loop, evaluation and export share.
 
@@ -67,11 +63,15 @@ def setup(config, workdir: str):
 
   Returns:
     ``(mesh, tokenizer, model)``; the corpus is built (once, by process 0) if it is not there yet.
+
+  Raises:
+    config_lib.ConfigError: the config does not fit the devices (mesh shape, batch sizes), checked before
+      the corpus or any model is built.
   """
   del workdir
+  config_lib.validate_for_devices(config, jax.device_count(), jax.process_count(), jax.local_device_count())
   hide_accelerators_from_tensorflow()
   mesh = make_mesh(config)
-  _check_batch_sizes(config, mesh)
   # Process 0 builds the corpus first (others would race on the same files), then everyone opens it.
   if jax.process_index() == 0:
     data.ensure_dataset(config.data)
@@ -123,3 +123,106 @@ def global_batch(host_batch: dict, mesh) -> dict:
     x = np.asarray(host_batch[k])
     out[k] = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
   return out
+
+
+def agree_or_raise(problem: str | None, error: type[Exception] = ValueError) -> None:
+  """Process 0's verdict for every process: raises ``error`` everywhere if process 0 found ``problem``.
+
+  For checks that only process 0 can make (the files it alone writes): every process calls this at the
+  same point, so all of them stop together instead of the others waiting in the next collective.
+  """
+  refused = problem is not None
+  if jax.process_count() > 1:
+    refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
+  if refused:
+    raise error(problem if problem is not None else "process 0 refused to go on (its log names the reason)")
+
+
+class StopRequested(BaseException):
+  """SIGTERM or SIGINT asked a run to stop (raised in the main thread, so ``finally`` blocks run).
+
+  A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+  def __init__(self, what: str, signum: int):
+    super().__init__(f"{what} stopped by {signal.Signals(signum).name}; only complete outputs are kept")
+    self.signum = signum
+
+
+# Seconds the main thread gets to unwind after SIGTERM/SIGINT before the process is ended from outside
+# Python: a Python handler only runs between bytecodes, never while a compile or a collective blocks.
+SIGNAL_GRACE_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def stop_on_signals(what: str, on_exit: Callable[[], None] | None = None,
+                    grace: float = SIGNAL_GRACE_SECONDS) -> Iterator[None]:
+  """SIGTERM / SIGINT end the block promptly with a clear message; for runs that write only atomic outputs.
+
+  The first signal raises ``StopRequested`` in the main thread (outputs are written atomically, so the
+  unwinding leaves complete files or none). A watchdog thread, woken through the signal wakeup fd, ends
+  the process with status 128 + signal after ``grace`` seconds if the main thread is stuck in native
+  code (a compile, a collective whose peer is gone); a second signal ends it at once. ``on_exit`` (e.g.
+  releasing the workdir lock) runs before such a hard exit. Outside the main thread this is a no-op.
+
+  Args:
+    what: the run's name, for the message (``export``, ``eval``...).
+    on_exit: called (from the watchdog thread) before a hard exit.
+    grace: seconds between the first signal and the hard exit.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+
+  def handler(signum, frame):
+    del frame
+    received.append(signum)
+    raise StopRequested(what, signum)
+
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  watchdog = threading.Thread(target=_watchdog, args=(read_fd, handler, received, what, on_exit, grace), daemon=True,
+                              name="erclap-signal-watchdog")
+  watchdog.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(previous_fd)
+    for s, h in previous.items():
+      signal.signal(s, h)
+    if not received:  # after a signal the watchdog stays armed until the process has exited
+      os.close(write_fd)  # wakes the watchdog with end-of-file
+
+
+def _watchdog(read_fd: int, handler, received: list, what: str, on_exit, grace: float) -> None:
+  """Waits for signal numbers on the wakeup fd; after one of ours, ends the process if it outlives ``grace``."""
+  deadline, first = None, None
+  while True:
+    if deadline is not None and not _readable(read_fd, max(deadline - time.monotonic(), 0.0)):
+      _hard_exit(what, first, on_exit, f"still running {grace:.0f} s after it")
+    raw = os.read(read_fd, 64)
+    if not raw:  # the block ended normally
+      os.close(read_fd)
+      return
+    # Ours: our handler is installed (it may not have run yet) or has already run (and been uninstalled).
+    ours = [n for n in raw if n in (signal.SIGTERM, signal.SIGINT) and (received or signal.getsignal(n) is handler)]
+    if not ours:
+      continue
+    if deadline is not None:
+      _hard_exit(what, ours[-1], on_exit, "a second signal")
+    deadline, first = time.monotonic() + grace, ours[0]
+
+
+def _readable(fd: int, timeout: float) -> bool:
+  return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _hard_exit(what: str, signum: int, on_exit, why: str) -> None:
+  print(f"[{what}] stopped by {signal.Signals(signum).name} ({why}); only complete outputs are kept.",
+        file=sys.stderr, flush=True)
+  if on_exit is not None:
+    with contextlib.suppress(Exception):
+      on_exit()
+  os._exit(128 + signum)

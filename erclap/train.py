@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from erclap import checkpointing, evaluate, fileio, input_pipeline, optim, runtime, schema, sharding, state, tower_init
 from erclap import step as step_lib
@@ -29,7 +30,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """SIGTERM (e.g. TPU preemption) sets a flag that the loop polls between steps."""
+  """SIGTERM (e.g. TPU preemption) sets a flag that the loop polls between steps (``_stop_requested``)."""
 
   def __init__(self):
     self.requested = threading.Event()
@@ -179,6 +180,26 @@ def _save(run: _Run, step: int, train_state, eval_metrics: dict[str, float] | No
                      metrics=eval_metrics if best else None, force=True)
 
 
+def _sync(run: _Run, pending: list, step: int, clock: _Clock, do_log: bool) -> None:
+  """Waits for the steps in flight (one device-to-host transfer per window), checks them, logs the window."""
+  host = jax.device_get(pending)
+  pending.clear()
+  _check_finite(run, host, step)
+  if do_log:
+    _log_window(run, host, step, clock)
+
+
+def _stop_requested(run: _Run, preemption: _Preemption, step: int, at_sync: bool) -> bool:
+  """Whether to checkpoint and stop after ``step``: SIGTERM here, or the checkpoint manager's preemption notice.
+
+  With several processes the signal may reach each at a different step; they decide together (one small
+  all-gather) and only at steps where all of them sync anyway, so that all save or none does."""
+  requested = preemption.requested.is_set()
+  if jax.process_count() > 1:
+    requested = at_sync and bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
+  return requested or run.manager.reached_preemption(step)
+
+
 def _loop(run: _Run, train_state) -> dict[str, float]:
   """Steps until ``train.num_steps`` (or preemption); returns the last evaluation metrics."""
   t, config = run.config.train, run.config
@@ -194,12 +215,13 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
       do_log = step % t.log_every_steps == 0 or is_last
       do_eval = step % config.eval.every_steps == 0 or is_last
       do_ckpt = step % config.checkpoint.every_steps == 0 or is_last or do_eval
-      preempted = preemption.requested.is_set() or run.manager.reached_preemption(step)
-      if do_log or do_ckpt or preempted:  # one device-to-host transfer per window, not per step
-        host, pending = jax.device_get(pending), []
-        _check_finite(run, host, step)
-        if do_log:
-          _log_window(run, host, step, clock)
+      if do_log or do_ckpt or (preemption.requested.is_set() and jax.process_count() == 1):
+        _sync(run, pending, step, clock, do_log)
+      # Polled after the sync: a SIGTERM that came while this step ran stops the run here, not a step later
+      # (the handler only runs once the main thread is back from the wait).
+      preempted = _stop_requested(run, preemption, step, at_sync=do_log or do_ckpt)
+      if preempted and pending:
+        _sync(run, pending, step, clock, do_log)
       eval_metrics = None
       if do_eval:
         last_eval = eval_metrics = _evaluate(run, train_state.params, step)
@@ -227,9 +249,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   param_count = sum(x.size for x in jax.tree.leaves(train_state.params))
   logging.info("Model: %s parameters; mesh %s; global batch %d; steps %d -> %d.", f"{param_count:,}",
                dict(run.mesh.shape), config.train.global_batch_size, int(train_state.step), config.train.num_steps)
-  last_eval = _loop(run, train_state)
-  run.manager.wait_until_finished()
-  run.manager.close()
-  run.writer.flush()
-  run.writer.close()
-  return last_eval
+  try:
+    return _loop(run, train_state)
+  finally:
+    # Also when the loop raised: an asynchronous save still in flight is completed, not abandoned half-way
+    # by the interpreter's shutdown; then the error goes on.
+    run.manager.wait_until_finished()
+    run.manager.close()
+    run.writer.flush()
+    run.writer.close()

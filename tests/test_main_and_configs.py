@@ -105,6 +105,14 @@ def test_unknown_override_key_is_named(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("key", ["train.no_such_key", "no_such_section.key"])
+def test_unknown_override_key_is_named_in_full(tmp_path, key):
+  result = _main("--config=configs/demo.py", f"--workdir={tmp_path}", f"--config.{key}=1")
+  assert result.returncode != 0
+  assert f"--config.{key}: no such config key '{key}'" in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+
+
 def test_bad_override_value_is_named(tmp_path):
   result = _main("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.loss=focal")
   assert result.returncode != 0
