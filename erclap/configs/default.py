@@ -12,8 +12,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.stage = "clap"       # "clap": cross-modal stage; "ser": stage-1 speech-emotion pre-training
   c.loss = "rnc"         # "rnc" | "infonce" | "supcon" (clap stage)
+  _loss_options(c)
+  _data(c)
+  _model(c)
+  _train(c)
+  _checkpoint(c)
+  _eval_and_export(c)
+  _devices(c)
+  _plan(c)
+  return c
 
-  # ---------------------------------------------------------------- loss
+
+def _loss_options(c: ml_collections.ConfigDict) -> None:
+  """config.loss_options: the contrastive and SER losses."""
   c.loss_options = ml_collections.ConfigDict()
   c.loss_options.similarity = "cosine"          # "cosine" | "neg_l2"
   c.loss_options.label_distance = "l1"          # "l1" | "l2"
@@ -26,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss_options.rank_margin = 0.0
   c.loss_options.rank_scale = 1.0
 
-  # ---------------------------------------------------------------- data
+
+def _data(c: ml_collections.ConfigDict) -> None:
+  """config.data: the corpus, crops and descriptions."""
   c.data = ml_collections.ConfigDict()
   c.data.name = "embedded"        # "embedded" | "msp_podcast" | "iemocap"
   c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
@@ -59,7 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.embedded.label_noise = 0.3
   c.data.embedded.seed = 1234
 
-  # ---------------------------------------------------------------- model
+
+def _model(c: ml_collections.ConfigDict) -> None:
+  """config.model: towers, pooling, heads and their initialisation."""
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"               # "tiny" | "base" | "large"
   c.model.joint_dim = 512
@@ -84,7 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.num_attributes = 3          # SER heads: arousal, valence, dominance
 
-  # ---------------------------------------------------------------- training
+
+def _train(c: ml_collections.ConfigDict) -> None:
+  """config.train: steps, batches, optimizer and temperature."""
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 10_000
   c.train.global_batch_size = 256
@@ -100,7 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.profile_steps = ()          # e.g. (100, 110): write a profiler trace for those steps
 
-  # ---------------------------------------------------------------- checkpoints
+
+def _checkpoint(c: ml_collections.ConfigDict) -> None:
+  """config.checkpoint: how often, how many, which is best."""
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
@@ -108,7 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = "max"
   c.checkpoint.async_save = True
 
-  # ---------------------------------------------------------------- evaluation / export
+
+def _eval_and_export(c: ml_collections.ConfigDict) -> None:
+  """config.eval and config.export."""
   c.eval = ml_collections.ConfigDict()
   c.eval.every_steps = 1000
   c.eval.batch_size = 64
@@ -125,7 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.export.model_dir = ""             # "" = <workdir>/model (a local path)
   c.export.saved_model = True         # also a TF SavedModel in <model_dir>/saved_model (seconds; clap stage)
 
-  # ---------------------------------------------------------------- devices
+
+def _devices(c: ml_collections.ConfigDict) -> None:
+  """config.mesh and config.distributed."""
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)
   c.mesh.axes = ("data", "fsdp", "tensor")
@@ -137,9 +160,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.process_id = -1
   c.distributed.local_device_ids = ()
 
-  # ---------------------------------------------------------------- plan (--mode=plan: will it fit, how fast)
+
+def _plan(c: ml_collections.ConfigDict) -> None:
+  """config.plan (--mode=plan: will it fit, how fast)."""
   c.plan = ml_collections.ConfigDict()
   c.plan.topology = ""          # "" = the local devices; "v4-8", "v4-32", "v5e-8", "v5p-8", "h100-8", ...
   c.plan.utilization = 0.4      # assumed model FLOP utilisation for the step-time estimate
   c.plan.hbm_headroom = 0.9     # fits when the per-device total is <= this fraction of the chip's HBM
-  return c
