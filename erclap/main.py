@@ -19,13 +19,14 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, demo, distributed, evaluate, export, train
+from erclap import cache_speech, config_lib, demo, distributed, evaluate, export, train
 
 _MODES = {
     "train": train.train_and_evaluate,
     "eval": evaluate.evaluate_checkpoint,
     "export": export.export_embeddings,
     "all": demo.run_all,
+    "cache_speech": cache_speech.cache_speech_features,
 }
 
 FLAGS = flags.FLAGS
