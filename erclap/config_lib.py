@@ -200,10 +200,17 @@ def _eval_problems(config) -> list[str]:
 
 def _data_problems(config) -> list[str]:
   d = config.data
+  problems = []
   if d.rebuild and d.name != "embedded" and not d.manual_dir:
-    return [f"config.data.rebuild=True: rebuilding {d.name} needs config.data.manual_dir (the licensed corpus "
-            f"to rebuild from)"]
-  return []
+    problems.append(f"config.data.rebuild=True: rebuilding {d.name} needs config.data.manual_dir (the licensed "
+                    f"corpus to rebuild from)")
+  if d.speech_features and not config.model.freeze_speech:
+    problems.append(f"config.data.speech_features={d.speech_features!r} (cached speech features) needs "
+                    f"config.model.freeze_speech=True: a trained speech tower would leave the cache behind")
+  if d.speech_features and config.stage != "clap":
+    problems.append(f"config.data.speech_features={d.speech_features!r}: cached speech features feed the clap "
+                    f"stage; the {config.stage} stage trains on audio")
+  return problems
 
 
 def _raise_all(problems: list[str], title: str) -> None:

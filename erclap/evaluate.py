@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from erclap import descriptions, fileio, input_pipeline, metrics, runtime, sharding
-from erclap.schema import LABEL_NAMES
+from erclap.schema import LABEL_NAMES, uses_speech_cache
 
 # Printed in progress lines and the final table (those present in the result).
 HEADLINE_METRICS = (
@@ -45,7 +45,10 @@ class SplitEmbeddings:
 
 
 class Embedder:
-  """Jitted, mesh-sharded embedding functions of one model."""
+  """Jitted, mesh-sharded embedding functions of one model.
+
+  The speech side reads audio, or with a speech-feature cache (``config.data.speech_features``) the cached
+  representation, to which only the projection is applied."""
 
   def __init__(self, model, config, mesh, tokenizer=None):
     self.model, self.config, self.mesh, self.tokenizer = model, config, mesh, tokenizer
@@ -57,10 +60,18 @@ class Embedder:
         return self.model.apply({"params": params}, audio, audio_mask, train=False)["attributes"]
       return self.model.apply({"params": params}, audio, audio_mask, train=False, method="embed_audio")
 
+    def features_fn(params, features):
+      return self.model.apply({"params": params}, features, train=False, method="embed_speech_features")
+
+    def representation_fn(params, audio, audio_mask):
+      return self.model.apply({"params": params}, audio, audio_mask, train=False, method="speech_feature")
+
     def text_fn(params, input_ids, attention_mask):
       return self.model.apply({"params": params}, input_ids, attention_mask, train=False, method="embed_text")
 
     self._audio = jax.jit(audio_fn)
+    self._features = jax.jit(features_fn)
+    self._representation = jax.jit(representation_fn)
     self._text = jax.jit(text_fn)
 
   def _global(self, x):
@@ -74,6 +85,28 @@ class Embedder:
     """(B, T) host-local waveforms -> (B_global, D) embeddings gathered on every host."""
     with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
       return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
+
+  def speech(self, params, batch: dict) -> np.ndarray:
+    """A host-local eval batch -> (B_global, D) speech embeddings (SER: attributes) gathered on every host,
+    from its audio or its cached ``speech_features``."""
+    if "speech_features" not in batch:
+      return self.audio(params, batch["audio"], batch["audio_mask"])
+    with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
+      return self._gather(self._features(params, self._global(np.asarray(batch["speech_features"], np.float32))))
+
+  def representation(self, params, audio, audio_mask) -> np.ndarray:
+    """(B, T) host-local waveforms -> (B_global, F) speech representations (what the projection reads,
+    ``CLAPModel.speech_feature``) gathered on every host: the rows of a speech-feature cache."""
+    with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
+      return self._gather(self._representation(params, self._global(audio), self._global(audio_mask)))
+
+  def gather(self, host_rows) -> np.ndarray:
+    """Host-local batch rows (numpy) -> the global batch's rows on every host (batch order)."""
+    return self._gather(self._global(host_rows))
+
+  def gather_strings(self, strings, width: int = 128) -> list[str]:
+    """Host-local batch strings (e.g. clip ids) -> the global batch's strings, in the order of ``gather``."""
+    return _gather_strings(self, strings, width)
 
   def text(self, params, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Embeds a list of strings (identical on every host) -> (len(texts), D)."""
@@ -117,23 +150,24 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} "
                      f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
   per_process = config.eval.batch_size // jax.process_count()
+  if uses_speech_cache(config):  # before any batch: features of other weights are refused, not embedded
+    input_pipeline.check_speech_cache(config, params)
   iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
   wanted = min(max_examples, len(iterator.source)) if max_examples else 0
-  gather = lambda x: embedder._gather(embedder._global(x))
   cols = {k: [] for k in ("audio", "text", "labels", "class_id", "valid", "row")}
   ids, texts = [], []
   for b, batch in enumerate(iterator):
-    cols["audio"].append(embedder.audio(params, batch["audio"], batch["audio_mask"]))
+    cols["audio"].append(embedder.speech(params, batch))
     if config.stage != "ser":
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       cols["text"].append(embedder._gather(t))
     for key in ("labels", "class_id", "valid"):
-      cols[key].append(gather(np.asarray(batch[key])))
+      cols[key].append(embedder.gather(np.asarray(batch[key])))
     # The split row of every batch row: the gathered rows are put back into split order at the end.
-    cols["row"].append(gather(iterator.start + b * per_process + np.arange(per_process, dtype=np.int32)))
-    ids.extend(_gather_strings(embedder, batch["id"], 128))
-    texts.extend(_gather_strings(embedder, batch["description"], 1024))
+    cols["row"].append(embedder.gather(iterator.start + b * per_process + np.arange(per_process, dtype=np.int32)))
+    ids.extend(embedder.gather_strings(batch["id"], 128))
+    texts.extend(embedder.gather_strings(batch["description"], 1024))
     rows = np.concatenate(cols["row"])[np.concatenate(cols["valid"]).astype(bool)]
     if wanted and np.sum(rows < wanted) >= wanted:  # the same verdict on every process: gathered data
       break

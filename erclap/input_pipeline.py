@@ -9,16 +9,23 @@ position in the global order, so the stream is deterministic and its ``get_state
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
-Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
-``config.data.max_text_tokens``)::
+With a speech-feature cache (``config.data.speech_features``, see ``erclap.speech_features``) both iterators
+read each clip's cached speech representation (looked up by clip id) instead of its audio: batches carry
+``speech_features`` in place of ``audio`` / ``audio_mask`` (``erclap.schema.CACHED_STEP_KEYS``), and training
+sees the one crop the cache holds per clip (the evaluation crop) instead of random crops.
 
-  audio float32 (B, T)   audio_mask bool (B, T)   input_ids int32 (B, L)   attention_mask int32 (B, L)
+Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
+``config.data.max_text_tokens``; D = the cached representation's width)::
+
+  audio float32 (B, T)   audio_mask bool (B, T)   | cached: speech_features float32 (B, D)
+  input_ids int32 (B, L)   attention_mask int32 (B, L)
   labels float32 (B, 3) (arousal, valence, dominance)   class_id int32 (B,)   valid bool (B,)
   eval only: id (B,) numpy object array of str, description list[str]
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -27,9 +34,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import data
+from erclap import data, models, sharding, speech_features
 from erclap import descriptions as desc_lib
-from erclap.schema import LABEL_NAMES
+from erclap.data import builders, embedded
+from erclap.schema import LABEL_NAMES, uses_speech_cache
 
 
 def num_samples(seconds: float, sample_rate: int) -> int:
@@ -100,9 +108,10 @@ class DescriptionPicker:
     return desc_lib.describe(a, v, d, variant=k)
 
 
-def _example(record: dict, audio: np.ndarray, mask: np.ndarray, text: str, valid: bool = True) -> dict:
+def _example(record: dict, speech: dict, text: str, valid: bool = True) -> dict:
+  """``speech``: {"audio", "audio_mask"} or, from a speech-feature cache, {"speech_features"}."""
   return {
-      "audio": audio, "audio_mask": mask, "text": text,
+      **speech, "text": text,
       "labels": np.array([record[k] for k in LABEL_NAMES], np.float32),
       "class_id": np.int32(record["class_id"]), "valid": np.bool_(valid),
   }
@@ -141,7 +150,18 @@ class _TrainExample(grain.transforms.RandomMap):
     n = int(np.asarray(record["audio"]).shape[0])
     start = int(rng.integers(0, n - self.length + 1)) if n > self.length else 0
     audio, mask = crop_or_pad(record["audio"], self.length, start)
-    return _example(record, audio, mask, self.picker.pick(record, rng))
+    return _example(record, dict(audio=audio, audio_mask=mask), self.picker.pick(record, rng))
+
+
+class _CachedTrainExample(grain.transforms.RandomMap):
+  """RandomMap: record with cached ``speech_features`` -> example (the rng picks only the description)."""
+
+  def __init__(self, picker: DescriptionPicker):
+    self.picker = picker
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    features = np.asarray(record["speech_features"], np.float32)
+    return _example(record, dict(speech_features=features), self.picker.pick(record, rng))
 
 
 class _Tokenize(grain.transforms.Map):
@@ -163,6 +183,11 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
     raise ValueError(f"config.train.global_batch_size={global_bs} is not a multiple of process_count={pc}")
   local_bs = global_bs // pc
   source = data.get_data_source(d, d.train_split)
+  if uses_speech_cache(config):
+    source = speech_features.CachedSpeechSource(source, open_speech_cache(config, d.train_split))
+    example = _CachedTrainExample
+  else:
+    example = functools.partial(_TrainExample, num_samples(d.max_seconds, d.sample_rate))
   if len(source) < pc:
     raise ValueError(f"split {d.train_split!r} has {len(source)} examples, fewer than {pc} processes")
   ids = source_ids(source) if d.descriptions != "templates" else None
@@ -176,7 +201,7 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
       global_batch_size=global_bs, process_index=pi, process_count=pc)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[_TrainExample(num_samples(d.max_seconds, d.sample_rate), picker),
+      operations=[example(picker),
                   grain.transforms.Batch(batch_size=local_bs, drop_remainder=True),
                   _Tokenize(tokenizer, int(d.max_text_tokens))],
       worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
@@ -227,9 +252,11 @@ class EvalIterator:
   Every process yields the same number of batches (collectives in the consumer stay in step)."""
 
   def __init__(self, source, picker: DescriptionPicker, tokenizer: Callable, *, batch_size: int, length: int,
-               max_tokens: int, process_index: int, process_count: int):
+               max_tokens: int, process_index: int, process_count: int, feature_width: int = 0):
+    """``feature_width`` > 0: ``source`` yields cached ``speech_features`` of that width instead of audio."""
     self.source, self.picker, self.tokenizer = source, picker, tokenizer
     self.batch_size, self.length, self.max_tokens = batch_size, length, max_tokens
+    self.feature_width = int(feature_width)
     n = len(source)
     per = math.ceil(n / process_count)
     self.start, self.stop = min(process_index * per, n), min((process_index + 1) * per, n)
@@ -245,14 +272,11 @@ class EvalIterator:
       for i in range(lo, lo + self.batch_size):
         if i < self.stop:
           record = self.source[i]
-          audio, mask = crop_or_pad(record["audio"], self.length)
-          text = self.picker.pick(record, None)
-          rows.append(_example(record, audio, mask, text))
+          rows.append(_example(record, self._speech(record), self.picker.pick(record, None)))
           ids.append(record["id"])
         else:  # padding row: masked out everywhere
           blank = {**dict.fromkeys(LABEL_NAMES, 0.0), "class_id": -1}
-          rows.append(_example(blank, np.zeros(self.length, np.float32), np.zeros(self.length, bool), "",
-                               valid=False))
+          rows.append(_example(blank, self._speech(None), "", valid=False))
           ids.append("")
         texts.append(rows[-1]["text"])
       batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "text"}
@@ -261,6 +285,17 @@ class EvalIterator:
       batch["id"] = np.array(ids, dtype=object)
       batch["description"] = texts
       yield batch
+
+  def _speech(self, record: dict | None) -> dict:
+    """The speech inputs of a record (centre crop, or its cached features); zeros for a padding row."""
+    if self.feature_width:
+      width = self.feature_width
+      return dict(speech_features=np.zeros(width, np.float32) if record is None
+                  else np.asarray(record["speech_features"], np.float32))
+    if record is None:
+      return dict(audio=np.zeros(self.length, np.float32), audio_mask=np.zeros(self.length, bool))
+    audio, mask = crop_or_pad(record["audio"], self.length)
+    return dict(audio=audio, audio_mask=mask)
 
 
 def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size: int,
@@ -273,7 +308,94 @@ def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size:
   source = data.get_data_source(d, split)
   ids = source_ids(source) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
-  seconds = float(d.eval_max_seconds) or float(d.max_seconds)
+  width = 0
+  if uses_speech_cache(config):
+    cached = open_speech_cache(config, split)
+    source, width = speech_features.CachedSpeechSource(source, cached), cached.width
   return EvalIterator(source, picker, tokenizer, batch_size=int(batch_size),
-                      length=num_samples(seconds, d.sample_rate), max_tokens=int(d.max_text_tokens),
-                      process_index=pi, process_count=pc)
+                      length=num_samples(eval_crop_seconds(d), d.sample_rate), max_tokens=int(d.max_text_tokens),
+                      process_index=pi, process_count=pc, feature_width=width)
+
+
+def eval_crop_seconds(data_config) -> float:
+  """Length of the evaluation (centre) crop: ``data.eval_max_seconds``, or ``data.max_seconds`` when 0."""
+  return float(data_config.eval_max_seconds) or float(data_config.max_seconds)
+
+
+# ----------------------------------------------------------------------------- speech-feature cache
+
+# Top-level parameter entries the speech representation is computed from (those the model has).
+REPRESENTATION_PARAMS = ("speech_tower", "speech_pool", "ser_head")
+
+
+def speech_representation_name(model_config) -> str:
+  """What the speech projection reads: "pooled", "ser_hidden" or "ser_output"."""
+  return model_config.get("speech_representation", model_config.get("speech_features", "pooled"))
+
+
+def corpus_identity(data_config) -> dict:
+  """The corpus the features belong to: name, builder version and builder config."""
+  name = data_config.name
+  cls = {"embedded": builders.ErclapEmbedded, "msp_podcast": builders.ErclapMspPodcast,
+         "iemocap": builders.ErclapIemocap}[name]
+  if name == "embedded":
+    variant = embedded.EmbeddedSpec.from_config(data_config).config_name()
+  elif name == "iemocap":
+    variant = f"test_session{int(data_config.iemocap_test_session)}"
+  else:
+    variant = ""
+  return dict(name=name, version=str(cls.VERSION), config=variant, data_dir=data.resolve_data_dir(data_config))
+
+
+def speech_cache_fingerprint(config, *, params_digest: str = "", width: int = 0) -> dict:
+  """The fingerprint (``erclap.speech_features.make_fingerprint``) of the representation ``config`` describes.
+
+  ``params_digest`` / ``width``: of the representation's parameters and output ("" / 0 where unknown)."""
+  d, m = config.data, config.model
+  return speech_features.make_fingerprint(
+      params_digest=params_digest, representation=speech_representation_name(m), speech_pooling=m.speech_pooling,
+      speech_arch=repr(models.speech_arch_for(m)), speech_input=(m.speech_input_mean, m.speech_input_std),
+      dtype=m.dtype, crop_seconds=eval_crop_seconds(d), sample_rate=int(d.sample_rate), corpus=corpus_identity(d),
+      width=width)
+
+
+def open_speech_cache(config, split: str) -> speech_features.CachedSplit:
+  """The cached split of ``config.data.speech_features``, checked against everything ``config`` fixes
+  (the parameters are checked where they are known: ``check_speech_cache``)."""
+  directory = config.data.speech_features
+  cached = speech_features.CachedSplit(directory, split)
+  differences = speech_features.fingerprint_differences(cached.fingerprint, speech_cache_fingerprint(config),
+                                                        ignore=("params_digest", "width"))
+  if differences:
+    raise speech_features.SpeechCacheError(
+        f"the speech-feature cache {cached.directory} (data.speech_features) was made with another config:\n  "
+        + "\n  ".join(differences) + "\nRebuild it with --mode=cache_speech into a fresh directory.")
+  return cached
+
+
+def representation_fingerprint(config, params) -> dict:
+  """The fingerprint of the speech representation of ``params`` (global arrays or numpy) under ``config``.
+
+  Gathers the representation's parameters to every host: multi-host, every process must call it."""
+  host = sharding.to_host({k: params[k] for k in REPRESENTATION_PARAMS if k in params})
+  projection = [leaf for leaf in jax.tree.leaves(params["speech_proj"]) if np.ndim(leaf) == 2]
+  return speech_cache_fingerprint(config, params_digest=speech_features.params_digest(host),
+                                  width=int(np.shape(projection[0])[0]))
+
+
+def check_speech_cache(config, params) -> dict:
+  """Raises SpeechCacheError naming every difference between ``config.data.speech_features`` and the speech
+  representation of ``params`` (weights, width, config); returns the fingerprint. Collective (multi-host)."""
+  directory = config.data.speech_features
+  current = representation_fingerprint(config, params)
+  recorded = speech_features.read_fingerprint(directory)
+  if recorded is None:
+    raise speech_features.SpeechCacheError(f"data.speech_features={directory!r} holds no speech-feature cache: "
+                                           f"run --mode=cache_speech with the same config first")
+  differences = speech_features.fingerprint_differences(recorded, current)
+  if differences:
+    raise speech_features.SpeechCacheError(
+        f"the speech-feature cache {directory} (data.speech_features) does not match the model:\n  "
+        + "\n  ".join(differences) + "\nRebuild it with --mode=cache_speech (from these weights) into a fresh "
+        "directory.")
+  return current

@@ -27,7 +27,19 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from erclap import config_lib, demo, distributed, evaluate, export, model_export, plan, runtime, train, workdir_lock
+from erclap import (
+    cache_speech,
+    config_lib,
+    demo,
+    distributed,
+    evaluate,
+    export,
+    model_export,
+    plan,
+    runtime,
+    train,
+    workdir_lock,
+)
 
 _MODES = {
     "train": train.train_and_evaluate,
@@ -36,6 +48,7 @@ _MODES = {
     "export_model": model_export.export_model,
     "all": demo.run_all,
     "plan": plan.run_plan,
+    "cache_speech": cache_speech.cache_speech_features,
 }
 
 # Modes that train: the loop owns SIGTERM (preemption: checkpoint, then exit) and must not be cut short.

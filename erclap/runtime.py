@@ -117,9 +117,10 @@ def restore_params(config, workdir: str, model, mesh, step: int = -1):
 
 
 def global_batch(host_batch: dict, mesh) -> dict:
-  """Host-local numpy batch -> global jax arrays (``schema.STEP_KEYS``) sharded along the batch."""
+  """Host-local numpy batch -> global jax arrays (its step keys, ``schema.step_keys_of``) sharded along the
+  batch."""
   out = {}
-  for k in schema.STEP_KEYS:
+  for k in schema.step_keys_of(host_batch):
     x = np.asarray(host_batch[k])
     out[k] = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
   return out

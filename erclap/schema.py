@@ -13,26 +13,61 @@ LABEL_NAMES: tuple[str, ...] = ("arousal", "valence", "dominance")
 
 # Keys of a host batch that enter the model (strings such as ids stay on the host).
 SPEECH_INPUT_KEYS = ("audio", "audio_mask")
+# With a speech-feature cache (``config.data.speech_features``, ``erclap.speech_features``) the speech side of
+# a batch is the cached representation, float32 (B, D), instead of the waveform.
+CACHED_SPEECH_INPUT_KEYS = ("speech_features",)
 TEXT_INPUT_KEYS = ("input_ids", "attention_mask")
 MODEL_INPUT_KEYS = SPEECH_INPUT_KEYS + TEXT_INPUT_KEYS
-# Keys of a host batch that enter the jitted train step.
-STEP_KEYS = MODEL_INPUT_KEYS + ("labels", "class_id", "valid")
+CACHED_MODEL_INPUT_KEYS = CACHED_SPEECH_INPUT_KEYS + TEXT_INPUT_KEYS
+TARGET_KEYS = ("labels", "class_id", "valid")
+# Keys of a host batch that enter the jitted train step (uncached / cached speech).
+STEP_KEYS = MODEL_INPUT_KEYS + TARGET_KEYS
+CACHED_STEP_KEYS = CACHED_MODEL_INPUT_KEYS + TARGET_KEYS
+
+
+def uses_speech_cache(config) -> bool:
+  """Whether the run reads cached speech features (``config.data.speech_features`` names a directory)."""
+  return bool(config.data.get("speech_features", ""))
+
+
+def speech_input_keys(config) -> tuple[str, ...]:
+  return CACHED_SPEECH_INPUT_KEYS if uses_speech_cache(config) else SPEECH_INPUT_KEYS
+
+
+def step_keys(config) -> tuple[str, ...]:
+  """The keys of a train-step batch of ``config``: ``CACHED_STEP_KEYS`` with a speech cache, else ``STEP_KEYS``."""
+  return CACHED_STEP_KEYS if uses_speech_cache(config) else STEP_KEYS
+
+
+def step_keys_of(batch: dict) -> tuple[str, ...]:
+  """The train-step keys a host batch carries (cached or uncached speech): for code that has no config."""
+  return CACHED_STEP_KEYS if CACHED_SPEECH_INPUT_KEYS[0] in batch else STEP_KEYS
 
 
 def model_inputs(config, batch: dict) -> dict:
-  """The model's inputs of ``batch``: audio only for the SER stage, audio and text for the CLAP stage."""
-  keys = SPEECH_INPUT_KEYS if config.stage == "ser" else MODEL_INPUT_KEYS
+  """The model's inputs of ``batch``: speech only for the SER stage, speech and text for the CLAP stage
+  (speech: audio and its mask, or the cached ``speech_features``)."""
+  speech = speech_input_keys(config)
+  keys = speech if config.stage == "ser" else speech + TEXT_INPUT_KEYS
   return {k: batch[k] for k in keys}
 
 
+# Width of the placeholder ``speech_features`` of ``dummy_inputs``: the model initialises its parameters from
+# a short silent clip through the tower whatever width is passed (``CLAPModel.__call__``), so the parameter
+# tree is the uncached model's; the placeholder only fixes ranks and dtypes.
+DUMMY_FEATURE_WIDTH = 1
+
+
 def dummy_inputs(config, batch_size: int = 2) -> dict[str, np.ndarray]:
-  """Model inputs of the right shapes and dtypes (for initialisation and shape inference)."""
-  num_samples = int(round(config.data.max_seconds * config.data.sample_rate))
+  """Model inputs of the right ranks, shapes and dtypes (for initialisation and shape inference)."""
   length = config.data.max_text_tokens
-  return dict(audio=np.zeros((batch_size, num_samples), np.float32),
-              audio_mask=np.ones((batch_size, num_samples), bool),
-              input_ids=np.zeros((batch_size, length), np.int32),
+  text = dict(input_ids=np.zeros((batch_size, length), np.int32),
               attention_mask=np.ones((batch_size, length), np.int32))
+  if uses_speech_cache(config):
+    return dict(speech_features=np.zeros((batch_size, DUMMY_FEATURE_WIDTH), np.float32), **text)
+  num_samples = int(round(config.data.max_seconds * config.data.sample_rate))
+  return dict(audio=np.zeros((batch_size, num_samples), np.float32),
+              audio_mask=np.ones((batch_size, num_samples), bool), **text)
 
 
 def dummy_batch(config, batch_size: int = 2) -> dict[str, np.ndarray]:

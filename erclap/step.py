@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from erclap import grad_cache, losses, schema
-from erclap.optim import LOG_TEMPERATURE, frozen_view, learning_rate_schedule
+from erclap import grad_cache, input_pipeline, losses, schema
+from erclap.optim import LOG_TEMPERATURE, frozen_view, learning_rate_schedule, top_level_group
 from erclap.state import TrainState
 
 LossAndGrads = Callable[..., tuple[jax.Array, dict, dict]]
@@ -89,7 +89,7 @@ def clap_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Ar
     config: the run's config.
     mesh: the device mesh.
     params: the parameters.
-    batch: the global batch (``erclap.schema.STEP_KEYS``).
+    batch: the global batch (``erclap.schema.step_keys(config)``: audio or cached speech features).
     rng: the step's dropout key.
 
   Returns:
@@ -129,6 +129,28 @@ def ser_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Arr
   return loss, parts, grads
 
 
+def check_cached_speech_is_frozen(config, param_names) -> None:
+  """Training on cached speech features needs every parameter they were computed from to stay fixed.
+
+  Args:
+    config: the run's config (``data.speech_features``, ``model.freeze_speech``).
+    param_names: the model's top-level parameter names.
+
+  Raises:
+    ValueError naming the representation's parameters that the optimizer would update (the cache would
+    describe weights the model no longer has after the first step).
+  """
+  if not schema.uses_speech_cache(config):
+    return
+  moving = [k for k in input_pipeline.REPRESENTATION_PARAMS if k in param_names
+            and not (config.model.freeze_speech and top_level_group((k,)) == "speech")]
+  if moving:
+    raise ValueError(f"config.data.speech_features={config.data.speech_features!r}: the cached speech "
+                     f"representation is computed from {moving}, which this config trains (model.freeze_speech="
+                     f"{config.model.freeze_speech} freezes only the optimizer's 'speech' group); train without "
+                     f"the cache, or freeze them")
+
+
 def make_loss_and_grads(model, config, mesh) -> LossAndGrads:
   """The loss-and-gradient function of ``config``: ``f(params, batch, rng) -> (loss, aux, grads)``."""
   micro, n = config.train.micro_batch_size, config.train.global_batch_size
@@ -160,6 +182,7 @@ def make_train_step(model, config, mesh, optimizer) -> Callable[[TrainState, dic
   schedule = learning_rate_schedule(config)
 
   def train_step(state: TrainState, batch):
+    check_cached_speech_is_frozen(config, tuple(state.params))
     rng = jax.random.fold_in(state.rng, state.step)
     loss, parts, grads = loss_and_grads(state.params, batch, rng)
     grad_norm = optax.tree.norm(grads)

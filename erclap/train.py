@@ -108,6 +108,8 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   if restored is not None:
     step0, train_state, _ = restored
     logging.info("Resumed from %s at step %d.", manager.directory, step0)
+  if schema.uses_speech_cache(config):  # features of other weights are refused before the first step
+    input_pipeline.check_speech_cache(config, train_state.params)
   batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in schema.dummy_batch(config).items()}
   train_step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer),
                        in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),

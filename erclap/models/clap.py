@@ -22,6 +22,7 @@ from erclap.models.text import TextEncoder
 
 # What the CLAP speech projection reads: the pooled tower output, or the SER head's last hidden block / scores.
 SPEECH_REPRESENTATIONS = ("pooled", "ser_hidden", "ser_output")
+_INIT_SAMPLES = 16000  # the silent clip that initialises the speech path of a model fed cached features (1 s)
 
 
 class ProjectionHead(nn.Module):
@@ -131,9 +132,24 @@ class CLAPModel(nn.Module):
     pooled = _pool_text(hidden, attention_mask, self.text_pooling)
     return l2_normalize(self.text_proj(pooled, train=train))
 
-  def __call__(self, audio, audio_mask, input_ids, attention_mask, *, train: bool = False):
-    return dict(speech=self.embed_audio(audio, audio_mask, train=train),
-                text=self.embed_text(input_ids, attention_mask, train=train),
+  def embed_speech_features(self, features, *, train: bool = False):
+    """A precomputed speech representation (B, F) float32 (what ``speech_feature`` returns; the speech-feature
+    cache, ``erclap.speech_features``) -> L2-normalised (B, D) float32: the projection only, no tower."""
+    return l2_normalize(self.speech_proj(features.astype(jnp.float32), train=train))
+
+  def __call__(self, audio=None, audio_mask=None, input_ids=None, attention_mask=None, *, speech_features=None,
+               train: bool = False):
+    """Speech from ``audio`` / ``audio_mask``, or from cached ``speech_features`` (B, F) when given."""
+    if speech_features is None:
+      speech = self.embed_audio(audio, audio_mask, train=train)
+    elif self.is_initializing():
+      # The cached path must build the uncached model's parameter tree (checkpoints serve both paths): the
+      # tower, pooling and projection are created from a short silent clip, whatever width is passed here.
+      silent = jnp.zeros((speech_features.shape[0], _INIT_SAMPLES), jnp.float32)
+      speech = self.embed_audio(silent, jnp.ones(silent.shape, bool), train=train)
+    else:
+      speech = self.embed_speech_features(speech_features, train=train)
+    return dict(speech=speech, text=self.embed_text(input_ids, attention_mask, train=train),
                 temperature=jnp.exp(self.log_temperature))
 
 

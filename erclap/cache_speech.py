@@ -1,0 +1,179 @@
+"""--mode=cache_speech: compute the frozen speech representation of every clip once (``erclap.speech_features``).
+
+  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=cache_speech \
+      --config.model.freeze_speech=True
+  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo_cached --mode=train \
+      --config.model.freeze_speech=True --config.data.speech_features=workdirs/demo/speech_features
+
+Which weights: the workdir's latest checkpoint when it has one (e.g. to export a trained model through the
+cache); otherwise the parameters a training run of this config starts from at step 0 (``config.seed``, with
+``model.speech_init`` loaded: a Hugging Face WavLM / Odyssey directory or a stage-1 workdir), so that a run
+started from this config trains on exactly these features. What is cached: everything the CLAP model computes
+from audio before its projection (tower -> pooling -> SER head for ``ser_hidden`` / ``ser_output``), in
+inference mode, on the evaluation crop (centre crop of ``data.eval_max_seconds``, or ``data.max_seconds`` when
+that is 0), for the train, eval, test and export splits. Where: ``config.data.speech_features``, or
+``<workdir>/speech_features`` when that is "".
+
+Batches are sharded over the mesh like evaluation; every process computes its rows, all take part in every
+gather, process 0 writes. A split is written under temporary names and renamed when complete; a rerun skips the
+splits already complete for the same fingerprint, and a directory made for another fingerprint is refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from erclap import (
+  checkpointing,
+  config_lib,
+  evaluate,
+  input_pipeline,
+  optim,
+  runtime,
+  speech_features,
+  state,
+  tower_init,
+)
+
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def cache_directory(config, workdir: str) -> str:
+  """``config.data.speech_features``, or ``<workdir>/speech_features`` when it is ""."""
+  return config.data.speech_features or os.path.join(workdir, "speech_features")
+
+
+def splits_to_cache(config) -> list[str]:
+  """The configured train, eval, test and export splits (each once, in that order)."""
+  d = config.data
+  return list(dict.fromkeys([d.train_split, d.eval_split, d.test_split, *config.export.splits]))
+
+
+def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]:
+  """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0.
+
+  Returns:
+    ``(params, description of where they come from)``.
+  """
+  if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=False, read_only=True)
+    try:
+      has_steps = bool(manager.all_steps())
+    finally:
+      manager.close()
+    if has_steps:
+      step, params, _ = runtime.restore_params(config, workdir, model, mesh)
+      return params, f"the checkpoint of {workdir} at step {step}"
+  load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
+  train_state, _ = state.create_train_state(model, config, mesh, optim.make_optimizer(config),
+                                            jax.random.key(config.seed), load_towers=load_towers)
+  source = f"model.speech_init={config.model.speech_init!r}" if config.model.speech_init else "random init"
+  return train_state.params, f"the step-0 parameters of this config ({source}, seed {config.seed})"
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def cache_split(embedder: evaluate.Embedder, params, config, split: str, directory: str, fingerprint: dict, *,
+                on_batch: Callable[[int, int], None] | None = None) -> int:
+  """Computes and writes the representation of every clip of ``split``; returns the clip count.
+
+  Args:
+    embedder: the Embedder of the (uncached) model.
+    params: its parameters.
+    config: the run's config without a speech cache (audio batches).
+    split: the split to cache.
+    directory: the cache directory (``speech_features.prepare_directory`` done).
+    fingerprint: the directory's fingerprint.
+    on_batch: called after each written batch with (batch index, clips written so far), on every process.
+
+  Returns:
+    The number of clips written. On any exception nothing of the split stays under its final names.
+  """
+  divisor = math.lcm(embedder.divisor, jax.process_count())
+  if config.eval.batch_size % divisor:
+    raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} (the mesh's "
+                     f"{embedder.divisor} batch shards and {jax.process_count()} processes)")
+  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split,
+                                                 batch_size=config.eval.batch_size // jax.process_count())
+  total = len(iterator.source)
+  chief = jax.process_index() == 0
+  writer = speech_features.SplitWriter(directory, split, fingerprint, total) if chief else None
+  start = last_print = time.time()
+  done = 0
+  try:
+    for b, batch in enumerate(iterator):
+      rows = embedder.representation(params, batch["audio"], batch["audio_mask"])
+      keep = embedder.gather(np.asarray(batch["valid"])).astype(bool)
+      ids = [i for i, k in zip(embedder.gather_strings(batch["id"]), keep, strict=True) if k]
+      if writer is not None:
+        writer.write(rows[keep], ids)
+      done += len(ids)
+      if on_batch is not None:
+        on_batch(b, done)
+      now = time.time()
+      if chief and (now - last_print >= PROGRESS_EVERY_SECONDS or done == total):
+        rate = done / max(now - start, 1e-9)
+        print(f"[cache_speech] {split}: {done}/{total} clips  {rate:.1f} clips/s  "
+              f"ETA {_format_eta((total - done) / max(rate, 1e-9))}", flush=True)
+        last_print = now
+  except BaseException:
+    if writer is not None:
+      writer.abort()
+    raise
+  if writer is not None:
+    writer.close()
+  return done
+
+
+def _agreed(flag: bool) -> bool:
+  """Process 0's answer on every process (they must enter the same collectives)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def cache_speech_features(config, workdir: str) -> str:
+  """--mode=cache_speech: writes the speech-feature cache of ``splits_to_cache(config)``; returns its directory."""
+  if config.stage != "clap":
+    raise ValueError(f"--mode=cache_speech caches the clap stage's speech representation; config.stage="
+                     f"{config.stage!r}")
+  if not config.model.freeze_speech:
+    raise ValueError("--mode=cache_speech needs config.model.freeze_speech=True: only a frozen speech tower has "
+                     "one representation per clip for the whole run")
+  directory = cache_directory(config, workdir)
+  directory = directory if "://" in directory else os.path.abspath(directory)
+  plain = config_lib.apply_overrides(config, {"data.speech_features": ""})  # audio batches, the uncached model
+  mesh, tokenizer, model = runtime.setup(plain, workdir)
+  params, source = representation_params(plain, workdir, model, mesh)
+  fingerprint = input_pipeline.representation_fingerprint(plain, params)
+  chief = jax.process_index() == 0
+  if chief:
+    speech_features.prepare_directory(directory, fingerprint)
+    print(f"[cache_speech] {fingerprint['representation']} representation ({fingerprint['width']} floats per clip) "
+          f"of {source}, {fingerprint['crop_seconds']} s centre crops -> {directory}", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("erclap-speech-cache-ready")
+  embedder = evaluate.Embedder(model, plain, mesh, tokenizer)
+  for split in splits_to_cache(config):
+    if _agreed(chief and speech_features.split_is_cached(directory, split, fingerprint)):
+      if chief:
+        print(f"[cache_speech] {split}: already cached, skipped", flush=True)
+      continue
+    cache_split(embedder, params, plain, split, directory, fingerprint)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("erclap-speech-cache-written")
+  if chief:
+    print(f"[cache_speech] done: train, evaluate or export with --config.data.speech_features={directory}",
+          flush=True)
+  return directory
