@@ -14,22 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+
+from timing import median_seconds  # benchmarks/timing.py (this script's folder is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def _median_time(fn, repeats: int) -> float:
-  import jax
-
-  jax.block_until_ready(fn())  # warm-up (compiled beforehand)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(sorted(times)[len(times) // 2])
 
 
 def bench_clap(size: str, batch: int, seconds: float, tokens: int, repeats: int, remat: bool = False) -> dict:
@@ -66,7 +55,7 @@ def bench_clap(size: str, batch: int, seconds: float, tokens: int, repeats: int,
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
   flops = float(cost.get("flops", float("nan"))) / batch
-  seconds_per_step = _median_time(lambda: compiled(params, audio, amask, ids, tmask), repeats)
+  seconds_per_step = median_seconds(lambda: compiled(params, audio, amask, ids, tmask), repeats)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   frames = model.speech_arch.num_frames(samples)
   return dict(config=f"{size}{' remat' if remat else ''}", batch=batch, frames=frames, params_m=n_params / 1e6,

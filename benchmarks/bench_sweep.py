@@ -17,7 +17,8 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+from timing import median_seconds  # benchmarks/timing.py (this script's folder is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The base-size towers (WavLM-base-plus + DistilRoBERTa class), frozen speech, a small batch.
@@ -32,18 +33,6 @@ def _child(args: list[str], devices: int = 8) -> dict:
   if out.returncode:
     raise RuntimeError(f"child {args} exited with {out.returncode}: {out.stderr[-3000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _timeit(fn, repeats: int) -> float:
-  import jax
-
-  jax.block_until_ready(fn())  # compile + warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(sorted(times)[len(times) // 2])
 
 
 def _config(size: str, cached: bool, batch: int, seconds: float):
@@ -101,13 +90,13 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
     def run_step():
       holder["state"], metrics = train_step(holder["state"], arrays)
       return metrics["loss"]
-    result["step_s"] = _timeit(run_step, repeats)
+    result["step_s"] = median_seconds(run_step, repeats)
     if loss_share:
       emb = jax.random.normal(jax.random.key(1), (2, batch, config.model.joint_dim))
       emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
       loss_grad = jax.jit(jax.grad(lambda s, x: step.clap_loss_from_embeddings(
           config, mesh, s, x, jnp.log(0.1), arrays), argnums=(0, 1)))
-      result["loss_s"] = _timeit(lambda: loss_grad(emb[0], emb[1]), repeats)
+      result["loss_s"] = median_seconds(lambda: loss_grad(emb[0], emb[1]), repeats)
   result["finite"] = bool(np.isfinite(float(run_step())))
   return result
 

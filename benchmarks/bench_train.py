@@ -14,7 +14,8 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+from timing import median_seconds  # benchmarks/timing.py (this script's folder is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,18 +30,6 @@ def _child(kind: str, devices: int, batch: int, repeats: int) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _timeit(fn, repeats: int) -> float:
-  import jax
-
-  jax.block_until_ready(fn())  # compile + warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(sorted(times)[len(times) // 2])
-
-
 def child(kind: str, batch: int, repeats: int) -> dict:
   sys.path.insert(0, ROOT)
   import jax
@@ -50,7 +39,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   from erclap.configs import demo
 
   config = demo.get_config()
-  config.runtime.global_batch_size = batch
+  config.train.global_batch_size = batch
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
   model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
@@ -74,7 +63,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
       def run_step():
         holder["state"], metrics = train_step(holder["state"], batch_arrays)
         return metrics["loss"]
-      result["step_s"] = _timeit(run_step, repeats)
+      result["step_s"] = median_seconds(run_step, repeats)
     if kind in ("loss_share", "loss_only"):
       import jax.numpy as jnp
 
@@ -83,7 +72,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
       emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
       loss_grad = jax.jit(jax.grad(lambda s, x: step.clap_loss_from_embeddings(
           config, mesh, s, x, jnp.log(0.1), batch_arrays), argnums=(0, 1)))
-      result["loss_s"] = _timeit(lambda: loss_grad(emb[0], emb[1]), repeats)
+      result["loss_s"] = median_seconds(lambda: loss_grad(emb[0], emb[1]), repeats)
   return result
 
 
