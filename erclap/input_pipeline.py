@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import data, models, sharding, speech_features
+from erclap import data, models, schema, sharding, speech_features
 from erclap import descriptions as desc_lib
 from erclap.data import builders, embedded
 from erclap.schema import LABEL_NAMES, uses_speech_cache
@@ -325,7 +325,6 @@ def eval_crop_seconds(data_config) -> float:
 # ----------------------------------------------------------------------------- speech-feature cache
 
 # Top-level parameter entries the speech representation is computed from (those the model has).
-REPRESENTATION_PARAMS = ("speech_tower", "speech_pool", "ser_head")
 
 
 def speech_representation_name(model_config) -> str:
@@ -377,7 +376,7 @@ def representation_fingerprint(config, params) -> dict:
   """The fingerprint of the speech representation of ``params`` (global arrays or numpy) under ``config``.
 
   Gathers the representation's parameters to every host: multi-host, every process must call it."""
-  host = sharding.to_host({k: params[k] for k in REPRESENTATION_PARAMS if k in params})
+  host = sharding.to_host({k: params[k] for k in schema.SPEECH_REPRESENTATION if k in params})
   projection = [leaf for leaf in jax.tree.leaves(params["speech_proj"]) if np.ndim(leaf) == 2]
   return speech_cache_fingerprint(config, params_digest=speech_features.params_digest(host),
                                   width=int(np.shape(projection[0])[0]))

@@ -13,10 +13,12 @@ from __future__ import annotations
 import jax
 import optax
 
+from erclap import schema
+
 SPEECH_TOWER, TEXT_TOWER, LOG_TEMPERATURE = "speech_tower", "text_tower", "log_temperature"
 SPEECH_POOL, SER_HEAD = "speech_pool", "ser_head"
 # The parts of the cross-modal model that come from a speech emotion model (stage 1 or Odyssey).
-SPEECH_REPRESENTATION = (SPEECH_TOWER, SPEECH_POOL, SER_HEAD)
+SPEECH_REPRESENTATION = schema.SPEECH_REPRESENTATION  # (SPEECH_TOWER, SPEECH_POOL, SER_HEAD)
 
 
 def speech_group(stage: str) -> tuple[str, ...]:

@@ -11,6 +11,9 @@ import numpy as np
 # The emotion attributes, in the column order of every (N, 3) ``labels`` array.
 LABEL_NAMES: tuple[str, ...] = ("arousal", "valence", "dominance")
 
+# Top-level parameters of the speech representation (what the projection reads): tower, pooling, SER head.
+SPEECH_REPRESENTATION: tuple[str, ...] = ("speech_tower", "speech_pool", "ser_head")
+
 # Keys of a host batch that enter the model (strings such as ids stay on the host).
 SPEECH_INPUT_KEYS = ("audio", "audio_mask")
 # With a speech-feature cache (``config.data.speech_features``, ``erclap.speech_features``) the speech side of

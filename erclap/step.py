@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from erclap import grad_cache, input_pipeline, losses, schema
+from erclap import grad_cache, losses, schema
 from erclap.optim import LOG_TEMPERATURE, frozen_view, learning_rate_schedule, top_level_group
 from erclap.state import TrainState
 
@@ -142,7 +142,7 @@ def check_cached_speech_is_frozen(config, param_names) -> None:
   """
   if not schema.uses_speech_cache(config):
     return
-  moving = [k for k in input_pipeline.REPRESENTATION_PARAMS if k in param_names
+  moving = [k for k in schema.SPEECH_REPRESENTATION if k in param_names
             and not (config.model.freeze_speech and top_level_group((k,)) == "speech")]
   if moving:
     raise ValueError(f"config.data.speech_features={config.data.speech_features!r}: the cached speech "

@@ -163,7 +163,7 @@ def test_flops_per_example_of_the_base_model(devices):
 @pytest.mark.slow
 def test_tpu_v4_config_plans_on_v4_8_in_a_fresh_process(tmp_path):
   code = ("import sys; from erclap import plan; from erclap.configs import tpu_v4\n"
-          "c = tpu_v4.get_config(); c.plan.topology = 'v4-8'\n"
+          "c = tpu_v4.get_config(); c.plan.topology = 'v4-8'; c.model.freeze_speech = False\n"
           "assert plan.prepare_devices(c) == 4\n"
           "r = plan.run_plan(c, sys.argv[1]); assert r['devices'] == 4, r['devices']\n")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}

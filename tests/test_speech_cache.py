@@ -114,12 +114,15 @@ def test_config_refuses_cache_without_frozen_speech(tmp_path):
   config_lib.validate(th.tiny_config(str(tmp_path), **FROZEN, **{"data.speech_features": str(tmp_path)}))
 
 
-def test_step_refuses_trainable_pooling_under_the_cache(tmp_path):
-  config = th.tiny_config(str(tmp_path), **FROZEN, **{"data.speech_features": str(tmp_path),
-                                                       "model.speech_pooling": "attentive_stats"})
-  with pytest.raises(ValueError, match=r"\['speech_pool'\]"):
-    step.check_cached_speech_is_frozen(config, ("speech_tower", "speech_pool", "speech_proj", "text_tower"))
-  step.check_cached_speech_is_frozen(config, ("speech_tower", "speech_proj", "text_tower"))
+def test_step_refuses_a_trained_representation_under_the_cache(tmp_path):
+  cached = {"data.speech_features": str(tmp_path), "model.speech_pooling": "attentive_stats"}
+  # model.freeze_speech freezes the whole representation (tower, pooling, SER head): the cache is accepted.
+  config = th.tiny_config(str(tmp_path), **FROZEN, **cached)
+  step.check_cached_speech_is_frozen(config, ("speech_tower", "speech_pool", "ser_head", "speech_proj", "text_tower"))
+  # Without it every representation parameter would move; the step refuses (second line behind config_lib).
+  config = th.tiny_config(str(tmp_path), **cached)
+  with pytest.raises(ValueError, match=r"\['speech_tower', 'speech_pool', 'ser_head'\]"):
+    step.check_cached_speech_is_frozen(config, ("speech_tower", "speech_pool", "ser_head", "speech_proj", "text_tower"))
 
 
 # ----------------------------------------------------------------------------- model and pipeline
