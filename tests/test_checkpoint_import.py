@@ -193,6 +193,7 @@ def test_import_errors_list_every_fault(tmp_path):
     hf_import.import_hf_model(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.slow
 def test_init_from_pretrained_puts_towers_into_clap_params(tmp_path):
   torch.manual_seed(0)
   config, cls = _speech_case("wavlm", LARGE_STYLE)

@@ -41,6 +41,7 @@ def _noise(seconds: float, rate: int = 16000, seed: int = 0, channels: int = 0) 
   return (0.3 * rng.standard_normal(shape)).clip(-1, 1).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_long_clip_is_the_mean_of_its_windows(model):
   crop = model.num_samples
   x = _noise(3 * crop / 16000, seed=1)

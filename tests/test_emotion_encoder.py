@@ -146,6 +146,7 @@ def ser_workdir(tmp_path_factory):
   return workdir, config, model, params
 
 
+@pytest.mark.slow
 def test_stage1_workdir_loads_through_the_same_api(ser_workdir):
   workdir, _, model, params = ser_workdir
   enc = EmotionRankEncoder.load(workdir, batch_size=8, max_seconds=1.0)

@@ -21,6 +21,9 @@ from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 from erclap.schema import LABEL_NAMES
 
+# Every test here shares a trained model fixture that takes minutes: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -74,6 +74,7 @@ def _data(seed, n, dim=8, levels=4, label_dim=2, m=None):
 # --------------------------------------------------------------------------- RNC values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sim", ["cosine", "neg_l2"])
 @pytest.mark.parametrize("excl", [False, True])
 @pytest.mark.parametrize("label_dim", [1, 2])
@@ -129,6 +130,7 @@ def test_rnc_permutation_invariant_and_row_blocks():
                                float(full), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_rnc_gradients_match_dense_jnp():
   a, c, ya, yc = _data(4, 26, m=31)
   for sim in ("cosine", "neg_l2"):
@@ -146,6 +148,7 @@ def test_rnc_gradients_match_dense_jnp():
   np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_small_temperature_exact_and_finite():
   # tau = 0.01 with cosine: logit range 200 > the cumsum path's bound, so the log-space scan runs.
   a, c, ya, yc = _data(6, 30)
@@ -159,6 +162,7 @@ def test_small_temperature_exact_and_finite():
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_bf16_inputs_accumulate_in_float32():
   a, c, ya, _ = _data(9, 32, dim=16)
   a16, c16 = jnp.asarray(a, jnp.bfloat16), jnp.asarray(c, jnp.bfloat16)
@@ -216,6 +220,7 @@ def _sharded_vs_plain(fn, mesh, args, n_grads=2):
   return float(v1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [((8,), ("data",)), ((2, 2, 2), ("data", "fsdp", "tensor"))])
 def test_sharded_equals_unsharded(devices, mesh_shape):
   mesh = sharding.make_mesh(*mesh_shape)

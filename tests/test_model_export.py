@@ -31,6 +31,9 @@ from erclap import (
 from erclap.inference import ERCLAP
 from erclap.schema import LABEL_NAMES
 
+# Every test here shares an exported model fixture that takes minutes: the whole module is slow.
+pytestmark = pytest.mark.slow
+
 STEP = 6
 TEXTS = ["a calm, quiet voice", "very high arousal", "An EXCITED speaker!", "words the vocabulary lacks: zyx",
          "low valence"]
@@ -219,6 +222,7 @@ sys.modules["jax"] = None
 sys.modules["erclap"] = None
 import numpy as np
 import tensorflow as tf
+
 model = tf.saved_model.load(sys.argv[1])
 data = np.load(sys.argv[2] + "/inputs.npz")
 audio = model.signatures["embed_audio"](audio=tf.constant(data["audio"]), audio_mask=tf.constant(data["audio_mask"]))

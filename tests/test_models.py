@@ -54,6 +54,7 @@ def tiny():
   return model, _init(model, batch), batch
 
 
+@pytest.mark.slow
 def test_output_contract(tiny):
   model, params, batch = tiny
   assert set(params) == {"speech_tower", "speech_proj", "text_tower", "text_proj", "log_temperature"}
@@ -73,6 +74,7 @@ def test_output_contract(tiny):
   np.testing.assert_allclose(jnp.exp(_init(hot, batch)["log_temperature"]), 0.2, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text_arch,pooling", [("bert", "cls"), ("roberta", "mean")])
 def test_padded_batch_equals_each_item_alone(text_arch, pooling):
   model = models.build_clap_model(_config(text_arch=text_arch, text_pooling=pooling), vocab_size=VOCAB)
@@ -112,6 +114,7 @@ def test_sharded_forward_equals_single_device(tiny, devices):
     np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_remat_gives_same_values_and_gradients(tiny):
   model, params, batch = tiny
   remat = models.build_clap_model(_config(remat=True), vocab_size=VOCAB)
@@ -140,6 +143,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs(tiny):
     assert cosine.min() > 0.98, cosine
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = models.build_clap_model(_config(dropout=0.3), vocab_size=VOCAB)
   batch = _batch()

@@ -128,6 +128,7 @@ def test_step_refuses_a_trained_representation_under_the_cache(tmp_path):
 # ----------------------------------------------------------------------------- model and pipeline
 
 
+@pytest.mark.slow
 def test_cached_model_has_the_uncached_parameter_tree(tiny_embedded, devices):
   config, data_dir = tiny_embedded
   config = config_lib.apply_overrides(config, FROZEN)

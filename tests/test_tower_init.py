@@ -21,6 +21,7 @@ def test_tower_mismatch_lists_differences():
   assert "bias" in text and "(4, 6)" in text and "other" in text
 
 
+@pytest.mark.slow
 def test_speech_tower_from_a_workdir_lands_sharded_before_the_optimizer(devices, tmp_path):
   config = th.tiny_config("unused", **{"mesh.shape": (2, 2, 2)})
   mesh = runtime.make_mesh(config)

@@ -56,6 +56,7 @@ def _setup(config):
   return mesh, tokenizer, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["rnc", "infonce"])
 def test_gradient_caching_equals_one_shot(devices, loss):
   config = th.tiny_config("unused", loss=loss)
@@ -78,6 +79,7 @@ def test_gradient_caching_equals_one_shot(devices, loss):
   assert scale > 0
 
 
+@pytest.mark.slow
 def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
   results = []
   for shape in [(8, 1, 1), (2, 2, 2)]:
@@ -105,6 +107,7 @@ def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_frozen_speech_tower_does_not_move(devices):
   config = th.tiny_config("unused", **{"model.freeze_speech": True})
   mesh, tokenizer, model = _setup(config)

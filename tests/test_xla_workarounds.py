@@ -82,6 +82,7 @@ def test_batch_local_rejects_a_batch_that_does_not_split(devices):
     xla_workarounds.batch_local(_grouped_conv)(np.concatenate([x, x[:2]]), w)
 
 
+@pytest.mark.slow
 def test_activation_rules_keep_the_fsdp_tensor_miscompilation_away(devices):
   """Guard for workaround 2 (no bare-ops reproduction): a one-layer WavLM speech tower on a (2, 2, 2) mesh with
   table-sharded parameters equals one device, values and gradients (without the activation pins its output
