@@ -34,6 +34,8 @@ import sys
 import time
 import types
 
+from timing import median_seconds  # benchmarks/timing.py (this script's folder is on sys.path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
@@ -87,18 +89,6 @@ def _base_config(small: bool, batch: int):
   return c
 
 
-def _median_time(fn, repeats: int = 3) -> float:
-  import jax
-
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
-
-
 def _peak_bytes(device) -> int | None:
   try:
     stats = device.memory_stats() or {}
@@ -133,7 +123,7 @@ def bench_loss(name: str, n: int, dim: int, row_block: int, device) -> dict:
   start = time.perf_counter()
   compiled = fn.lower(s, t, batch).compile()
   compile_s = time.perf_counter() - start
-  seconds = _median_time(lambda: compiled(s, t, batch))
+  seconds = median_seconds(lambda: compiled(s, t, batch), 3)
   memory = compiled.memory_analysis()
   flops = plan.compiled_cost(compiled).get("flops")
   return dict(seconds=seconds, compile_s=compile_s, temp=getattr(memory, "temp_size_in_bytes", None),
@@ -189,7 +179,7 @@ def bench_step(config, chip_key, device, vocab: int) -> dict:
     return metrics["loss"]
 
   with jax.set_mesh(mesh):
-    seconds = _median_time(run)
+    seconds = median_seconds(run, 3)
   return dict(seconds=seconds, compile_s=compile_s, peak=_peak_bytes(device), plan=predicted,
               flops=figures["flops_per_device"])
 
