@@ -1,13 +1,16 @@
-"""Large-batch sweeps on the speech-feature cache: train-step throughput with and without it, and the cached
-cross-modal stage at global batch 4096 (Rank-N-Contrast sharded over 8 simulated devices).
+"""Large-batch sweeps on the speech-feature cache: train-step throughput with and without it, the cached
+cross-modal stage at global batch 4096 (Rank-N-Contrast sharded over 8 simulated devices), and the wall time
+of a small sweep (configs/sweeps/demo_smoke.py) both ways.
 
-  python benchmarks/bench_sweep.py                  # both tables (~10 min on 2 cores)
-  python benchmarks/bench_sweep.py --only=ratio     # ratio | batch4096
+  python benchmarks/bench_sweep.py                  # all three tables (~15 min on 2 cores)
+  python benchmarks/bench_sweep.py --only=ratio     # ratio | batch4096 | sweep
 
 Every figure is measured in this run, side by side; compare ratios, not single timings (shared machines).
-Each measurement runs in a subprocess with 8 simulated CPU devices (base-size towers: 1, for memory). The
+Each step measurement runs in a subprocess with 8 simulated CPU devices (base-size towers: 1, for memory). The
 cached step reads random features of the representation's width (what the step computes from them does not
-depend on their values); the uncached step runs the frozen speech tower on random audio. Prints markdown tables.
+depend on their values); the uncached step runs the frozen speech tower on random audio. The sweep runs as a user
+runs it (``launch/sweep.py``, one process per run, this machine's devices) on one frozen speech model: a short
+stage-1 run made first and not timed; "cached" includes making the cache. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 from timing import median_seconds  # benchmarks/timing.py (this script's folder is on sys.path)
 
@@ -130,9 +135,43 @@ def batch4096_table(repeats: int) -> None:
         f"{r['loss_s'] / r['step_s']:.1%} | {r['finite']} |", flush=True)
 
 
+def _timed(cmd: list[str]) -> float:
+  """Wall seconds of a command run from the repository root (its output kept for a failure's message)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  start = time.perf_counter()
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} exited with {out.returncode}: {out.stderr[-3000:]}")
+  return time.perf_counter() - start
+
+
+def sweep_table(root: str, steps: int) -> None:
+  """configs/sweeps/demo_smoke.py (2 runs) with ``steps`` steps each, on audio vs on a cache made once."""
+  main = [sys.executable, "-m", "erclap.main"]
+  stage1 = os.path.join(root, "stage1")
+  _timed([*main, "--config=configs/ser_pretrain.py:demo", f"--workdir={stage1}", "--mode=train",
+          "--config.train.num_steps=10", "--config.eval.every_steps=1000"])   # any frozen speech model will do
+  frozen = [f"--config.model.speech_init={stage1}", "--config.model.freeze_speech=True",
+            f"--config.train.num_steps={steps}", f"--config.eval.every_steps={steps}"]
+  sweep = [sys.executable, "launch/sweep.py", "demo_smoke", "--backend=local"]
+  plain = _timed([*sweep, f"--root={root}/plain", "--", *frozen])
+  cache = os.path.join(root, "cache", "speech_features")
+  caching = _timed([*main, "--config=configs/demo.py:single_stage", f"--workdir={root}/cache", "--mode=cache_speech",
+                    *frozen])
+  cached = _timed([*sweep, f"--root={root}/cached", "--", *frozen, f"--config.data.speech_features={cache}"])
+  print(f"\n| demo_smoke sweep (2 runs x {steps} steps, frozen speech) | on audio (s) | cache once (s) | "
+        f"on the cache (s) | cache + sweep (s) | speed-up |")
+  print("|---|---|---|---|---|---|")
+  print(f"| wall time | {plain:.0f} | {caching:.0f} | {cached:.0f} | {caching + cached:.0f} | "
+        f"{plain / (caching + cached):.2f}x (sweep alone {plain / cached:.2f}x) |", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--only", default="", choices=("", "ratio", "batch4096"))
+  parser.add_argument("--only", default="", choices=("", "ratio", "batch4096", "sweep"))
+  parser.add_argument("--sweep_root", default="workdirs/bench_sweep", help="workdirs of the sweep table "
+                      "(emptied first)")
+  parser.add_argument("--sweep_steps", type=int, default=100)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--child", action="store_true")
   parser.add_argument("--size", default="tiny")
@@ -149,6 +188,10 @@ def main():
     ratio_table(args.repeats)
   if args.only in ("", "batch4096"):
     batch4096_table(max(2, args.repeats - 1))
+  if args.only in ("", "sweep"):
+    root = os.path.abspath(args.sweep_root)
+    shutil.rmtree(root, ignore_errors=True)  # every run of the sweep starts from nothing
+    sweep_table(root, args.sweep_steps)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   from erclap import optim, runtime, sharding, state, step, tokenization
   from erclap.configs import demo
 
-  config = demo.get_config()
+  config = demo.get_config("single_stage")
   config.train.global_batch_size = batch
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)

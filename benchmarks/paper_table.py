@@ -1,11 +1,12 @@
 r"""The paper's comparison table on the embedded corpus: RNC vs InfoNCE (SCE) vs SupCon.
 
-Trains each loss on the same data, seed and budget (configs/demo.py unless --config), evaluates the test
+Trains each loss on the same data, seed and budget (configs/demo.py unless --config: the two-stage demo, whose
+stage 1 and speech cache are made once in <root>/shared and shared by every loss), evaluates the test
 split and prints one table — retrieval Kendall tau (the paper's protocol), anchor-wise ordinal consistency,
 MMD, Wasserstein, R@1, CCC — with the paper's published figures beside ours for reference.
 
   python benchmarks/paper_table.py --workdir_root=workdirs/paper_table [--losses=rnc,infonce,supcon]
-      [--steps=600] [--speech_init=workdirs/ser_demo]
+      [--steps=600] [--config=configs/demo.py:single_stage] [--speech_init=workdirs/ser_demo]
 
 Each run's workdir is kept (`<root>/<loss>`); a finished run is not retrained.
 """
@@ -32,13 +33,31 @@ COLUMNS = ("retrieval_tau_valence", "retrieval_tau_arousal", "voc_mean", "aoc_me
 
 
 def load_config(path: str):
+  """A config file, optionally with its argument: ``configs/demo.py`` or ``configs/demo.py:single_stage``."""
+  path, _, argument = path.partition(":")
   spec = importlib.util.spec_from_file_location("paper_table_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(argument) if argument else module.get_config()
 
 
-def run_one(loss: str, args) -> dict[str, float]:
+def base_config(args):
+  """The config every loss starts from. A two-stage config (``recipe.stage1``, as configs/demo.py) gets its
+  stage 1 and speech cache once, in ``<root>/shared``; every loss then trains on that one frozen, cached speech
+  model (the same speech side for all of them)."""
+  from erclap import config_lib, recipe
+
+  overrides = {"seed": args.seed, **({"train.num_steps": args.steps} if args.steps else {})}
+  if args.speech_init:
+    overrides.update({"model.speech_init": args.speech_init, "recipe.stage1": ""})
+  config = config_lib.validate(config_lib.apply_overrides(load_config(args.config), overrides))
+  if not recipe.enabled(config):
+    return config
+  cross = recipe.prepare(config, os.path.join(args.workdir_root, "shared"), run_stages=True)
+  return config_lib.apply_overrides(cross, {"recipe.stage1": ""})
+
+
+def run_one(loss: str, base, args) -> dict[str, float]:
   from erclap import config_lib, export, train
 
   workdir = os.path.join(args.workdir_root, loss)
@@ -46,14 +65,7 @@ def run_one(loss: str, args) -> dict[str, float]:
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)["metrics"]
-  config = load_config(args.config)
-  config.loss = loss
-  config.seed = args.seed
-  if args.steps:
-    config.train.num_steps = args.steps
-  if args.speech_init:
-    config.model.speech_init = args.speech_init
-  config_lib.validate(config)
+  config = config_lib.validate(config_lib.apply_overrides(base, {"loss": loss}))
   train.train_and_evaluate(config, workdir)
   return export.export_embeddings(config, workdir)["test"]
 
@@ -79,7 +91,8 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--speech_init", default="", help="initialise the speech tower (HF dir or SER workdir)")
   args = parser.parse_args()
-  results = {loss: run_one(loss, args) for loss in args.losses.split(",")}
+  base = base_config(args)
+  results = {loss: run_one(loss, base, args) for loss in args.losses.split(",")}
   table = format_table(results)
   print("\n" + table)
   os.makedirs(args.workdir_root, exist_ok=True)

@@ -64,7 +64,7 @@ def main():
 
   results = {}
   for name, init in (("random init", ""), ("SER init", ser_dir)):
-    config = demo.get_config()
+    config = demo.get_config("single_stage")
     if args.clap_steps:
       config.train.num_steps = args.clap_steps
     config.model.speech_init = init

@@ -9,7 +9,8 @@ on the test split), ``export`` (embeddings, metrics and plots under workdir/expo
 evaluate and export: the demo), ``plan`` (compile the train step for ``config.plan.topology`` on simulated
 devices and report per-device memory, FLOPs and the step time a chip implies, without allocating anything).
 ``config.stage`` picks the cross-modal stage (``clap``) or stage-1
-speech-emotion pre-training (``ser``).
+speech-emotion pre-training (``ser``); ``config.recipe.stage1`` makes one run of both (``erclap.recipe``: stage 1,
+its frozen speech features cached, the cross-modal stage on the cache), as configs/demo.py does.
 
 Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
 workdir; the config is checked against the devices (``runtime.setup``) before any corpus or model is built.
@@ -36,6 +37,7 @@ from erclap import (
     export,
     model_export,
     plan,
+    recipe,
     runtime,
     train,
     workdir_lock,
@@ -127,6 +129,9 @@ def main(argv):
         stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
       elif "://" not in workdir:
         os.makedirs(workdir, exist_ok=True)
+      # A two-stage config (config.recipe.stage1): the training modes bring stage 1 and its speech cache up to
+      # date first; every mode then runs the cross-modal config the recipe derives.
+      config = recipe.prepare(config, workdir, run_stages=mode in _TRAINING_MODES)
       _MODES[mode](config, workdir)
     except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
       sys.exit(f"FATAL {e}")

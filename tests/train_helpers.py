@@ -23,6 +23,7 @@ TINY_CORPUS = dict(num_train=48, num_validation=16, num_test=16, num_speakers=8,
 
 # Overrides that make configs/demo.py tiny: the tiny corpus cropped to 0.5 s, 16-example batches.
 TINY_OVERRIDES = {
+    "recipe.stage1": "",  # one stage: the tests of the two-stage recipe set it themselves
     "data.max_seconds": 0.5,
     "data.max_text_tokens": 16,
     **{f"data.embedded.{key}": value for key, value in TINY_CORPUS.items()},

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   _eval_and_export(c)
   _devices(c)
   _plan(c)
+  _recipe(c)
   return c
 
 
@@ -172,3 +173,14 @@ def _plan(c: ml_collections.ConfigDict) -> None:
   c.plan.topology = ""          # "" = the local devices; "v4-8", "v4-32", "v5e-8", "v5p-8", "h100-8", ...
   c.plan.utilization = 0.4      # assumed model FLOP utilisation for the step-time estimate
   c.plan.hbm_headroom = 0.9     # fits when the per-device total is <= this fraction of the chip's HBM
+
+
+def _recipe(c: ml_collections.ConfigDict) -> None:
+  """config.recipe: a cross-modal run that first trains its own frozen speech model (erclap.recipe)."""
+  c.recipe = ml_collections.ConfigDict()
+  # "" = one stage (the run as configured). A config name ("ser_pretrain:demo", erclap.configs.get): the
+  # training modes first train that stage-1 (SER) config in <workdir>/stage1, then cache its frozen speech
+  # representation in <workdir>/speech_features (--mode=cache_speech), then train this config on the cache;
+  # model.speech_init, model.freeze_speech and data.speech_features are set by the recipe.
+  c.recipe.stage1 = ""
+  c.recipe.stage1_steps = 0   # > 0: stage 1 trains this many steps instead of its config's

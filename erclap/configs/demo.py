@@ -1,12 +1,23 @@
 """Demo: the embedded synthetic corpus, the tiny model, CPU, a few minutes on 2 cores.
 
   python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=all
+  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo_1 --mode=all
+
+The default follows the paper's recipe in two stages (``erclap.recipe``): stage 1 trains the speech emotion
+model (``configs/ser_pretrain.py:demo``: speech tower + attribute head, CCC + ranking losses) in
+``<workdir>/stage1``; it is frozen and its representation of every clip cached in ``<workdir>/speech_features``;
+the cross-modal stage then trains the text tower and both projections on the cache. ``single_stage`` trains
+everything (both towers from random initialisation) in one run on audio.
 """
 
 from erclap.configs import default
 
+VARIANTS = ("two_stage", "single_stage")
 
-def get_config():
+
+def get_config(variant: str = "two_stage"):
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/demo.py:{variant}: unknown variant; use one of {VARIANTS}")
   c = default.get_config()
   c.loss = "rnc"
   c.data.name = "embedded"
@@ -37,4 +48,6 @@ def get_config():
   c.eval.batch_size = 200
   c.eval.retrieval_draws = 100
   c.mesh.shape = (-1, 1, 1)
+  if variant == "two_stage":
+    c.recipe.stage1 = "ser_pretrain:demo"
   return c

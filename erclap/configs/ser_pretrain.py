@@ -13,7 +13,7 @@ from erclap.configs import default, demo
 
 def get_config(size: str = "base"):
   if size == "demo":
-    c = demo.get_config()
+    c = demo.get_config("single_stage")
     c.train.num_steps = 400
     c.train.learning_rate = 1e-3
   elif size == "base":

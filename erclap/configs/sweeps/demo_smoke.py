@@ -1,6 +1,11 @@
 """A tiny sweep on the demo config (2 short CPU runs): checks the launch path end to end.
 
   python launch/sweep.py configs/sweeps/demo_smoke.py --backend=local --root=workdirs/sweeps
+
+The runs are one-stage (``recipe.stage1`` off). To sweep the cross-modal stage of the two-stage demo, every
+run reads one frozen speech model and one cache (made once, ``--mode=cache_speech``):
+  python launch/sweep.py demo_smoke -- --config.model.speech_init=workdirs/demo/stage1 \
+      --config.model.freeze_speech=True --config.data.speech_features=workdirs/demo/speech_features
 """
 
 from erclap.configs.sweeps import product
@@ -8,6 +13,7 @@ from erclap.configs.sweeps import product
 base_config = "configs/demo.py"
 
 fixed = {
+    "recipe.stage1": "",
     "train.num_steps": 20,
     "train.warmup_steps": 5,
     "train.log_every_steps": 5,
