@@ -377,9 +377,8 @@ def representation_fingerprint(config, params) -> dict:
 
   Gathers the representation's parameters to every host: multi-host, every process must call it."""
   host = sharding.to_host({k: params[k] for k in schema.SPEECH_REPRESENTATION if k in params})
-  projection = [leaf for leaf in jax.tree.leaves(params["speech_proj"]) if np.ndim(leaf) == 2]
   return speech_cache_fingerprint(config, params_digest=speech_features.params_digest(host),
-                                  width=int(np.shape(projection[0])[0]))
+                                  width=models.speech_feature_width(params))
 
 
 def check_speech_cache(config, params) -> dict:

@@ -148,12 +148,13 @@ def _trainable(config, params) -> dict:
   return {k: v for k, v in params.items() if not frozen.get(k, False)}
 
 
-def abstract_batch(config, mesh) -> dict:
-  """The global step batch as ShapeDtypeStructs sharded along the batch (nothing allocated)."""
+def abstract_batch(config, mesh, params) -> dict:
+  """The global step batch as ShapeDtypeStructs sharded along the batch (nothing allocated); cached speech
+  features as wide as ``params``' speech projection reads."""
   n = config.train.global_batch_size
-  one = schema.dummy_batch(config, 1)
+  one = schema.dummy_batch(config, 1, feature_width=models.speech_feature_width(params))
   return {k: jax.ShapeDtypeStruct((n,) + v.shape[1:], v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
-          for k, v in one.items() if k in schema.STEP_KEYS}
+          for k, v in one.items() if k in schema.step_keys(config)}
 
 
 def compiled_cost(compiled) -> dict:
@@ -195,7 +196,7 @@ def compile_train_step(config, mesh, model):
   optimizer = optim.make_optimizer(config)
   abstract, shardings = state.abstract_state_and_shardings(model, config, mesh, optimizer)
   args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-  batch = abstract_batch(config, mesh)
+  batch = abstract_batch(config, mesh, abstract.params)
   train_step = step.make_train_step(model, config, mesh, optimizer)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
@@ -409,13 +410,17 @@ def vocab_size(config) -> tuple[int | None, str]:
     return preset.vocab_size, f"{config.model.text_arch} preset ({type(e).__name__}: tokenizer not available)"
 
 
+# data.speech_features of the cached variant: the plan reads no cache, it only traces the step on feature batches.
+PLANNED_CACHE = "<a speech-feature cache>"
+
+
 def feature_variant(config):
-  """The config with cached speech features switched on, when the config has that option and it is off."""
-  data = config.data
-  if "speech_features" not in data or not isinstance(data.speech_features, bool) or data.speech_features:
+  """The config on cached speech features (``--mode=cache_speech``), for a clap-stage config with a frozen speech
+  tower that reads audio; None otherwise."""
+  if config.stage != "clap" or not config.model.freeze_speech or schema.uses_speech_cache(config):
     return None
   variant = copy.deepcopy(config)
-  variant.data.speech_features = True
+  variant.data.speech_features = PLANNED_CACHE
   return variant
 
 
@@ -456,7 +461,8 @@ def run_plan(config, workdir: str) -> dict:
     cached = plan_config(variant, mesh, runtime.build_model(variant, vocab_size=vocab), chip_key)
     cached.update(topology=where)
     result["variants"]["speech_features"] = cached
-    print(format_plan(cached, "plan with cached speech features (data.speech_features=True)"), flush=True)
+    print(format_plan(cached, "plan on cached speech features (--mode=cache_speech, then data.speech_features)"),
+          flush=True)
   if "://" in workdir:
     print(f"plan.json not written: {workdir} is remote (the table above is the plan)")
   else:

@@ -61,21 +61,22 @@ def model_inputs(config, batch: dict) -> dict:
 DUMMY_FEATURE_WIDTH = 1
 
 
-def dummy_inputs(config, batch_size: int = 2) -> dict[str, np.ndarray]:
-  """Model inputs of the right ranks, shapes and dtypes (for initialisation and shape inference)."""
+def dummy_inputs(config, batch_size: int = 2, feature_width: int = DUMMY_FEATURE_WIDTH) -> dict[str, np.ndarray]:
+  """Model inputs of the right ranks, shapes and dtypes (for initialisation and shape inference); with a speech
+  cache, ``speech_features`` of ``feature_width`` (the real width where a step is traced on them)."""
   length = config.data.max_text_tokens
   text = dict(input_ids=np.zeros((batch_size, length), np.int32),
               attention_mask=np.ones((batch_size, length), np.int32))
   if uses_speech_cache(config):
-    return dict(speech_features=np.zeros((batch_size, DUMMY_FEATURE_WIDTH), np.float32), **text)
+    return dict(speech_features=np.zeros((batch_size, int(feature_width)), np.float32), **text)
   num_samples = int(round(config.data.max_seconds * config.data.sample_rate))
   return dict(audio=np.zeros((batch_size, num_samples), np.float32),
               audio_mask=np.ones((batch_size, num_samples), bool), **text)
 
 
-def dummy_batch(config, batch_size: int = 2) -> dict[str, np.ndarray]:
+def dummy_batch(config, batch_size: int = 2, feature_width: int = DUMMY_FEATURE_WIDTH) -> dict[str, np.ndarray]:
   """A step batch (model inputs, labels, class ids, validity) of the right shapes and dtypes."""
-  batch = dummy_inputs(config, batch_size)
+  batch = dummy_inputs(config, batch_size, feature_width)
   batch.update(labels=np.zeros((batch_size, len(LABEL_NAMES)), np.float32),
                class_id=np.zeros((batch_size,), np.int32), valid=np.ones((batch_size,), bool))
   return batch

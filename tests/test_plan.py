@@ -176,3 +176,20 @@ def test_tpu_v4_config_plans_on_v4_8_in_a_fresh_process(tmp_path):
     saved = json.load(f)
   assert saved["chip"] == "TPU v4" and saved["verdict"] in ("FITS", "DOES NOT FIT")
   assert saved["step"]["flops_per_example"] > 136e9   # 6 s of audio, 64 tokens and remat: more than 3 s / 32
+
+
+@pytest.mark.slow
+def test_plan_of_a_frozen_tower_also_plans_the_cached_step(devices, tmp_path):
+  """A frozen speech tower: the plan shows the step on cached features beside it (same parameters, no tower
+  FLOPs); a config already on a cache plans that step (no cache needs to exist)."""
+  config = _config(**{"model.freeze_speech": True, "plan.topology": "v5e-8", "mesh.shape": (8, 1, 1)})
+  plan.prepare_devices(config)
+  result = plan.run_plan(config, str(tmp_path / "audio"))
+  cached = result["variants"]["speech_features"]
+  assert cached["step"]["params_bytes"] == result["step"]["params_bytes"]
+  assert cached["step"]["flops_per_example"] < result["step"]["flops_per_example"]
+  on_cache = plan.run_plan(config_lib.apply_overrides(config, {"data.speech_features": str(tmp_path / "none")}),
+                           str(tmp_path / "cached"))
+  assert on_cache["variants"] == {}
+  assert on_cache["step"]["flops_per_example"] == pytest.approx(cached["step"]["flops_per_example"])
+  assert plan.feature_variant(config_lib.apply_overrides(config, {"model.freeze_speech": False})) is None

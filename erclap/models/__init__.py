@@ -18,6 +18,7 @@ from erclap.models.clap import (
     build_ser_model,
     l2_normalize,
     speech_arch_for,
+    speech_feature_width,
     text_arch_for,
 )
 from erclap.models.layers import masked_mean
@@ -34,6 +35,7 @@ from erclap.models.speech import SpeechEncoder, frame_lengths, normalize_wavefor
 from erclap.models.text import TextEncoder, padded_vocab_size
 
 __all__ = [
+    "speech_feature_width",
     "POOLINGS", "SPEECH_REPRESENTATIONS", "AttentiveStatisticsPooling", "MeanPooling", "SERHead",
     "make_pooling", "pooled_size", "standardize_waveform",
     "CLAPModel", "ProjectionHead", "SERModel", "SpeechArch", "SpeechEncoder", "TextArch", "TextEncoder",

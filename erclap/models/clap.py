@@ -25,6 +25,13 @@ SPEECH_REPRESENTATIONS = ("pooled", "ser_hidden", "ser_output")
 _INIT_SAMPLES = 16000  # the silent clip that initialises the speech path of a model fed cached features (1 s)
 
 
+def speech_feature_width(params) -> int:
+  """Width of the speech representation the CLAP model's projection reads (a speech-feature cache row): the
+  input width of ``speech_proj``'s first kernel. ``params``: arrays or ShapeDtypeStructs."""
+  kernels = [leaf for leaf in jax.tree.leaves(params["speech_proj"]) if len(leaf.shape) == 2]
+  return int(kernels[0].shape[0])
+
+
 class ProjectionHead(nn.Module):
   """MLP to ``out_dim``: Dense -> GELU -> Dropout per hidden width, then a Dense ((): linear)."""
   hidden: tuple[int, ...]
