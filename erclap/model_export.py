@@ -252,6 +252,8 @@ def read_model_config(path: str, *, dtype: str | None = None) -> tuple[ml_collec
     for key, subdir in ARCH_DIRS.items():  # the architecture only: the parameters hold the weights
       config.model[key] = os.path.join(path, subdir) if os.path.isdir(os.path.join(path, subdir)) else ""
     config.model.tokenizer = os.path.join(path, TOKENIZER_DIR)
+    # A model trained on cached speech features still holds its whole speech tower: it embeds audio.
+    config.data.speech_features = ""
     if dtype is not None:
       config.model.dtype = dtype
   return config, int(stored["step"])
