@@ -345,8 +345,9 @@ def test_export_through_the_cache_equals_the_uncached_export(frozen_run):
   assert final_dir == os.path.join(workdir, "speech_features")
   # A frozen tower (mean pooling: no other parameters) gives the same features before and after training.
   assert speech_features.read_fingerprint(step0_dir) == speech_features.read_fingerprint(final_dir)
-  assert sorted(f for f in os.listdir(final_dir) if f.endswith(".npy")) == ["test.npy", "train.npy",
-                                                                            "validation.npy"]
+  assert sorted(os.listdir(final_dir)) == sorted([speech_features.FINGERPRINT_FILE] + [
+      split + suffix for split in ("test", "train", "validation")
+      for suffix in (".npy", "_columns.npy", "_ids.json", ".json")])
   out = os.path.join(workdir, "export")
   plain_metrics = export.export_embeddings(config, workdir)["test"]
   plain_speech = np.load(os.path.join(out, "test_speech.npy"))
