@@ -306,6 +306,19 @@ def test_old_format_cache_is_refused_by_the_pipeline(tiny_embedded, tmp_path):
     input_pipeline.open_speech_cache(config, "test")
 
 
+def test_cache_without_the_pipeline_columns_is_refused(tiny_embedded, tmp_path):
+  config, _ = tiny_embedded
+  config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": str(tmp_path)})
+  fp = input_pipeline.speech_cache_fingerprint(config, width=WIDTH)
+  speech_features.prepare_directory(str(tmp_path), fp)
+  with speech_features.SplitWriter(str(tmp_path), "test", fp, 1, {"arousal": np.float32}) as writer:
+    writer.write(np.zeros((1, WIDTH)), ["a"], {"arousal": np.ones(1, np.float32)})
+  with pytest.raises(speech_features.SpeechCacheError,
+                     match=r"'test' of the speech-feature cache .* lacks the columns \['valence', 'dominance', "
+                           r"'class_id'\]"):
+    input_pipeline.open_speech_cache(config, "test")
+
+
 # ----------------------------------------------------------------------------- model and pipeline
 
 
