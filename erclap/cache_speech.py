@@ -15,8 +15,11 @@ that is 0), for the train, eval, test and export splits. Where: ``config.data.sp
 ``<workdir>/speech_features`` when that is "".
 
 Batches are sharded over the mesh like evaluation; every process computes its rows, all take part in every
-gather, process 0 writes. A split is written under temporary names and renamed when complete; a rerun skips the
-splits already complete for the same fingerprint, and a directory made for another fingerprint is refused.
+gather, process 0 writes each row at its record index (cache row i = corpus record i, with any process count),
+with the record's labels and class beside it (``input_pipeline.CACHED_COLUMNS``): training and evaluation on the
+cache then never read the corpus records. A split is written under temporary names and renamed when complete;
+a rerun skips the splits already complete for the same fingerprint, and a directory made for another
+fingerprint is refused.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
                                                  batch_size=config.eval.batch_size // jax.process_count())
   total = len(iterator.source)
   chief = jax.process_index() == 0
-  writer = speech_features.SplitWriter(directory, split, fingerprint, total) if chief else None
+  writer = speech_features.SplitWriter(directory, split, fingerprint, total,
+                                       input_pipeline.CACHED_COLUMNS) if chief else None
   start = last_print = time.time()
   done = 0
   try:
@@ -116,8 +120,13 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
       rows = embedder.representation(params, batch["audio"], batch["audio_mask"])
       keep = embedder.gather(np.asarray(batch["valid"])).astype(bool)
       ids = [i for i, k in zip(embedder.gather_strings(batch["id"]), keep, strict=True) if k]
+      # Each process reads a contiguous slice of the split: a gathered batch is not a contiguous run of
+      # records, so every row is written at its record index (cache row i = corpus record i).
+      at = embedder.gather(iterator.batch_rows(b))[keep]
+      columns = input_pipeline.cache_columns(embedder.gather(np.asarray(batch["labels"]))[keep],
+                                             embedder.gather(np.asarray(batch["class_id"]))[keep])
       if writer is not None:
-        writer.write(rows[keep], ids)
+        writer.write(rows[keep], ids, columns, at=at)
       done += len(ids)
       if on_batch is not None:
         on_batch(b, done)

@@ -165,7 +165,7 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     for key in ("labels", "class_id", "valid"):
       cols[key].append(embedder.gather(np.asarray(batch[key])))
     # The split row of every batch row: the gathered rows are put back into split order at the end.
-    cols["row"].append(embedder.gather(iterator.start + b * per_process + np.arange(per_process, dtype=np.int32)))
+    cols["row"].append(embedder.gather(iterator.batch_rows(b)))
     ids.extend(embedder.gather_strings(batch["id"], 128))
     texts.extend(embedder.gather_strings(batch["description"], 1024))
     rows = np.concatenate(cols["row"])[np.concatenate(cols["valid"]).astype(bool)]

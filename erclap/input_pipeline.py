@@ -10,9 +10,10 @@ Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
 With a speech-feature cache (``config.data.speech_features``, see ``erclap.speech_features``) both iterators
-read each clip's cached speech representation (looked up by clip id) instead of its audio: batches carry
-``speech_features`` in place of ``audio`` / ``audio_mask`` (``erclap.schema.CACHED_STEP_KEYS``), and training
-sees the one crop the cache holds per clip (the evaluation crop) instead of random crops.
+read each clip from the cache alone (``speech_features.CachedSpeechSource``: record i is cache row i, holding
+the id, the ``CACHED_COLUMNS`` and the cached speech representation), never the corpus records and their audio:
+batches carry ``speech_features`` in place of ``audio`` / ``audio_mask`` (``erclap.schema.CACHED_STEP_KEYS``),
+and training sees the one crop the cache holds per clip (the evaluation crop) instead of random crops.
 
 Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
 ``config.data.max_text_tokens``; D = the cached representation's width)::
@@ -106,6 +107,18 @@ class DescriptionPicker:
     k = 0 if rng is None else variants[int(rng.integers(len(variants)))]
     a, v, d = (float(record[key]) for key in LABEL_NAMES)
     return desc_lib.describe(a, v, d, variant=k)
+
+
+# The fields of a record that ``_example`` and ``DescriptionPicker`` read besides "id" and the audio: the
+# per-clip columns a speech-feature cache stores beside the features.
+CACHED_COLUMNS: dict[str, type] = {**dict.fromkeys(LABEL_NAMES, np.float32), "class_id": np.int32}
+
+
+def cache_columns(labels: np.ndarray, class_id: np.ndarray) -> dict[str, np.ndarray]:
+  """Batch rows' ``labels`` (n, 3) and ``class_id`` (n,) -> the ``CACHED_COLUMNS`` of those rows."""
+  labels = np.asarray(labels, np.float32)
+  return {**{name: labels[:, j] for j, name in enumerate(LABEL_NAMES)},
+          "class_id": np.asarray(class_id, np.int32)}
 
 
 def _example(record: dict, speech: dict, text: str, valid: bool = True) -> dict:
@@ -237,7 +250,7 @@ class GlobalBatchSlice:
 
 
 def source_ids(source) -> list[str]:
-  """Every record id of a source (reads the records once)."""
+  """Every record id of a source (its ``ids()`` where it has one, else reads the records once)."""
   if hasattr(source, "ids"):
     return list(source.ids())
   return [source[i]["id"] for i in range(len(source))]
@@ -264,6 +277,10 @@ class EvalIterator:
 
   def __len__(self) -> int:
     return self.num_batches
+
+  def batch_rows(self, b: int) -> np.ndarray:
+    """(B,) int32: the split row (record index) of every row of batch ``b``; padding rows run past the end."""
+    return self.start + int(b) * self.batch_size + np.arange(self.batch_size, dtype=np.int32)
 
   def __iter__(self) -> Iterator[dict]:
     for b in range(self.num_batches):
@@ -306,12 +323,12 @@ def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   d = config.data
   source = data.get_data_source(d, split)
-  ids = source_ids(source) if d.descriptions != "templates" else None
-  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
   width = 0
   if uses_speech_cache(config):
     cached = open_speech_cache(config, split)
     source, width = speech_features.CachedSpeechSource(source, cached), cached.width
+  ids = source_ids(source) if d.descriptions != "templates" else None
+  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
   return EvalIterator(source, picker, tokenizer, batch_size=int(batch_size),
                       length=num_samples(eval_crop_seconds(d), d.sample_rate), max_tokens=int(d.max_text_tokens),
                       process_index=pi, process_count=pc, feature_width=width)
@@ -369,6 +386,10 @@ def open_speech_cache(config, split: str) -> speech_features.CachedSplit:
     raise speech_features.SpeechCacheError(
         f"the speech-feature cache {cached.directory} (data.speech_features) was made with another config:\n  "
         + "\n  ".join(differences) + "\nRebuild it with --mode=cache_speech into a fresh directory.")
+  missing = [name for name in CACHED_COLUMNS if name not in cached.column_names]
+  if missing:
+    raise speech_features.SpeechCacheError(f"split {split!r} of the speech-feature cache {cached.directory} "
+                                           f"lacks the columns {missing}: rebuild it with --mode=cache_speech")
   return cached
 
 

@@ -3,6 +3,7 @@ and the same embeddings, metrics and train steps as the uncached path for a froz
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 
@@ -14,8 +15,11 @@ import train_helpers as th
 from erclap import (
     cache_speech,
     config_lib,
+    data,
+    descriptions,
     evaluate,
     export,
+    fileio,
     input_pipeline,
     optim,
     runtime,
@@ -24,6 +28,7 @@ from erclap import (
     speech_features,
     state,
     step,
+    tokenization,
     train,
 )
 
@@ -54,37 +59,93 @@ def test_params_digest_sees_every_value_path_and_dtype():
   assert speech_features.params_digest({"a": tree["a"], "b": tree["b"].astype(np.float64)}) != digest
 
 
-def test_split_round_trip_and_lookup_by_id(tmp_path):
+COLUMNS = {"score": np.float32, "kind": np.int32}
+
+
+def test_split_round_trip_by_row(tmp_path):
   fp = _fingerprint()
   speech_features.prepare_directory(str(tmp_path), fp)
-  rows = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+  rng = np.random.default_rng(0)
+  rows = rng.standard_normal((5, 3)).astype(np.float32)
+  score, kind = rng.standard_normal(5).astype(np.float32), np.array([3, -1, 0, 7, 2], np.int32)
   ids = [f"clip{i}" for i in (4, 2, 0, 1, 3)]
-  with speech_features.SplitWriter(str(tmp_path), "test", fp, 5) as writer:
-    writer.write(rows[:2], ids[:2])
-    writer.write(rows[2:], ids[2:])
+  with speech_features.SplitWriter(str(tmp_path), "test", fp, 5, COLUMNS) as writer:
+    writer.write(rows[:2], ids[:2], dict(score=score[:2], kind=kind[:2]))
+    # Rows may arrive in any order (gathered from several processes): written at their row numbers.
+    at = np.array([4, 2, 3])
+    writer.write(rows[at], [ids[i] for i in at], dict(score=score[at], kind=kind[at]), at=at)
   assert speech_features.split_is_cached(str(tmp_path), "test", fp)
   cached = speech_features.CachedSplit(str(tmp_path), "test", fp)
-  assert isinstance(cached.features, np.memmap)
-  for row, clip in enumerate(ids):
-    np.testing.assert_array_equal(cached.lookup(clip), rows[row])
+  assert isinstance(cached.features, np.memmap) and isinstance(cached.columns, np.memmap)
+  assert cached.ids == ids and cached.column_names == ("score", "kind")
+  for row in range(5):
+    record = cached.record(row)
+    assert sorted(record) == ["id", "kind", "score", "speech_features"] and record["id"] == ids[row]
+    assert record["score"] == score[row] and record["score"].dtype == np.float32
+    assert record["kind"] == kind[row] and record["kind"].dtype == np.int32
+    np.testing.assert_array_equal(record["speech_features"], rows[row])
   clone = pickle.loads(pickle.dumps(cached))  # Grain workers: no array in the pickle, reopened there
-  assert clone._features is None
-  np.testing.assert_array_equal(clone.lookup("clip3"), rows[4])
-  with pytest.raises(speech_features.SpeechCacheError, match="'clip9'.*no cached speech features"):
-    cached.lookup("clip9")
-  records = [{"id": clip, "audio": np.zeros(4, np.int16), "arousal": 1.0} for clip in ("clip0", "clip1")]
+  assert clone._features is None and clone._columns is None
+  assert clone.record(3)["kind"] == 7
+  np.testing.assert_array_equal(clone.record(3)["speech_features"], rows[3])
+  with pytest.raises(IndexError, match="row 5 out of range"):
+    cached.record(5)
+  records = [{"id": clip, "audio": np.zeros(4, np.int16)} for clip in ids]
   with pytest.raises(speech_features.SpeechCacheError, match="has 2 clips.*caches 5"):
-    speech_features.CachedSpeechSource(records, cached)
-  source = speech_features.CachedSpeechSource(records * 2 + records[:1], cached)
-  assert "audio" not in source[1] and source[1]["arousal"] == 1.0
-  np.testing.assert_array_equal(source[1]["speech_features"], rows[3])
+    speech_features.CachedSpeechSource(records[:2], cached)
+  source = speech_features.CachedSpeechSource(records, cached)
+  assert len(source) == 5 and source.ids() == ids and input_pipeline.source_ids(source) == ids
+  assert "audio" not in source[1] and source[1]["kind"] == -1
+
+
+def test_split_writer_refuses_bad_writes(tmp_path):
+  fp = _fingerprint()
+  speech_features.prepare_directory(str(tmp_path), fp)
+  good = dict(score=np.zeros(2, np.float32), kind=np.zeros(2, np.int32))
+  with speech_features.SplitWriter(str(tmp_path), "test", fp, 3, COLUMNS) as writer:
+    with pytest.raises(speech_features.SpeechCacheError, match=r"columns \['score'\], expected \['kind', 'score'\]"):
+      writer.write(np.zeros((2, 3)), ["a", "b"], dict(score=good["score"]))
+    with pytest.raises(speech_features.SpeechCacheError, match="column 'kind' of shape \\(2,\\), dtype float64"):
+      writer.write(np.zeros((2, 3)), ["a", "b"], dict(good, kind=np.zeros(2)))
+    with pytest.raises(speech_features.SpeechCacheError, match="row numbers"):
+      writer.write(np.zeros((2, 3)), ["a", "b"], good, at=[1, 3])
+    writer.write(np.zeros((2, 3)), ["a", "b"], good, at=[2, 0])
+    with pytest.raises(speech_features.SpeechCacheError, match="written twice"):
+      writer.write(np.zeros((1, 3)), ["c"], {k: v[:1] for k, v in good.items()}, at=[0])
+    writer.write(np.ones((1, 3)), ["c"], {k: v[:1] for k, v in good.items()}, at=[1])
+  assert speech_features.CachedSplit(str(tmp_path), "test").ids == ["b", "c", "a"]
+  with pytest.raises(speech_features.SpeechCacheError, match="not a numeric scalar type"):
+    speech_features.SplitWriter(str(tmp_path), "other", fp, 1, {"name": object})
+
+
+def _write_old_format_cache(directory: str, fp: dict) -> None:
+  """A cache as format version 1 wrote it: features and ids, no columns, rows in any order."""
+  old = dict(fp, format_version=1)
+  fileio.write_json(os.path.join(directory, speech_features.FINGERPRINT_FILE), old)
+  np.save(os.path.join(directory, "test.npy"), np.ones((2, fp["width"]), np.float32))
+  fileio.write_json(os.path.join(directory, "test_ids.json"), ["a", "b"])
+  fileio.write_json(os.path.join(directory, "test.json"), dict(
+      split="test", num_examples=2, width=fp["width"], fingerprint_digest=speech_features.fingerprint_digest(old),
+      ids_digest=hashlib.sha256(b"a\nb").hexdigest()))
+
+
+def test_old_format_cache_is_refused(tmp_path):
+  fp = _fingerprint()
+  _write_old_format_cache(str(tmp_path), fp)
+  for current in (None, fp):
+    with pytest.raises(speech_features.SpeechCacheError, match="does not match") as info:
+      speech_features.CachedSplit(str(tmp_path), "test", current)
+    assert f"format_version: cache 1 vs now {speech_features.FORMAT_VERSION}" in str(info.value)
+    assert "Rebuild it with --mode=cache_speech" in str(info.value)
+  with pytest.raises(speech_features.SpeechCacheError, match="another model or config:\n  format_version"):
+    speech_features.prepare_directory(str(tmp_path), fp)
 
 
 def test_mismatched_fingerprint_names_what_differs(tmp_path):
   fp = _fingerprint()
   speech_features.prepare_directory(str(tmp_path), fp)
-  with speech_features.SplitWriter(str(tmp_path), "test", fp, 1) as writer:
-    writer.write(np.ones((1, 3), np.float32), ["a"])
+  with speech_features.SplitWriter(str(tmp_path), "test", fp, 1, COLUMNS) as writer:
+    writer.write(np.ones((1, 3), np.float32), ["a"], dict(score=np.ones(1, np.float32), kind=np.ones(1, np.int32)))
   other = _fingerprint(params_digest="def", crop_seconds=2.0)
   with pytest.raises(speech_features.SpeechCacheError) as info:
     speech_features.CachedSplit(str(tmp_path), "test", other)
@@ -101,8 +162,8 @@ def test_incomplete_writer_leaves_nothing(tmp_path):
   fp = _fingerprint()
   speech_features.prepare_directory(str(tmp_path), fp)
   with pytest.raises(speech_features.SpeechCacheError, match="1 of 2 clips written"):
-    with speech_features.SplitWriter(str(tmp_path), "train", fp, 2) as writer:
-      writer.write(np.ones((1, 3), np.float32), ["a"])
+    with speech_features.SplitWriter(str(tmp_path), "train", fp, 2, COLUMNS) as writer:
+      writer.write(np.ones((1, 3), np.float32), ["a"], dict(score=np.ones(1, np.float32), kind=np.ones(1, np.int32)))
   assert sorted(os.listdir(tmp_path)) == [speech_features.FINGERPRINT_FILE]
   assert not speech_features.split_is_cached(str(tmp_path), "train", fp)
 
@@ -123,6 +184,139 @@ def test_step_refuses_a_trained_representation_under_the_cache(tmp_path):
   config = th.tiny_config(str(tmp_path), **cached)
   with pytest.raises(ValueError, match=r"\['speech_tower', 'speech_pool', 'ser_head'\]"):
     step.check_cached_speech_is_frozen(config, ("speech_tower", "speech_pool", "ser_head", "speech_proj", "text_tower"))
+
+
+# ----------------------------------------------------------------------------- the cache on the tiny corpus
+
+WIDTH = 4
+
+
+class CountingSource:
+  """A corpus source that counts its record reads; ``order`` (indices) reorders or shortens it."""
+
+  def __init__(self, source, order=None):
+    self.source, self.order = source, list(range(len(source))) if order is None else list(order)
+    self.reads = 0
+
+  def __len__(self) -> int:
+    return len(self.order)
+
+  def __getitem__(self, index) -> dict:
+    self.reads += 1
+    return self.source[self.order[int(index)]]
+
+
+@pytest.fixture
+def tiny_cache(tiny_embedded, tmp_path):
+  """A cache of the tiny corpus written the way --mode=cache_speech writes it with 2 processes (each process's
+  contiguous share, batch by batch, gathered process after process), with random features.
+
+  Returns (cached config, {split: (N, WIDTH) features of corpus record i at row i})."""
+  config, _ = tiny_embedded
+  directory = str(tmp_path / "cache")
+  cached_config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": directory})
+  fp = input_pipeline.speech_cache_fingerprint(cached_config, params_digest="random", width=WIDTH)
+  speech_features.prepare_directory(directory, fp)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  rng = np.random.default_rng(5)
+  features = {}
+  for split in ("train", "validation", "test"):
+    n = len(data.get_data_source(config.data, split))
+    features[split] = rng.standard_normal((n, WIDTH)).astype(np.float32)
+    shares = [input_pipeline.create_eval_iterator(config, tokenizer, split, batch_size=5, process_index=p,
+                                                  process_count=2) for p in range(2)]
+    with speech_features.SplitWriter(directory, split, fp, n, input_pipeline.CACHED_COLUMNS) as writer:
+      for b, batches in enumerate(zip(*shares, strict=True)):
+        gathered = {k: np.concatenate([np.asarray(x[k]) for x in batches]) for k in ("valid", "labels", "class_id",
+                                                                                      "id")}
+        keep = gathered["valid"].astype(bool)
+        at = np.concatenate([share.batch_rows(b) for share in shares])[keep]
+        writer.write(features[split][at], list(gathered["id"][keep]),
+                     input_pipeline.cache_columns(gathered["labels"][keep], gathered["class_id"][keep]), at=at)
+  return cached_config, features
+
+
+def test_cached_source_serves_every_record_without_reading_the_corpus(tiny_cache):
+  config, features = tiny_cache
+  for split in ("train", "validation", "test"):
+    reference = data.get_data_source(config.data, split)
+    corpus = CountingSource(data.get_data_source(config.data, split))
+    source = speech_features.CachedSpeechSource(corpus, input_pipeline.open_speech_cache(config, split))
+    guard_reads = corpus.reads
+    assert 2 <= guard_reads <= 8
+    clone = pickle.loads(pickle.dumps(source))  # what a Grain worker process gets
+    for i in range(len(reference)):
+      expected = reference[i]
+      for record in (source[i], clone[i]):
+        assert sorted(record) == sorted(["id", "speech_features", *input_pipeline.CACHED_COLUMNS])
+        assert record["id"] == expected["id"]
+        for key in input_pipeline.CACHED_COLUMNS:
+          assert record[key] == expected[key] and record[key].dtype == expected[key].dtype, (split, i, key)
+        np.testing.assert_array_equal(record["speech_features"], features[split][i])
+    assert corpus.reads == guard_reads
+
+
+def test_reordered_or_shortened_corpus_is_refused(tiny_cache):
+  config, _ = tiny_cache
+  corpus = data.get_data_source(config.data, "train")
+  cached = input_pipeline.open_speech_cache(config, "train")
+  n = len(corpus)
+  with pytest.raises(speech_features.SpeechCacheError, match=f"'train' has {n - 1} clips, but .* caches {n}: the "
+                     "corpus changed since --mode=cache_speech; rebuild the cache"):
+    speech_features.CachedSpeechSource(CountingSource(corpus, range(n - 1)), cached)
+  for order in (range(n - 1, -1, -1), [*range(1, n), 0], [*range(n // 2), n - 1, *range(n // 2, n - 1)]):
+    with pytest.raises(speech_features.SpeechCacheError) as info:
+      speech_features.CachedSpeechSource(CountingSource(corpus, order), cached)
+    message = str(info.value)
+    assert "the corpus changed since --mode=cache_speech; rebuild the cache" in message
+    assert "'train'" in message and cached.directory in message
+
+
+def test_pipelines_on_the_cache_give_the_uncached_batches_with_llm_descriptions(tiny_cache, tmp_path):
+  config, _ = tiny_cache
+  table = {}
+  for split in ("train", "test"):
+    source = data.get_data_source(config.data, split)
+    table.update({source[i]["id"]: [f"clip {i} of {split}", f"take {i} of {split}"] for i in range(len(source))})
+  path = str(tmp_path / "llm.jsonl")
+  descriptions.write_jsonl(path, table)
+  cached = config_lib.apply_overrides(config, {"data.descriptions": path, "data.worker_count": 1})
+  plain = config_lib.apply_overrides(cached, {"data.speech_features": "", "data.worker_count": 0})
+  tokenizer = tokenization.build_tokenizer(plain.model, plain.data.max_text_tokens)
+  # The cache holds a 1 s centre crop: every tiny clip whole, as in the uncached pipeline's 1 s crops.
+  trains = [input_pipeline.create_train_iterator(c, tokenizer, process_index=0, process_count=1)
+            for c in (plain, cached)]
+  for _ in range(2):
+    a, b = (next(it) for it in trains)
+    assert "speech_features" in b and "audio" not in b
+    for key in ("labels", "class_id", "input_ids", "valid"):
+      np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+  a, b = (list(input_pipeline.create_eval_iterator(c, tokenizer, "test", batch_size=6)) for c in (plain, cached))
+  for x, y in zip(a, b, strict=True):
+    assert x["description"] == y["description"] and list(x["id"]) == list(y["id"])
+    for key in ("labels", "class_id", "input_ids", "valid"):
+      np.testing.assert_array_equal(y[key], x[key], err_msg=key)
+
+
+def test_old_format_cache_is_refused_by_the_pipeline(tiny_embedded, tmp_path):
+  config, _ = tiny_embedded
+  config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": str(tmp_path)})
+  _write_old_format_cache(str(tmp_path), input_pipeline.speech_cache_fingerprint(config, width=WIDTH))
+  with pytest.raises(speech_features.SpeechCacheError, match="format_version: cache 1 vs now"):
+    input_pipeline.open_speech_cache(config, "test")
+
+
+def test_cache_without_the_pipeline_columns_is_refused(tiny_embedded, tmp_path):
+  config, _ = tiny_embedded
+  config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": str(tmp_path)})
+  fp = input_pipeline.speech_cache_fingerprint(config, width=WIDTH)
+  speech_features.prepare_directory(str(tmp_path), fp)
+  with speech_features.SplitWriter(str(tmp_path), "test", fp, 1, {"arousal": np.float32}) as writer:
+    writer.write(np.zeros((1, WIDTH)), ["a"], {"arousal": np.ones(1, np.float32)})
+  with pytest.raises(speech_features.SpeechCacheError,
+                     match=r"'test' of the speech-feature cache .* lacks the columns \['valence', 'dominance', "
+                           r"'class_id'\]"):
+    input_pipeline.open_speech_cache(config, "test")
 
 
 # ----------------------------------------------------------------------------- model and pipeline
@@ -164,8 +358,9 @@ def test_export_through_the_cache_equals_the_uncached_export(frozen_run):
   assert final_dir == os.path.join(workdir, "speech_features")
   # A frozen tower (mean pooling: no other parameters) gives the same features before and after training.
   assert speech_features.read_fingerprint(step0_dir) == speech_features.read_fingerprint(final_dir)
-  assert sorted(f for f in os.listdir(final_dir) if f.endswith(".npy")) == ["test.npy", "train.npy",
-                                                                            "validation.npy"]
+  assert sorted(os.listdir(final_dir)) == sorted([speech_features.FINGERPRINT_FILE] + [
+      split + suffix for split in ("test", "train", "validation")
+      for suffix in (".npy", "_columns.npy", "_ids.json", ".json")])
   out = os.path.join(workdir, "export")
   plain_metrics = export.export_embeddings(config, workdir)["test"]
   plain_speech = np.load(os.path.join(out, "test_speech.npy"))
@@ -178,6 +373,20 @@ def test_export_through_the_cache_equals_the_uncached_export(frozen_run):
   assert sorted(cached_metrics) == sorted(plain_metrics)
   for key, value in plain_metrics.items():
     assert cached_metrics[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key
+
+
+@pytest.mark.slow
+def test_cache_rows_are_the_corpus_records(frozen_run):
+  config, _, step0_dir, _ = frozen_run
+  for split in ("train", "validation", "test"):
+    corpus = data.get_data_source(config.data, split)
+    cached = speech_features.CachedSplit(step0_dir, split)
+    assert len(cached) == len(corpus)
+    for i in range(len(corpus)):
+      record, expected = cached.record(i), corpus[i]
+      assert record["id"] == expected["id"], (split, i)
+      for key in input_pipeline.CACHED_COLUMNS:
+        assert record[key] == expected[key], (split, i, key)
 
 
 def _global(config, host: dict, mesh) -> dict:
