@@ -205,10 +205,13 @@ def prompt_embeddings(embedder: Embedder, params, config) -> dict:
       the words the model was trained on) and (7,) the levels.
     fixed_prompts / fixed_prompt_levels: the fixed prompts "very low arousal" ... "very high arousal" (words
       the training descriptions never contain) and their levels, for the ``*_fixed_*`` metrics.
+    paraphrase_prompts / paraphrase_prompt_levels: (7, D) the free-form prompts of
+      ``descriptions.paraphrased_level_prompts`` ("a drowsy voice, barely awake" ...) averaged per level, and
+      (7,) the levels, for the ``*_paraphrase_*`` metrics.
     queries / query_values (arousal, valence): single-attribute description pools of the retrieval tau.
   """
-  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "queries",
-                         "query_values")}
+  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "paraphrase_prompts",
+                         "paraphrase_prompt_levels", "queries", "query_values")}
   for attribute in LABEL_NAMES:
     levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
                                                     seed=config.seed)
@@ -217,6 +220,9 @@ def prompt_embeddings(embedder: Embedder, params, config) -> dict:
     fixed = descriptions.level_prompts(attribute)
     out["fixed_prompts"][attribute] = embedder.text(params, fixed)
     out["fixed_prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(fixed))
+    levels, texts = descriptions.paraphrased_level_prompts(attribute)
+    out["paraphrase_prompt_levels"][attribute], out["paraphrase_prompts"][attribute] = metrics.mean_by_level(
+        embedder.text(params, texts), levels)
   for attribute in ("arousal", "valence"):
     values = np.arange(1, 8, dtype=np.float32)
     texts = descriptions.attribute_queries(attribute, values, num_wordings=4, seed=config.seed)
@@ -236,6 +242,8 @@ def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[s
       split_emb.speech, split_emb.text, split_emb.labels,
       prompt_embeddings=prompts["prompts"], prompt_levels=prompts["prompt_levels"],
       fixed_prompt_embeddings=prompts["fixed_prompts"], fixed_prompt_levels=prompts["fixed_prompt_levels"],
+      paraphrase_prompt_embeddings=prompts["paraphrase_prompts"],
+      paraphrase_prompt_levels=prompts["paraphrase_prompt_levels"],
       query_embeddings=prompts["queries"], query_values=prompts["query_values"],
       train_speech=train_emb.speech, train_labels=train_emb.labels,
       retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,
