@@ -128,7 +128,8 @@ class Embedder:
     return np.concatenate(out)
 
 
-def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0) -> SplitEmbeddings:
+def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0,
+                with_text: bool = True) -> SplitEmbeddings:
   """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows.
 
   Every process must call it (the gathers are collectives); all get the same result, in split order, so
@@ -141,6 +142,8 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     config: the run's config.
     split: the split to embed.
     max_examples: keep the split's first ``max_examples`` rows (0: all).
+    with_text: embed the descriptions too (clap stage); False leaves ``text`` None (the ridge probe's train
+      split needs only speech, and a pre-trained text tower such as MiniLM costs more than the cached speech).
 
   Returns:
     The split's embeddings, labels, ids and descriptions.
@@ -158,7 +161,7 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
   ids, texts = [], []
   for b, batch in enumerate(iterator):
     cols["audio"].append(embedder.speech(params, batch))
-    if config.stage != "ser":
+    if config.stage != "ser" and with_text:
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       cols["text"].append(embedder._gather(t))
@@ -236,7 +239,7 @@ def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[s
   """Every metric of ``erclap.metrics.summarize`` on ``split`` (ridge probe fit on the train split)."""
   split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
   train_emb = embed_split(embedder, params, config, config.data.train_split,
-                          max_examples=config.eval.probe_train_examples)
+                          max_examples=config.eval.probe_train_examples, with_text=False)
   prompts = prompt_embeddings(embedder, params, config)
   result = metrics.summarize(
       split_emb.speech, split_emb.text, split_emb.labels,
