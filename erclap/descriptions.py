@@ -9,9 +9,11 @@ phrases are ordered, so a higher value never gets a phrase of a lower level.
 Also: level descriptions (``level_descriptions``: one attribute at each level 1..7, the others neutral, in
 the training templates' words) for zero-shot attribute prediction and the prompt-based metrics; the fixed,
 out-of-template level prompts ("very low arousal" ... "very high arousal", ``level_prompts``) for the
-``*_fixed_*`` metrics; single-attribute queries for the retrieval Kendall tau, the vocabulary of
-every word a template can produce (the word-level tokenizer's vocabulary), and loading of LLM-written
-descriptions from JSONL (``{"id": ..., "descriptions": [...]}``; prompt in ``descriptions_prompt.txt``).
+``*_fixed_*`` metrics; free-form paraphrased level prompts ("a drowsy voice, barely awake",
+``paraphrased_level_prompts``) for the ``*_paraphrase_*`` metrics; single-attribute queries for the retrieval
+Kendall tau, the vocabulary of every word a template can produce (the word-level tokenizer's vocabulary), and
+loading of LLM-written descriptions from JSONL (``{"id": ..., "descriptions": [...]}``; prompt in
+``descriptions_prompt.txt``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,60 @@ TEMPLATES = (
 NUM_VARIANTS = len(TEMPLATES) * NUM_SYNONYM_SETS
 
 LEVEL_PROMPT_DEGREES = ("very low", "low", "somewhat low", "medium", "somewhat high", "high", "very high")
+
+# Free-form level prompts, level 1 .. 7 per attribute, written mostly in words the templates never produce (a
+# test keeps them out of ``vocabulary()``): what a user might type. A text tower that only knows the template
+# words cannot place them; one pre-trained on general English (MiniLM) can.
+PARAPHRASED_LEVEL_PROMPTS = {
+    "arousal": (
+        ("a drowsy voice, barely awake", "someone mumbling, half asleep", "a slow, tired murmur",
+         "a sluggish, lethargic drone"),
+        ("a soft, unhurried voice", "someone talking slowly and quietly", "a mellow, laid-back tone",
+         "a quiet, low-key remark"),
+        ("a gentle voice at an easy pace", "someone chatting casually", "a soft-spoken, easygoing delivery",
+         "a quiet but attentive remark"),
+        ("an ordinary voice at a normal pace", "someone talking at a regular volume", "a matter-of-fact reading",
+         "a plain, unremarkable delivery"),
+        ("a brisk, upbeat voice", "someone talking quickly with some enthusiasm", "a spirited, eager delivery",
+         "a vigorous, wide-awake tone"),
+        ("a loud, fast, thrilled voice", "someone raising their voice with enthusiasm",
+         "an emphatic, fiery delivery", "a loud, heated exclamation"),
+        ("someone shouting with excitement", "a frantic, screaming voice", "a frenzied yell at full volume",
+         "a wild, explosive outburst"),
+    ),
+    "valence": (
+        ("a miserable, heartbroken tone", "someone sobbing in despair", "a bitter, hopeless voice",
+         "a grief-stricken lament"),
+        ("a sad, disappointed voice", "someone complaining sourly", "an irritated, annoyed tone",
+         "a resentful grumble"),
+        ("a somewhat glum voice", "someone sounding a bit down", "a mildly dissatisfied remark",
+         "a faintly sad tone"),
+        ("a matter-of-fact, indifferent voice", "someone stating plain facts", "an impartial, businesslike tone",
+         "a flat, unemotional remark"),
+        ("a friendly, agreeable voice", "someone sounding mildly content", "a warm, kindly remark",
+         "a good-natured tone"),
+        ("a joyful, smiling voice", "someone glad about good news", "a bright, satisfied tone",
+         "a warm, amused laugh"),
+        ("an ecstatic, overjoyed voice", "someone laughing with pure joy", "a blissful, elated tone",
+         "a thrilled, grateful exclamation"),
+    ),
+    "dominance": (
+        ("a frightened, cowering whisper", "someone pleading and apologising", "a shy, obedient mumble",
+         "a powerless, begging voice"),
+        ("a shy, uncertain voice", "someone asking permission nervously", "a deferential, apologetic tone",
+         "a nervous, yielding reply"),
+        ("a slightly tentative voice", "someone sounding a little doubtful", "a modest, cautious remark",
+         "a mildly reluctant reply"),
+        ("a composed, ordinary voice", "someone stating an opinion plainly", "a neither bossy nor shy tone",
+         "a matter-of-fact reply"),
+        ("a poised, sure voice", "someone talking with some authority", "a firm, capable tone",
+         "a sure-footed reply"),
+        ("a bold, decisive voice", "someone giving clear instructions", "a firm, in-charge tone",
+         "a strong, determined reply"),
+        ("an authoritative voice barking orders", "someone in charge giving strict orders",
+         "a domineering, imperious tone", "a bossy voice demanding obedience"),
+    ),
+}
 
 
 def _check_attribute(attribute: str) -> str:
@@ -173,6 +229,22 @@ def level_descriptions(attribute: str, *, num_wordings: int = 8, seed: int = 0) 
   values = np.arange(1, NUM_LEVELS + 1, dtype=np.float32)
   texts = attribute_queries(attribute, values, num_wordings=num_wordings, seed=seed)
   return np.repeat(values, int(num_wordings)), texts
+
+
+def paraphrased_level_prompts(attribute: str) -> tuple[np.ndarray, list[str]]:
+  """Free-form prompts of ``attribute`` at each level 1..7 (``PARAPHRASED_LEVEL_PROMPTS``: "a drowsy voice,
+  barely awake" ... "someone shouting with excitement"), in words mostly outside the template vocabulary.
+
+  The third prompt set, beside the template ``level_descriptions`` and the fixed ``level_prompts``: their
+  embeddings are averaged per level (``metrics.mean_by_level``) into the ``*_paraphrase_*`` metrics.
+
+  Returns:
+    levels: (7 * P,) float32 level of each text (1.0 .. 7.0, grouped, level 1 first).
+    texts: the 7 * P prompts in the same order.
+  """
+  per_level = PARAPHRASED_LEVEL_PROMPTS[_check_attribute(attribute)]
+  levels = np.concatenate([np.full(len(p), k + 1, np.float32) for k, p in enumerate(per_level)])
+  return levels, [text for prompts in per_level for text in prompts]
 
 
 def vocabulary() -> list[str]:

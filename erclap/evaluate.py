@@ -128,7 +128,8 @@ class Embedder:
     return np.concatenate(out)
 
 
-def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0) -> SplitEmbeddings:
+def embed_split(embedder: Embedder, params, config, split: str, *, max_examples: int = 0,
+                with_text: bool = True) -> SplitEmbeddings:
   """Runs the split once (eval iterator: static shapes, padded last batch) and keeps the valid rows.
 
   Every process must call it (the gathers are collectives); all get the same result, in split order, so
@@ -141,6 +142,8 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     config: the run's config.
     split: the split to embed.
     max_examples: keep the split's first ``max_examples`` rows (0: all).
+    with_text: embed the descriptions too (clap stage); False leaves ``text`` None (the ridge probe's train
+      split needs only speech, and a pre-trained text tower such as MiniLM costs more than the cached speech).
 
   Returns:
     The split's embeddings, labels, ids and descriptions.
@@ -158,7 +161,7 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
   ids, texts = [], []
   for b, batch in enumerate(iterator):
     cols["audio"].append(embedder.speech(params, batch))
-    if config.stage != "ser":
+    if config.stage != "ser" and with_text:
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       cols["text"].append(embedder._gather(t))
@@ -205,10 +208,13 @@ def prompt_embeddings(embedder: Embedder, params, config) -> dict:
       the words the model was trained on) and (7,) the levels.
     fixed_prompts / fixed_prompt_levels: the fixed prompts "very low arousal" ... "very high arousal" (words
       the training descriptions never contain) and their levels, for the ``*_fixed_*`` metrics.
+    paraphrase_prompts / paraphrase_prompt_levels: (7, D) the free-form prompts of
+      ``descriptions.paraphrased_level_prompts`` ("a drowsy voice, barely awake" ...) averaged per level, and
+      (7,) the levels, for the ``*_paraphrase_*`` metrics.
     queries / query_values (arousal, valence): single-attribute description pools of the retrieval tau.
   """
-  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "queries",
-                         "query_values")}
+  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "paraphrase_prompts",
+                         "paraphrase_prompt_levels", "queries", "query_values")}
   for attribute in LABEL_NAMES:
     levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
                                                     seed=config.seed)
@@ -217,6 +223,9 @@ def prompt_embeddings(embedder: Embedder, params, config) -> dict:
     fixed = descriptions.level_prompts(attribute)
     out["fixed_prompts"][attribute] = embedder.text(params, fixed)
     out["fixed_prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(fixed))
+    levels, texts = descriptions.paraphrased_level_prompts(attribute)
+    out["paraphrase_prompt_levels"][attribute], out["paraphrase_prompts"][attribute] = metrics.mean_by_level(
+        embedder.text(params, texts), levels)
   for attribute in ("arousal", "valence"):
     values = np.arange(1, 8, dtype=np.float32)
     texts = descriptions.attribute_queries(attribute, values, num_wordings=4, seed=config.seed)
@@ -230,12 +239,14 @@ def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[s
   """Every metric of ``erclap.metrics.summarize`` on ``split`` (ridge probe fit on the train split)."""
   split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
   train_emb = embed_split(embedder, params, config, config.data.train_split,
-                          max_examples=config.eval.probe_train_examples)
+                          max_examples=config.eval.probe_train_examples, with_text=False)
   prompts = prompt_embeddings(embedder, params, config)
   result = metrics.summarize(
       split_emb.speech, split_emb.text, split_emb.labels,
       prompt_embeddings=prompts["prompts"], prompt_levels=prompts["prompt_levels"],
       fixed_prompt_embeddings=prompts["fixed_prompts"], fixed_prompt_levels=prompts["fixed_prompt_levels"],
+      paraphrase_prompt_embeddings=prompts["paraphrase_prompts"],
+      paraphrase_prompt_levels=prompts["paraphrase_prompt_levels"],
       query_embeddings=prompts["queries"], query_values=prompts["query_values"],
       train_speech=train_emb.speech, train_labels=train_emb.labels,
       retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,

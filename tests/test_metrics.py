@@ -416,6 +416,36 @@ def test_summarize_keys_and_consistency():
                       query_values={"joy": query_values["arousal"]})
 
 
+def test_summarize_paraphrase_prompts_hand_built():
+  """Clips on a quarter circle by arousal; level prompts at the same angles: the ``paraphrase_`` metrics are
+  there, monotone, and the zero-shot CCC equals a naive softmax-then-CCC; reversed prompts are not monotone."""
+  rng = np.random.default_rng(5)
+  n = 70
+  labels = np.column_stack([np.repeat(np.arange(1.0, 8.0), 10), rng.uniform(1, 7, n), np.full(n, 4.0)])
+  angle = lambda v: (np.asarray(v) - 1.0) / 6.0 * (np.pi / 2)
+  speech = np.column_stack([np.cos(angle(labels[:, 0])), np.sin(angle(labels[:, 0])), np.zeros(n)])
+  levels = np.arange(1.0, 8.0)
+  prompts = np.column_stack([np.cos(angle(levels)), np.sin(angle(levels)), np.zeros(7)])
+  out = metrics.summarize(speech, speech, labels, paraphrase_prompt_embeddings={"arousal": prompts},
+                          paraphrase_prompt_levels={"arousal": levels}, zero_shot_temperature=0.05)
+  for name in ("ccc_zero_shot", "prompt_tau", "prompt_distance_tau", "prompt_order_tau", "prompt_monotone"):
+    assert f"{name}_paraphrase_arousal" in out and f"{name}_arousal" not in out
+    assert f"{name}_fixed_arousal" not in out
+  assert out["prompt_monotone_paraphrase_arousal"] == 1.0 and out["prompt_order_tau_paraphrase_arousal"] == 1.0
+  sim = prompts @ speech.T                                       # (7, n), unit vectors already
+  weights = np.exp(sim / 0.05) / np.exp(sim / 0.05).sum(axis=0)
+  pred, y = levels @ weights, labels[:, 0]
+  naive_ccc = 2 * np.cov(pred, y, bias=True)[0, 1] / (pred.var() + y.var() + (pred.mean() - y.mean()) ** 2)
+  assert out["ccc_zero_shot_paraphrase_arousal"] == pytest.approx(naive_ccc, rel=1e-6)
+  assert naive_ccc > 0.9
+  reversed_ = metrics.summarize(speech, speech, labels, paraphrase_prompt_embeddings={"arousal": prompts[::-1]},
+                                paraphrase_prompt_levels={"arousal": levels})
+  assert reversed_["prompt_monotone_paraphrase_arousal"] == 0.0
+  assert reversed_["ccc_zero_shot_paraphrase_arousal"] < 0.0
+  with pytest.raises(ValueError, match="prompt_levels"):
+    metrics.summarize(speech, speech, labels, paraphrase_prompt_embeddings={"arousal": prompts})
+
+
 def test_normalized_mean_and_mean_by_level():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(6, 5))
