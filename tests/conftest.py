@@ -1,5 +1,6 @@
 """Test set-up: 8 simulated CPU devices for every test (must run before jax is imported), and the tiny corpus."""
 
+import fcntl
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -13,9 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
 import pytest
-from train_helpers import tiny_config
+from train_helpers import TRAINED_STEPS, tiny_config
 
-from erclap import data
+from erclap import data, train
 
 jax.config.update("jax_threefry_partitionable", True)
 
@@ -27,15 +28,21 @@ def devices():
   return devs
 
 
+def _shared_dir(tmp_path_factory, name: str):
+  """A directory of this test run that pytest-xdist workers share (a worker's own base dir otherwise)."""
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+  path.mkdir(exist_ok=True)
+  return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """The TFDS data dir holding the built tiny corpus (train_helpers.TINY_CORPUS): built once per test run.
 
   Under pytest-xdist the workers share one directory (the corpus build holds a file lock, so the first
   worker builds it and the others wait and reuse it)."""
-  base = tmp_path_factory.getbasetemp()
-  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_corpus"
-  path.mkdir(exist_ok=True)
+  path = _shared_dir(tmp_path_factory, "tiny_corpus")
   data.ensure_dataset(tiny_config(str(path)).data)
   return str(path)
 
@@ -44,3 +51,20 @@ def data_dir(tmp_path_factory):
 def tiny_embedded(data_dir):
   """(config, data_dir): a fresh tiny config (train_helpers.tiny_config) on the built tiny corpus."""
   return tiny_config(data_dir), data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(data_dir, tmp_path_factory):
+  """A workdir of the tiny config trained for ``TRAINED_STEPS`` (train_helpers), trained once per test run.
+
+  Shared by the modules that need some trained checkpoint (and by the xdist workers: the first trains it under
+  a file lock, the others wait and reuse it). Read it only; a test that writes into a workdir copies its
+  checkpoints/ into one of its own."""
+  path = _shared_dir(tmp_path_factory, "trained_workdir")
+  done = path / "TRAINED"
+  with open(path.parent / "trained_workdir.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      train.train_and_evaluate(tiny_config(data_dir, **TRAINED_STEPS), str(path / "run"))
+      done.touch()
+  return str(path / "run")
