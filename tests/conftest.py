@@ -42,8 +42,8 @@ def pytest_configure(config):
   """One persistent XLA compilation cache per test run, shared by the xdist workers and, through the
   environment, by every `erclap.main` subprocess: the suite compiles the same tiny programs in many tests and
   launches (a 2-step tiny training launch: 380 s without, 81 s with the programs cached, on a loaded
-  2-core machine). It is set before any test module is
-  imported (JAX decides on its first compilation whether a cache is used); each run starts with an empty one."""
+  2-core machine). Set before any test module is imported: JAX decides on its first compilation whether a
+  cache is used. Each run starts with an empty one."""
   path = _shared_dir(config._tmp_path_factory, "jax_compilation_cache")
   settings = {"jax_compilation_cache_dir": str(path), "jax_persistent_cache_min_compile_time_secs": 0,
               "jax_persistent_cache_min_entry_size_bytes": -1}
