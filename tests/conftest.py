@@ -1,5 +1,7 @@
-"""Test set-up: 8 simulated CPU devices for every test (must run before jax is imported), and the tiny corpus."""
+"""Test set-up: 8 simulated CPU devices for every test (must run before jax is imported), the tiny corpus and
+a 2-step trained workdir, each built once per test run."""
 
+import fcntl
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -13,9 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
 import pytest
-from train_helpers import tiny_config
+from train_helpers import TRAINED_STEPS, tiny_config
 
-from erclap import data
+from erclap import data, train
 
 jax.config.update("jax_threefry_partitionable", True)
 
@@ -27,15 +29,36 @@ def devices():
   return devs
 
 
+def _shared_dir(tmp_path_factory, name: str):
+  """A directory of this test run that pytest-xdist workers share (a worker's own base dir otherwise)."""
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own pytest_configure has made the temporary-path factory
+def pytest_configure(config):
+  """One persistent XLA compilation cache per test run, shared by the xdist workers and, through the
+  environment, by every `erclap.main` subprocess: the suite compiles the same tiny programs in many tests and
+  launches (a 2-step tiny training launch: 380 s without, 81 s with the programs cached, on a loaded
+  2-core machine). Set before any test module is imported: JAX decides on its first compilation whether a
+  cache is used. Each run starts with an empty one."""
+  path = _shared_dir(config._tmp_path_factory, "jax_compilation_cache")
+  settings = {"jax_compilation_cache_dir": str(path), "jax_persistent_cache_min_compile_time_secs": 0,
+              "jax_persistent_cache_min_entry_size_bytes": -1}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """The TFDS data dir holding the built tiny corpus (train_helpers.TINY_CORPUS): built once per test run.
 
   Under pytest-xdist the workers share one directory (the corpus build holds a file lock, so the first
   worker builds it and the others wait and reuse it)."""
-  base = tmp_path_factory.getbasetemp()
-  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny_corpus"
-  path.mkdir(exist_ok=True)
+  path = _shared_dir(tmp_path_factory, "tiny_corpus")
   data.ensure_dataset(tiny_config(str(path)).data)
   return str(path)
 
@@ -44,3 +67,20 @@ def data_dir(tmp_path_factory):
 def tiny_embedded(data_dir):
   """(config, data_dir): a fresh tiny config (train_helpers.tiny_config) on the built tiny corpus."""
   return tiny_config(data_dir), data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(data_dir, tmp_path_factory):
+  """A workdir of the tiny config trained for ``TRAINED_STEPS`` (train_helpers), trained once per test run.
+
+  Shared by the modules that need some trained checkpoint (and by the xdist workers: the first trains it under
+  a file lock, the others wait and reuse it). Read it only; a test that writes into a workdir copies its
+  checkpoints/ into one of its own."""
+  path = _shared_dir(tmp_path_factory, "trained_workdir")
+  done = path / "TRAINED"
+  with open(path.parent / "trained_workdir.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      train.train_and_evaluate(tiny_config(data_dir, **TRAINED_STEPS), str(path / "run"))
+      done.touch()
+  return str(path / "run")

@@ -12,7 +12,7 @@ import pytest
 import train_helpers as th
 from scipy.io import wavfile
 
-from erclap import data, embed, runtime, state, tokenization, train
+from erclap import embed, runtime, state, tokenization
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 
@@ -181,13 +181,11 @@ def test_flac_and_ogg_are_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_embed_command_line(tmp_path, capsys):
-  """The command on a trained checkpoint: exit 0 with a readable file, 1 when every file fails."""
-  config = th.tiny_config(str(tmp_path / "tfds"), **{"train.num_steps": 2, "checkpoint.every_steps": 2})
-  data.ensure_dataset(config.data)
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+def test_embed_command_line(trained_workdir, tmp_path, capsys):
+  """The command on a trained checkpoint (the suite's 2-step workdir, read only): exit 0 with a readable file, 1
+  when every file fails."""
   files = _folder(tmp_path / "audio")
-  args = [f"--model={tmp_path / 'run'}", f"--out={tmp_path / 'out'}", "--queries=A calm voice.",
+  args = [f"--model={trained_workdir}", f"--out={tmp_path / 'out'}", "--queries=A calm voice.",
           "--batch_size=8", "--window_seconds=1.0", "--hop_seconds=0.5"]
   assert embed.main([*args, f"--audio={tmp_path / 'audio'}"]) == 0
   frame = _read_shards(tmp_path / "out")

@@ -28,13 +28,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tiny model trained on the tiny embedded corpus: (config, workdir)."""
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
+def trained(data_dir, tmp_path_factory):
+  """A tiny model trained on the tiny embedded corpus (the suite's built one): (config, workdir)."""
   workdir = str(tmp_path_factory.mktemp("run"))
   config = th.tiny_config(data_dir, **{"train.num_steps": 60, "checkpoint.every_steps": 60,
                                        "train.log_every_steps": 20, "train.learning_rate": 2e-3})
-  data.ensure_dataset(config.data)
   train.train_and_evaluate(config, workdir)
   return config, workdir
 

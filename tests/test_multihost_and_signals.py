@@ -19,21 +19,26 @@ import pyarrow.parquet as pq
 import pytest
 import train_helpers as th
 
-from erclap import config_lib, export, fileio, runtime, tower_init, workdir_lock
+from erclap import config_lib, evaluate, export, fileio, runtime, tower_init, workdir_lock
 from erclap.configs import demo
 
 # A whole 2-process run gets this long; past it the test fails (and kills both) instead of hanging.
 MULTI_PROCESS_TIMEOUT = 420
-TRAIN = {"train.num_steps": 2, "checkpoint.every_steps": 2}
+TRAIN = th.TRAINED_STEPS  # the config of the trained_workdir fixture
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """A workdir trained for 2 steps, with its 1-process export (export_single/) and eval JSON."""
+def trained(data_dir, trained_workdir, tmp_path_factory):
+  """A workdir with the suite's 2-step checkpoints, its 1-process export (export_single/) and eval JSON
+  (eval_single/).
+
+  The 1-process reference runs the modes in this test process (1 process x 8 devices, the tiny config the
+  2-process runs get as flags): no interpreter start, JAX import and corpus load for each mode."""
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  for mode in ("train", "export", "eval"):
-    result = th.run_main(workdir, data_dir, mode, **TRAIN)
-    assert result.returncode == 0, result.stderr[-3000:]
+  shutil.copytree(os.path.join(trained_workdir, "checkpoints"), os.path.join(workdir, "checkpoints"))
+  config = th.tiny_config(data_dir, **TRAIN)
+  export.export_embeddings(config, workdir)
+  evaluate.evaluate_checkpoint(config, workdir)
   os.rename(os.path.join(workdir, "export"), os.path.join(workdir, "export_single"))
   os.rename(os.path.join(workdir, "eval"), os.path.join(workdir, "eval_single"))
   return workdir

@@ -337,11 +337,11 @@ def test_cached_model_has_the_uncached_parameter_tree(tiny_embedded, devices):
 
 
 @pytest.fixture(scope="module")
-def frozen_run(tmp_path_factory):
-  """A frozen-tower tiny run: the step-0 cache, 3 training steps, the cache from the final checkpoint.
+def frozen_run(data_dir, tmp_path_factory):
+  """A frozen-tower tiny run on the suite's tiny corpus: the step-0 cache, 3 training steps, the cache from the
+  final checkpoint.
 
   Returns (config, workdir, step-0 cache dir, final cache dir)."""
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
   workdir = str(tmp_path_factory.mktemp("run"))
   config = th.tiny_config(data_dir, **FROZEN, **{"train.num_steps": 3, "checkpoint.every_steps": 3})
   step0_dir = str(tmp_path_factory.mktemp("cache_step0"))

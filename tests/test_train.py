@@ -1,14 +1,10 @@
-"""Training: gradient caching, sharding invariance, frozen towers, loss falls, exact resume, preemption,
-multi-host, guards."""
+"""Training in the test process: gradient caching, sharding invariance, frozen towers, loss falls, guards, the
+SER stage. Training runs of `erclap.main` in subprocesses (resume, preemption, multi-host): test_train_runs.py."""
 
 from __future__ import annotations
 
 import functools
 import os
-import signal
-import socket
-import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,16 +12,9 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import data, optim, runtime, tokenization, tower_init, train
+from erclap import optim, runtime, tokenization, tower_init, train
 from erclap import state as state_lib
 from erclap import step as step_lib
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("tfds"))
-  data.ensure_dataset(th.tiny_config(path).data)
-  return path
 
 
 def _random_batch(config, vocab_size, n, seed=0):
@@ -152,95 +141,6 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
   step, params = tower_init.read_workdir_params(str(tmp_path / "run"))
   assert step >= 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
-
-
-def _final_params(workdir):
-  return tower_init.read_workdir_params(workdir)
-
-
-@pytest.mark.slow
-def test_exact_resume_after_sigkill(data_dir, tmp_path):
-  overrides = {"train.num_steps": 16, "checkpoint.every_steps": 2}
-  full = th.run_main(str(tmp_path / "full"), data_dir, **overrides)
-  assert full.returncode == 0, full.stderr[-3000:]
-
-  workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  target = os.path.join(workdir, "checkpoints", "4")
-  deadline = time.time() + 300
-  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-  assert killed_at < 16, "the run finished before it could be killed"
-  resumed = th.run_main(workdir, data_dir, **overrides)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resumed from" in resumed.stderr
-
-  step_a, params_a = _final_params(str(tmp_path / "full"))
-  step_b, params_b = _final_params(workdir)
-  assert step_a == step_b == 16
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
-    np.testing.assert_array_equal(a, b)  # bit-identical
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
-  workdir = str(tmp_path / "run")
-  # 32-example batches: steps long enough that the step reached when the signal is sent is well defined.
-  overrides = {"train.num_steps": 500, "checkpoint.every_steps": 1000, "eval.every_steps": 1000,
-               "train.global_batch_size": 32}
-  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines = []
-  for line in proc.stdout:
-    lines.append(line)
-    if line.startswith("[train] step 3/"):
-      proc.send_signal(signal.SIGTERM)
-      break
-  rest, _ = proc.communicate(timeout=300)
-  output = "".join(lines) + rest
-  assert proc.returncode == 0, output[-3000:]
-  assert "preempted" in output
-  step, params = tower_init.read_workdir_params(workdir)
-  # Honoured after the step in flight when the signal came (step 4 at most), not a step later.
-  assert 3 <= step <= 4, output[-3000:]
-  assert f"checkpoint at step {step} saved" in output
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
-  resumed = th.run_main(workdir, data_dir, **{**overrides, "train.num_steps": step + 2})
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert tower_init.read_workdir_params(workdir)[0] == step + 2
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process(data_dir, tmp_path):
-  overrides = {"train.num_steps": 4, "checkpoint.every_steps": 1000}
-  single = th.run_main(str(tmp_path / "single"), data_dir, **overrides)
-  assert single.returncode == 0, single.stderr[-3000:]
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
-             "distributed.num_processes": 2, "distributed.process_id": pid}
-    procs.append(subprocess.Popen(th.main_command(str(tmp_path / "multi"), data_dir, **flags), cwd=th.ROOT,
-                                  env=th.subprocess_env(num_devices=4), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  curve_single = th.loss_curve(single.stdout)
-  curve_multi = th.loss_curve(outs[0][0])
-  assert sorted(curve_single) == sorted(curve_multi) == [1, 2, 3, 4]
-  np.testing.assert_allclose([curve_multi[s] for s in range(1, 5)], [curve_single[s] for s in range(1, 5)],
-                             rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -44,6 +44,11 @@ TINY_OVERRIDES = {
 }
 
 
+# The session's shared trained workdir (the ``trained_workdir`` fixture of tests/conftest.py): 2 steps, a
+# checkpoint at step 2.
+TRAINED_STEPS = {"train.num_steps": 2, "checkpoint.every_steps": 2}
+
+
 def tiny_overrides(data_dir: str, **overrides) -> dict:
   """TINY_OVERRIDES with the corpus in ``data_dir``, then ``overrides`` (dotted keys) on top."""
   return {**TINY_OVERRIDES, "data.data_dir": str(data_dir), **overrides}

@@ -1,0 +1,119 @@
+"""Training runs of `python -m erclap.main` in subprocesses: exact resume after SIGKILL, a SIGTERM preemption
+checkpoint, and 2 processes x 4 devices equal to 1 process x 8 devices.
+
+One 16-step single-process run (``reference_run``) is the reference of both the resume and the 2-process test:
+each launch pays an interpreter start, the JAX import, the corpus load and the compilation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+import train_helpers as th
+
+from erclap import tower_init
+
+pytestmark = pytest.mark.slow
+
+# The reference run: 16 steps, a checkpoint every 2 (the resume test kills a run of the same config after its
+# step-4 checkpoint).
+REFERENCE = {"train.num_steps": 16, "checkpoint.every_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_dir, tmp_path_factory):
+  """(workdir, stdout) of the tiny config run to step 16 in one process with 8 devices."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "full")
+  result = th.run_main(workdir, data_dir, **REFERENCE)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def _final_params(workdir):
+  return tower_init.read_workdir_params(workdir)
+
+
+def test_exact_resume_after_sigkill(data_dir, reference_run, tmp_path):
+  overrides = REFERENCE
+  full_workdir, _ = reference_run
+  workdir = str(tmp_path / "killed")
+  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  target = os.path.join(workdir, "checkpoints", "4")
+  deadline = time.time() + 300
+  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert killed_at < 16, "the run finished before it could be killed"
+  resumed = th.run_main(workdir, data_dir, **overrides)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from" in resumed.stderr
+
+  step_a, params_a = _final_params(full_workdir)
+  step_b, params_b = _final_params(workdir)
+  assert step_a == step_b == 16
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+    np.testing.assert_array_equal(a, b)  # bit-identical
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  # 32-example batches: steps long enough that the step reached when the signal is sent is well defined.
+  overrides = {"train.num_steps": 500, "checkpoint.every_steps": 1000, "eval.every_steps": 1000,
+               "train.global_batch_size": 32}
+  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith("[train] step 3/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=300)
+  output = "".join(lines) + rest
+  assert proc.returncode == 0, output[-3000:]
+  assert "preempted" in output
+  step, params = tower_init.read_workdir_params(workdir)
+  # Honoured after the step in flight when the signal came (step 4 at most), not a step later.
+  assert 3 <= step <= 4, output[-3000:]
+  assert f"checkpoint at step {step} saved" in output
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  resumed = th.run_main(workdir, data_dir, **{**overrides, "train.num_steps": step + 2})
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert tower_init.read_workdir_params(workdir)[0] == step + 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, reference_run, tmp_path):
+  # The reference's checkpoints do not change its losses: the 2-process run leaves them out.
+  overrides = {**REFERENCE, "checkpoint.every_steps": 1000}
+  _, single_stdout = reference_run
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
+             "distributed.num_processes": 2, "distributed.process_id": pid}
+    procs.append(subprocess.Popen(th.main_command(str(tmp_path / "multi"), data_dir, **flags), cwd=th.ROOT,
+                                  env=th.subprocess_env(num_devices=4), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  curve_single = th.loss_curve(single_stdout)
+  curve_multi = th.loss_curve(outs[0][0])
+  steps = list(range(1, REFERENCE["train.num_steps"] + 1))
+  assert sorted(curve_single) == sorted(curve_multi) == steps
+  np.testing.assert_allclose([curve_multi[s] for s in steps], [curve_single[s] for s in steps], rtol=1e-4)
