@@ -1,9 +1,11 @@
 """--mode=cache_speech: compute the frozen speech representation of every clip once (``erclap.speech_features``).
 
-  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=cache_speech \
+  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo --mode=cache_speech \
       --config.model.freeze_speech=True
-  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo_cached --mode=train \
+  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo_cached --mode=train \
       --config.model.freeze_speech=True --config.data.speech_features=workdirs/demo/speech_features
+
+(``configs/demo.py`` itself runs this as part of its two-stage recipe, ``erclap.recipe``.)
 
 Which weights: the workdir's latest checkpoint when it has one (e.g. to export a trained model through the
 cache); otherwise the parameters a training run of this config starts from at step 0 (``config.seed``, with

@@ -3,8 +3,9 @@
   python -m erclap.main --config=configs/ser_pretrain.py --workdir=workdirs/ser
   python -m erclap.main --config=configs/ser_pretrain.py:demo --workdir=workdirs/ser_demo   # tiny, CPU
 
-Its workdir then initialises the cross-modal stage's speech tower:
-  python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo_from_ser \
+Its workdir then initialises the cross-modal stage's speech tower (``configs/demo.py`` does both stages in one
+run, ``erclap.recipe``; by hand):
+  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo_from_ser \
       --config.model.speech_init=workdirs/ser_demo [--config.model.freeze_speech=True]
 """
 
