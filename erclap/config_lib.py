@@ -168,19 +168,19 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def _unset(node, prefix: str = ""):
-  """Dotted keys of the values left None (``config_dict.placeholder``) in ``node``."""
+def flat_items(node, prefix: str = ""):
+  """(dotted key, value) of every value under a ConfigDict (sections walked, not yielded)."""
   for key, value in node.items():
     if isinstance(value, ml_collections.ConfigDict):
-      yield from _unset(value, f"{prefix}{key}.")
-    elif value is None:
-      yield f"{prefix}{key}"
+      yield from flat_items(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
 
 
 def required_problems(config: ml_collections.ConfigDict) -> list[str]:
   """One message per value the config file left to the command line (None) and that is still not set."""
   return [f"config.{key} is required: set --config.{key}=..." + (f" ({REQUIRED[key]})" if key in REQUIRED else "")
-          for key in _unset(config)]
+          for key, value in flat_items(config) if value is None]
 
 
 def _eval_problems(config) -> list[str]:

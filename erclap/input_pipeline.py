@@ -284,9 +284,8 @@ class EvalIterator:
 
   def __iter__(self) -> Iterator[dict]:
     for b in range(self.num_batches):
-      lo = self.start + b * self.batch_size
       rows, ids, texts = [], [], []
-      for i in range(lo, lo + self.batch_size):
+      for i in self.batch_rows(b).tolist():
         if i < self.stop:
           record = self.source[i]
           rows.append(_example(record, self._speech(record), self.picker.pick(record, None)))

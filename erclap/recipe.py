@@ -62,21 +62,13 @@ def stage1_config(config) -> ml_collections.ConfigDict:
   if base.stage != "ser":
     raise config_lib.ConfigError(f"config.recipe.stage1={name!r}: has stage={base.stage!r}; stage 1 must be a "
                                  f"speech-emotion (stage='ser') config such as 'ser_pretrain:demo'")
-  overrides = {f"{section}.{key}": value for section in STAGE1_SECTIONS for key, value in _flat(config[section])}
+  overrides = {f"{section}.{key}": value for section in STAGE1_SECTIONS
+               for key, value in config_lib.flat_items(config[section])}
   overrides.update({f"model.{key}": config.model[key] for key in STAGE1_MODEL_KEYS})
   overrides.update({"seed": config.seed, "recipe.stage1": "", "data.speech_features": ""})
   if config.recipe.stage1_steps:
     overrides["train.num_steps"] = config.recipe.stage1_steps
   return config_lib.validate(config_lib.apply_overrides(base, overrides, f"config.recipe.stage1={name!r}"))
-
-
-def _flat(node, prefix: str = ""):
-  """(dotted key, value) of every value under a ConfigDict section."""
-  for key, value in node.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _flat(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
 
 
 def cross_modal_config(config, workdir: str) -> ml_collections.ConfigDict:
