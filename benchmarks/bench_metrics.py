@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_metrics.py [--n 4096] [--dim 512] [--scipy_rows 256]
 
-Times ``metrics.ordinal_consistency`` on an (N, N) similarity matrix of random L2-normalised embeddings with
+Times ``metrics.anchor_kendall_tau`` on an (N, N) similarity matrix of random L2-normalised embeddings with
 quarter-step labels (many exact ties, as with averaged ratings), and the scipy loop on the first
 ``scipy_rows`` anchors, extrapolated linearly to N anchors. Also times the other summary metrics at the same
 N once. Prints the ratio; figures are single runs on whatever machine this is (shared machines vary).
@@ -44,7 +44,7 @@ def main():
   sim = speech @ text.T
   y = labels[:, 0]
 
-  (ours, per_anchor), t_ours = timed(lambda: metrics.ordinal_consistency(sim, y, y, return_per_anchor=True))
+  (ours, per_anchor), t_ours = timed(lambda: metrics.anchor_kendall_tau(sim, y, y, return_per_anchor=True))
   rows = min(args.scipy_rows, n)
 
   def scipy_loop():
@@ -54,7 +54,7 @@ def main():
 
   ref, t_rows = timed(scipy_loop)
   t_scipy = t_rows * n / rows
-  print(f"ordinal_consistency N={n}: vectorised {t_ours:.2f} s | scipy loop {t_rows:.2f} s for {rows} rows "
+  print(f"anchor_kendall_tau N={n}: vectorised {t_ours:.2f} s | scipy loop {t_rows:.2f} s for {rows} rows "
         f"-> {t_scipy:.2f} s extrapolated to {n} | speed-up x{t_scipy / t_ours:.2f} "
         f"| max |diff| on the compared rows {np.nanmax(np.abs(per_anchor[:rows] - ref)):.1e} | value {ours:.4f}")
 

@@ -2,7 +2,7 @@ r"""The paper's comparison table on the embedded corpus: RNC vs InfoNCE (SCE) vs
 
 Trains each loss on the same data, seed and budget (configs/demo.py unless --config: the two-stage demo, whose
 stage 1 and speech cache are made once in <root>/shared and shared by every loss), evaluates the test
-split and prints one table — retrieval Kendall tau (the paper's protocol), anchor-wise ordinal consistency,
+split and prints one table — the paper's VOC / AOC (Kendall's tau of retrieval order), the anchor-wise Kendall tau,
 MMD, Wasserstein, R@1, CCC — with the paper's published figures beside ours for reference.
 
   python benchmarks/paper_table.py --workdir_root=workdirs/paper_table [--losses=rnc,infonce,supcon]
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 
@@ -24,11 +23,10 @@ sys.path.insert(0, ROOT)
 
 # EmotionRankCLAP (Interspeech 2025), Table 1 (MSP-Podcast; their protocol, their models).
 PAPER = {
-    "rnc": {"retrieval_tau_valence": 0.616, "retrieval_tau_arousal": 0.552, "mmd": 0.087, "wasserstein": 0.065},
-    "infonce": {"retrieval_tau_valence": 0.505, "retrieval_tau_arousal": 0.492, "mmd": 0.096,
-                "wasserstein": 0.180},
+    "rnc": {"voc": 0.616, "aoc": 0.552, "mmd": 0.087, "wasserstein": 0.065},
+    "infonce": {"voc": 0.505, "aoc": 0.492, "mmd": 0.096, "wasserstein": 0.180},
 }
-COLUMNS = ("retrieval_tau_valence", "retrieval_tau_arousal", "voc_mean", "aoc_mean", "mmd", "wasserstein",
+COLUMNS = ("voc", "aoc", "anchor_tau_valence", "anchor_tau_arousal", "mmd", "wasserstein",
            "r1_s2t", "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence")
 
 
@@ -58,13 +56,12 @@ def base_config(args):
 
 
 def run_one(loss: str, base, args) -> dict[str, float]:
-  from erclap import config_lib, export, train
+  from erclap import config_lib, export, metrics, train
 
   workdir = os.path.join(args.workdir_root, loss)
   done = os.path.join(workdir, "export", "test_metrics.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)["metrics"]
+  if os.path.exists(done):  # written by an earlier run, perhaps under earlier metric names
+    return metrics.read_metrics_file(done)["metrics"]
   config = config_lib.validate(config_lib.apply_overrides(base, {"loss": loss}))
   train.train_and_evaluate(config, workdir)
   return export.export_embeddings(config, workdir)["test"]

@@ -13,22 +13,22 @@ Finished runs are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ROWS = ("aoc_mean", "voc_mean", "retrieval_tau_arousal", "retrieval_tau_valence", "mmd", "wasserstein",
+ROWS = ("aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein",
         "r1_s2t", "ccc_probe_arousal")
 
 
 def _cached(workdir: str):
   path = os.path.join(workdir, "export", "test_metrics.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)["metrics"]
+  if os.path.exists(path):  # written by an earlier run, perhaps under earlier metric names
+    from erclap import metrics
+
+    return metrics.read_metrics_file(path)["metrics"]
   return None
 
 

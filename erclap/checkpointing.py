@@ -20,6 +20,7 @@ Retention: the last ``keep`` steps plus the best step by ``best_metric``.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from typing import Any
 
@@ -34,6 +35,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from erclap import trees
+from erclap.schema import METRIC_RENAMES
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_MARK = ".corrupt-"
@@ -70,8 +72,10 @@ def make_manager(workdir: str, ckpt_config, *, with_data_iter: bool = True,
   """A CheckpointManager for ``workdir/checkpoints`` following ``config.checkpoint``."""
   policies = [ocm.LatestN(n=ckpt_config.keep)]
   if ckpt_config.best_metric:
-    metric = ckpt_config.best_metric
-    policies.append(ocm.BestN(get_metric_fn=lambda m: m[metric], reverse=ckpt_config.best_mode == "min",
+    metric, worst = ckpt_config.best_metric, math.inf if ckpt_config.best_mode == "min" else -math.inf
+    # Metrics saved under earlier names count under today's; a step that lacks the metric never wins.
+    get_metric = lambda m: {METRIC_RENAMES.get(k, k): v for k, v in m.items()}.get(metric, worst)
+    policies.append(ocm.BestN(get_metric_fn=get_metric, reverse=ckpt_config.best_mode == "min",
                               n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocm.AnyPreservationPolicy(policies),

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from erclap.schema import LABEL_NAMES
+from erclap.schema import LABEL_NAMES, renamed_metric_message
 
 CHOICES = {
     "stage": ("clap", "ser"),
@@ -154,6 +154,9 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"config.train.micro_batch_size={t.micro_batch_size}: gradient caching is for the clap "
                     f"stage; the ser stage's losses are cheap: set it to 0 and lower train.global_batch_size "
                     f"instead")
+  renamed = renamed_metric_message(config.checkpoint.best_metric)
+  if renamed:
+    problems.append(f"config.checkpoint.best_metric={config.checkpoint.best_metric!r}: {renamed}")
   if len(config.mesh.shape) != len(config.mesh.axes):
     problems.append(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
                     f"{tuple(config.mesh.axes)} differ in length")

@@ -19,7 +19,7 @@ from erclap.schema import LABEL_NAMES, uses_speech_cache
 
 # Printed in progress lines and the final table (those present in the result).
 HEADLINE_METRICS = (
-    "aoc_mean", "voc_mean", "retrieval_tau_arousal", "retrieval_tau_valence", "mmd", "wasserstein",
+    "aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein",
     "r1_s2t", "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence",
     "ser_ccc_arousal", "ser_ccc_valence", "ser_ccc_dominance", "ser_rank_accuracy",
 )

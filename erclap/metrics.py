@@ -10,16 +10,21 @@ anchors x thousands of candidates fit in modest memory. Conventions:
 
 Definitions (the paper's exact protocol is not published; these are ours, also described in the README):
 
-* Ordinal consistency (AOC / VOC): for each anchor i, Kendall's tau-b between ``sim[i, :]`` and
-  ``-|y_i - y_j|`` over all candidates j, averaged over anchors. A model whose similarities fall off with
-  label distance scores 1.
-* Retrieval Kendall tau (the paper's headline protocol as far as it is published): K
+* AOC / VOC (``aoc``, ``voc``), the paper's arousal / valence ordinal consistency: Kendall's tau of
+  cross-modal retrieval order (``retrieval_kendall_tau``, the paper's protocol as far as it is published): K
   descriptions at distinct levels of one attribute each retrieve their top-k clips; Kendall's tau between
   the levels and the retrieved clips' true values, averaged over M random draws of levels and wordings.
+* Anchor-wise Kendall tau (``anchor_tau_<attribute>``, a different statistic, not the paper's): for each
+  anchor i, Kendall's tau-b between ``sim[i, :]`` and ``-|y_i - y_j|`` over all candidates j, averaged over
+  anchors. A model whose similarities fall off with label distance scores 1.
+
+``schema.METRIC_RENAMES`` maps the names metric files used before (``aoc_mean``, ``retrieval_tau_arousal`` ...) to
+today's; ``upgrade_metric_names`` / ``read_metrics_file`` read old files under the new names.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, special
 
-from erclap.schema import LABEL_NAMES
+from erclap.schema import LABEL_NAMES, METRIC_RENAMES, ORDINAL_CONSISTENCY_NAMES
 
 # Rows per chunk are chosen so that one chunk holds about this many matrix elements (int64: 32 MB).
 _CHUNK_ELEMENTS = 1 << 22
@@ -36,6 +41,7 @@ _CHUNK_ELEMENTS = 1 << 22
 # exact arithmetic (|3.4 - 2.2| and |4.6 - 3.4|) are tied instead of being split by float rounding.
 _DISTANCE_DECIMALS = 6
 _LITTLE_ENDIAN = sys.byteorder == "little"
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,8 +247,8 @@ def _negative_label_distance(anchor_values: np.ndarray, candidate_values: np.nda
   return (-d).astype(np.float32)
 
 
-def ordinal_consistency(sim, anchor_labels, candidate_labels, *, return_per_anchor: bool = False):
-  """Anchor-wise ordinal consistency (AOC / VOC of the paper, our definition).
+def anchor_kendall_tau(sim, anchor_labels, candidate_labels, *, return_per_anchor: bool = False):
+  """Anchor-wise Kendall tau of similarity against label distance (``anchor_tau_*``; not the paper's AOC / VOC).
 
   Args:
     sim: (A, C) similarities of A anchors to C candidates.
@@ -289,8 +295,8 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
     expected_sign (K,): sign(level_k - middle), middle = (min level + max level) / 2.
     signed_tau: mean of expected_sign * tau over prompts not at the middle (1 = every prompt orders all
       clips in its direction). The headline scalar.
-    distance_tau: mean over prompts of tau-b(prompt_sim[k], -|clip - level_k|): the anchor-wise ordinal
-      consistency with the prompts as anchors.
+    distance_tau: mean over prompts of tau-b(prompt_sim[k], -|clip - level_k|): the anchor-wise Kendall
+      tau with the prompts as anchors.
     top_clip_values (K,): mean true attribute of each prompt's top ceil(top_fraction * N) clips.
     order_tau: tau-b between the levels and top_clip_values (1 = the prompts' order is fully kept).
     monotone: True if top_clip_values strictly increase with the level.
@@ -310,7 +316,7 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
   sign = np.sign(levels - middle)
   use = (sign != 0) & np.isfinite(tau)
   signed = float(np.mean(sign[use] * tau[use])) if np.any(use) else float("nan")
-  distance_tau = ordinal_consistency(prompt_sim, levels, values)
+  distance_tau = anchor_kendall_tau(prompt_sim, levels, values)
   top_k = max(1, math.ceil(top_fraction * len(values)))
   top_values = _top_k_mean(prompt_sim, values, top_k)
   order_tau = float(kendall_tau_b_rows(levels, top_values)[0])
@@ -321,7 +327,7 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
 
 def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: int = 5, num_draws: int = 200,
                           top_k: int = 1, seed: int = 0) -> dict:
-  """Retrieval Kendall tau (the paper's headline ordinality protocol, as far as it is published).
+  """Retrieval Kendall tau: the paper's AOC (arousal) / VOC (valence), as far as its protocol is published.
 
   Args:
     query_sim: (Q, N) similarities of a pool of Q descriptions of one attribute (several wordings at each
@@ -662,7 +668,8 @@ def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperatur
 
 def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval_levels, retrieval_draws,
                        retrieval_top_k, seed) -> dict[str, float]:
-  """The retrieval Kendall tau per attribute with a query pool (see ``summarize``)."""
+  """The paper's ordinal consistency (``aoc``, ``voc``: the retrieval Kendall tau) per attribute with a query
+  pool, and ``aoc_voc_mean`` when both are there (see ``summarize``)."""
   out = {}
   for attribute, emb in query_embeddings.items():
     column = _attribute_column(attribute)
@@ -672,11 +679,14 @@ def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval
     num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
     r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
                               num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
-    out[f"retrieval_tau_{attribute}"] = r["tau"]
-    out[f"retrieval_tau_std_{attribute}"] = r["tau_std"]
-    out["retrieval_num_levels"] = float(r["num_levels"])
-    out["retrieval_num_draws"] = float(r["num_draws"])
-    out["retrieval_top_k"] = float(r["top_k"])
+    name = ORDINAL_CONSISTENCY_NAMES[attribute]
+    out[name] = r["tau"]
+    out[f"{name}_std"] = r["tau_std"]
+    out["aoc_voc_num_levels"] = float(r["num_levels"])
+    out["aoc_voc_num_draws"] = float(r["num_draws"])
+    out["aoc_voc_top_k"] = float(r["top_k"])
+  if "aoc" in out and "voc" in out:
+    out["aoc_voc_mean"] = 0.5 * (out["aoc"] + out["voc"])
   return out
 
 
@@ -705,17 +715,19 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     paraphrase_prompt_embeddings / paraphrase_prompt_levels: the same for the free-form paraphrased prompts
       (``descriptions.paraphrased_level_prompts``) -> the same metrics with ``paraphrase_`` before the attribute.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
-      values -> the retrieval Kendall tau.
+      values -> the retrieval Kendall tau (``aoc`` / ``voc``).
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
-  Keys: aoc_s2t, aoc_t2s, aoc_mean, voc_s2t, voc_t2s, voc_mean (anchor-wise ordinal consistency), mmd,
+  Keys: anchor_tau_A_s2t, anchor_tau_A_t2s, anchor_tau_A for A = arousal, valence (the anchor-wise Kendall
+    tau, ``anchor_kendall_tau``; not the paper's AOC / VOC), mmd,
     wasserstein (exact W1, on a random subset of exact_wasserstein_max_n pairs for larger splits),
     wasserstein_num_points, wasserstein_sliced (sliced estimate on the whole split), r{1,5,10}_{s2t,t2s},
     ndcg10_s2t, ndcg10_t2s, ndcg10_mean; per attribute A with prompts: ccc_zero_shot_A, prompt_tau_A,
     prompt_distance_tau_A, prompt_order_tau_A, prompt_monotone_A (with fixed prompts also
     ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...; with paraphrased prompts ccc_zero_shot_paraphrase_A, ...);
     with the train split: ccc_probe_A for the three attributes and ccc_probe_mean; per attribute A with a
-    query pool: retrieval_tau_A, retrieval_tau_std_A, and retrieval_num_levels / retrieval_num_draws /
-    retrieval_top_k; num_clips.
+    query pool (arousal, valence): the paper's ordinal consistency ``aoc`` / ``voc`` (the retrieval Kendall
+    tau) and ``aoc_std`` / ``voc_std``, ``aoc_voc_mean``, and the protocol's ``aoc_voc_num_levels`` /
+    ``aoc_voc_num_draws`` / ``aoc_voc_top_k``; num_clips.
   """
   speech = l2_normalize(_as_2d("speech", speech, np.float32))
   text = l2_normalize(_as_2d("text", text, np.float32))
@@ -726,11 +738,12 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     raise ValueError(f"labels: expected shape ({len(speech)}, 3), got {labels.shape}")
   out: dict[str, float] = {"num_clips": float(len(speech))}
   sim = speech @ text.T
-  for prefix, column in (("aoc", 0), ("voc", 1)):
-    y = labels[:, column]
-    out[f"{prefix}_s2t"] = ordinal_consistency(sim, y, y)
-    out[f"{prefix}_t2s"] = ordinal_consistency(np.ascontiguousarray(sim.T), y, y)
-    out[f"{prefix}_mean"] = 0.5 * (out[f"{prefix}_s2t"] + out[f"{prefix}_t2s"])
+  for attribute in ("arousal", "valence"):
+    y = labels[:, _attribute_column(attribute)]
+    name = f"anchor_tau_{attribute}"
+    out[f"{name}_s2t"] = anchor_kendall_tau(sim, y, y)
+    out[f"{name}_t2s"] = anchor_kendall_tau(np.ascontiguousarray(sim.T), y, y)
+    out[name] = 0.5 * (out[f"{name}_s2t"] + out[f"{name}_t2s"])
   out["mmd"] = mmd(speech, text, seed=seed)
   # "wasserstein" is always the exact W1, so that it means the same at every split size: above
   # exact_wasserstein_max_n clips, on a seeded random subset of that many pairs. The sliced estimate of the
@@ -764,3 +777,22 @@ def _attribute_column(attribute: str) -> int:
   if attribute not in LABEL_NAMES:
     raise ValueError(f"attribute: expected one of {LABEL_NAMES}, got {attribute!r}")
   return LABEL_NAMES.index(attribute)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metric names across releases.
+
+
+def upgrade_metric_names(values: Mapping[str, float]) -> dict[str, float]:
+  """A metrics dict written under earlier names (``schema.METRIC_RENAMES``) with today's names; today's names pass."""
+  return {METRIC_RENAMES.get(k, k): v for k, v in values.items()}
+
+
+def read_metrics_file(path: str) -> dict:
+  """A metrics JSON of ``--mode=eval`` / ``--mode=export`` / periodic evaluation (``{"step", "split",
+  "metrics"}``), its metrics under today's names whatever release wrote it."""
+  with open(path) as f:
+    payload = json.load(f)
+  if not isinstance(payload, dict) or not isinstance(payload.get("metrics"), dict):
+    raise ValueError(f"{path}: not an ERCLAP metrics file (no 'metrics' object)")
+  return dict(payload, metrics=upgrade_metric_names(payload["metrics"]))

@@ -180,6 +180,29 @@ def test_keeps_last_n_plus_best(tmp_path):
   assert sorted(manager.all_steps()) == [2, 4, 5]  # best (2) + the last two
 
 
+def test_best_checkpoint_reads_metrics_saved_under_earlier_names(tmp_path):
+  # Steps 1-3 were saved by a release that called the anchor-wise statistic "aoc_mean" and the paper's AOC
+  # "retrieval_tau_arousal"; they are ranked under today's names.
+  manager = checkpointing.make_manager(str(tmp_path), _ckpt_config(keep=1, best_metric="aoc"),
+                                       with_data_iter=False)
+  old = {1: 0.2, 2: 0.8, 3: 0.5}
+  for step, value in old.items():
+    checkpointing.save(manager, step, _state(float(step)), metrics={"retrieval_tau_arousal": value,
+                                                                    "aoc_mean": 1.0 - value})
+  checkpointing.save(manager, 4, _state(4.0), metrics={"aoc": 0.6, "anchor_tau_arousal": 0.1})
+  manager.wait_until_finished()
+  assert sorted(manager.all_steps()) == [2, 4]  # best by the paper's AOC (2: 0.8) + the last one
+  manager.close()
+  manager = checkpointing.make_manager(str(tmp_path / "other"), _ckpt_config(keep=1, best_metric="aoc_voc_mean"),
+                                       with_data_iter=False)
+  checkpointing.save(manager, 1, _state(1.0), metrics={"aoc_mean": 0.9})  # lacks the metric: never the best
+  checkpointing.save(manager, 2, _state(2.0), metrics={"aoc_voc_mean": 0.1})
+  checkpointing.save(manager, 3, _state(3.0), metrics={"aoc_voc_mean": 0.0})
+  manager.wait_until_finished()
+  assert sorted(manager.all_steps()) == [2, 3]
+  manager.close()
+
+
 # --------------------------------------------------------------------------- damaged newest step
 
 

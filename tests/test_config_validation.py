@@ -140,6 +140,17 @@ def test_validate_lists_every_value_problem():
     config_lib.validate(config)
 
 
+@pytest.mark.parametrize("old, new", [("aoc_mean", "anchor_tau_arousal"), ("voc_s2t", "anchor_tau_valence_s2t"),
+                                      ("retrieval_tau_valence", "voc"), ("retrieval_tau_std_arousal", "aoc_std")])
+def test_a_renamed_best_metric_is_named_with_its_new_name(old, new):
+  with pytest.raises(config_lib.ConfigError, match=rf"config.checkpoint.best_metric='{old}': metric '{old}' was "
+                                                   rf"renamed '{new}'"):
+    config_lib.validate(_config(**{"checkpoint.best_metric": old}))
+  with pytest.raises(config_lib.ConfigError, match=r"the paper's AOC, Kendall's tau of retrieval order, is 'aoc'"):
+    config_lib.validate(_config(**{"checkpoint.best_metric": "aoc_mean"}))
+  config_lib.validate(_config(**{"checkpoint.best_metric": new}))
+
+
 def test_rebuild_needs_a_manual_dir():
   config = _config(**{"data.name": "msp_podcast", "data.rebuild": True})
   with pytest.raises(config_lib.ConfigError, match=r"config.data.rebuild=True: rebuilding msp_podcast needs "

@@ -54,7 +54,7 @@ def test_export_writes_complete_files(trained):
   with open(os.path.join(out, "test_metrics.json")) as f:
     saved = json.load(f)
   assert saved["metrics"] == pytest.approx(results["test"], nan_ok=True)  # undefined taus stay NaN
-  for key in ("aoc_mean", "voc_mean", "mmd", "wasserstein"):
+  for key in ("aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein"):
     assert np.isfinite(saved["metrics"][key])
   pngs = [f for f in os.listdir(out) if f.endswith(".png")]
   assert len(pngs) >= 3
@@ -102,7 +102,7 @@ def test_eval_mode_writes_test_metrics(trained):
   config, workdir = trained
   result = evaluate.evaluate_checkpoint(config, workdir)
   assert os.path.exists(os.path.join(workdir, "eval", "test_60.json"))
-  assert np.isfinite(result["aoc_mean"])
+  assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
   for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
     assert f"ccc_zero_shot_paraphrase_{attribute}" in result and f"prompt_monotone_paraphrase_{attribute}" in result

@@ -1,6 +1,7 @@
 """erclap.metrics against independent references: scipy, naive loops, brute force and hand-computed cases."""
 
 import itertools
+import json
 import math
 import warnings
 
@@ -56,33 +57,33 @@ def test_kendall_tau_b_rows_hand_cases():
 # ------------------------------------------------------------------------------------------------ ordinality
 
 
-def test_ordinal_consistency_matches_scipy_loop():
+def test_anchor_kendall_tau_matches_scipy_loop():
   rng = np.random.default_rng(0)
   a_lab = rng.integers(4, 29, 9) / 4.0            # quarter steps: many exactly equal distances
   c_lab = rng.integers(4, 29, 37) / 4.0
   sim = rng.normal(size=(9, 37)).astype(np.float32) - 0.3 * np.abs(a_lab[:, None] - c_lab[None, :])
-  mean, per_anchor = metrics.ordinal_consistency(sim, a_lab, c_lab, return_per_anchor=True)
+  mean, per_anchor = metrics.anchor_kendall_tau(sim, a_lab, c_lab, return_per_anchor=True)
   want = [scipy_tau(sim[i], -np.round(np.abs(a_lab[i] - c_lab), 6)) for i in range(9)]
   np.testing.assert_allclose(per_anchor, want, atol=1e-12)
   assert mean == pytest.approx(np.mean(want))
 
 
-def test_ordinal_consistency_hand_cases_and_errors():
+def test_anchor_kendall_tau_hand_cases_and_errors():
   y = np.array([1.0, 2.5, 4.0, 5.5, 7.0, 3.1])
   d = np.abs(y[:, None] - y[None, :])
-  assert metrics.ordinal_consistency(-d, y, y) == pytest.approx(1.0)   # similarity falls with distance
-  assert metrics.ordinal_consistency(d, y, y) == pytest.approx(-1.0)
+  assert metrics.anchor_kendall_tau(-d, y, y) == pytest.approx(1.0)   # similarity falls with distance
+  assert metrics.anchor_kendall_tau(d, y, y) == pytest.approx(-1.0)
   # Equal distances must tie even when float rounding splits them: |1.1 - 1.0| vs |1.2 - 1.1|.
   y2 = np.array([1.1, 1.0, 1.2])
   assert abs(1.1 - 1.0) != abs(1.2 - 1.1)
   sim = np.array([[0.0, 1.0, 0.5]])        # tau-b with the two candidates at distance 0.1 tied
-  got = metrics.ordinal_consistency(sim, y2[:1], y2)
+  got = metrics.anchor_kendall_tau(sim, y2[:1], y2)
   assert got == pytest.approx(scipy_tau(sim[0], [0.0, -0.1, -0.1]))
   assert got != pytest.approx(scipy_tau(sim[0], -np.abs(y2[0] - y2)))
   with pytest.raises(ValueError, match="sim"):
-    metrics.ordinal_consistency(np.zeros((2, 3)), [1.0, 2.0], [1.0, 2.0])
+    metrics.anchor_kendall_tau(np.zeros((2, 3)), [1.0, 2.0], [1.0, 2.0])
   with pytest.raises(ValueError, match="anchor_labels"):
-    metrics.ordinal_consistency(np.zeros((2, 3)), np.zeros((2, 1)), [1.0, 2.0, 3.0])
+    metrics.anchor_kendall_tau(np.zeros((2, 3)), np.zeros((2, 1)), [1.0, 2.0, 3.0])
 
 
 def test_prompt_ordinal_consistency_constructed():
@@ -379,30 +380,37 @@ def test_summarize_keys_and_consistency():
       speech, text, labels, prompt_embeddings=prompts, prompt_levels={a: levels for a in prompts},
       query_embeddings=queries, query_values=query_values, train_speech=train @ direction, train_labels=train,
       retrieval_levels=5, retrieval_draws=30, retrieval_top_k=1, seed=0)
-  expected = {"num_clips", "aoc_s2t", "aoc_t2s", "aoc_mean", "voc_s2t", "voc_t2s", "voc_mean", "mmd",
+  expected = {"num_clips", "anchor_tau_arousal_s2t", "anchor_tau_arousal_t2s", "anchor_tau_arousal",
+              "anchor_tau_valence_s2t", "anchor_tau_valence_t2s", "anchor_tau_valence", "mmd",
               "wasserstein", "wasserstein_num_points", "wasserstein_sliced", "ndcg10_s2t", "ndcg10_t2s", "ndcg10_mean",
               "ccc_probe_arousal", "ccc_probe_valence", "ccc_probe_dominance", "ccc_probe_mean",
-              "retrieval_num_levels", "retrieval_num_draws", "retrieval_top_k"}
+              "aoc", "voc", "aoc_std", "voc_std", "aoc_voc_mean", "aoc_voc_num_levels", "aoc_voc_num_draws",
+              "aoc_voc_top_k"}
   expected |= {f"r{k}_{w}" for k in (1, 5, 10) for w in ("s2t", "t2s")}
   for a in ("arousal", "valence"):
     expected |= {f"ccc_zero_shot_{a}", f"prompt_tau_{a}", f"prompt_distance_tau_{a}", f"prompt_order_tau_{a}",
-                 f"prompt_monotone_{a}", f"retrieval_tau_{a}", f"retrieval_tau_std_{a}"}
+                 f"prompt_monotone_{a}"}
   assert set(out) == expected
   assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
   s, t = metrics.l2_normalize(speech), metrics.l2_normalize(text)
   sim = s @ t.T
-  assert out["aoc_s2t"] == pytest.approx(metrics.ordinal_consistency(sim, labels[:, 0], labels[:, 0]))
-  assert out["voc_t2s"] == pytest.approx(metrics.ordinal_consistency(sim.T, labels[:, 1], labels[:, 1]))
+  assert out["anchor_tau_arousal_s2t"] == pytest.approx(metrics.anchor_kendall_tau(sim, labels[:, 0], labels[:, 0]))
+  assert out["anchor_tau_valence_t2s"] == pytest.approx(metrics.anchor_kendall_tau(sim.T, labels[:, 1], labels[:, 1]))
   assert out["mmd"] == pytest.approx(metrics.mmd(s, t))
   assert out["wasserstein"] == pytest.approx(metrics.wasserstein(s, t).value)
   assert out["wasserstein_num_points"] == n and out["wasserstein_sliced"] <= out["wasserstein"]
   small = metrics.summarize(speech, text, labels, exact_wasserstein_max_n=20)   # exact W1 on 20 of 48 pairs
   assert small["wasserstein_num_points"] == 20 and 0.5 < small["wasserstein"] / out["wasserstein"] < 2.0
   assert out["r1_s2t"] == pytest.approx(metrics.recall_at_k(sim)["r1_s2t"])
-  assert out["aoc_mean"] > 0.1 and out["retrieval_tau_arousal"] > 0.5      # the labels drive both modalities
+  assert out["anchor_tau_arousal"] > 0.1 and out["aoc"] > 0.5      # the labels drive both modalities
+  assert out["aoc_voc_mean"] == pytest.approx(0.5 * (out["aoc"] + out["voc"]))
+  for name, column, attribute in (("aoc", 0, "arousal"), ("voc", 1, "valence")):  # the paper's protocol, by name
+    r = metrics.retrieval_kendall_tau(metrics.l2_normalize(queries[attribute]) @ s.T, query_values[attribute],
+                                      labels[:, column], num_levels=5, num_draws=30, seed=0)
+    assert (out[name], out[f"{name}_std"]) == pytest.approx((r["tau"], r["tau_std"]))
   assert out["ccc_probe_arousal"] > 0.5
   minimal = metrics.summarize(speech, text, labels)
-  assert "ccc_probe_mean" not in minimal and "retrieval_tau_arousal" not in minimal
+  assert "ccc_probe_mean" not in minimal and "aoc" not in minimal
   fixed = metrics.summarize(speech, text, labels, prompt_embeddings=prompts,
                             prompt_levels={a: levels for a in prompts}, fixed_prompt_embeddings=prompts,
                             fixed_prompt_levels={a: levels for a in prompts})
@@ -460,3 +468,18 @@ def test_normalized_mean_and_mean_by_level():
     np.testing.assert_allclose(got[k], np.mean(rows, 0) / np.linalg.norm(np.mean(rows, 0)), atol=1e-12)
   with pytest.raises(ValueError, match="levels"):
     metrics.mean_by_level(x, levels[:5])
+
+
+def test_metric_files_of_earlier_releases_read_under_todays_names(tmp_path):
+  old = {"aoc_mean": 0.4, "aoc_s2t": 0.3, "aoc_t2s": 0.5, "voc_mean": 0.2, "retrieval_tau_arousal": 0.9,
+         "retrieval_tau_valence": 0.7, "retrieval_tau_std_valence": 0.1, "retrieval_num_draws": 100.0, "mmd": 0.4}
+  path = tmp_path / "test_metrics.json"
+  path.write_text(json.dumps({"step": 600, "split": "test", "metrics": old}))
+  read = metrics.read_metrics_file(str(path))
+  assert read["step"] == 600 and read["metrics"] == {
+      "anchor_tau_arousal": 0.4, "anchor_tau_arousal_s2t": 0.3, "anchor_tau_arousal_t2s": 0.5,
+      "anchor_tau_valence": 0.2, "aoc": 0.9, "voc": 0.7, "voc_std": 0.1, "aoc_voc_num_draws": 100.0, "mmd": 0.4}
+  assert metrics.upgrade_metric_names(read["metrics"]) == read["metrics"]   # today's names pass unchanged
+  path.write_text(json.dumps([1, 2]))
+  with pytest.raises(ValueError, match="not an ERCLAP metrics file"):
+    metrics.read_metrics_file(str(path))

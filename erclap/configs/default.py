@@ -129,7 +129,7 @@ def _checkpoint(c: ml_collections.ConfigDict) -> None:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
-  c.checkpoint.best_metric = ""       # e.g. "aoc_mean": also keep the best checkpoint by this metric
+  c.checkpoint.best_metric = ""       # e.g. "aoc_voc_mean": also keep the best checkpoint by this metric
   c.checkpoint.best_mode = "max"
   c.checkpoint.async_save = True
 

@@ -40,7 +40,7 @@ def get_config(variant: str = "two_stage"):
   c.train.log_every_steps = 25
   c.checkpoint.every_steps = 200
   c.checkpoint.keep = 2
-  c.checkpoint.best_metric = "aoc_mean"
+  c.checkpoint.best_metric = "aoc_voc_mean"
   c.eval.every_steps = 200
   # A multiple of 8, like train.global_batch_size: the config runs unchanged on 1, 2, 4 or 8 devices.
   # Evaluation drops the padding rows of its last batch: its metrics do not depend on the batch size

@@ -56,7 +56,7 @@ def _recipe(c):
   c.model.projection_hidden = (512,)
   c.train.temperature_init = 0.07
   c.train.learn_temperature = True
-  c.checkpoint.best_metric = "aoc_mean"
+  c.checkpoint.best_metric = "aoc_voc_mean"
   return c
 
 

@@ -48,7 +48,7 @@ def get_config():
   c.train.log_every_steps = 100
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
-  c.checkpoint.best_metric = "aoc_mean"
+  c.checkpoint.best_metric = "aoc_voc_mean"
   c.eval.every_steps = 1000
   c.eval.batch_size = 256
   c.mesh.shape = (-1, 1, 1)

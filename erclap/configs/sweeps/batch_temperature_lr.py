@@ -18,7 +18,7 @@ LEARNING_RATES = (2e-5, 5e-5, 1e-4)
 MAX_MICRO_BATCH = 1024
 
 # Applied to every run, not part of the workdir names.
-fixed = {"checkpoint.best_metric": "aoc_mean"}
+fixed = {"checkpoint.best_metric": "aoc_voc_mean"}
 
 
 def get_sweep():
