@@ -130,18 +130,14 @@ def bench_loss(name: str, n: int, dim: int, row_block: int, device) -> dict:
               peak=_peak_bytes(device), flops=flops)
 
 
-def _random_state_and_batch(config, model, compiled_parts):
-  import flax.linen as nn
+def _random_state_and_batch(config, model, mesh, compiled_parts):
   import jax
   import numpy as np
 
-  from erclap import optim, schema, state
+  from erclap import optim, state
 
   _, _, shardings, abstract_batch, _ = compiled_parts
-  init = jax.jit(lambda r: nn.meta.unbox(model.init({"params": r, "dropout": r},
-                                                    **schema.model_inputs(config, schema.dummy_inputs(config, 1)),
-                                                    train=False)["params"]), out_shardings=shardings.params)
-  params = init(jax.random.key(0))
+  params = state.init_params(model, config, mesh, jax.random.key(0), shardings.params)
   opt_state = jax.jit(optim.make_optimizer(config).init, out_shardings=shardings.opt_state)(params)
   train_state = state.TrainState(step=jax.device_put(np.zeros((), np.int32), shardings.step), params=params,
                                  opt_state=opt_state, rng=jax.device_put(jax.random.key(1), shardings.rng))
@@ -171,7 +167,7 @@ def bench_step(config, chip_key, device, vocab: int) -> dict:
   compiled, abstract, shardings, _, compile_s = parts
   figures = dict(plan.step_figures(config, mesh, compiled, abstract, shardings), compile_s=compile_s)
   predicted = plan.plan_config(config, mesh, model, chip_key, step_plan=figures)
-  train_state, batch = _random_state_and_batch(config, model, parts)
+  train_state, batch = _random_state_and_batch(config, model, mesh, parts)
   holder = [train_state]
 
   def run():

@@ -75,7 +75,7 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
   import jax.numpy as jnp
   import numpy as np
 
-  from erclap import optim, runtime, schema, sharding, state, step, tokenization
+  from erclap import optim, runtime, schema, sharding, stages, state, step, tokenization
 
   config = _config(size, cached, batch, seconds)
   mesh = runtime.make_mesh(config)
@@ -88,8 +88,7 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
   with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
     arrays = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, host[k].ndim), host[k])
               for k in schema.step_keys(config)}
-    train_step = jax.jit(step.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
-                         out_shardings=(shardings, None), donate_argnums=(0,))  # as the training loop
+    train_step = step.jit_train_step(model, config, mesh, optimizer, shardings)  # as the training loop
     holder = {"state": train_state}
 
     def run_step():
@@ -99,8 +98,8 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
     if loss_share:
       emb = jax.random.normal(jax.random.key(1), (2, batch, config.model.joint_dim))
       emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
-      loss_grad = jax.jit(jax.grad(lambda s, x: step.clap_loss_from_embeddings(
-          config, mesh, s, x, jnp.log(0.1), arrays), argnums=(0, 1)))
+      loss_grad = jax.jit(jax.grad(lambda s, x: stages.clap_loss(
+          config, mesh, {"log_temperature": jnp.log(0.1)}, dict(speech=s, text=x), arrays)[0], argnums=(0, 1)))
       result["loss_s"] = median_seconds(lambda: loss_grad(emb[0], emb[1]), repeats)
   result["finite"] = bool(np.isfinite(float(run_step())))
   return result

@@ -35,7 +35,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
-  from erclap import optim, runtime, sharding, state, step, tokenization
+  from erclap import optim, runtime, sharding, stages, state, step, tokenization
   from erclap.configs import demo
 
   config = demo.get_config("single_stage")
@@ -56,8 +56,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
     batch_arrays = runtime.global_batch(host, mesh)
     if kind in ("step", "loss_share"):
-      train_step = jax.jit(step.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
-                     out_shardings=(shardings, None))
+      train_step = step.jit_train_step(model, config, mesh, optimizer, shardings)  # as the training loop
       holder = {"state": train_state}
 
       def run_step():
@@ -70,8 +69,8 @@ def child(kind: str, batch: int, repeats: int) -> dict:
       d = config.model.joint_dim
       emb = jax.random.normal(jax.random.key(1), (2, batch, d))
       emb = emb / jnp.linalg.norm(emb, axis=-1, keepdims=True)
-      loss_grad = jax.jit(jax.grad(lambda s, x: step.clap_loss_from_embeddings(
-          config, mesh, s, x, jnp.log(0.1), batch_arrays), argnums=(0, 1)))
+      loss_grad = jax.jit(jax.grad(lambda s, x: stages.clap_loss(
+          config, mesh, {"log_temperature": jnp.log(0.1)}, dict(speech=s, text=x), batch_arrays)[0], argnums=(0, 1)))
       result["loss_s"] = median_seconds(lambda: loss_grad(emb[0], emb[1]), repeats)
   return result
 

@@ -43,26 +43,28 @@ def base_config(args):
   """The config every loss starts from. A two-stage config (``recipe.stage1``, as configs/demo.py) gets its
   stage 1 and speech cache once, in ``<root>/shared``; every loss then trains on that one frozen, cached speech
   model (the same speech side for all of them)."""
-  from erclap import config_lib, recipe
+  from erclap import config_lib, recipe, resolve
 
   overrides = {"seed": args.seed, **({"train.num_steps": args.steps} if args.steps else {})}
   if args.speech_init:
     overrides.update({"model.speech_init": args.speech_init, "recipe.stage1": ""})
-  config = config_lib.validate(config_lib.apply_overrides(load_config(args.config), overrides))
-  if not recipe.enabled(config):
+  config = config_lib.apply_overrides(load_config(args.config), overrides)
+  if not config.recipe.stage1:
     return config
-  cross = recipe.prepare(config, os.path.join(args.workdir_root, "shared"), run_stages=True)
+  shared = os.path.abspath(os.path.join(args.workdir_root, "shared"))
+  cross = resolve.resolve(config, shared, "train")
+  recipe.prepare_stages(cross, shared)
   return config_lib.apply_overrides(cross, {"recipe.stage1": ""})
 
 
 def run_one(loss: str, base, args) -> dict[str, float]:
-  from erclap import config_lib, export, metrics, train
+  from erclap import config_lib, export, metrics, resolve, train
 
   workdir = os.path.join(args.workdir_root, loss)
   done = os.path.join(workdir, "export", "test_metrics.json")
   if os.path.exists(done):  # written by an earlier run, perhaps under earlier metric names
     return metrics.read_metrics_file(done)["metrics"]
-  config = config_lib.validate(config_lib.apply_overrides(base, {"loss": loss}))
+  config = resolve.resolve(config_lib.apply_overrides(base, {"loss": loss}), os.path.abspath(workdir), "all")
   train.train_and_evaluate(config, workdir)
   return export.export_embeddings(config, workdir)["test"]
 

@@ -150,10 +150,6 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
     problems.append(f"config.train.micro_batch_size={t.micro_batch_size} must divide "
                     f"config.train.global_batch_size={t.global_batch_size}")
-  if t.micro_batch_size and t.micro_batch_size < t.global_batch_size and config.stage == "ser":
-    problems.append(f"config.train.micro_batch_size={t.micro_batch_size}: gradient caching is for the clap "
-                    f"stage; the ser stage's losses are cheap: set it to 0 and lower train.global_batch_size "
-                    f"instead")
   renamed = renamed_metric_message(config.checkpoint.best_metric)
   if renamed:
     problems.append(f"config.checkpoint.best_metric={config.checkpoint.best_metric!r}: {renamed}")
@@ -210,13 +206,11 @@ def _data_problems(config) -> list[str]:
   if d.speech_features and not config.model.freeze_speech:
     problems.append(f"config.data.speech_features={d.speech_features!r} (cached speech features) needs "
                     f"config.model.freeze_speech=True: a trained speech tower would leave the cache behind")
-  if d.speech_features and config.stage != "clap":
-    problems.append(f"config.data.speech_features={d.speech_features!r}: cached speech features feed the clap "
-                    f"stage; the {config.stage} stage trains on audio")
   return problems
 
 
-def _raise_all(problems: list[str], title: str) -> None:
+def raise_problems(problems: list[str], title: str) -> None:
+  """One ConfigError: the problem itself when there is one, else ``title`` and the list; nothing when empty."""
   if len(problems) == 1:
     raise ConfigError(problems[0])
   if problems:
@@ -225,7 +219,7 @@ def _raise_all(problems: list[str], title: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks values; raises one ConfigError naming every offending key. Returns the config."""
-  _raise_all(value_problems(config), "invalid config")
+  raise_problems(value_problems(config), "invalid config")
   return config
 
 
@@ -347,5 +341,5 @@ def validate_for_devices(config: ml_collections.ConfigDict, device_count: int, p
   problems = required_problems(config) + value_problems(config)
   problems += [p for p in device_problems(config, device_count, process_count, local_device_count)
                if p not in problems]
-  _raise_all(problems, f"config does not fit {device_count} device(s) in {process_count} process(es)")
+  raise_problems(problems, f"config does not fit {device_count} device(s) in {process_count} process(es)")
   return config

@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from erclap import fileio, inference
+from erclap import fileio, inference, progress
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -207,7 +207,7 @@ class _Progress:
     rate = self.count / elapsed
     eta = (self.total - self.count) / rate if rate > 0 else float("nan")
     self.log(f"[embed] {self.count}/{self.total} files: {embedded} embedded, {unreadable} unreadable, "
-             f"{rate:.1f} clips/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta)) if np.isfinite(eta) else '?'}")
+             f"{rate:.1f} clips/s, ETA {progress.format_eta(eta)}")
 
 
 def embed_files(model: inference.ERCLAP, paths: Sequence[str], out_dir: str, *, queries: Sequence[str] = (),

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from erclap import odyssey_import, runtime, sharding, tower_init
+from erclap import odyssey_import, resolve, runtime, sharding, stages, tower_init
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -105,7 +105,7 @@ class EmotionRankEncoder:
       The encoder.
     """
     path = os.fspath(path)
-    if tower_init.is_odyssey_dir(path):
+    if odyssey_import.is_odyssey_dir(path):
       return cls._from_odyssey(path, batch_size=batch_size, max_seconds=max_seconds)
     workdir, step = tower_init.split_checkpoint_path(path)
     if tower_init.is_erclap_workdir(workdir):
@@ -123,12 +123,10 @@ class EmotionRankEncoder:
 
   @classmethod
   def _from_workdir(cls, path: str, workdir: str, step: int, **kw) -> EmotionRankEncoder:
-    config = tower_init.read_workdir_config(workdir, step)
-    if config.stage != "ser":
+    config = resolve.for_inference(tower_init.read_workdir_config(workdir, step))
+    if stages.of(config) is not stages.SER:
       raise ValueError(f"{path}: a '{config.stage}' stage checkpoint; EmotionRankEncoder.load reads a stage-1 "
                        f"('ser') one (the cross-modal model: erclap.inference.ERCLAP.load)")
-    with config.unlocked():
-      config.mesh.shape, config.mesh.axes = (-1,), ("data",)
     mesh = runtime.make_mesh(config)
     model = runtime.build_model(config)
     _, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)

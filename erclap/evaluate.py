@@ -1,7 +1,9 @@
-"""Evaluation: embed a split with a trained model and compute every metric of ``erclap.metrics``.
+"""Evaluation: embed a split with a trained model and compute the metrics of its stage (``erclap.stages``).
 
 Used by the training loop (periodic evaluation), by ``--mode=eval`` and by export. Embeddings are computed
-batch by batch under ``jax.jit`` with the batch sharded over the mesh and gathered to every host.
+batch by batch under ``jax.jit`` with the batch sharded over the mesh and gathered to every host. What is
+computed from them is the stage's ``evaluate``, which reads the split's outputs and embeds texts through a
+``SplitReader`` of the model.
 """
 
 from __future__ import annotations
@@ -14,27 +16,21 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import descriptions, fileio, input_pipeline, metrics, runtime, sharding
-from erclap.schema import LABEL_NAMES, uses_speech_cache
-
-# Printed in progress lines and the final table (those present in the result).
-HEADLINE_METRICS = (
-    "aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein",
-    "r1_s2t", "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence",
-    "ser_ccc_arousal", "ser_ccc_valence", "ser_ccc_dominance", "ser_rank_accuracy",
-)
+from erclap import fileio, input_pipeline, resolve, runtime, sharding, stages
+from erclap.schema import uses_speech_cache
+from erclap.speech_cache import fingerprint as cache_fingerprint
 
 
 @dataclasses.dataclass
 class SplitEmbeddings:
   """Everything export and metrics need about one split (valid rows only, in split order)."""
-  speech: np.ndarray | None      # (N, D) float32 L2-normalised speech embeddings (clap) | None (ser)
-  text: np.ndarray | None        # (N, D) float32 L2-normalised text embeddings (clap) | None (ser)
+  speech: np.ndarray | None      # (N, D) float32 L2-normalised speech embeddings (cross-modal) | None (ser)
+  text: np.ndarray | None        # (N, D) float32 L2-normalised text embeddings (cross-modal) | None
   labels: np.ndarray             # (N, 3) arousal, valence, dominance
   class_id: np.ndarray           # (N,) int32
   ids: list[str]
   descriptions: list[str]
-  attributes: np.ndarray | None = None  # (N, A) predicted attributes, LABEL_NAMES order (ser) | None (clap)
+  attributes: np.ndarray | None = None  # (N, A) predicted attributes, LABEL_NAMES order (ser) | None
 
   def head(self, n: int) -> SplitEmbeddings:
     """The first ``n`` rows."""
@@ -47,18 +43,17 @@ class SplitEmbeddings:
 class Embedder:
   """Jitted, mesh-sharded embedding functions of one model.
 
-  The speech side reads audio, or with a speech-feature cache (``config.data.speech_features``) the cached
-  representation, to which only the projection is applied."""
+  The speech side gives the stage's per-clip output (``Stage.speech_output_method``: joint-space embeddings,
+  or predicted attributes) from audio, or with a speech-feature cache (``config.data.speech_features``) from the
+  cached representation, to which only the projection is applied."""
 
   def __init__(self, model, config, mesh, tokenizer=None):
     self.model, self.config, self.mesh, self.tokenizer = model, config, mesh, tokenizer
     self.divisor = sharding.batch_size_divisor(mesh)
-    ser = config.stage == "ser"
+    method = stages.of(config).speech_output_method
 
     def audio_fn(params, audio, audio_mask):
-      if ser:
-        return self.model.apply({"params": params}, audio, audio_mask, train=False)["attributes"]
-      return self.model.apply({"params": params}, audio, audio_mask, train=False, method="embed_audio")
+      return self.model.apply({"params": params}, audio, audio_mask, train=False, method=method)
 
     def features_fn(params, features):
       return self.model.apply({"params": params}, features, train=False, method="embed_speech_features")
@@ -87,8 +82,8 @@ class Embedder:
       return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
 
   def speech(self, params, batch: dict) -> np.ndarray:
-    """A host-local eval batch -> (B_global, D) speech embeddings (SER: attributes) gathered on every host,
-    from its audio or its cached ``speech_features``."""
+    """A host-local eval batch -> (B_global, D) speech outputs (embeddings, or attributes) gathered on every
+    host, from its audio or its cached ``speech_features``."""
     if "speech_features" not in batch:
       return self.audio(params, batch["audio"], batch["audio_mask"])
     with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
@@ -142,8 +137,8 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     config: the run's config.
     split: the split to embed.
     max_examples: keep the split's first ``max_examples`` rows (0: all).
-    with_text: embed the descriptions too (clap stage); False leaves ``text`` None (the ridge probe's train
-      split needs only speech, and a pre-trained text tower such as MiniLM costs more than the cached speech).
+    with_text: embed the descriptions too (cross-modal stage); False leaves ``text`` None (the ridge probe's
+      train split needs only speech, and a pre-trained text tower such as MiniLM costs more than cached speech).
 
   Returns:
     The split's embeddings, labels, ids and descriptions.
@@ -154,14 +149,16 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
                      f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
   per_process = config.eval.batch_size // jax.process_count()
   if uses_speech_cache(config):  # before any batch: features of other weights are refused, not embedded
-    input_pipeline.check_speech_cache(config, params)
+    cache_fingerprint.check(config, params)
   iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
   wanted = min(max_examples, len(iterator.source)) if max_examples else 0
+  cross_modal = stages.of(config).cross_modal
+  with_text = with_text and cross_modal
   cols = {k: [] for k in ("audio", "text", "labels", "class_id", "valid", "row")}
   ids, texts = [], []
   for b, batch in enumerate(iterator):
     cols["audio"].append(embedder.speech(params, batch))
-    if config.stage != "ser" and with_text:
+    if with_text:
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
       cols["text"].append(embedder._gather(t))
@@ -179,11 +176,11 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
   keep = np.flatnonzero(np.concatenate(cols["valid"]).astype(bool))
   keep = keep[np.argsort(np.concatenate(cols["row"])[keep], kind="stable")]
   audio_out = np.concatenate(cols["audio"])[keep]
-  ser = config.stage == "ser"
   result = SplitEmbeddings(
-      speech=None if ser else audio_out, text=np.concatenate(cols["text"])[keep] if cols["text"] else None,
+      speech=audio_out if cross_modal else None, text=np.concatenate(cols["text"])[keep] if cols["text"] else None,
       labels=np.concatenate(cols["labels"])[keep].astype(np.float32), class_id=np.concatenate(cols["class_id"])[keep],
-      ids=[ids[i] for i in keep], descriptions=[texts[i] for i in keep], attributes=audio_out if ser else None)
+      ids=[ids[i] for i in keep], descriptions=[texts[i] for i in keep],
+      attributes=None if cross_modal else audio_out)
   return result.head(max_examples) if max_examples else result
 
 
@@ -199,85 +196,36 @@ def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
   return [bytes(row).rstrip(b"\0").decode("utf-8", errors="ignore") for row in gathered]
 
 
-def prompt_embeddings(embedder: Embedder, params, config) -> dict:
-  """Text embeddings of the level prompts (prompt-based metrics, zero-shot prediction) and retrieval queries.
+class SplitReader:
+  """What a stage's ``evaluate`` reads (``erclap.stages``): one model's outputs of a split, and text embeddings.
 
-  Returns a dict of {attribute: array} dicts:
-    prompts / prompt_levels: (7, D) one unit-norm embedding per level 1..7 (the ``metrics.mean_by_level`` of
-      ``config.eval.prompt_wordings`` template descriptions per level, ``descriptions.level_descriptions``:
-      the words the model was trained on) and (7,) the levels.
-    fixed_prompts / fixed_prompt_levels: the fixed prompts "very low arousal" ... "very high arousal" (words
-      the training descriptions never contain) and their levels, for the ``*_fixed_*`` metrics.
-    paraphrase_prompts / paraphrase_prompt_levels: (7, D) the free-form prompts of
-      ``descriptions.paraphrased_level_prompts`` ("a drowsy voice, barely awake" ...) averaged per level, and
-      (7,) the levels, for the ``*_paraphrase_*`` metrics.
-    queries / query_values (arousal, valence): single-attribute description pools of the retrieval tau.
-  """
-  out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "paraphrase_prompts",
-                         "paraphrase_prompt_levels", "queries", "query_values")}
-  for attribute in LABEL_NAMES:
-    levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
-                                                    seed=config.seed)
-    out["prompt_levels"][attribute], out["prompts"][attribute] = metrics.mean_by_level(
-        embedder.text(params, texts), levels)
-    fixed = descriptions.level_prompts(attribute)
-    out["fixed_prompts"][attribute] = embedder.text(params, fixed)
-    out["fixed_prompt_levels"][attribute] = np.linspace(1.0, 7.0, len(fixed))
-    levels, texts = descriptions.paraphrased_level_prompts(attribute)
-    out["paraphrase_prompt_levels"][attribute], out["paraphrase_prompts"][attribute] = metrics.mean_by_level(
-        embedder.text(params, texts), levels)
-  for attribute in ("arousal", "valence"):
-    values = np.arange(1, 8, dtype=np.float32)
-    texts = descriptions.attribute_queries(attribute, values, num_wordings=4, seed=config.seed)
-    query_values = np.repeat(values, len(texts) // len(values)) if len(texts) != len(values) else values
-    out["queries"][attribute] = embedder.text(params, texts)
-    out["query_values"][attribute] = np.asarray(query_values, np.float32)
-  return out
+  ``split(name, max_examples=, with_text=)``: ``embed_split`` of that split; ``texts(list[str]) -> (N, D)``."""
+
+  def __init__(self, embedder: Embedder, params, config):
+    self.embedder, self.params, self.config = embedder, params, config
+
+  def split(self, split: str, *, max_examples: int = 0, with_text: bool = True) -> SplitEmbeddings:
+    return embed_split(self.embedder, self.params, self.config, split, max_examples=max_examples,
+                       with_text=with_text)
+
+  def texts(self, texts: list[str]) -> np.ndarray:
+    return self.embedder.text(self.params, texts)
 
 
-def clap_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
-  """Every metric of ``erclap.metrics.summarize`` on ``split`` (ridge probe fit on the train split)."""
-  split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
-  train_emb = embed_split(embedder, params, config, config.data.train_split,
-                          max_examples=config.eval.probe_train_examples, with_text=False)
-  prompts = prompt_embeddings(embedder, params, config)
-  result = metrics.summarize(
-      split_emb.speech, split_emb.text, split_emb.labels,
-      prompt_embeddings=prompts["prompts"], prompt_levels=prompts["prompt_levels"],
-      fixed_prompt_embeddings=prompts["fixed_prompts"], fixed_prompt_levels=prompts["fixed_prompt_levels"],
-      paraphrase_prompt_embeddings=prompts["paraphrase_prompts"],
-      paraphrase_prompt_levels=prompts["paraphrase_prompt_levels"],
-      query_embeddings=prompts["queries"], query_values=prompts["query_values"],
-      train_speech=train_emb.speech, train_labels=train_emb.labels,
-      retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,
-      retrieval_top_k=config.eval.retrieval_top_k, seed=config.seed)
-  return {k: float(v) for k, v in result.items()}, split_emb
-
-
-def ser_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
-  """Stage 1: CCC per attribute and pairwise ranking accuracy of the predicted attributes."""
-  split_emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples)
-  pred, labels = split_emb.attributes, split_emb.labels
-  names = LABEL_NAMES[: pred.shape[1]]
-  result = {}
-  for a, name in enumerate(names):
-    result[f"ser_ccc_{name}"] = float(metrics.ccc(pred[:, a], labels[:, a]))
-    result[f"ser_rank_accuracy_{name}"] = float(metrics.pairwise_ranking_accuracy(pred[:, a], labels[:, a]))
-  result["ser_ccc_mean"] = float(np.mean([result[f"ser_ccc_{n}"] for n in names]))
-  result["ser_rank_accuracy"] = float(np.mean([result[f"ser_rank_accuracy_{n}"] for n in names]))
-  return result, split_emb
+def split_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
+  """The stage's metrics of ``params`` on ``split``, and the split's outputs (``Stage.evaluate``)."""
+  return stages.of(config).evaluate(SplitReader(embedder, params, config), config, split)
 
 
 def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:
-  """The metrics of ``config.stage`` (``clap_metrics`` or ``ser_metrics``) of ``params`` on ``split``."""
-  embedder = Embedder(model, config, mesh, tokenizer)
-  fn = ser_metrics if config.stage == "ser" else clap_metrics
-  return fn(embedder, params, config, split)[0]
+  """The metrics of the config's stage of ``params`` on ``split``."""
+  return split_metrics(Embedder(model, config, mesh, tokenizer), params, config, split)[0]
 
 
-def format_table(metrics: dict[str, float], title: str = "") -> str:
-  rows = [(k, metrics[k]) for k in HEADLINE_METRICS if k in metrics]
-  rows += sorted((k, v) for k, v in metrics.items() if k not in HEADLINE_METRICS)
+def format_table(metrics: dict[str, float], title: str = "", headline: tuple[str, ...] = ()) -> str:
+  """The metrics as a text table: ``headline`` first in its order (those present), then the rest by name."""
+  rows = [(k, metrics[k]) for k in headline if k in metrics]
+  rows += sorted((k, v) for k, v in metrics.items() if k not in headline)
   width = max(len(k) for k, _ in rows) if rows else 10
   lines = [title] if title else []
   lines += [f"  {k:<{width}}  {v: .4f}" for k, v in rows]
@@ -288,6 +236,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   """--mode=eval: metrics of a checkpoint (config.export.step, default latest) on the test split.
 
   Writes ``workdir/eval/<split>_<step>.json`` and prints the table; returns the metrics."""
+  config = resolve.ensure(config, workdir, "eval")
   mesh, tokenizer, model = runtime.setup(config, workdir)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   split = config.data.test_split
@@ -303,5 +252,6 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   if chief:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fileio.write_json(path, dict(step=step, split=split, metrics=result))
-    print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:"), flush=True)
+    print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:",
+                       stages.of(config).headline_metrics), flush=True)
   return result

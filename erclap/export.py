@@ -1,6 +1,6 @@
 """--mode=export: embeddings, metrics and plots of a checkpoint, under ``workdir/export/``.
 
-Per split of the cross-modal (clap) stage: ``<split>.parquet`` (id, split, arousal, valence, dominance,
+Per split of the cross-modal stage (``erclap.stages``): ``<split>.parquet`` (id, split, arousal, valence, dominance,
 description, speech_embedding and text_embedding as fixed-size lists), ``<split>_speech.npy`` /
 ``<split>_text.npy``, ``<split>_metrics.json`` and PNG plots (PCA of both modalities coloured by arousal and
 valence, similarity versus label distance, prompt-level ordering). For the SER stage the parquet holds the
@@ -17,7 +17,7 @@ import os
 import jax
 import numpy as np
 
-from erclap import evaluate, fileio, plots, runtime
+from erclap import evaluate, fileio, plots, prompts, resolve, runtime, stages
 from erclap.schema import LABEL_NAMES
 
 
@@ -47,20 +47,20 @@ def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
     pq.write_table(pa.table(columns), tmp)
 
 
-def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, prompts: dict) -> None:
+def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, level_prompts: dict) -> None:
   plots.plot_embedding_pca(emb.speech, emb.text, emb.labels, os.path.join(out_dir, f"{split}_pca.png"))
   sim = emb.speech @ emb.text.T
   plots.plot_similarity_vs_distance(sim, emb.labels, os.path.join(out_dir, f"{split}_sim_vs_distance.png"))
   for a, attribute in enumerate(("arousal", "valence")):
-    prompt_sim = prompts["prompts"][attribute] @ emb.speech.T
-    plots.plot_prompt_ordering(prompt_sim, prompts["prompt_levels"][attribute], emb.labels[:, a],
+    prompt_sim = level_prompts["prompts"][attribute] @ emb.speech.T
+    plots.plot_prompt_ordering(prompt_sim, level_prompts["prompt_levels"][attribute], emb.labels[:, a],
                                os.path.join(out_dir, f"{split}_prompt_ordering_{attribute}.png"))
 
 
-def _split_outputs(out_dir: str, split: str, stage: str) -> list[str]:
-  """Every file the export of ``split`` writes (``_write_split`` and, for clap, ``_write_plots``)."""
+def _split_outputs(out_dir: str, split: str, stage: stages.Stage) -> list[str]:
+  """Every file the export of ``split`` writes (``_write_split`` and, cross-modal, ``_write_plots``)."""
   names = [f"{split}.parquet", f"{split}_metrics.json"]
-  if stage == "ser":
+  if not stage.cross_modal:
     names += [f"{split}_attributes.npy"]
   else:
     names += [f"{split}_speech.npy", f"{split}_text.npy", f"{split}_pca.png", f"{split}_sim_vs_distance.png",
@@ -86,7 +86,7 @@ def _check_outputs(config, out_dir: str) -> None:
   """Process 0 checks every output path; every process stops if one cannot be written."""
   problem = None
   if jax.process_index() == 0:
-    paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, config.stage)]
+    paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, stages.of(config))]
     problems = output_problems(out_dir, paths)
     problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
   runtime.agree_or_raise(problem, OSError)
@@ -115,6 +115,7 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   Returns:
     {split: metrics}.
   """
+  config = resolve.ensure(config, workdir, "export")
   out_dir = os.path.join(workdir, "export")
   _check_outputs(config, out_dir)
   mesh, tokenizer, model = runtime.setup(config, workdir)
@@ -124,20 +125,20 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   if chief:
     os.makedirs(out_dir, exist_ok=True)
     fileio.remove_stale_temps(out_dir)  # debris of an export killed mid-write (never a visible output)
-  clap = config.stage != "ser"
-  prompts = evaluate.prompt_embeddings(embedder, params, config) if clap else None  # a collective: everyone
+  stage = stages.of(config)
+  # The plots' level prompts: embedding them is a collective, so every process does it.
+  level_prompts = prompts.level_prompts(lambda texts: embedder.text(params, texts), config) \
+      if stage.cross_modal else None
   all_metrics = {}
   for split in config.export.splits:
     if chief:
       print(f"[export] {split}: embedding with the checkpoint of step {step}", flush=True)
-    if clap:
-      metrics, emb = evaluate.clap_metrics(embedder, params, config, split)
-    else:
-      metrics, emb = evaluate.ser_metrics(embedder, params, config, split)
+    metrics, emb = evaluate.split_metrics(embedder, params, config, split)
     all_metrics[split] = metrics
     if chief:
       _write_split(out_dir, split, step, emb, metrics)
-      if clap:
-        _write_plots(out_dir, split, emb, prompts)
-      print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}"), flush=True)
+      if level_prompts is not None:
+        _write_plots(out_dir, split, emb, level_prompts)
+      print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}",
+                                  stage.headline_metrics), flush=True)
   return all_metrics

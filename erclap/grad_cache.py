@@ -36,21 +36,22 @@ def merge_micro(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(x, 0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def loss_and_grads(embed: Callable[[Any, Any, jax.Array], Any], loss_of_embeddings: Callable[[Any, Any], jax.Array],
-                   params, inputs, rng: jax.Array, num_micro: int) -> tuple[jax.Array, Any]:
+def loss_and_grads(embed: Callable[[Any, Any, jax.Array], Any],
+                   loss_of_embeddings: Callable[[Any, Any], tuple[jax.Array, Any]],
+                   params, inputs, rng: jax.Array, num_micro: int) -> tuple[jax.Array, Any, Any]:
   """Loss and parameter gradient of ``loss_of_embeddings(params, embed(params, inputs, rng))``, cached.
 
   Args:
     embed: ``embed(params, micro_inputs, key) -> embeddings`` (a pytree of arrays with rows first).
-    loss_of_embeddings: ``loss(params, embeddings) -> scalar`` on the full batch; ``params`` enter too
-      (e.g. a learned temperature).
+    loss_of_embeddings: ``loss(params, embeddings) -> (scalar, aux)`` on the full batch; ``params`` enter too
+      (e.g. a learned temperature); ``aux`` is returned as it is (e.g. the loss's terms).
     params: the parameters to differentiate.
     inputs: pytree of (N, ...) arrays, the model's inputs of the full batch.
     rng: base key; micro-batch i draws ``fold_in(rng, i)`` in both passes (same dropout masks).
     num_micro: number of micro-batches M (divides N).
 
   Returns:
-    ``(loss, grads)`` with ``grads`` shaped like ``params``.
+    ``(loss, aux, grads)`` with ``grads`` shaped like ``params``.
   """
   micro_inputs = jax.tree.map(lambda x: split_micro(x, num_micro), inputs)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_micro))
@@ -60,7 +61,8 @@ def loss_and_grads(embed: Callable[[Any, Any, jax.Array], Any], loss_of_embeddin
     return None, embed(params, inp, key)
   _, embeddings = jax.lax.scan(forward, None, (micro_inputs, keys))
   embeddings = jax.tree.map(merge_micro, embeddings)
-  loss, (g_params, g_embeddings) = jax.value_and_grad(loss_of_embeddings, argnums=(0, 1))(params, embeddings)
+  (loss, aux), (g_params, g_embeddings) = jax.value_and_grad(loss_of_embeddings, argnums=(0, 1),
+                                                             has_aux=True)(params, embeddings)
   g_micro = jax.tree.map(lambda g: split_micro(g, num_micro), g_embeddings)
 
   def backward(acc, xs):  # pass 2: recompute each micro-batch and pull its embedding gradients back
@@ -69,4 +71,4 @@ def loss_and_grads(embed: Callable[[Any, Any, jax.Array], Any], loss_of_embeddin
     (g,) = vjp(g_emb)
     return jax.tree.map(jnp.add, acc, g), None
   grads, _ = jax.lax.scan(backward, g_params, (micro_inputs, keys, g_micro))
-  return loss, grads
+  return loss, aux, grads

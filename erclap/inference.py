@@ -24,41 +24,33 @@ local devices.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 
 from erclap import (
-  evaluate,
-  metrics,
-  model_export,
-  runtime,
-  sharding,
-  tokenization,
-  tower_init,
+    data,
+    evaluate,
+    metrics,
+    model_export,
+    prompts,
+    resolve,
+    runtime,
+    sharding,
+    stages,
+    tokenization,
+    tower_init,
 )
-from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.emotion_encoder import EmotionRankEncoder
 from erclap.schema import LABEL_NAMES
 
 
-def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
-  """Adds the keys a stored config lacks (written before they existed) with their default values."""
-  for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
-      _fill_defaults(config[key], value)
-
-
-def _stored_config(workdir: str, step: int) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with (saved in its metadata), completed with today's defaults."""
-  config = tower_init.read_workdir_config(workdir, step)
-  _fill_defaults(config, default_config.get_config())
-  return config
+def _check_cross_modal(config, path: str) -> None:
+  stage = stages.of(config)
+  if not stage.cross_modal:
+    raise ValueError(f"{path}: a model of {stage.title} ('{stage.name}'); ERCLAP.load needs the cross-modal "
+                     f"(clap) stage (stage-1 models: erclap.inference.EmotionRankEncoder)")
 
 
 class ERCLAP:
@@ -68,7 +60,7 @@ class ERCLAP:
     self.config, self.model, self.params, self.tokenizer, self.mesh = config, model, params, tokenizer, mesh
     self.step = step
     self.sample_rate = int(config.data.sample_rate)
-    self.window_seconds = float(config.data.eval_max_seconds or config.data.max_seconds)  # the model's crop
+    self.window_seconds = data.eval_crop_seconds(config.data)  # the model's crop
     self.num_samples = int(round(self.window_seconds * self.sample_rate))
     divisor = sharding.batch_size_divisor(mesh)
     self.batch_size = max(divisor, -(-batch_size // divisor) * divisor)
@@ -82,23 +74,13 @@ class ERCLAP:
     float32); None: the training's."""
     if model_export.is_model_dir(workdir_or_checkpoint):
       m = model_export.load_model_dir(workdir_or_checkpoint, dtype=dtype)
-      if m.config.stage != "clap":
-        raise ValueError(f"{workdir_or_checkpoint}: a '{m.config.stage}' stage model; ERCLAP.load needs the "
-                         f"cross-modal (clap) stage")
+      _check_cross_modal(m.config, workdir_or_checkpoint)
       return cls(m.config, m.model, m.params, m.tokenizer, m.mesh, m.step, batch_size=batch_size)
     workdir, step = tower_init.split_checkpoint_path(workdir_or_checkpoint)
-    config = _stored_config(workdir, step)
-    if config.stage != "clap":
-      raise ValueError(f"{workdir_or_checkpoint}: a '{config.stage}' stage checkpoint; ERCLAP.load needs the "
-                       f"cross-modal (clap) stage")
-    with config.unlocked():
-      config.mesh.shape, config.mesh.axes = (-1,), ("data",)
-      for key in ("speech_init", "text_init"):
-        # The checkpoint holds the towers' weights; a directory still there is kept because the towers'
-        # architecture is read from it (HF or Odyssey). A model to move between machines: --mode=export_model.
-        if not os.path.isdir(config.model[key]):
-          config.model[key] = ""
-      config.model.dtype = dtype or config.model.dtype
+    # The checkpoint holds the towers' weights; a tower directory still on this machine is kept because the
+    # architecture is read from it (HF or Odyssey). A model to move between machines: --mode=export_model.
+    config = resolve.for_inference(tower_init.read_workdir_config(workdir, step), dtype=dtype)
+    _check_cross_modal(config, workdir_or_checkpoint)
     mesh = runtime.make_mesh(config)
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
     model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
@@ -195,18 +177,18 @@ class ERCLAP:
   # ------------------------------------------------------------------ zero-shot attributes
 
   def level_prompts(self) -> dict:
-    """The level prompts zero-shot prediction uses: ``evaluate.prompt_embeddings`` (computed once), i.e. per
+    """The level prompts zero-shot prediction uses: ``prompts.level_prompts`` (computed once), i.e. per
     attribute one embedding per level 1..7 averaged over ``eval.prompt_wordings`` template descriptions."""
     if self._prompts is None:
-      self._prompts = evaluate.prompt_embeddings(self._embedder, self.params, self.config)
+      self._prompts = prompts.level_prompts(lambda texts: self._embedder.text(self.params, texts), self.config)
     return self._prompts
 
   def attributes_from_embeddings(self, speech) -> dict[str, np.ndarray]:
     """(N, D) speech embeddings -> zero-shot {attribute: (N,)} on the 1–7 scale (``predict_attributes``)."""
-    prompts = self.level_prompts()
+    levels = self.level_prompts()
     speech = metrics.l2_normalize(np.asarray(speech, np.float32))
     return {attribute: np.asarray(metrics.zero_shot_attribute_prediction(
-        prompts["prompts"][attribute] @ speech.T, prompts["prompt_levels"][attribute]), np.float32)
+        levels["prompts"][attribute] @ speech.T, levels["prompt_levels"][attribute]), np.float32)
             for attribute in LABEL_NAMES}
 
   def predict_attributes(self, audio, *, sample_rate: int | None = None, window_seconds: float | None = None,

@@ -9,11 +9,12 @@ position in the global order, so the stream is deterministic and its ``get_state
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
-With a speech-feature cache (``config.data.speech_features``, see ``erclap.speech_features``) both iterators
-read each clip from the cache alone (``speech_features.CachedSpeechSource``: record i is cache row i, holding
-the id, the ``CACHED_COLUMNS`` and the cached speech representation), never the corpus records and their audio:
-batches carry ``speech_features`` in place of ``audio`` / ``audio_mask`` (``erclap.schema.CACHED_STEP_KEYS``),
-and training sees the one crop the cache holds per clip (the evaluation crop) instead of random crops.
+With a speech-feature cache (``config.data.speech_features``, see ``erclap.speech_cache``) both iterators
+read each clip from the cache alone (``speech_cache.store.CachedSpeechSource``: record i is cache row i,
+holding the id, the ``speech_cache.fingerprint.CACHED_COLUMNS`` and the cached speech representation), never the
+corpus records and their audio: batches carry ``speech_features`` in place of ``audio`` / ``audio_mask``
+(``erclap.schema.CACHED_STEP_KEYS``), and training sees the one crop the cache holds per clip (the evaluation
+crop) instead of random crops.
 
 Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
 ``config.data.max_text_tokens``; D = the cached representation's width)::
@@ -35,10 +36,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import data, models, schema, sharding, speech_features
+from erclap import data
 from erclap import descriptions as desc_lib
-from erclap.data import builders, embedded
 from erclap.schema import LABEL_NAMES, uses_speech_cache
+from erclap.speech_cache import fingerprint as cache_fingerprint
+from erclap.speech_cache import store as cache_store
 
 
 def num_samples(seconds: float, sample_rate: int) -> int:
@@ -107,18 +109,6 @@ class DescriptionPicker:
     k = 0 if rng is None else variants[int(rng.integers(len(variants)))]
     a, v, d = (float(record[key]) for key in LABEL_NAMES)
     return desc_lib.describe(a, v, d, variant=k)
-
-
-# The fields of a record that ``_example`` and ``DescriptionPicker`` read besides "id" and the audio: the
-# per-clip columns a speech-feature cache stores beside the features.
-CACHED_COLUMNS: dict[str, type] = {**dict.fromkeys(LABEL_NAMES, np.float32), "class_id": np.int32}
-
-
-def cache_columns(labels: np.ndarray, class_id: np.ndarray) -> dict[str, np.ndarray]:
-  """Batch rows' ``labels`` (n, 3) and ``class_id`` (n,) -> the ``CACHED_COLUMNS`` of those rows."""
-  labels = np.asarray(labels, np.float32)
-  return {**{name: labels[:, j] for j, name in enumerate(LABEL_NAMES)},
-          "class_id": np.asarray(class_id, np.int32)}
 
 
 def _example(record: dict, speech: dict, text: str, valid: bool = True) -> dict:
@@ -197,7 +187,7 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
   local_bs = global_bs // pc
   source = data.get_data_source(d, d.train_split)
   if uses_speech_cache(config):
-    source = speech_features.CachedSpeechSource(source, open_speech_cache(config, d.train_split))
+    source = cache_store.CachedSpeechSource(source, cache_fingerprint.open_split(config, d.train_split))
     example = _CachedTrainExample
   else:
     example = functools.partial(_TrainExample, num_samples(d.max_seconds, d.sample_rate))
@@ -324,96 +314,10 @@ def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size:
   source = data.get_data_source(d, split)
   width = 0
   if uses_speech_cache(config):
-    cached = open_speech_cache(config, split)
-    source, width = speech_features.CachedSpeechSource(source, cached), cached.width
+    cached = cache_fingerprint.open_split(config, split)
+    source, width = cache_store.CachedSpeechSource(source, cached), cached.width
   ids = source_ids(source) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
   return EvalIterator(source, picker, tokenizer, batch_size=int(batch_size),
-                      length=num_samples(eval_crop_seconds(d), d.sample_rate), max_tokens=int(d.max_text_tokens),
+                      length=num_samples(data.eval_crop_seconds(d), d.sample_rate), max_tokens=int(d.max_text_tokens),
                       process_index=pi, process_count=pc, feature_width=width)
-
-
-def eval_crop_seconds(data_config) -> float:
-  """Length of the evaluation (centre) crop: ``data.eval_max_seconds``, or ``data.max_seconds`` when 0."""
-  return float(data_config.eval_max_seconds) or float(data_config.max_seconds)
-
-
-# ----------------------------------------------------------------------------- speech-feature cache
-
-# Top-level parameter entries the speech representation is computed from (those the model has).
-
-
-def speech_representation_name(model_config) -> str:
-  """What the speech projection reads: "pooled", "ser_hidden" or "ser_output"."""
-  return model_config.get("speech_representation", model_config.get("speech_features", "pooled"))
-
-
-def corpus_identity(data_config) -> dict:
-  """The corpus the features belong to: name, builder version and builder config."""
-  name = data_config.name
-  cls = {"embedded": builders.ErclapEmbedded, "msp_podcast": builders.ErclapMspPodcast,
-         "iemocap": builders.ErclapIemocap}[name]
-  if name == "embedded":
-    variant = embedded.EmbeddedSpec.from_config(data_config).config_name()
-  elif name == "iemocap":
-    variant = f"test_session{int(data_config.iemocap_test_session)}"
-  else:
-    variant = ""
-  return dict(name=name, version=str(cls.VERSION), config=variant, data_dir=data.resolve_data_dir(data_config))
-
-
-def speech_cache_fingerprint(config, *, params_digest: str = "", width: int = 0) -> dict:
-  """The fingerprint (``erclap.speech_features.make_fingerprint``) of the representation ``config`` describes.
-
-  ``params_digest`` / ``width``: of the representation's parameters and output ("" / 0 where unknown)."""
-  d, m = config.data, config.model
-  return speech_features.make_fingerprint(
-      params_digest=params_digest, representation=speech_representation_name(m), speech_pooling=m.speech_pooling,
-      speech_arch=repr(models.speech_arch_for(m)), speech_input=(m.speech_input_mean, m.speech_input_std),
-      dtype=m.dtype, crop_seconds=eval_crop_seconds(d), sample_rate=int(d.sample_rate), corpus=corpus_identity(d),
-      width=width)
-
-
-def open_speech_cache(config, split: str) -> speech_features.CachedSplit:
-  """The cached split of ``config.data.speech_features``, checked against everything ``config`` fixes
-  (the parameters are checked where they are known: ``check_speech_cache``)."""
-  directory = config.data.speech_features
-  cached = speech_features.CachedSplit(directory, split)
-  differences = speech_features.fingerprint_differences(cached.fingerprint, speech_cache_fingerprint(config),
-                                                        ignore=("params_digest", "width"))
-  if differences:
-    raise speech_features.SpeechCacheError(
-        f"the speech-feature cache {cached.directory} (data.speech_features) was made with another config:\n  "
-        + "\n  ".join(differences) + "\nRebuild it with --mode=cache_speech into a fresh directory.")
-  missing = [name for name in CACHED_COLUMNS if name not in cached.column_names]
-  if missing:
-    raise speech_features.SpeechCacheError(f"split {split!r} of the speech-feature cache {cached.directory} "
-                                           f"lacks the columns {missing}: rebuild it with --mode=cache_speech")
-  return cached
-
-
-def representation_fingerprint(config, params) -> dict:
-  """The fingerprint of the speech representation of ``params`` (global arrays or numpy) under ``config``.
-
-  Gathers the representation's parameters to every host: multi-host, every process must call it."""
-  host = sharding.to_host({k: params[k] for k in schema.SPEECH_REPRESENTATION if k in params})
-  return speech_cache_fingerprint(config, params_digest=speech_features.params_digest(host),
-                                  width=models.speech_feature_width(params))
-
-
-def check_speech_cache(config, params) -> dict:
-  """Raises SpeechCacheError naming every difference between ``config.data.speech_features`` and the speech
-  representation of ``params`` (weights, width, config); returns the fingerprint. Collective (multi-host)."""
-  directory = config.data.speech_features
-  current = representation_fingerprint(config, params)
-  recorded = speech_features.read_fingerprint(directory)
-  if recorded is None:
-    raise speech_features.SpeechCacheError(f"data.speech_features={directory!r} holds no speech-feature cache: "
-                                           f"run --mode=cache_speech with the same config first")
-  differences = speech_features.fingerprint_differences(recorded, current)
-  if differences:
-    raise speech_features.SpeechCacheError(
-        f"the speech-feature cache {directory} (data.speech_features) does not match the model:\n  "
-        + "\n  ".join(differences) + "\nRebuild it with --mode=cache_speech (from these weights) into a fresh "
-        "directory.")
-  return current

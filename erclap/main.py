@@ -9,13 +9,15 @@ on the test split), ``export`` (embeddings, metrics and plots under workdir/expo
 evaluate and export: the demo), ``plan`` (compile the train step for ``config.plan.topology`` on simulated
 devices and report per-device memory, FLOPs and the step time a chip implies, without allocating anything).
 ``config.stage`` picks the cross-modal stage (``clap``) or stage-1
-speech-emotion pre-training (``ser``); ``config.recipe.stage1`` makes one run of both (``erclap.recipe``: stage 1,
-its frozen speech features cached, the cross-modal stage on the cache), as configs/demo.py does.
+speech-emotion pre-training (``ser``) (``erclap.stages``); ``config.recipe.stage1`` makes one run of both
+(``erclap.recipe``: stage 1, its frozen speech features cached, the cross-modal stage on the cache), as
+configs/demo.py does.
 
 Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
-workdir; the config is checked against the devices (``runtime.setup``) before any corpus or model is built.
-SIGTERM / SIGINT end a mode other than training at once (status 128 + signal; outputs are written
-atomically, so only complete files remain); training checkpoints on SIGTERM and exits.
+workdir, and runs on the config ``erclap.resolve`` makes of the given one (validated against the devices before
+any corpus or model is built, written to ``<workdir>/config.<mode>.json``). SIGTERM / SIGINT end a run at once
+(status 128 + signal; outputs are written atomically, so only complete files remain), except that the
+training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
 """
 
 from __future__ import annotations
@@ -29,36 +31,29 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from erclap import (
-    cache_speech,
     config_lib,
-    demo,
     distributed,
     evaluate,
     export,
+    mode_all,
     model_export,
     plan,
     recipe,
-    runtime,
-    train,
+    resolve,
+    signals,
     workdir_lock,
 )
+from erclap.speech_cache import build as cache_build
 
 _MODES = {
-    "train": train.train_and_evaluate,
+    "train": recipe.train_stages,
     "eval": evaluate.evaluate_checkpoint,
     "export": export.export_embeddings,
     "export_model": model_export.export_model,
-    "all": demo.run_all,
+    "all": mode_all.run_all,
     "plan": plan.run_plan,
-    "cache_speech": cache_speech.cache_speech_features,
+    "cache_speech": cache_build.cache_speech_features,
 }
-
-# Modes that train: the loop owns SIGTERM (preemption: checkpoint, then exit) and must not be cut short.
-# Every other mode stops at once on SIGTERM/SIGINT (its outputs are atomic: complete or absent).
-_TRAINING_MODES = frozenset({"train", "all"})
-# Modes that never write into the workdir (they may run beside a training run); every other mode holds
-# the workdir lock for its whole run.
-_READ_ONLY_MODES = frozenset()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -107,35 +102,28 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   config = FLAGS.config
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    sys.exit(f"FATAL {e}")
-  if FLAGS.mode == "plan":
-    plan.prepare_devices(config)  # simulated devices of the planned topology: before any backend use
+  mode = FLAGS.mode
+  if mode == "plan":
+    try:
+      plan.prepare_devices(config)  # simulated devices of the planned topology: before any backend use
+    except (ValueError, RuntimeError) as e:
+      sys.exit(f"FATAL {e}")
   distributed.initialize(config.distributed)  # before any backend use (importing jax is fine)
   logging.info("JAX %s: process %d/%d, devices: %s", jax.__version__, jax.process_index(),
                jax.process_count(), jax.devices())
   workdir = FLAGS.workdir
   if "://" not in workdir:  # local: Orbax requires absolute paths
     workdir = os.path.abspath(workdir)
-  mode = FLAGS.mode
   with contextlib.ExitStack() as stack:
     lock = workdir_lock.WorkdirLock(workdir)
-    if mode not in _TRAINING_MODES:  # first, so that the lock sees a SIGTERM handler and leaves it to us
-      stack.enter_context(runtime.stop_on_signals(mode, on_exit=lock.release))
+    # First, so that a signal before the lock is taken, or while it is held, unwinds through its release.
+    stack.enter_context(signals.stop_on_signals(mode, on_exit=lock.release))
     try:
-      if mode not in _READ_ONLY_MODES:
-        stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
-      elif "://" not in workdir:
-        os.makedirs(workdir, exist_ok=True)
-      # A two-stage config (config.recipe.stage1): the training modes bring stage 1 and its speech cache up to
-      # date first; every mode then runs the cross-modal config the recipe derives.
-      config = recipe.prepare(config, workdir, run_stages=mode in _TRAINING_MODES)
-      _MODES[mode](config, workdir)
+      stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
+      _MODES[mode](resolve.resolve(config, workdir, mode), workdir)
     except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
       sys.exit(f"FATAL {e}")
-    except runtime.StopRequested as e:
+    except signals.StopRequested as e:
       print(f"[{mode}] {e}.", file=sys.stderr, flush=True)
       sys.exit(128 + e.signum)
 

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from safetensors import numpy as safetensors_np
 
-from erclap import config_lib, descriptions, fileio, models, runtime, sharding, state, tokenization, trees
+from erclap import data, descriptions, fileio, models, resolve, runtime, sharding, stages, state, tokenization, trees
 from erclap.schema import LABEL_NAMES
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
@@ -172,9 +172,9 @@ def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, sav
   """
   if "://" in model_dir:
     raise ValueError(f"export.model_dir={model_dir!r}: the model directory must be a local path")
-  if saved_model and config.stage != "clap":
-    raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the clap stage "
-                     f"(this model is '{config.stage}'); set export.saved_model=False")
+  if saved_model and not stages.of(config).cross_modal:
+    raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the cross-modal "
+                     f"(clap) stage (this model is '{config.stage}'); set export.saved_model=False")
   remove_stale_exports(model_dir)
   with _atomic_dir(model_dir) as tmp:
     _write_contents(tmp, config, step, params, tokenizer)
@@ -202,6 +202,7 @@ def export_model(config, workdir: str) -> str:
   Returns:
     The model directory.
   """
+  config = resolve.ensure(config, workdir, "export_model")
   runtime.hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
@@ -211,7 +212,7 @@ def export_model(config, workdir: str) -> str:
   model_dir = model_dir_path(config, workdir)
   if jax.process_index() == 0:
     write_model_dir(model_dir, config, step, host_params, tokenizer,
-                    saved_model=bool(config.export.get("saved_model", True)) and config.stage == "clap")
+                    saved_model=bool(config.export.get("saved_model", True)) and stages.of(config).cross_modal)
     print(f"[export_model] step {step} -> {model_dir}", flush=True)
   return model_dir
 
@@ -243,19 +244,11 @@ def read_model_config(path: str, *, dtype: str | None = None) -> tuple[ml_collec
   if stored["erclap_model_format"] != MODEL_FORMAT:
     raise ValueError(f"{path}: model format {stored['erclap_model_format']!r}; this ERCLAP reads format "
                      f"{MODEL_FORMAT}")
-  dtypes = config_lib.CHOICES["model.dtype"]
-  if dtype is not None and dtype not in dtypes:
-    raise ValueError(f"dtype={dtype!r}: use one of {dtypes}")
-  config = ml_collections.ConfigDict(stored["config"])
-  with config.unlocked():
-    config.mesh.shape, config.mesh.axes = (-1,), ("data",)
-    for key, subdir in ARCH_DIRS.items():  # the architecture only: the parameters hold the weights
-      config.model[key] = os.path.join(path, subdir) if os.path.isdir(os.path.join(path, subdir)) else ""
-    config.model.tokenizer = os.path.join(path, TOKENIZER_DIR)
-    # A model trained on cached speech features still holds its whole speech tower: it embeds audio.
-    config.data.speech_features = ""
-    if dtype is not None:
-      config.model.dtype = dtype
+  # The architecture only: the parameters hold the weights.
+  arch_dirs = {key: os.path.join(path, subdir) for key, subdir in ARCH_DIRS.items()
+               if os.path.isdir(os.path.join(path, subdir))}
+  config = resolve.for_inference(stored["config"], dtype=dtype, arch_dirs=arch_dirs,
+                                 tokenizer_dir=os.path.join(path, TOKENIZER_DIR))
   return config, int(stored["step"])
 
 
@@ -288,8 +281,7 @@ def load_model_dir(path: str, *, dtype: str | None = None) -> LoadedModel:
 
 def input_shapes(config) -> tuple[int, int]:
   """(audio samples T, text tokens L) the model embeds at inference: the evaluation crop and the token limit."""
-  seconds = config.data.eval_max_seconds or config.data.max_seconds
-  return int(round(seconds * config.data.sample_rate)), int(config.data.max_text_tokens)
+  return int(round(data.eval_crop_seconds(config.data) * config.data.sample_rate)), int(config.data.max_text_tokens)
 
 
 def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda")) -> str:
@@ -319,8 +311,9 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
 
   loaded = load_model_dir(source) if isinstance(source, str | os.PathLike) else source
   config, model = loaded.config, loaded.model
-  if config.stage != "clap":
-    raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the clap stage")
+  if not stages.of(config).cross_modal:
+    raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the cross-modal "
+                     f"(clap) stage")
   num_samples, num_tokens = input_shapes(config)
   params = jax.tree.map(np.asarray, sharding.to_host(loaded.params))
   variables = jax.tree.map(lambda x: tf.Variable(x, trainable=False), params)

@@ -51,13 +51,10 @@ class OdysseyImportError(hf_import.CheckpointImportError):
 
 
 @dataclasses.dataclass(frozen=True)
-class OdysseyCheckpoint:
-  """An imported Odyssey SER model: backbone architecture, Flax parameters, and its input / label facts."""
+class OdysseyConfig:
+  """What an Odyssey SER directory's config.json says: backbone architecture, input and label facts."""
   source: str
   speech_arch: SpeechArch
-  tower_params: dict      # SpeechEncoder tree (SERModel's ``speech_tower``)
-  pooling_params: dict    # AttentiveStatisticsPooling tree (``speech_pool``)
-  head_params: dict       # SERHead tree (``ser_head``)
   num_classes: int
   label_names: tuple[str, ...]   # the scores' order (id2label)
   mean: float
@@ -67,11 +64,6 @@ class OdysseyCheckpoint:
   head_layers: int
   head_dropout: float
 
-  @property
-  def params(self) -> dict:
-    """The SERModel (and SER-fed CLAPModel) parameter entries, by their top-level names."""
-    return dict(speech_tower=self.tower_params, speech_pool=self.pooling_params, ser_head=self.head_params)
-
   def config_overrides(self) -> dict:
     """Dotted ``config`` keys that make ``build_ser_model`` / ``build_clap_model`` build this model's parts
     (pass ``speech_arch=self.speech_arch`` to the builders: the backbone is not a config preset)."""
@@ -79,6 +71,19 @@ class OdysseyCheckpoint:
             "model.speech_input_std": self.std, "model.ser_head_layers": self.head_layers,
             "model.ser_head_hidden": self.hidden_size, "model.num_attributes": self.num_classes,
             "data.sample_rate": self.sampling_rate}
+
+
+@dataclasses.dataclass(frozen=True)
+class OdysseyCheckpoint(OdysseyConfig):
+  """An imported Odyssey SER model: its ``OdysseyConfig`` and the Flax parameters."""
+  tower_params: dict      # SpeechEncoder tree (SERModel's ``speech_tower``)
+  pooling_params: dict    # AttentiveStatisticsPooling tree (``speech_pool``)
+  head_params: dict       # SERHead tree (``ser_head``)
+
+  @property
+  def params(self) -> dict:
+    """The SERModel (and SER-fed CLAPModel) parameter entries, by their top-level names."""
+    return dict(speech_tower=self.tower_params, speech_pool=self.pooling_params, ser_head=self.head_params)
 
   def ser_model(self, dtype=jnp.float32) -> SERModel:
     """The SERModel these parameters belong to (inference: dropout off)."""
@@ -225,9 +230,22 @@ def convert_odyssey_tensors(arch: SpeechArch, tensors: dict[str, np.ndarray], *,
   return tower, pooling, head
 
 
-def import_odyssey(path: str) -> OdysseyCheckpoint:
-  """An Odyssey SER directory (config.json + model.safetensors) -> OdysseyCheckpoint. Reads nothing else
-  except, when ``ssl_type`` is a path, that backbone directory's config.json."""
+def is_odyssey_dir(path: str) -> bool:
+  """A directory whose config.json names an ``ssl_type`` backbone (the Odyssey SER format)."""
+  file = os.path.join(path, "config.json") if path else ""
+  if not os.path.isfile(file):
+    return False
+  try:
+    with open(file) as f:
+      cfg = json.load(f)
+  except (OSError, ValueError):
+    return False  # not this format; the Hugging Face reader reports the broken file
+  return isinstance(cfg, dict) and "ssl_type" in cfg
+
+
+def read_odyssey_config(path: str) -> OdysseyConfig:
+  """An Odyssey SER directory's config.json (and, when ``ssl_type`` is a path, that backbone directory's
+  config.json), checked; the weights are not read."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"Odyssey SER model directory {path!r} does not exist")
   file = os.path.join(path, "config.json")
@@ -250,11 +268,18 @@ def import_odyssey(path: str) -> OdysseyCheckpoint:
   std = _field(cfg, "std", float, file)
   if not std >= 0:
     raise ValueError(f"{file}: std={std} must be >= 0")
-  tower, pooling, head = convert_odyssey_tensors(arch, hf_import.read_safetensors(path), head_layers=head_layers,
-                                                 num_classes=num_classes, source=path)
-  return OdysseyCheckpoint(
-      source=path, speech_arch=arch, tower_params=tower, pooling_params=pooling, head_params=head,
-      num_classes=num_classes, label_names=_label_names(cfg, num_classes, file),
+  return OdysseyConfig(
+      source=path, speech_arch=arch, num_classes=num_classes, label_names=_label_names(cfg, num_classes, file),
       mean=_field(cfg, "mean", float, file), std=std,
       sampling_rate=_field(cfg, "sampling_rate", int, file, 16000), hidden_size=hidden, head_layers=head_layers,
       head_dropout=_field(cfg, "classifier_dropout_prob", float, file, DEFAULT_DROPOUT))
+
+
+def import_odyssey(path: str) -> OdysseyCheckpoint:
+  """An Odyssey SER directory (config.json + model.safetensors) -> OdysseyCheckpoint. Reads nothing else
+  except, when ``ssl_type`` is a path, that backbone directory's config.json."""
+  cfg = read_odyssey_config(path)
+  tower, pooling, head = convert_odyssey_tensors(cfg.speech_arch, hf_import.read_safetensors(path),
+                                                 head_layers=cfg.head_layers, num_classes=cfg.num_classes, source=path)
+  return OdysseyCheckpoint(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, tower_params=tower,
+                           pooling_params=pooling, head_params=head)

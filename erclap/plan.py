@@ -20,15 +20,11 @@ verdict compares the total with ``plan.hbm_headroom`` × the chip's HBM. The mem
 buffer assignment of the same program: TPU and GPU compilers fuse and schedule differently (and XLA:CPU may
 compute bf16 matmuls in float32), so they are estimates to tens of percent; the headroom is for that.
 
-Topology names: ``v4-N`` and ``v5p-N`` count TensorCores (2 per chip: ``v4-8`` = 4 chips); ``v5e-N`` (or
-``v5litepod-N``) counts chips; GPU names (``h100-8``, ``a100-40gb-8``, ``a100-80gb-8``) count GPUs. One JAX
-device per chip (v4 / v5p megacore) or GPU.
+The chips, their peaks and the topology names are in ``erclap.chips``.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import os
 import re
@@ -38,61 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import fileio, losses, models, optim, schema, sharding, state, step, tokenization
+from erclap import config_lib, fileio, models, optim, schema, sharding, stages, state, step, tokenization
+from erclap.chips import CHIPS, GiB, chip_of_device, parse_topology
 
-GiB = 2 ** 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-  name: str
-  bf16_flops: float    # dense peak FLOP/s (no sparsity)
-  hbm_bytes: int       # per chip (per JAX device)
-  cores_per_chip: int  # what a topology name counts per chip
-
-
-# Sources: Google Cloud TPU documentation, "TPU v4" / "TPU v5e" / "TPU v5p" system architecture pages (peak
-# bf16 compute and HBM per chip: 275 TFLOP/s and 32 GiB; 197 TFLOP/s and 16 GiB; 459 TFLOP/s and 95 GiB);
-# NVIDIA A100 Tensor Core GPU datasheet (BF16 312 TFLOP/s dense, 40 / 80 GB HBM); NVIDIA H100 Tensor Core GPU
-# datasheet, SXM (BF16 989 TFLOP/s dense, 80 GB HBM3).
-CHIPS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", 275e12, 32 * GiB, 2),
-    "v5e": Chip("TPU v5e", 197e12, 16 * GiB, 1),
-    "v5p": Chip("TPU v5p", 459e12, 95 * GiB, 2),
-    "a100-40gb": Chip("NVIDIA A100 40GB", 312e12, 40 * GiB, 1),
-    "a100-80gb": Chip("NVIDIA A100 80GB", 312e12, 80 * GiB, 1),
-    "h100": Chip("NVIDIA H100 80GB (SXM)", 989e12, 80 * GiB, 1),
-}
-_CHIP_ALIASES = {"v5litepod": "v5e", "h100-80gb": "h100"}
-# jax ``device_kind`` (lower case) fragments -> chip, for plan.topology="" on an accelerator.
-_DEVICE_KINDS = (("v5 lite", "v5e"), ("v5e", "v5e"), ("v5p", "v5p"), ("v5", "v5p"), ("v4", "v4"),
-                 ("h100", "h100"), ("a100", "a100"))
-TOPOLOGY_EXAMPLES = "v4-8, v4-32, v5e-8, v5p-8, h100-8, a100-40gb-8, a100-80gb-8"
-
-
-def parse_topology(topology: str) -> tuple[str, int]:
-  """``"v4-32"`` -> (chip key in CHIPS, number of JAX devices = chips); ValueError naming plan.topology."""
-  match = re.fullmatch(r"([a-z0-9]+(?:-\d+gb)?)-(\d+)", str(topology).strip().lower())
-  key = _CHIP_ALIASES.get(match.group(1), match.group(1)) if match else None
-  if key not in CHIPS:
-    raise ValueError(f"plan.topology={topology!r}: use <chip>-<count> with chip one of "
-                     f"{sorted(CHIPS) + sorted(_CHIP_ALIASES)}, e.g. {TOPOLOGY_EXAMPLES}")
-  count, per_chip = int(match.group(2)), CHIPS[key].cores_per_chip
-  if count < per_chip or count % per_chip:
-    raise ValueError(f"plan.topology={topology!r}: {key} names count TensorCores, {per_chip} per chip, so the "
-                     f"count must be a positive multiple of {per_chip}")
-  return key, count // per_chip
-
-
-def chip_of_device(device) -> str | None:
-  """The CHIPS key of a JAX device (None for CPUs and chips not in the table)."""
-  kind = str(getattr(device, "device_kind", "")).lower()
-  for fragment, key in _DEVICE_KINDS:
-    if fragment in kind:
-      if key == "a100":
-        return "a100-80gb" if "80" in kind else "a100-40gb"
-      return key
-  return None
+__all__ = ["CHIPS", "abstract_batch", "chip_of_device", "compile_train_step", "format_plan", "parse_topology",
+           "plan_config", "plan_loss", "plan_step", "prepare_devices", "run_plan", "state_bytes"]
 
 
 def _backends_initialized() -> bool:
@@ -142,10 +88,9 @@ def _per_device_bytes(tree, shardings) -> int:
 
 
 def _trainable(config, params) -> dict:
-  """The parameter groups that receive gradients (frozen towers and a fixed temperature do not)."""
-  frozen = {optim.SPEECH_TOWER: bool(config.model.freeze_speech), optim.TEXT_TOWER: bool(config.model.freeze_text),
-            optim.LOG_TEMPERATURE: config.stage == "clap" and not config.train.learn_temperature}
-  return {k: v for k, v in params.items() if not frozen.get(k, False)}
+  """The parameter groups that receive gradients (``optim.trainable_mask``: the optimizer's and the step's)."""
+  trained = optim.trainable_mask(config, params)
+  return {k: v for k, v in params.items() if trained[k]}
 
 
 def abstract_batch(config, mesh, params) -> dict:
@@ -194,14 +139,12 @@ def compile_train_step(config, mesh, model):
   """
   check_batch(config, mesh)
   optimizer = optim.make_optimizer(config)
-  abstract, shardings = state.abstract_state_and_shardings(model, config, mesh, optimizer)
-  args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+  args, shardings = state.abstract_sharded_state(model, config, mesh, optimizer)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
   batch = abstract_batch(config, mesh, abstract.params)
-  train_step = step.make_train_step(model, config, mesh, optimizer)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = jax.jit(train_step, in_shardings=(shardings, {k: v.sharding for k, v in batch.items()}),
-                       out_shardings=(shardings, None), donate_argnums=(0,)).lower(args, batch).compile()
+    compiled = step.jit_train_step(model, config, mesh, optimizer, shardings).lower(args, batch).compile()
   return compiled, abstract, shardings, batch, time.perf_counter() - start
 
 
@@ -245,17 +188,16 @@ def state_bytes(config, mesh, model) -> dict:
 def plan_loss(config, mesh) -> dict | None:
   """Per-device FLOPs and temporary bytes of the cross-modal loss + gradient alone on (N, D) embeddings.
 
-  None for the SER stage (its losses act on (N, 3) predictions: negligible)."""
-  if config.stage != "clap":
+  None for a stage that is not cross-modal (stage 1's losses act on (N, 3) predictions: negligible)."""
+  if not stages.of(config).cross_modal:
     return None
   n, d = config.train.global_batch_size, config.model.joint_dim
   rows = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
       shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
-  loss_fn = losses.get_clap_loss(config.loss)
 
   def loss(speech, text, log_temperature, batch):
-    return loss_fn(speech, text, batch, temperature=jnp.exp(log_temperature), mesh=mesh,
-                   options=config.loss_options)
+    return stages.clap_loss(config, mesh, {optim.LOG_TEMPERATURE: log_temperature}, dict(speech=speech, text=text),
+                            batch)[0]
 
   batch = dict(labels=rows(n, len(schema.LABEL_NAMES)), class_id=rows(n, dtype=jnp.int32))
   log_t = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
@@ -294,8 +236,8 @@ def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
   loss_temp = loss_plan["temp_bytes"] if loss_plan else 0
   model_act = max(step_plan["temp_bytes"] - step_plan["grads_bytes"] - loss_temp, 0)
   total, out = step_plan["total_bytes"], []
-  micro = _micro_knob(config, mesh, step_plan, limit, model_act) if config.stage == "clap" else None
-  if micro:  # gradient caching is for the clap stage
+  micro = _micro_knob(config, mesh, step_plan, limit, model_act)
+  if micro:
     out.append(micro)
   if not config.model.remat:
     out.append(dict(knob="model.remat", value=True, total_bytes=None,
@@ -310,7 +252,7 @@ def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
                          "(adds parameter all-gathers)"))
   n_local = config.train.global_batch_size // sharding.batch_size_divisor(mesh)
   block = config.loss_options.row_block or n_local
-  if config.stage == "clap" and config.loss == "rnc" and block > 512 and n_local > 512:
+  if stages.of(config).cross_modal and config.loss == "rnc" and block > 512 and n_local > 512:
     out.append(dict(knob="loss_options.row_block", value=512, total_bytes=int(total - loss_temp * (1 - 512 / block)),
                     note="the loss's (rows x N) matrices are built 512 rows at a time"))
   if config.model.dtype == "float32":
@@ -401,7 +343,7 @@ def vocab_size(config) -> tuple[int | None, str]:
 
   The configured tokenizer's when it can be built here; else the text preset's (a tokenizer directory on the
   training machine only: the embedding table then has the preset's size, e.g. RoBERTa's 50265)."""
-  if config.stage == "ser":
+  if not stages.of(config).cross_modal:
     return None, "no text tower"
   try:
     return tokenization.build_tokenizer(config.model, config.data.max_text_tokens).vocab_size, "tokenizer"
@@ -415,13 +357,11 @@ PLANNED_CACHE = "<a speech-feature cache>"
 
 
 def feature_variant(config):
-  """The config on cached speech features (``--mode=cache_speech``), for a clap-stage config with a frozen speech
+  """The config on cached speech features (``--mode=cache_speech``), for a cross-modal config with a frozen speech
   tower that reads audio; None otherwise."""
-  if config.stage != "clap" or not config.model.freeze_speech or schema.uses_speech_cache(config):
+  if not stages.of(config).cross_modal or not config.model.freeze_speech or schema.uses_speech_cache(config):
     return None
-  variant = copy.deepcopy(config)
-  variant.data.speech_features = PLANNED_CACHE
-  return variant
+  return config_lib.apply_overrides(config, {"data.speech_features": PLANNED_CACHE})
 
 
 def target(config) -> tuple[str | None, str]:
@@ -448,8 +388,9 @@ def run_plan(config, workdir: str) -> dict:
   """
   # erclap.runtime builds the mesh and model from the config; it also holds the training set-up, which reaches
   # the data stack (grain / TFDS): imported here so that the measuring functions above need jax/flax/optax only.
-  from erclap import runtime
+  from erclap import resolve, runtime
 
+  config = resolve.ensure(config, workdir, "plan")
   chip_key, where = target(config)
   mesh = runtime.make_mesh(config)
   vocab, vocab_from = vocab_size(config)

@@ -77,14 +77,6 @@ def step_keys_of(batch: dict) -> tuple[str, ...]:
   return CACHED_STEP_KEYS if CACHED_SPEECH_INPUT_KEYS[0] in batch else STEP_KEYS
 
 
-def model_inputs(config, batch: dict) -> dict:
-  """The model's inputs of ``batch``: speech only for the SER stage, speech and text for the CLAP stage
-  (speech: audio and its mask, or the cached ``speech_features``)."""
-  speech = speech_input_keys(config)
-  keys = speech if config.stage == "ser" else speech + TEXT_INPUT_KEYS
-  return {k: batch[k] for k in keys}
-
-
 # Width of the placeholder ``speech_features`` of ``dummy_inputs``: the model initialises its parameters from
 # a short silent clip through the tower whatever width is passed (``CLAPModel.__call__``), so the parameter
 # tree is the uncached model's; the placeholder only fixes ranks and dtypes.

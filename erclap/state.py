@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import schema, sharding
+from erclap import schema, sharding, stages
 
 
 @flax.struct.dataclass
@@ -29,7 +29,7 @@ class TrainState:
 
 def init_params_fn(model, config) -> Callable[[jax.Array], Any]:
   """``init(rng) -> boxed params``: the model's init on dummy inputs of the config's shapes."""
-  inputs = schema.model_inputs(config, schema.dummy_inputs(config))
+  inputs = stages.of(config).model_inputs(config, schema.dummy_inputs(config))
 
   def init(rng):
     return model.init({"params": rng, "dropout": rng}, **inputs, train=False)["params"]
@@ -75,6 +75,18 @@ def abstract_state_and_shardings(model, config, mesh, optimizer) -> tuple[TrainS
 def state_shardings(model, config, mesh, optimizer) -> TrainState:
   """Shardings of the whole TrainState: optimizer moments follow their parameters."""
   return abstract_state_and_shardings(model, config, mesh, optimizer)[1]
+
+
+def abstract_sharded_state(model, config, mesh, optimizer) -> tuple[TrainState, TrainState]:
+  """The TrainState as ShapeDtypeStructs that carry their shardings (what a restore fills in and what a
+  compile traces, nothing allocated), and the TrainState of those shardings."""
+  abstract, shardings = abstract_state_and_shardings(model, config, mesh, optimizer)
+  return with_shardings(abstract, shardings), shardings
+
+
+def with_shardings(tree, shardings):
+  """``tree`` (arrays or ShapeDtypeStructs) as ShapeDtypeStructs with the matching ``shardings``."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def _follow_params(abstract_opt, abstract_params, p_shardings, default):

@@ -1,15 +1,17 @@
-"""The train step of both stages (``config.stage``: "clap" cross-modal, "ser" stage-1 pre-training).
+"""The train step of every stage (``erclap.stages``), its loss and gradient, and the jitted step.
 
-Three ways to get the loss and its gradient, each a top-level function of the same signature
-``(model, config, mesh, params, batch, rng) -> (loss, aux metrics, grads)``:
+The loss and gradient come one of two ways, both top-level functions of the same signature
+``(model, config, mesh, params, batch, rng) -> (loss, loss terms, grads)``:
 
-* ``clap_loss_and_grads``: the cross-modal loss of ``erclap.losses`` on one forward pass of the batch;
-* ``grad_cached_clap_loss_and_grads``: the same loss and gradient for global batches beyond memory
-  (``train.micro_batch_size``), by gradient caching (``erclap.grad_cache``);
-* ``ser_loss_and_grads``: stage 1, CCC + pairwise ranking losses on predicted attributes.
+* ``loss_and_grads``: one forward/backward pass of the whole batch: the model's outputs the stage's loss reads
+  (``Stage.output_keys``: speech and text embeddings, or predicted attributes), then ``Stage.loss``;
+* ``grad_cached_loss_and_grads``: the same loss and gradient for global batches beyond memory
+  (``train.micro_batch_size``), by gradient caching (``erclap.grad_cache``): the outputs micro-batch by
+  micro-batch, the loss on the whole batch, the backward pass micro-batch by micro-batch.
 
-``make_loss_and_grads`` picks one for the config; ``make_train_step`` wraps it with the optimizer update
-and a non-finite guard into the function that the loop jits (explicit shardings, donated state).
+``make_train_step`` wraps the one the config asks for with the optimizer update and a non-finite guard;
+``jit_train_step`` jits it with the run's shardings and a donated state, the one signature the training loop
+runs and the plan compiles.
 """
 
 from __future__ import annotations
@@ -21,111 +23,54 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from erclap import grad_cache, losses, schema
-from erclap.optim import LOG_TEMPERATURE, frozen_view, learning_rate_schedule, top_level_group
+from erclap import grad_cache, schema, sharding, stages
+from erclap.optim import LOG_TEMPERATURE, frozen_view, learning_rate_schedule, trainable_mask
 from erclap.state import TrainState
 
 LossAndGrads = Callable[..., tuple[jax.Array, dict, dict]]
 
 
-def clap_loss_from_embeddings(config, mesh, speech, text, log_temperature, batch) -> jax.Array:
-  """The cross-modal loss of ``config.loss``.
-
-  Args:
-    config: the run's config (``loss``, ``loss_options``).
-    mesh: the device mesh (the loss is sharded over its batch axes).
-    speech, text: (N, D) embeddings.
-    log_temperature: scalar; the logits are similarities / exp(log_temperature).
-    batch: holds ``labels`` (N, 3) and ``class_id`` (N,).
-
-  Returns:
-    The scalar loss.
-  """
-  loss_fn = losses.get_clap_loss(config.loss)
-  return loss_fn(speech, text, batch, temperature=jnp.exp(log_temperature), mesh=mesh,
-                 options=config.loss_options)
-
-
-def ser_loss(config, mesh, predictions, labels) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Stage 1: weighted CCC loss + pairwise ranking loss over in-batch pairs.
-
-  Args:
-    config: the run's config (``loss_options.ccc_weight``, ``rank_*``).
-    mesh: the device mesh (the ranking loss is sharded over its batch axes).
-    predictions: (N, A) predicted attributes.
-    labels: (N, A) true attributes.
-
-  Returns:
-    ``(total, parts)``: the weighted sum and each weighted term's unweighted value by name.
-  """
-  o = config.loss_options
-  total, parts = 0.0, {}
-  if o.ccc_weight:
-    parts["ccc_loss"] = losses.ccc_loss(predictions, labels)
-    total = total + o.ccc_weight * parts["ccc_loss"]
-  if o.rank_weight:
-    parts["rank_loss"] = losses.pairwise_ranking_loss(predictions, labels, margin=o.rank_margin,
-                                                      scale=o.rank_scale, mesh=mesh)
-    total = total + o.rank_weight * parts["rank_loss"]
-  return total, parts
-
-
-def _embed(model, config, params, inputs, rng) -> tuple[jax.Array, jax.Array]:
-  """(speech, text) embeddings of ``inputs`` in training mode (dropout from ``rng``)."""
+def _outputs(model, config, params, inputs, rng) -> dict:
+  """The model outputs the stage's loss reads, in training mode (dropout from ``rng``)."""
   out = model.apply({"params": frozen_view(params, config)}, **inputs, train=True, rngs={"dropout": rng})
-  return out["speech"], out["text"]
+  return {k: out[k] for k in stages.of(config).output_keys}
 
 
-def _clap_loss_of(config, mesh, batch, params, embeddings) -> jax.Array:
-  speech, text = embeddings
-  return clap_loss_from_embeddings(config, mesh, speech, text, frozen_view(params, config)[LOG_TEMPERATURE], batch)
+def _loss_of(config, mesh, batch, params, outputs) -> tuple[jax.Array, dict]:
+  return stages.of(config).loss(config, mesh, frozen_view(params, config), outputs, batch)
 
 
-def clap_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Array, dict, dict]:
-  """Cross-modal loss and gradient from one forward/backward pass of the whole batch.
+def loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Array, dict, dict]:
+  """The stage's loss and its gradient from one forward/backward pass of the whole batch.
 
   Args:
-    model: the CLAP model.
+    model: the stage's model.
     config: the run's config.
     mesh: the device mesh.
     params: the parameters.
-    batch: the global batch (``erclap.schema.step_keys(config)``: audio or cached speech features).
+    batch: the global batch (``schema.step_keys(config)``: audio or cached speech features).
     rng: the step's dropout key.
 
   Returns:
-    ``(loss, {}, grads)``.
+    ``(loss, loss terms by name, grads)``.
   """
+  inputs = stages.of(config).model_inputs(config, batch)
+
   def loss_of(p):
-    return _clap_loss_of(config, mesh, batch, p, _embed(model, config, p, schema.model_inputs(config, batch), rng))
-  loss, grads = jax.value_and_grad(loss_of)(params)
-  return loss, {}, grads
+    return _loss_of(config, mesh, batch, p, _outputs(model, config, p, inputs, rng))
+  (loss, parts), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+  return loss, parts, grads
 
 
-def grad_cached_clap_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Array, dict, dict]:
-  """``clap_loss_and_grads`` with bounded memory: gradient caching over ``train.micro_batch_size`` rows.
+def grad_cached_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Array, dict, dict]:
+  """``loss_and_grads`` with bounded memory: gradient caching over ``train.micro_batch_size`` rows.
 
-  Args and Returns: as ``clap_loss_and_grads``. Micro-batch i draws dropout key ``fold_in(rng, i)``.
+  Args and Returns: as ``loss_and_grads``. Micro-batch i draws dropout key ``fold_in(rng, i)``.
   """
   num_micro = config.train.global_batch_size // config.train.micro_batch_size
-  loss, grads = grad_cache.loss_and_grads(
-      functools.partial(_embed, model, config), functools.partial(_clap_loss_of, config, mesh, batch),
-      params, schema.model_inputs(config, batch), rng, num_micro)
-  return loss, {}, grads
-
-
-def ser_loss_and_grads(model, config, mesh, params, batch, rng) -> tuple[jax.Array, dict, dict]:
-  """Stage 1: SER loss (``ser_loss``) and its gradient.
-
-  Args: as ``clap_loss_and_grads`` (``model`` is the SER model).
-
-  Returns:
-    ``(loss, parts, grads)``: ``parts`` are the loss terms by name (``ccc_loss``, ``rank_loss``).
-  """
-  def loss_of(p):
-    out = model.apply({"params": frozen_view(p, config)}, **schema.model_inputs(config, batch), train=True,
-                      rngs={"dropout": rng})
-    return ser_loss(config, mesh, out["attributes"], batch["labels"])
-  (loss, parts), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+  loss, parts, grads = grad_cache.loss_and_grads(
+      functools.partial(_outputs, model, config), functools.partial(_loss_of, config, mesh, batch),
+      params, stages.of(config).model_inputs(config, batch), rng, num_micro)
   return loss, parts, grads
 
 
@@ -133,7 +78,7 @@ def check_cached_speech_is_frozen(config, param_names) -> None:
   """Training on cached speech features needs every parameter they were computed from to stay fixed.
 
   Args:
-    config: the run's config (``data.speech_features``, ``model.freeze_speech``).
+    config: the run's config (``data.speech_features``).
     param_names: the model's top-level parameter names.
 
   Raises:
@@ -142,34 +87,26 @@ def check_cached_speech_is_frozen(config, param_names) -> None:
   """
   if not schema.uses_speech_cache(config):
     return
-  moving = [k for k in schema.SPEECH_REPRESENTATION if k in param_names
-            and not (config.model.freeze_speech and top_level_group((k,)) == "speech")]
+  trained = trainable_mask(config, param_names)
+  moving = [k for k in schema.SPEECH_REPRESENTATION if trained.get(k, False)]
   if moving:
     raise ValueError(f"config.data.speech_features={config.data.speech_features!r}: the cached speech "
                      f"representation is computed from {moving}, which this config trains (model.freeze_speech="
-                     f"{config.model.freeze_speech} freezes only the optimizer's 'speech' group); train without "
-                     f"the cache, or freeze them")
+                     f"{config.model.freeze_speech}); train without the cache, or freeze them")
 
 
 def make_loss_and_grads(model, config, mesh) -> LossAndGrads:
-  """The loss-and-gradient function of ``config``: ``f(params, batch, rng) -> (loss, aux, grads)``."""
+  """The loss-and-gradient function of ``config``: ``f(params, batch, rng) -> (loss, terms, grads)``."""
   micro, n = config.train.micro_batch_size, config.train.global_batch_size
-  cached = bool(micro) and micro < n
-  if config.stage == "ser":
-    if cached:
-      raise NotImplementedError("config.train.micro_batch_size (gradient caching) is for the clap stage; "
-                                "the ser stage's losses are cheap: lower train.global_batch_size instead")
-    fn = ser_loss_and_grads
-  else:
-    fn = grad_cached_clap_loss_and_grads if cached else clap_loss_and_grads
+  fn = grad_cached_loss_and_grads if micro and micro < n else loss_and_grads
   return functools.partial(fn, model, config, mesh)
 
 
 def make_train_step(model, config, mesh, optimizer) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """The train step, to be jitted by the caller.
+  """The train step, to be jitted (``jit_train_step``).
 
   Args:
-    model: the model of ``config.stage``.
+    model: the model of the config's stage.
     config: the run's config.
     mesh: the device mesh.
     optimizer: the optax transformation (``erclap.optim.make_optimizer``).
@@ -178,13 +115,13 @@ def make_train_step(model, config, mesh, optimizer) -> Callable[[TrainState, dic
     ``train_step(state, batch) -> (new_state, metrics)``. A step with a non-finite loss or gradient norm
     leaves the state untouched and reports ``finite=0``; the host stops the run.
   """
-  loss_and_grads = make_loss_and_grads(model, config, mesh)
+  loss_and_grads_fn = make_loss_and_grads(model, config, mesh)
   schedule = learning_rate_schedule(config)
 
   def train_step(state: TrainState, batch):
     check_cached_speech_is_frozen(config, tuple(state.params))
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, parts, grads = loss_and_grads(state.params, batch, rng)
+    loss, parts, grads = loss_and_grads_fn(state.params, batch, rng)
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -199,3 +136,25 @@ def make_train_step(model, config, mesh, optimizer) -> Callable[[TrainState, dic
     return new_state, metrics
 
   return train_step
+
+
+def batch_shardings(config, mesh) -> dict:
+  """The NamedSharding of every key of a train-step batch (``schema.step_keys``): split along the batch."""
+  return {k: sharding.batch_sharding(mesh, v.ndim) for k, v in schema.dummy_batch(config).items()}
+
+
+def jit_train_step(model, config, mesh, optimizer, state_shardings: TrainState):
+  """The train step jitted with the run's shardings: state in and out as ``state_shardings`` (donated, so the
+  new state reuses its buffers), the batch split along its rows. The training loop calls it; the plan lowers
+  and compiles it on abstract inputs.
+
+  Args:
+    model, config, mesh, optimizer: as ``make_train_step``.
+    state_shardings: a TrainState of NamedShardings (``erclap.state.abstract_sharded_state``).
+
+  Returns:
+    The jitted ``train_step(state, batch) -> (new_state, metrics)``.
+  """
+  return jax.jit(make_train_step(model, config, mesh, optimizer),
+                 in_shardings=(state_shardings, batch_shardings(config, mesh)), out_shardings=(state_shardings, None),
+                 donate_argnums=(0,))

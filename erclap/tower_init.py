@@ -3,11 +3,11 @@
 ``config.model.speech_init`` may name
   * an ERCLAP workdir (it has ``checkpoints/``), e.g. a stage-1 (SER) run: its latest checkpoint's speech
     representation is copied in: ``speech_tower``, and in the cross-modal stage also ``speech_pool`` /
-    ``ser_head`` where the model being trained has them (``erclap.optim.speech_group``). Its input
+    ``ser_head`` where the model being trained has them (the stage's ``speech_group``, ``erclap.stages``). Its input
     standardisation (``model.speech_input_mean`` / ``std``) must be the run's;
   * an Odyssey-format SER model directory (``config.json`` with ``ssl_type`` + ``model.safetensors``,
     ``erclap.odyssey_import``): the same parts. Its backbone architecture, pooling, input statistics and head
-    size are read from it: ``speech_init_arch`` completes ``config.model`` before the model is built;
+    size are read from it (``erclap.resolve`` puts them into the config);
   * a Hugging Face model directory (``config.json`` + safetensors): the tower alone, by ``erclap.hf_import``.
 ``config.model.text_init``: an ERCLAP workdir or a Hugging Face directory.
 Shapes must match what the current config builds; otherwise one error lists every difference.
@@ -22,9 +22,8 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
-from erclap import checkpointing, hf_import, odyssey_import, optim, sharding, trees
+from erclap import checkpointing, hf_import, odyssey_import, sharding, stages, trees
 from erclap.models import SpeechArch
 
 TOWERS = (("speech_tower", "speech_init"), ("text_tower", "text_init"))
@@ -38,19 +37,6 @@ class TowerMismatchError(ValueError):
 
 def is_erclap_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, "checkpoints"))
-
-
-def is_odyssey_dir(path: str) -> bool:
-  """A directory whose config.json names an ``ssl_type`` backbone (the Odyssey SER format)."""
-  file = os.path.join(path, "config.json") if path else ""
-  if not os.path.isfile(file):
-    return False
-  try:
-    with open(file) as f:
-      cfg = json.load(f)
-  except (OSError, ValueError):
-    return False  # not this format; the Hugging Face reader reports the broken file
-  return isinstance(cfg, dict) and "ssl_type" in cfg
 
 
 def split_checkpoint_path(path: str) -> tuple[str, int]:
@@ -106,35 +92,19 @@ def read_workdir_params(workdir: str, step: int = -1) -> tuple[int, dict]:
     manager.close()
 
 
-def speech_init_arch(config) -> SpeechArch | None:
-  """The backbone of an Odyssey ``config.model.speech_init``, with ``config`` completed in place; else None.
+def speech_init_arch(model_config) -> SpeechArch | None:
+  """The backbone architecture of an Odyssey ``model.speech_init`` (pass it to the model builders as
+  ``speech_arch=``: it is not a config preset), else None. Reads config.json only.
 
-  The directory decides what its model is: the keys of ``OdysseyCheckpoint.config_overrides()`` (attentive
-  statistics pooling, input mean / std, head layers / width / classes, sample rate) are set in ``config``
-  whatever they held, so the config saved with the run rebuilds the same model.
-
-  Args:
-    config: the run's config (``model.speech_init``); changed in place for an Odyssey directory.
-
-  Returns:
-    The backbone architecture to pass to the model builders (``speech_arch=``), or None when
-    ``model.speech_init`` is not an Odyssey directory.
-  """
-  path = config.model.get("speech_init", "")
-  if not is_odyssey_dir(path):
-    return None
-  ckpt = odyssey_import.import_odyssey(path)
-  for key, value in ckpt.config_overrides().items():
-    section, name = key.split(".")
-    if config[section][name] != value:
-      logging.info("config.%s=%r -> %r (from the Odyssey model %s)", key, config[section][name], value, path)
-      config[section][name] = value
-  return ckpt.speech_arch
+  The rest of what the directory says about its model (pooling, input statistics, head size, sample rate:
+  ``OdysseyConfig.config_overrides``) is put into the config once, by ``erclap.resolve``."""
+  path = model_config.get("speech_init", "")
+  return odyssey_import.read_odyssey_config(path).speech_arch if odyssey_import.is_odyssey_dir(path) else None
 
 
 def _speech_parts(params: dict, config) -> tuple[str, ...]:
-  """The entries of the speech representation that the model being built has (``optim.speech_group``)."""
-  return tuple(name for name in optim.speech_group(config.stage) if name in params)
+  """The entries of the speech representation that the model being built has (the stage's ``speech_group``)."""
+  return tuple(name for name in stages.of(config).speech_group if name in params)
 
 
 def _check_same_tree(name: str, source: str, want, have) -> None:
@@ -162,8 +132,8 @@ def _input_problems(config, stored_model, source: str) -> list[str]:
   """Differences in the settings a speech representation depends on beyond its parameters."""
   problems = [f"  model.{k}: {source} has {stored_model.get(k, 0.0)!r}, this config {config.model[k]!r}"
               for k in INPUT_KEYS if float(stored_model.get(k, 0.0)) != float(config.model[k])]
-  names = set(optim.speech_group(config.stage))
-  if optim.SPEECH_POOL in names and stored_model.get("speech_pooling", "mean") != config.model.speech_pooling:
+  pooling = stored_model.get("speech_pooling", "mean")
+  if stages.SPEECH_POOL in stages.of(config).speech_group and pooling != config.model.speech_pooling:
     problems.append(f"  model.speech_pooling: {source} has {stored_model.get('speech_pooling', 'mean')!r}, "
                     f"this config {config.model.speech_pooling!r}")
   return problems
@@ -200,7 +170,7 @@ def _from_odyssey(params: dict, config, path: str) -> dict:
 def load_tower_weights(params: dict, config) -> dict:
   """Returns ``params`` (host numpy tree) with the configured towers replaced by pre-trained weights."""
   params = dict(params)
-  hf_model_config = config.model.copy_and_resolve_references()  # the inits left for the HF importer
+  hf_model_config = ml_collections.ConfigDict(config.model.to_dict())  # the inits left for the HF importer
   hf_needed = False
   for tower, key in TOWERS:
     path = config.model[key]
@@ -210,7 +180,7 @@ def load_tower_weights(params: dict, config) -> dict:
       raise FileNotFoundError(f"config.model.{key}={path!r} does not exist")
     if is_erclap_workdir(path):
       params = _from_workdir(params, config, tower, key, path)
-    elif tower == "speech_tower" and is_odyssey_dir(path):
+    elif tower == "speech_tower" and odyssey_import.is_odyssey_dir(path):
       params = _from_odyssey(params, config, path)
     else:
       hf_needed = True

@@ -1,4 +1,4 @@
-"""The training loop, for both stages (``config.stage``: "clap" cross-modal, "ser" stage-1 pre-training).
+"""The training loop, for every stage (``erclap.stages``: the cross-modal stage, stage-1 SER pre-training).
 
 Set-up comes from ``erclap.runtime``, the state from ``erclap.state``, the jitted step from ``erclap.step``.
 The loop resumes from the workdir's latest checkpoint (state and data-iterator position), logs a window of
@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -21,29 +19,29 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from erclap import checkpointing, evaluate, fileio, input_pipeline, optim, runtime, schema, sharding, state, tower_init
+from erclap import (
+    checkpointing,
+    config_lib,
+    evaluate,
+    fileio,
+    input_pipeline,
+    optim,
+    progress,
+    resolve,
+    runtime,
+    schema,
+    sharding,
+    signals,
+    stages,
+    state,
+    tower_init,
+)
 from erclap import step as step_lib
+from erclap.speech_cache import fingerprint as cache_fingerprint
 
 
 class NonFiniteLossError(RuntimeError):
   """A step produced a non-finite loss or gradient; the update was skipped and the run stopped."""
-
-
-class _Preemption:
-  """SIGTERM (e.g. TPU preemption) sets a flag that the loop polls between steps (``_stop_requested``)."""
-
-  def __init__(self):
-    self.requested = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -71,21 +69,9 @@ class _Clock:
   window_steps: int = 0
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  """A nested config dict as {"a.b.c": scalar} (non-scalars as strings), as hparams writers expect."""
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v if isinstance(v, int | float | str | bool) else str(v)
-  return out
+def _hparams(config) -> dict[str, Any]:
+  """The config as {"a.b.c": scalar} (non-scalars as strings), as hparams writers expect."""
+  return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in config_lib.flat_items(config)}
 
 
 def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
@@ -96,24 +82,20 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   if is_chief:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(_hparams(config))
   optimizer = optim.make_optimizer(config)
   load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
   train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(config.seed),
                                                     load_towers=load_towers)
   train_iter = input_pipeline.create_train_iterator(config, tokenizer)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), train_state, shardings)
-  restored = checkpointing.restore_latest(manager, abstract, data_iter=train_iter)
+  restored = checkpointing.restore_latest(manager, state.with_shardings(train_state, shardings), data_iter=train_iter)
   if restored is not None:
     step0, train_state, _ = restored
     logging.info("Resumed from %s at step %d.", manager.directory, step0)
   if schema.uses_speech_cache(config):  # features of other weights are refused before the first step
-    input_pipeline.check_speech_cache(config, train_state.params)
-  batch_shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in schema.dummy_batch(config).items()}
-  train_step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer),
-                       in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
-                       donate_argnums=(0,))
+    cache_fingerprint.check(config, train_state.params)
+  train_step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings)
   meta = dict(stage=config.stage, config=config.to_json_best_effort(), vocab_size=tokenizer.vocab_size)
   run = _Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, model=model, writer=writer,
              manager=manager, train_iter=train_iter, train_step=train_step, meta=meta, is_chief=is_chief)
@@ -152,7 +134,8 @@ def _log_window(run: _Run, host: list[dict], step: int, clock: _Clock) -> None:
   run.writer.write_scalars(step, summary)
   eta = (t.num_steps - step) / max((step - clock.run_start_step) / (now - clock.run_start), 1e-9)
   print(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  "
-        f"{steps_per_sec:.2f} steps/s  {summary['examples_per_sec']:.0f} ex/s  ETA {_format_eta(eta)}", flush=True)
+        f"{steps_per_sec:.2f} steps/s  {summary['examples_per_sec']:.0f} ex/s  ETA {progress.format_eta(eta)}",
+        flush=True)
   clock.window_start, clock.window_steps = time.time(), 0
 
 
@@ -167,8 +150,8 @@ def _evaluate(run: _Run, params, step: int) -> dict[str, float]:
     os.makedirs(os.path.join(run.workdir, "eval"), exist_ok=True)
     fileio.write_json(os.path.join(run.workdir, "eval", f"{step}.json"),
                       dict(step=step, split=config.data.eval_split, metrics=result))
-  print(f"[eval] step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(result.items())
-                                            if k in evaluate.HEADLINE_METRICS), flush=True)
+  headline = stages.of(config).headline_metrics
+  print(f"[eval] step {step}: " + "  ".join(f"{k} {result[k]:.4f}" for k in headline if k in result), flush=True)
   return result
 
 
@@ -191,7 +174,7 @@ def _sync(run: _Run, pending: list, step: int, clock: _Clock, do_log: bool) -> N
     _log_window(run, host, step, clock)
 
 
-def _stop_requested(run: _Run, preemption: _Preemption, step: int, at_sync: bool) -> bool:
+def _stop_requested(run: _Run, preemption: signals.Preemption, step: int, at_sync: bool) -> bool:
   """Whether to checkpoint and stop after ``step``: SIGTERM here, or the checkpoint manager's preemption notice.
 
   With several processes the signal may reach each at a different step; they decide together (one small
@@ -207,7 +190,7 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
   t, config = run.config.train, run.config
   step = int(train_state.step)
   clock, pending, last_eval = _Clock(run_start_step=step), [], {}
-  with _Preemption() as preemption, sharding.use_mesh(run.mesh, config.mesh.logical_axis_rules):
+  with signals.Preemption() as preemption, sharding.use_mesh(run.mesh, config.mesh.logical_axis_rules):
     while step < t.num_steps:
       train_state, metrics = _step(run, train_state, step)
       pending.append(metrics)
@@ -241,13 +224,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Trains (resuming from ``workdir`` if it holds checkpoints).
 
   Args:
-    config: the run's config (validated).
+    config: the run's config (resolved for ``train`` here when it is not already, ``erclap.resolve``).
     workdir: directory for checkpoints, summaries and evaluation JSON.
 
   Returns:
     The last evaluation metrics ({} if the run was already complete or preempted before evaluating).
   """
-  run, train_state = _start(config, workdir)
+  run, train_state = _start(resolve.ensure(config, workdir, "train"), workdir)
   param_count = sum(x.size for x in jax.tree.leaves(train_state.params))
   logging.info("Model: %s parameters; mesh %s; global batch %d; steps %d -> %d.", f"{param_count:,}",
                dict(run.mesh.shape), config.train.global_batch_size, int(train_state.step), config.train.num_steps)

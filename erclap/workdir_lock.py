@@ -21,10 +21,8 @@ import datetime
 import json
 import os
 import shlex
-import signal
 import socket
 import sys
-import threading
 import uuid
 
 import jax
@@ -160,15 +158,14 @@ def _quiet_holder(path: str) -> LockHolder | None:
 class WorkdirLock:
   """Holds ``<workdir>/.erclap.lock`` for the duration of a ``with`` block (see the module docstring).
 
-  While held, SIGTERM (if no other handler is installed) raises ``SystemExit`` so the block unwinds and
-  the lock is released; the training loop's own SIGTERM handling takes precedence while it runs.
+  A signal that should release it must unwind the block: ``erclap.signals.stop_on_signals`` around it does
+  that (``erclap.main``), and its watchdog calls ``release`` before a hard exit.
   """
 
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.path = None if "://" in workdir else lock_path(workdir)
     self._me: LockHolder | None = None
-    self._previous_sigterm = None
 
   @property
   def held(self) -> bool:
@@ -198,12 +195,10 @@ class WorkdirLock:
     if refused:
       raise WorkdirLockedError(refusal or f"Workdir {self.workdir} is in use by another run "
                                           f"(see process 0's log for the holder).")
-    self._catch_sigterm()
     return self
 
   def release(self) -> None:
     """Removes the lock file if it is still this run's (never another run's that took it over)."""
-    self._restore_sigterm()
     if self._me is None:
       return
     me, self._me = self._me, None
@@ -218,22 +213,8 @@ class WorkdirLock:
       logging.warning("Workdir lock %s no longer belongs to this run (now: %s); left in place.", self.path,
                       holder.describe() if holder else "absent or unreadable")
 
-  def _catch_sigterm(self) -> None:
-    if threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-      self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-  def _restore_sigterm(self) -> None:
-    if self._previous_sigterm is not None:
-      signal.signal(signal.SIGTERM, self._previous_sigterm)
-      self._previous_sigterm = None
-
   def __enter__(self) -> WorkdirLock:
     return self.acquire()
 
   def __exit__(self, *exc) -> None:
     self.release()
-
-
-def _exit_on_sigterm(signum, frame):
-  raise SystemExit(128 + signum)

@@ -18,7 +18,20 @@ import torch
 import train_helpers as th
 from scipy.io import wavfile
 
-from erclap import checkpointing, config_lib, odyssey_import, optim, runtime, state, tokenization, tower_init, train
+from erclap import (
+    checkpointing,
+    config_lib,
+    odyssey_import,
+    optim,
+    resolve,
+    runtime,
+    schema,
+    stages,
+    state,
+    tokenization,
+    tower_init,
+    train,
+)
 from erclap.configs import paper, ser_pretrain
 from erclap.data import audio as audio_io
 from erclap.emotion_encoder import EmotionRankEncoder, bucket_lengths, plan_batches
@@ -178,7 +191,7 @@ def test_cross_modal_stage_takes_the_stage1_representation(ser_workdir):
                                                "model.speech_representation": "ser_hidden"})
   _, params = _clap_params(config)
   loaded = tower_init.load_tower_weights(params, config)
-  for name in optim.SPEECH_REPRESENTATION:
+  for name in schema.SPEECH_REPRESENTATION:
     for a, b in zip(jax.tree.leaves(source[name]), jax.tree.leaves(loaded[name]), strict=True):
       np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(loaded["speech_proj"]["out"]["dense"]["kernel"], 0)  # the rest untouched
@@ -195,13 +208,20 @@ def test_cross_modal_stage_takes_the_stage1_representation(ser_workdir):
 
 
 def test_freeze_groups_follow_the_stage():
-  key = lambda name: (jax.tree_util.DictKey(name),)
-  for name in optim.SPEECH_REPRESENTATION:
-    assert optim.top_level_group(key(name), "clap") == "speech"
-  assert optim.top_level_group(key("speech_pool"), "ser") == "head"
-  assert optim.top_level_group(key("ser_head"), "ser") == "head"
-  assert optim.top_level_group(key("speech_tower"), "ser") == "speech"
-  assert optim.top_level_group(key("speech_proj"), "clap") == "head"
+  for name in schema.SPEECH_REPRESENTATION:
+    assert optim.param_group(name, stages.CLAP) == "speech"
+  assert optim.param_group("speech_pool", stages.SER) == "head"
+  assert optim.param_group("ser_head", stages.SER) == "head"
+  assert optim.param_group("speech_tower", stages.SER) == "speech"
+  assert optim.param_group("speech_proj", stages.CLAP) == "head"
+  names = ("speech_tower", "speech_pool", "ser_head", "speech_proj", "text_tower", "text_proj", "log_temperature")
+  frozen = th.tiny_config("unused", **{"model.freeze_speech": True, "train.learn_temperature": False})
+  assert optim.trainable_mask(frozen, names) == dict(speech_tower=False, speech_pool=False, ser_head=False,
+                                                     speech_proj=True, text_tower=True, text_proj=True,
+                                                     log_temperature=False)
+  ser = _ser_config(**{"model.freeze_speech": True})
+  assert optim.trainable_mask(ser, ("speech_tower", "speech_pool", "ser_head")) == dict(
+      speech_tower=False, speech_pool=True, ser_head=True)
 
 
 # --------------------------------------------------------------------------- the paper's recipe
@@ -223,29 +243,29 @@ def test_paper_config_requires_the_speech_model(odyssey):
   assert config.model.text_arch == "distilroberta" and config.data.name == "msp_podcast"
   tiny = paper.get_config("tiny")
   with pytest.raises(config_lib.ConfigError, match="config.model.speech_init is required"):
-    runtime.build_model(tiny, vocab_size=64)
+    resolve.resolve(tiny, "/unused", "train")
   with pytest.raises(ValueError, match="unknown variant"):
     paper.get_config("huge")
 
 
-def test_odyssey_directory_completes_the_config_and_lands(odyssey):
+def test_odyssey_directory_completes_the_config_and_lands(odyssey, tmp_path):
   path = odyssey[0]
   ckpt = odyssey_import.import_odyssey(path)
-  config = _paper_config(path, **{"model.speech_representation": "ser_output"})
-  assert config.model.speech_input_std == 0.0
+  given = _paper_config(path, **{"model.speech_representation": "ser_output"})
+  assert given.model.speech_input_std == 0.0
+  config = resolve.resolve(given, str(tmp_path), "train")
+  assert given.model.speech_input_std == 0.0  # the given config is not changed
   model, params = _clap_params(config)
   assert model.speech_arch == ckpt.speech_arch
   assert (config.model.speech_input_mean, config.model.speech_input_std) == (replica.MEAN, replica.STD)
   assert (config.model.ser_head_layers, config.model.ser_head_hidden, config.model.num_attributes) == (
       replica.HEAD_LAYERS, replica.HIDDEN, replica.CLASSES)
   loaded = tower_init.load_tower_weights(params, config)
-  for name in optim.SPEECH_REPRESENTATION:
+  for name in schema.SPEECH_REPRESENTATION:
     for a, b in zip(jax.tree.leaves(ckpt.params[name]), jax.tree.leaves(loaded[name]), strict=True):
       np.testing.assert_array_equal(a, b)
-  with config.unlocked():
-    config.model.speech_input_std = 1.0
   with pytest.raises(tower_init.TowerMismatchError, match="speech_input_std: the Odyssey model has 0.4"):
-    tower_init.load_tower_weights(params, config)
+    tower_init.load_tower_weights(params, config_lib.apply_overrides(config, {"model.speech_input_std": 1.0}))
 
 
 @pytest.mark.slow
@@ -253,13 +273,13 @@ def test_paper_recipe_trains_with_a_frozen_speech_representation(odyssey, data_d
   path = odyssey[0]
   config = _paper_config(path, data_dir, **{"model.speech_representation": "ser_hidden", "train.num_steps": 3,
                                            "checkpoint.every_steps": 3})
-  config_lib.validate_for_devices(config, jax.device_count())
   workdir = str(tmp_path / "paper")
+  config = resolve.resolve(config, workdir, "train")
   train.train_and_evaluate(config, workdir)
   step, params = tower_init.read_workdir_params(workdir)
   assert step == 3
   before = odyssey_import.import_odyssey(path).params
-  for name in optim.SPEECH_REPRESENTATION:
+  for name in schema.SPEECH_REPRESENTATION:
     for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(params[name]), strict=True):
       np.testing.assert_array_equal(a, b)
   vocab_size = tokenization.build_tokenizer(config.model, config.data.max_text_tokens).vocab_size

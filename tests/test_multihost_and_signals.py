@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import train_helpers as th
 
-from erclap import config_lib, evaluate, export, fileio, runtime, tower_init, workdir_lock
+from erclap import config_lib, evaluate, export, fileio, signals, tower_init, workdir_lock
 from erclap.configs import demo
 
 # A whole 2-process run gets this long; past it the test fails (and kills both) instead of hanging.
@@ -134,7 +134,7 @@ def test_signal_stops_export_promptly_without_partial_files(data_dir, trained, t
     proc.kill()
     pytest.fail(f"export still running 30 s after {signum.name}")
   elapsed = time.time() - sent
-  assert elapsed < runtime.SIGNAL_GRACE_SECONDS + 5, elapsed
+  assert elapsed < signals.SIGNAL_GRACE_SECONDS + 5, elapsed
   assert proc.returncode == 128 + signum, err[-3000:]
   assert f"stopped by {signum.name}" in err
   out_dir = os.path.join(workdir, "export")
@@ -146,8 +146,8 @@ def test_signal_stops_export_promptly_without_partial_files(data_dir, trained, t
 
 STUCK_AT_EXIT = textwrap.dedent("""
     import threading, time
-    from erclap import runtime
-    with runtime.stop_on_signals("demo"):
+    from erclap import signals
+    with signals.stop_on_signals("demo"):
       # A thread that never ends keeps the interpreter from exiting after the main thread has unwound.
       threading.Thread(target=lambda: time.sleep(1000)).start()
       print("ready", flush=True)
@@ -167,14 +167,14 @@ def test_watchdog_ends_a_process_that_does_not_exit():
   except subprocess.TimeoutExpired:
     proc.kill()
     pytest.fail("still running 30 s after SIGTERM")
-  assert runtime.SIGNAL_GRACE_SECONDS - 1 < time.time() - sent < runtime.SIGNAL_GRACE_SECONDS + 5
+  assert signals.SIGNAL_GRACE_SECONDS - 1 < time.time() - sent < signals.SIGNAL_GRACE_SECONDS + 5
   assert proc.returncode == 128 + signal.SIGTERM
   assert "stopped by SIGTERM (still running" in err
 
 
 def test_stop_on_signals_restores_handlers_when_the_block_ends():
   before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-  with runtime.stop_on_signals("demo"):
+  with signals.stop_on_signals("demo"):
     assert signal.getsignal(signal.SIGTERM) not in before
   assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
   assert signal.set_wakeup_fd(-1) == -1  # the wakeup fd was given back

@@ -1,4 +1,4 @@
-"""The speech-feature cache (erclap.speech_features, --mode=cache_speech): format, refusals, interrupted writes,
+"""The speech-feature cache (erclap.speech_cache, --mode=cache_speech): format, refusals, interrupted writes,
 and the same embeddings, metrics and train steps as the uncached path for a frozen speech tower."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 import train_helpers as th
 
 from erclap import (
-    cache_speech,
     config_lib,
     data,
     descriptions,
@@ -25,12 +24,14 @@ from erclap import (
     runtime,
     schema,
     sharding,
-    speech_features,
     state,
     step,
     tokenization,
     train,
 )
+from erclap.speech_cache import build as cache_speech
+from erclap.speech_cache import fingerprint as cache_fingerprint
+from erclap.speech_cache import store as speech_features
 
 # Clips of the tiny corpus are 0.4-0.8 s: a 1 s crop holds every clip whole, so the uncached pipeline's random
 # training crop and the cache's centre crop are the same padded clip, and train steps compare exactly.
@@ -215,7 +216,7 @@ def tiny_cache(tiny_embedded, tmp_path):
   config, _ = tiny_embedded
   directory = str(tmp_path / "cache")
   cached_config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": directory})
-  fp = input_pipeline.speech_cache_fingerprint(cached_config, params_digest="random", width=WIDTH)
+  fp = cache_fingerprint.config_fingerprint(cached_config, params_digest="random", width=WIDTH)
   speech_features.prepare_directory(directory, fp)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
   rng = np.random.default_rng(5)
@@ -225,14 +226,14 @@ def tiny_cache(tiny_embedded, tmp_path):
     features[split] = rng.standard_normal((n, WIDTH)).astype(np.float32)
     shares = [input_pipeline.create_eval_iterator(config, tokenizer, split, batch_size=5, process_index=p,
                                                   process_count=2) for p in range(2)]
-    with speech_features.SplitWriter(directory, split, fp, n, input_pipeline.CACHED_COLUMNS) as writer:
+    with speech_features.SplitWriter(directory, split, fp, n, cache_fingerprint.CACHED_COLUMNS) as writer:
       for b, batches in enumerate(zip(*shares, strict=True)):
         gathered = {k: np.concatenate([np.asarray(x[k]) for x in batches]) for k in ("valid", "labels", "class_id",
                                                                                       "id")}
         keep = gathered["valid"].astype(bool)
         at = np.concatenate([share.batch_rows(b) for share in shares])[keep]
         writer.write(features[split][at], list(gathered["id"][keep]),
-                     input_pipeline.cache_columns(gathered["labels"][keep], gathered["class_id"][keep]), at=at)
+                     cache_fingerprint.cache_columns(gathered["labels"][keep], gathered["class_id"][keep]), at=at)
   return cached_config, features
 
 
@@ -241,16 +242,16 @@ def test_cached_source_serves_every_record_without_reading_the_corpus(tiny_cache
   for split in ("train", "validation", "test"):
     reference = data.get_data_source(config.data, split)
     corpus = CountingSource(data.get_data_source(config.data, split))
-    source = speech_features.CachedSpeechSource(corpus, input_pipeline.open_speech_cache(config, split))
+    source = speech_features.CachedSpeechSource(corpus, cache_fingerprint.open_split(config, split))
     guard_reads = corpus.reads
     assert 2 <= guard_reads <= 8
     clone = pickle.loads(pickle.dumps(source))  # what a Grain worker process gets
     for i in range(len(reference)):
       expected = reference[i]
       for record in (source[i], clone[i]):
-        assert sorted(record) == sorted(["id", "speech_features", *input_pipeline.CACHED_COLUMNS])
+        assert sorted(record) == sorted(["id", "speech_features", *cache_fingerprint.CACHED_COLUMNS])
         assert record["id"] == expected["id"]
-        for key in input_pipeline.CACHED_COLUMNS:
+        for key in cache_fingerprint.CACHED_COLUMNS:
           assert record[key] == expected[key] and record[key].dtype == expected[key].dtype, (split, i, key)
         np.testing.assert_array_equal(record["speech_features"], features[split][i])
     assert corpus.reads == guard_reads
@@ -259,7 +260,7 @@ def test_cached_source_serves_every_record_without_reading_the_corpus(tiny_cache
 def test_reordered_or_shortened_corpus_is_refused(tiny_cache):
   config, _ = tiny_cache
   corpus = data.get_data_source(config.data, "train")
-  cached = input_pipeline.open_speech_cache(config, "train")
+  cached = cache_fingerprint.open_split(config, "train")
   n = len(corpus)
   with pytest.raises(speech_features.SpeechCacheError, match=f"'train' has {n - 1} clips, but .* caches {n}: the "
                      "corpus changed since --mode=cache_speech; rebuild the cache"):
@@ -301,22 +302,22 @@ def test_pipelines_on_the_cache_give_the_uncached_batches_with_llm_descriptions(
 def test_old_format_cache_is_refused_by_the_pipeline(tiny_embedded, tmp_path):
   config, _ = tiny_embedded
   config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": str(tmp_path)})
-  _write_old_format_cache(str(tmp_path), input_pipeline.speech_cache_fingerprint(config, width=WIDTH))
+  _write_old_format_cache(str(tmp_path), cache_fingerprint.config_fingerprint(config, width=WIDTH))
   with pytest.raises(speech_features.SpeechCacheError, match="format_version: cache 1 vs now"):
-    input_pipeline.open_speech_cache(config, "test")
+    cache_fingerprint.open_split(config, "test")
 
 
 def test_cache_without_the_pipeline_columns_is_refused(tiny_embedded, tmp_path):
   config, _ = tiny_embedded
   config = config_lib.apply_overrides(config, {**FROZEN, "data.speech_features": str(tmp_path)})
-  fp = input_pipeline.speech_cache_fingerprint(config, width=WIDTH)
+  fp = cache_fingerprint.config_fingerprint(config, width=WIDTH)
   speech_features.prepare_directory(str(tmp_path), fp)
   with speech_features.SplitWriter(str(tmp_path), "test", fp, 1, {"arousal": np.float32}) as writer:
     writer.write(np.zeros((1, WIDTH)), ["a"], {"arousal": np.ones(1, np.float32)})
   with pytest.raises(speech_features.SpeechCacheError,
                      match=r"'test' of the speech-feature cache .* lacks the columns \['valence', 'dominance', "
                            r"'class_id'\]"):
-    input_pipeline.open_speech_cache(config, "test")
+    cache_fingerprint.open_split(config, "test")
 
 
 # ----------------------------------------------------------------------------- model and pipeline
@@ -385,7 +386,7 @@ def test_cache_rows_are_the_corpus_records(frozen_run):
     for i in range(len(corpus)):
       record, expected = cached.record(i), corpus[i]
       assert record["id"] == expected["id"], (split, i)
-      for key in input_pipeline.CACHED_COLUMNS:
+      for key in cache_fingerprint.CACHED_COLUMNS:
         assert record[key] == expected[key], (split, i, key)
 
 
@@ -448,7 +449,7 @@ def test_interrupted_split_is_not_trusted_and_the_rerun_completes(frozen_run, tm
   plain = config
   mesh, tokenizer, model = runtime.setup(plain, workdir)
   params, _ = cache_speech.representation_params(plain, workdir, model, mesh)
-  fingerprint = input_pipeline.representation_fingerprint(plain, params)
+  fingerprint = cache_fingerprint.representation_fingerprint(plain, params)
   speech_features.prepare_directory(directory, fingerprint)
   embedder = evaluate.Embedder(model, plain, mesh, tokenizer)
 

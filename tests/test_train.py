@@ -46,20 +46,25 @@ def _setup(config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["rnc", "infonce"])
-def test_gradient_caching_equals_one_shot(devices, loss):
-  config = th.tiny_config("unused", loss=loss)
+@pytest.mark.parametrize("stage, loss", [("clap", "rnc"), ("clap", "infonce"), ("ser", "rnc")])
+def test_gradient_caching_equals_one_shot(devices, stage, loss):
+  # Stage 1's CCC and ranking losses couple the batch like the contrastive ones: cached gradients are exact too.
+  overrides = {"stage": stage, "loss": loss, "loss_options.rank_margin": 0.25}
+  config = th.tiny_config("unused", **overrides)
   mesh, tokenizer, model = _setup(config)
   params = state_lib.init_params(model, config, mesh, jax.random.key(0))
   batch = runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh)
   one_shot = step_lib.make_loss_and_grads(model, config, mesh)
-  cached_config = th.tiny_config("unused", loss=loss, **{"train.micro_batch_size": 8})
+  cached_config = th.tiny_config("unused", **overrides, **{"train.micro_batch_size": 8})
   cached = step_lib.make_loss_and_grads(model, cached_config, mesh)
   rng = jax.random.key(1)
   with jax.set_mesh(mesh):
-    loss_a, _, grads_a = jax.jit(one_shot)(params, batch, rng)
-    loss_b, _, grads_b = jax.jit(cached)(params, batch, rng)
+    loss_a, parts_a, grads_a = jax.jit(one_shot)(params, batch, rng)
+    loss_b, parts_b, grads_b = jax.jit(cached)(params, batch, rng)
   np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5)
+  assert parts_a.keys() == parts_b.keys() == ({"ccc_loss", "rank_loss"} if stage == "ser" else set())
+  for name in parts_a:
+    np.testing.assert_allclose(float(parts_a[name]), float(parts_b[name]), rtol=1e-5)
   flat_a, flat_b = jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)
   assert len(flat_a) == len(flat_b)
   scale = max(float(jnp.max(jnp.abs(g))) for g in flat_a)

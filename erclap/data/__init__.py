@@ -52,6 +52,11 @@ def _hide_accelerators_from_tensorflow():
       tf.config.set_visible_devices([], "TPU")
 
 
+def eval_crop_seconds(data_config) -> float:
+  """Length of the evaluation (centre) crop: ``data.eval_max_seconds``, or ``data.max_seconds`` when 0."""
+  return float(data_config.eval_max_seconds) or float(data_config.max_seconds)
+
+
 def resolve_data_dir(data_config) -> str:
   """data_config.data_dir, else $ERCLAP_DATA_DIR, else ~/tensorflow_datasets (expanded, absolute)."""
   path = data_config.get("data_dir", "") or os.environ.get("ERCLAP_DATA_DIR", "") or "~/tensorflow_datasets"

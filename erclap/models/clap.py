@@ -185,6 +185,10 @@ class SERModel(nn.Module):
     _, scores = self.ser_head(pooled, train=train)
     return dict(attributes=scores, embedding=pooled)
 
+  def predict_attributes(self, audio, audio_mask, *, train: bool = False):
+    """-> (B, A) float32 scores: ``__call__``'s ``attributes``."""
+    return self(audio, audio_mask, train=train)["attributes"]
+
 
 # --------------------------------------------------------------------------- builders from config.model
 

@@ -1,4 +1,4 @@
-"""--mode=cache_speech: compute the frozen speech representation of every clip once (``erclap.speech_features``).
+"""--mode=cache_speech: compute the frozen speech representation of every clip once (``erclap.speech_cache``).
 
   python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo --mode=cache_speech \
       --config.model.freeze_speech=True
@@ -14,11 +14,11 @@ started from this config trains on exactly these features. What is cached: every
 from audio before its projection (tower -> pooling -> SER head for ``ser_hidden`` / ``ser_output``), in
 inference mode, on the evaluation crop (centre crop of ``data.eval_max_seconds``, or ``data.max_seconds`` when
 that is 0), for the train, eval, test and export splits. Where: ``config.data.speech_features``, or
-``<workdir>/speech_features`` when that is "".
+``<workdir>/speech_features`` when that is "" (``erclap.speech_cache.directory``).
 
 Batches are sharded over the mesh like evaluation; every process computes its rows, all take part in every
 gather, process 0 writes each row at its record index (cache row i = corpus record i, with any process count),
-with the record's labels and class beside it (``input_pipeline.CACHED_COLUMNS``): training and evaluation on the
+with the record's labels and class beside it (``fingerprint.CACHED_COLUMNS``): training and evaluation on the
 cache then never read the corpus records. A split is written under temporary names and renamed when complete;
 a rerun skips the splits already complete for the same fingerprint, and a directory made for another
 fingerprint is refused.
@@ -37,23 +37,21 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from erclap import (
-  checkpointing,
-  config_lib,
-  evaluate,
-  input_pipeline,
-  optim,
-  runtime,
-  speech_features,
-  state,
-  tower_init,
+    checkpointing,
+    config_lib,
+    evaluate,
+    input_pipeline,
+    optim,
+    progress,
+    resolve,
+    runtime,
+    state,
+    tower_init,
 )
+from erclap.speech_cache import fingerprint as cache_fingerprint
+from erclap.speech_cache import store
 
 PROGRESS_EVERY_SECONDS = 10.0
-
-
-def cache_directory(config, workdir: str) -> str:
-  """``config.data.speech_features``, or ``<workdir>/speech_features`` when it is ""."""
-  return config.data.speech_features or os.path.join(workdir, "speech_features")
 
 
 def splits_to_cache(config) -> list[str]:
@@ -84,11 +82,6 @@ def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]
   return train_state.params, f"the step-0 parameters of this config ({source}, seed {config.seed})"
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def cache_split(embedder: evaluate.Embedder, params, config, split: str, directory: str, fingerprint: dict, *,
                 on_batch: Callable[[int, int], None] | None = None) -> int:
   """Computes and writes the representation of every clip of ``split``; returns the clip count.
@@ -98,7 +91,7 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
     params: its parameters.
     config: the run's config without a speech cache (audio batches).
     split: the split to cache.
-    directory: the cache directory (``speech_features.prepare_directory`` done).
+    directory: the cache directory (``store.prepare_directory`` done).
     fingerprint: the directory's fingerprint.
     on_batch: called after each written batch with (batch index, clips written so far), on every process.
 
@@ -113,8 +106,8 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
                                                  batch_size=config.eval.batch_size // jax.process_count())
   total = len(iterator.source)
   chief = jax.process_index() == 0
-  writer = speech_features.SplitWriter(directory, split, fingerprint, total,
-                                       input_pipeline.CACHED_COLUMNS) if chief else None
+  writer = store.SplitWriter(directory, split, fingerprint, total, cache_fingerprint.CACHED_COLUMNS) \
+      if chief else None
   start = last_print = time.time()
   done = 0
   try:
@@ -125,7 +118,7 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
       # Each process reads a contiguous slice of the split: a gathered batch is not a contiguous run of
       # records, so every row is written at its record index (cache row i = corpus record i).
       at = embedder.gather(iterator.batch_rows(b))[keep]
-      columns = input_pipeline.cache_columns(embedder.gather(np.asarray(batch["labels"]))[keep],
+      columns = cache_fingerprint.cache_columns(embedder.gather(np.asarray(batch["labels"]))[keep],
                                              embedder.gather(np.asarray(batch["class_id"]))[keep])
       if writer is not None:
         writer.write(rows[keep], ids, columns, at=at)
@@ -136,7 +129,7 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
       if chief and (now - last_print >= PROGRESS_EVERY_SECONDS or done == total):
         rate = done / max(now - start, 1e-9)
         print(f"[cache_speech] {split}: {done}/{total} clips  {rate:.1f} clips/s  "
-              f"ETA {_format_eta((total - done) / max(rate, 1e-9))}", flush=True)
+              f"ETA {progress.format_eta((total - done) / max(rate, 1e-9))}", flush=True)
         last_print = now
   except BaseException:
     if writer is not None:
@@ -155,29 +148,29 @@ def _agreed(flag: bool) -> bool:
 
 
 def cache_speech_features(config, workdir: str) -> str:
-  """--mode=cache_speech: writes the speech-feature cache of ``splits_to_cache(config)``; returns its directory."""
-  if config.stage != "clap":
-    raise ValueError(f"--mode=cache_speech caches the clap stage's speech representation; config.stage="
-                     f"{config.stage!r}")
-  if not config.model.freeze_speech:
-    raise ValueError("--mode=cache_speech needs config.model.freeze_speech=True: only a frozen speech tower has "
-                     "one representation per clip for the whole run")
-  directory = cache_directory(config, workdir)
-  directory = directory if "://" in directory else os.path.abspath(directory)
+  """--mode=cache_speech: writes the speech-feature cache of ``splits_to_cache(config)``; returns its directory.
+
+  Args:
+    config: the run's config; resolved for this mode (``erclap.resolve``) when it is not already: its
+      ``data.speech_features`` is then the cache to write (``speech_cache.directory``).
+    workdir: the run's directory (its latest checkpoint, if any, gives the weights).
+  """
+  config = resolve.ensure(config, workdir, "cache_speech")
+  directory = config.data.speech_features
   plain = config_lib.apply_overrides(config, {"data.speech_features": ""})  # audio batches, the uncached model
   mesh, tokenizer, model = runtime.setup(plain, workdir)
   params, source = representation_params(plain, workdir, model, mesh)
-  fingerprint = input_pipeline.representation_fingerprint(plain, params)
+  fingerprint = cache_fingerprint.representation_fingerprint(plain, params)
   chief = jax.process_index() == 0
   if chief:
-    speech_features.prepare_directory(directory, fingerprint)
+    store.prepare_directory(directory, fingerprint)
     print(f"[cache_speech] {fingerprint['representation']} representation ({fingerprint['width']} floats per clip) "
           f"of {source}, {fingerprint['crop_seconds']} s centre crops -> {directory}", flush=True)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-speech-cache-ready")
   embedder = evaluate.Embedder(model, plain, mesh, tokenizer)
   for split in splits_to_cache(config):
-    if _agreed(chief and speech_features.split_is_cached(directory, split, fingerprint)):
+    if _agreed(chief and store.split_is_cached(directory, split, fingerprint)):
       if chief:
         print(f"[cache_speech] {split}: already cached, skipped", flush=True)
       continue

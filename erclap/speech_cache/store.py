@@ -1,11 +1,8 @@
-"""The speech-feature cache: a frozen speech representation computed once per clip, read by random access.
+"""The speech-feature cache's on-disk format: one directory, written atomically, read by random access.
 
-With ``model.freeze_speech=True`` the speech representation (tower -> pooling -> optional SER head: everything
-the CLAP model computes from audio before its projection) never changes during training, yet an uncached step
-runs the whole tower forward again for every example of every step. ``--mode=cache_speech``
-(``erclap.cache_speech``) computes it once per clip and writes it here; training, evaluation and export with
-``--config.data.speech_features=<dir>`` then read it instead of the corpus records, and the model applies only
-the projection (``CLAPModel.embed_speech_features``).
+``--mode=cache_speech`` (``erclap.speech_cache.build``) writes it; training, evaluation and export with
+``--config.data.speech_features=<dir>`` read it instead of the corpus records, and the model applies only the
+projection (``CLAPModel.embed_speech_features``).
 
 Layout of a cache directory (row i of every per-split file is record i of the corpus split)::
 
@@ -27,7 +24,7 @@ the cache therefore loses the random training crops of the uncached pipeline (an
 when ``model.dropout > 0``); the text side (description sampling, text dropout) is unchanged.
 
 Only numpy and ``erclap.fileio`` here: the model-side fingerprint (parameter digest, corpus identity) is
-assembled by the callers (``erclap.input_pipeline.speech_cache_fingerprint``).
+assembled by ``erclap.speech_cache.fingerprint``.
 """
 
 from __future__ import annotations

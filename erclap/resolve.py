@@ -1,0 +1,236 @@
+"""The config a run runs with: resolved once, before any work, validated once, written down, then frozen.
+
+``resolve(config, workdir, mode)`` turns the config a user gave (a config file and its command-line overrides)
+into the config every part of the run reads:
+
+1. the two-stage recipe (``config.recipe.stage1``): the cross-modal stage reads its speech model from
+   ``<workdir>/stage1`` (``model.speech_init``), frozen, from the speech-feature cache ``<workdir>/speech_features``
+   unless ``data.speech_features`` names another (``stage1_config`` derives stage 1's own config);
+2. an Odyssey SER directory as ``model.speech_init``: the settings the directory fixes (attentive statistics
+   pooling, input mean / std, head layers and width, number of outputs, sample rate:
+   ``OdysseyConfig.config_overrides``) replace the config's;
+3. ``--mode=cache_speech``: ``data.speech_features`` becomes where the cache is written
+   (``speech_cache.directory``: ``<workdir>/speech_features`` when it is "");
+4. validation: values, the devices and processes of the run, values left to the command line, what the stage
+   (``erclap.stages``) and the mode cannot do, the recipe's stage-1 config: one ``ConfigError`` listing every
+   problem, before a corpus or model is built;
+5. the result is written to ``<workdir>/config.<mode>.json`` (process 0; what resolution changed is listed
+   there and printed) and returned as an immutable ``FrozenConfigDict``: nothing changes a config after this.
+
+Every mode function resolves what it is given unless it is resolved already (``ensure``), so library callers
+(``train.train_and_evaluate(config, workdir)``) get the same config as ``python -m erclap.main``.
+
+``for_inference(stored)`` is the other resolution: the training config stored with a checkpoint or a model
+directory, rewritten to run that model on this machine's devices (``erclap.inference``,
+``erclap.emotion_encoder``, ``erclap.model_export``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from etils import epath
+
+from erclap import config_lib, configs, fileio, odyssey_import, speech_cache, stages
+
+STAGE1_DIR = "stage1"
+# The speech model's settings: the cross-modal config's values are stage 1's (same tower, pooling, head, inputs).
+STAGE1_MODEL_KEYS = ("size", "speech_arch", "speech_pooling", "speech_input_mean", "speech_input_std",
+                     "ser_head_layers", "ser_head_hidden", "num_attributes", "dtype", "remat")
+STAGE1_SECTIONS = ("data", "mesh", "distributed")
+MODES = ("train", "eval", "export", "all", "export_model", "plan", "cache_speech")
+
+
+def record_path(workdir: str, mode: str) -> str:
+  """Where ``resolve`` writes the config of ``mode``: ``<workdir>/config.<mode>.json``."""
+  return os.path.join(workdir, f"config.{mode}.json")
+
+
+def stage1_workdir(workdir: str) -> str:
+  return os.path.join(workdir, STAGE1_DIR)
+
+
+def stage1_config(config) -> ml_collections.ConfigDict:
+  """The stage-1 (SER) config of a recipe run: ``config.recipe.stage1`` with the settings of ``config`` the two
+  stages must share: the corpus (``data``, without the cache), the devices (``mesh``, ``distributed``), ``seed``
+  and the speech model's settings (``STAGE1_MODEL_KEYS``), so that the tower stage 1 trains is the one the
+  cross-modal stage loads. ``recipe.stage1_steps`` > 0 replaces its step count.
+
+  Raises:
+    config_lib.ConfigError: the name is not a config, or not a stage-1 (``stage="ser"``) config.
+  """
+  name = config.recipe.stage1
+  try:
+    base = configs.get(name)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.recipe.stage1={name!r}: {e}") from None
+  if stages.of(base) is not stages.SER:
+    raise config_lib.ConfigError(f"config.recipe.stage1={name!r}: has stage={base.stage!r}; stage 1 must be a "
+                                 f"speech-emotion (stage='ser') config such as 'ser_pretrain:demo'")
+  overrides = {f"{section}.{key}": value for section in STAGE1_SECTIONS
+               for key, value in config_lib.flat_items(config[section])}
+  overrides.update({f"model.{key}": config.model[key] for key in STAGE1_MODEL_KEYS})
+  overrides.update({"seed": config.seed, "recipe.stage1": "", "data.speech_features": ""})
+  if config.recipe.stage1_steps:
+    overrides["train.num_steps"] = config.recipe.stage1_steps
+  return config_lib.validate(config_lib.apply_overrides(base, overrides, f"config.recipe.stage1={name!r}"))
+
+
+def _recipe_overrides(config, workdir: str) -> tuple[dict, list[str]]:
+  """The cross-modal config of a recipe run as overrides, and the recipe's problems."""
+  if not config.recipe.stage1:
+    return {}, []
+  try:
+    stage1_config(config)  # a bad stage-1 name or setting stops every mode, before anything is built
+  except config_lib.ConfigError as e:
+    return {}, [str(e)]
+  if config.model.speech_init:
+    return {}, [f"config.recipe.stage1={config.recipe.stage1!r} trains the speech model in <workdir>/{STAGE1_DIR}, "
+                f"and config.model.speech_init={config.model.speech_init!r} names another: set one of them (for "
+                f"a one-stage run from that model: --config.recipe.stage1=)"]
+  return {"model.speech_init": stage1_workdir(workdir), "model.freeze_speech": True,
+          "data.speech_features": speech_cache.directory(config, workdir)}, []
+
+
+def _odyssey_overrides(config) -> dict:
+  """What an Odyssey ``model.speech_init`` directory fixes about its model (config.json only)."""
+  path = config.model.speech_init
+  return odyssey_import.read_odyssey_config(path).config_overrides() if odyssey_import.is_odyssey_dir(path) else {}
+
+
+def _mode_problems(config, mode: str, stage: stages.Stage | None) -> list[str]:
+  if mode not in MODES:
+    return [f"mode {mode!r}: must be one of {MODES}"]
+  if mode != "cache_speech":
+    return []
+  problems = []
+  if stage is not None and not stage.cross_modal:
+    problems.append(f"--mode=cache_speech caches the cross-modal stage's speech representation; "
+                    f"config.stage={config.stage!r}")
+  if not config.model.freeze_speech:
+    problems.append("--mode=cache_speech needs config.model.freeze_speech=True: only a frozen speech tower has "
+                    "one representation per clip for the whole run")
+  return problems
+
+
+def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+def _write(path: str, payload: dict) -> None:
+  if "://" in path:  # an object store: no rename there, one write of the whole file
+    epath.Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fileio.write_json(path, payload)
+
+
+def resolve(config, workdir: str, mode: str = "train") -> ml_collections.FrozenConfigDict:
+  """The config ``mode`` runs with in ``workdir`` (see the module docstring).
+
+  Args:
+    config: the config as given (a config file with its overrides).
+    workdir: the run's directory (absolute, or a ``gs://`` path); the resolved config is written into it.
+    mode: the ``--mode`` it is resolved for.
+
+  Returns:
+    The resolved, validated, immutable config.
+
+  Raises:
+    config_lib.ConfigError: one message listing every problem of the config (each naming its key).
+  """
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    config = config.as_configdict()
+  given = dict(config_lib.flat_items(config))
+  overrides, problems = _recipe_overrides(config, workdir)
+  if mode == "cache_speech" and not overrides:
+    overrides["data.speech_features"] = speech_cache.directory(config, workdir)
+  try:
+    overrides.update(_odyssey_overrides(config))
+  except (OSError, ValueError) as e:
+    problems.append(f"config.model.speech_init={config.model.speech_init!r}: {e}")
+  resolved = config_lib.apply_overrides(config, overrides, "resolve") if overrides else config
+  stage = stages.STAGES.get(resolved.stage)  # an unknown name is among the value problems
+  problems += _mode_problems(resolved, mode, stage) + (stage.problems(resolved) if stage else [])
+  problems += [p for p in config_lib.required_problems(resolved) + config_lib.value_problems(resolved)
+               + config_lib.device_problems(resolved, jax.device_count(), jax.process_count(),
+                                            jax.local_device_count()) if p not in problems]
+  config_lib.raise_problems(problems, f"config does not fit {jax.device_count()} device(s) in "
+                                      f"{jax.process_count()} process(es)")
+  changed = _changes(given, dict(config_lib.flat_items(resolved)))
+  frozen = ml_collections.FrozenConfigDict(resolved)
+  if jax.process_index() == 0:
+    path = record_path(workdir, mode)
+    _write(path, dict(mode=mode, changed_by_resolution=changed, config=json.loads(resolved.to_json_best_effort())))
+    what = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "nothing changed"
+    print(f"[config] --mode={mode}: {what}; resolved config -> {path}", flush=True)
+    logging.info("Resolved config for --mode=%s:\n%s", mode, resolved)
+  return frozen
+
+
+def ensure(config, workdir: str, mode: str) -> ml_collections.FrozenConfigDict:
+  """``config`` when it is resolved already (a ``FrozenConfigDict``), else ``resolve(config, workdir, mode)``."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config
+  return resolve(config, workdir, mode)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  """Adds the keys a stored config lacks (written before they existed) with their default values."""
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      _fill_defaults(config[key], value)
+
+
+def for_inference(stored, *, dtype: str | None = None, arch_dirs: Mapping[str, str] | None = None,
+                  tokenizer_dir: str = "") -> ml_collections.FrozenConfigDict:
+  """The training config stored with a model, rewritten to run that model here.
+
+  * keys added to ERCLAP since it was stored get their defaults;
+  * the mesh becomes data parallel over every local device;
+  * ``data.speech_features`` is cleared: a model trained on cached speech features still holds its speech tower
+    and embeds audio;
+  * ``model.speech_init`` / ``model.text_init``: the weights are in the stored parameters, only the architecture
+    is read from these directories: ``arch_dirs`` ({key: directory}, a model directory's copies) when given,
+    else the stored path where it still exists on this machine, else "";
+  * ``tokenizer_dir``: the tokenizer to read (a model directory's copy), if given;
+  * ``dtype``: the compute dtype (parameters stay float32); None keeps the training's.
+
+  Args:
+    stored: the stored training config (a dict or ConfigDict).
+    dtype, arch_dirs, tokenizer_dir: see above.
+
+  Returns:
+    The config, immutable.
+
+  Raises:
+    ValueError: ``dtype`` is not a known dtype.
+  """
+  dtypes = config_lib.CHOICES["model.dtype"]
+  if dtype is not None and dtype not in dtypes:
+    raise ValueError(f"dtype={dtype!r}: use one of {dtypes}")
+  config = ml_collections.ConfigDict(stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored)
+  _fill_defaults(config, configs.get("default"))
+  config.mesh.shape, config.mesh.axes = (-1,), ("data",)
+  config.data.speech_features = ""
+  for key in ("speech_init", "text_init"):
+    if arch_dirs is not None:
+      config.model[key] = arch_dirs.get(key, "")
+    elif not os.path.isdir(config.model[key]):
+      config.model[key] = ""
+  if tokenizer_dir:
+    config.model.tokenizer = tokenizer_dir
+  if dtype is not None:
+    config.model.dtype = dtype
+  return ml_collections.FrozenConfigDict(config)
