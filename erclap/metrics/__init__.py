@@ -21,6 +21,10 @@ Definitions (the paper's exact protocol is not published; these are ours, also d
 ``schema.METRIC_RENAMES`` maps the names metric files used before (``aoc_mean``, ``retrieval_tau_arousal`` ...) to
 today's; ``upgrade_metric_names`` / ``read_metrics_file`` read old files under the new names.
 
+The modality-gap measures (``mmd``, ``mmd_fixed``, ``mmd_linear``, ``centroid_distance``, ``paired_cosine``,
+``wasserstein``, ``wasserstein_sliced``, ``wasserstein_centered``, ``description_centroid_*``) are defined, with
+their formulas, in docs/metrics.md.
+
 Modules, each importing only ``arrays`` (and ``summary`` the four others): ``arrays`` (input checks, L2
 normalisation, mean directions), ``ranking`` (Kendall's tau-b, anchor-wise tau, prompt ordinality, AOC / VOC),
 ``distribution`` (the modality gap), ``retrieval`` (recall@k, nDCG@k), ``regression`` (CCC, ranking
@@ -34,7 +38,20 @@ import json
 from collections.abc import Mapping
 
 from erclap.metrics.arrays import l2_normalize, mean_by_level, normalized_mean
-from erclap.metrics.distribution import WassersteinResult, median_heuristic_bandwidth, mmd, sliced_scale, wasserstein
+from erclap.metrics.distribution import (
+    FIXED_MMD_BANDWIDTH,
+    WassersteinResult,
+    centroid_distance,
+    description_centroid_gap,
+    mean_paired_cosine,
+    median_heuristic_bandwidth,
+    mmd,
+    mmd_linear,
+    modality_gap_metrics,
+    sliced_scale,
+    wasserstein,
+    wasserstein_centered,
+)
 from erclap.metrics.ranking import (
     anchor_kendall_tau,
     kendall_tau_b_rows,
@@ -53,11 +70,12 @@ from erclap.metrics.summary import summarize
 from erclap.schema import METRIC_RENAMES
 
 __all__ = [
-    "WassersteinResult", "anchor_kendall_tau", "ccc", "kendall_tau_b_rows", "l2_normalize", "mean_by_level",
-    "median_heuristic_bandwidth", "mmd", "ndcg_at_k", "normalized_mean", "pairwise_ranking_accuracy",
-    "prompt_ordinal_consistency", "read_metrics_file", "recall_at_k", "retrieval_kendall_tau", "ridge_fit",
-    "ridge_probe", "sliced_scale", "summarize", "upgrade_metric_names", "wasserstein",
-    "zero_shot_attribute_prediction",
+    "FIXED_MMD_BANDWIDTH", "WassersteinResult", "anchor_kendall_tau", "ccc", "centroid_distance",
+    "description_centroid_gap", "kendall_tau_b_rows", "l2_normalize", "mean_by_level", "mean_paired_cosine",
+    "median_heuristic_bandwidth", "mmd", "mmd_linear", "modality_gap_metrics", "ndcg_at_k", "normalized_mean",
+    "pairwise_ranking_accuracy", "prompt_ordinal_consistency", "read_metrics_file", "recall_at_k",
+    "retrieval_kendall_tau", "ridge_fit", "ridge_probe", "sliced_scale", "summarize", "upgrade_metric_names",
+    "wasserstein", "wasserstein_centered", "zero_shot_attribute_prediction",
 ]
 
 

@@ -3,12 +3,12 @@ from embeddings, as one flat dict[str, float] with stable names."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from erclap.metrics.arrays import _as_2d, _attribute_column, l2_normalize
-from erclap.metrics.distribution import mmd, wasserstein
+from erclap.metrics.distribution import _unit_rows_gap
 from erclap.metrics.ranking import anchor_kendall_tau, prompt_ordinal_consistency, retrieval_kendall_tau
 from erclap.metrics.regression import ccc, ridge_probe, zero_shot_attribute_prediction
 from erclap.metrics.retrieval import ndcg_at_k, recall_at_k
@@ -72,7 +72,7 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
               train_speech=None, train_labels=None, retrieval_levels: int = 5, retrieval_draws: int = 200,
               retrieval_top_k: int = 1, seed: int = 0, ndcg_k: int = 10, ndcg_sigma: float = 1.0,
               probe_alpha: float = 1.0, zero_shot_temperature: float = 0.05,
-              exact_wasserstein_max_n: int = 2048) -> dict[str, float]:
+              exact_wasserstein_max_n: int = 2048, descriptions: Sequence[str] | None = None) -> dict[str, float]:
   """Every metric of one split as a flat dict[str, float] with stable names.
 
   Args:
@@ -88,10 +88,13 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
       values -> the retrieval Kendall tau (``aoc`` / ``voc``).
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
+    descriptions: N strings, the description of each row -> the per-description centroid gap.
   Keys: anchor_tau_A_s2t, anchor_tau_A_t2s, anchor_tau_A for A = arousal, valence (the anchor-wise Kendall
-    tau, ``anchor_kendall_tau``; not the paper's AOC / VOC), mmd,
+    tau, ``anchor_kendall_tau``; not the paper's AOC / VOC); the modality gap (docs/metrics.md): mmd,
     wasserstein (exact W1, on a random subset of exact_wasserstein_max_n pairs for larger splits),
-    wasserstein_num_points, wasserstein_sliced (sliced estimate on the whole split), r{1,5,10}_{s2t,t2s},
+    wasserstein_num_points, wasserstein_sliced (sliced estimate on the whole split), mmd_fixed (Gaussian kernel,
+    sigma = FIXED_MMD_BANDWIDTH), mmd_linear, centroid_distance, paired_cosine, wasserstein_centered, and with
+    descriptions description_centroid_distance, description_centroid_cosine, num_descriptions; r{1,5,10}_{s2t,t2s},
     ndcg10_s2t, ndcg10_t2s, ndcg10_mean; per attribute A with prompts: ccc_zero_shot_A, prompt_tau_A,
     prompt_distance_tau_A, prompt_order_tau_A, prompt_monotone_A (with fixed prompts also
     ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...; with paraphrased prompts ccc_zero_shot_paraphrase_A, ...);
@@ -107,6 +110,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     raise ValueError(f"speech, text: shapes differ ({speech.shape} vs {text.shape})")
   if labels.shape != (len(speech), 3):
     raise ValueError(f"labels: expected shape ({len(speech)}, 3), got {labels.shape}")
+  if descriptions is not None and len(descriptions) != len(speech):
+    raise ValueError(f"descriptions: {len(descriptions)} entries for {len(speech)} embedding rows")
   out: dict[str, float] = {"num_clips": float(len(speech))}
   sim = speech @ text.T
   for attribute in ("arousal", "valence"):
@@ -115,16 +120,7 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     out[f"{name}_s2t"] = anchor_kendall_tau(sim, y, y)
     out[f"{name}_t2s"] = anchor_kendall_tau(np.ascontiguousarray(sim.T), y, y)
     out[name] = 0.5 * (out[f"{name}_s2t"] + out[f"{name}_t2s"])
-  out["mmd"] = mmd(speech, text, seed=seed)
-  # "wasserstein" is always the exact W1, so that it means the same at every split size: above
-  # exact_wasserstein_max_n clips, on a seeded random subset of that many pairs. The sliced estimate of the
-  # whole split is a second, different quantity (a lower bound, see `wasserstein`).
-  subset = np.arange(len(speech))
-  if len(speech) > exact_wasserstein_max_n:
-    subset = np.sort(np.random.default_rng(seed).choice(len(speech), exact_wasserstein_max_n, replace=False))
-  out["wasserstein"] = wasserstein(speech[subset], text[subset], exact_max_n=len(subset)).value
-  out["wasserstein_num_points"] = float(len(subset))
-  out["wasserstein_sliced"] = wasserstein(speech, text, exact_max_n=0, seed=seed).value
+  out.update(_unit_rows_gap(speech, text, descriptions, seed=seed, exact_wasserstein_max_n=exact_wasserstein_max_n))
   out.update(recall_at_k(sim, (1, 5, 10)))
   out[f"ndcg{ndcg_k}_s2t"] = ndcg_at_k(sim, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
@@ -142,3 +138,4 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
   out.update(_retrieval_metrics(speech, labels, query_embeddings or {}, query_values, retrieval_levels,
                                 retrieval_draws, retrieval_top_k, seed))
   return {k: float(v) for k, v in out.items()}
+
