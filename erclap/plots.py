@@ -51,8 +51,8 @@ def plot_embedding_pca(speech, text, labels, path: str) -> str:
   by both modalities when they are paired (M == N), or (N + M, >=2) for speech rows then text rows.
   Speech points are circles, text points triangles.
   """
-  speech = metrics.l2_normalize(metrics._as_2d("speech", speech, np.float64))
-  text = metrics.l2_normalize(metrics._as_2d("text", text, np.float64))
+  speech = metrics.l2_normalize(metrics.arrays._as_2d("speech", speech, np.float64))
+  text = metrics.l2_normalize(metrics.arrays._as_2d("text", text, np.float64))
   if speech.shape[1] != text.shape[1]:
     raise ValueError(f"speech, text: dimensions differ ({speech.shape[1]} vs {text.shape[1]})")
   labels = np.asarray(labels, np.float64)
@@ -91,7 +91,7 @@ def plot_similarity_vs_distance(sim, labels, path: str, num_bins: int = 12) -> s
 
   sim: (N, N) similarities of paired items (rows speech, columns text); labels: (N, L>=2). The matched
   pairs' mean similarity is drawn as a horizontal line for reference."""
-  sim = metrics._as_2d("sim", sim, np.float64)
+  sim = metrics.arrays._as_2d("sim", sim, np.float64)
   if sim.shape[0] != sim.shape[1]:
     raise ValueError(f"sim: expected a square (N, N) matrix of paired items, got {sim.shape}")
   labels = _check_labels(labels, len(sim))

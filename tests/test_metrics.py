@@ -237,6 +237,183 @@ def test_wasserstein_sliced_estimate():
   assert np.abs(u[:, 0] / np.linalg.norm(u, axis=1)).mean() == pytest.approx(metrics.sliced_scale(16), rel=0.01)
 
 
+def unit_rows_loop(x):
+  """Each row divided by its Euclidean norm, one row at a time."""
+  return np.array([row / math.sqrt(sum(v * v for v in row)) for row in np.asarray(x, np.float64)])
+
+
+def loop_mmd_kernel(x, y, k):
+  """Unbiased squared MMD of kernel k by explicit loops (m, n may differ)."""
+  m, n = len(x), len(y)
+  kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  kyy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+  kxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+  return kxx + kyy - 2 * kxy
+
+
+def test_centroid_distance_and_paired_cosine_match_loops_and_hand_cases():
+  rng = np.random.default_rng(11)
+  x, y = rng.normal(size=(9, 5)) * 3.0, rng.normal(size=(6, 5)) + 0.4
+  xs, ys = unit_rows_loop(x), unit_rows_loop(y)
+  cx = [sum(xs[i][d] for i in range(9)) / 9 for d in range(5)]
+  cy = [sum(ys[j][d] for j in range(6)) / 6 for d in range(5)]
+  naive = math.sqrt(sum((cx[d] - cy[d]) ** 2 for d in range(5)))
+  assert metrics.centroid_distance(x, y) == pytest.approx(naive, rel=1e-12)      # m != n allowed
+  assert metrics.centroid_distance(x, 7.0 * x) == pytest.approx(0.0, abs=1e-12)   # scale-free per row
+  # Hand cases: opposite pairs of axes -> centroids (1/2, 1/2) and (-1/2, -1/2), every pair at cosine -1.
+  a, b = np.eye(2), -np.eye(2)
+  assert metrics.centroid_distance(a, b) == pytest.approx(math.sqrt(2.0))
+  assert metrics.mean_paired_cosine(a, b) == pytest.approx(-1.0)
+  assert metrics.mean_paired_cosine(a, a[::-1]) == pytest.approx(0.0)              # orthogonal pairs
+  y = x + rng.normal(size=x.shape)
+  ys = unit_rows_loop(y)
+  naive_cos = sum(sum(xs[i][d] * ys[i][d] for d in range(5)) for i in range(9)) / 9
+  assert metrics.mean_paired_cosine(x, y) == pytest.approx(naive_cos, rel=1e-12)
+  with pytest.raises(ValueError, match="paired"):
+    metrics.mean_paired_cosine(x, y[:5])
+  with pytest.raises(ValueError, match="feature"):
+    metrics.centroid_distance(x, y[:, :3])
+  with pytest.raises(ValueError, match="empty"):
+    metrics.centroid_distance(np.zeros((0, 5)), y)
+
+
+def test_mmd_linear_matches_loop_and_biased_version_is_centroid_distance_squared():
+  rng = np.random.default_rng(12)
+  x, y = rng.normal(size=(7, 4)), rng.normal(size=(5, 4)) + 0.6
+  xs, ys = unit_rows_loop(x), unit_rows_loop(y)
+  dot = lambda a, b: float(sum(a[d] * b[d] for d in range(len(a))))
+  assert metrics.mmd_linear(x, y) == pytest.approx(loop_mmd_kernel(xs, ys, dot), rel=1e-10)
+  biased = (sum(dot(xs[i], xs[j]) for i in range(7) for j in range(7)) / 49
+            + sum(dot(ys[i], ys[j]) for i in range(5) for j in range(5)) / 25
+            - 2 * sum(dot(xs[i], ys[j]) for i in range(7) for j in range(5)) / 35)
+  assert biased == pytest.approx(metrics.centroid_distance(x, y) ** 2, rel=1e-10)
+  # Hand cases: two points on e1 vs two on e2 -> 1 + 1 - 0 = 2; +-e1 vs +-e2 -> -1 - 1 - 0 = -2 (negative).
+  e1, e2 = np.array([[1.0, 0.0]] * 2), np.array([[0.0, 1.0]] * 2)
+  assert metrics.mmd_linear(e1, 5.0 * e2) == pytest.approx(2.0)
+  assert metrics.mmd_linear(np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, -1.0]])) == \
+      pytest.approx(-2.0)
+  with pytest.raises(ValueError, match="at least 2"):
+    metrics.mmd_linear(x[:1], y)
+
+
+def test_fixed_bandwidth_mmd_matches_loop_and_hand_case():
+  assert metrics.FIXED_MMD_BANDWIDTH == 1.0
+  rng = np.random.default_rng(13)
+  x, y = unit_rows_loop(rng.normal(size=(6, 3))), unit_rows_loop(rng.normal(size=(8, 3)) + 0.5)
+  gauss = lambda a, b: math.exp(-float(np.sum((a - b) ** 2)) / 2.0)   # sigma = 1
+  assert metrics.mmd(x, y, bandwidth=metrics.FIXED_MMD_BANDWIDTH) == pytest.approx(loop_mmd_kernel(x, y, gauss),
+                                                                                   rel=1e-10)
+  # Two copies of e1 vs two of -e1: within-sample kernels 1, across exp(-4 / 2).
+  e1 = np.array([[1.0, 0.0]] * 2)
+  assert metrics.mmd(e1, -e1, bandwidth=1.0) == pytest.approx(2.0 - 2.0 * math.exp(-2.0))
+
+
+def test_wasserstein_centered_matches_brute_force_and_removes_the_offset():
+  rng = np.random.default_rng(14)
+  x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.8
+  xs, ys = unit_rows_loop(x), unit_rows_loop(y)
+  xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+  brute = min(np.mean([np.linalg.norm(xc[i] - yc[p[i]]) for i in range(6)])
+              for p in itertools.permutations(range(6)))
+  r = metrics.wasserstein_centered(x, y)
+  assert r.method == "exact" and r.num_points == 6 and r.value == pytest.approx(brute, rel=1e-12)
+  # Two clouds mirrored across the e2 axis: W1 is 2 cos(a) apart, centred they coincide.
+  a = 0.4
+  left = np.array([[math.cos(a), math.sin(a)], [math.cos(a), -math.sin(a)]])
+  right = left * np.array([-1.0, 1.0])
+  assert metrics.wasserstein(left, right).value == pytest.approx(2 * math.cos(a))
+  assert metrics.wasserstein_centered(left, right).value == pytest.approx(0.0, abs=1e-12)
+  # Above max_points: the seeded subset of rows, centred by the means of all rows.
+  x, y = rng.normal(size=(40, 5)), rng.normal(size=(40, 5)) + 0.3
+  xs, ys = unit_rows_loop(x), unit_rows_loop(y)
+  xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+  rows_used = np.sort(np.random.default_rng(3).choice(40, 16, replace=False))
+  cost = np.linalg.norm(xc[rows_used][:, None] - yc[rows_used][None], axis=-1)
+  rows, cols = optimize.linear_sum_assignment(cost)
+  r = metrics.wasserstein_centered(x, y, max_points=16, seed=3)
+  assert r.num_points == 16 and r.value == pytest.approx(cost[rows, cols].mean(), rel=1e-10)
+  with pytest.raises(ValueError, match="paired"):
+    metrics.wasserstein_centered(x, y[:30])
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5, 3.0])
+def test_wasserstein_lies_between_centroid_distance_and_the_centred_bound(offset):
+  """On the same points: ||mean x - mean y|| <= W1 <= ||mean x - mean y|| + W1 of the centred clouds."""
+  rng = np.random.default_rng(17)
+  x, y = rng.normal(size=(24, 4)), rng.normal(size=(24, 4)) * 0.5 + offset
+  w1 = metrics.wasserstein(x, y).value
+  centroid = metrics.centroid_distance(x, y)
+  assert centroid - 1e-12 <= w1 <= centroid + metrics.wasserstein_centered(x, y).value + 1e-12
+
+
+def loop_description_gap(x, y, descriptions):
+  """Clip-weighted mean distance / cosine between each description's speech centroid and text direction."""
+  xs, ys = unit_rows_loop(x), unit_rows_loop(y)
+  groups = {}
+  for i, d in enumerate(descriptions):
+    groups.setdefault(d, []).append(i)
+  distance = cosine = 0.0
+  for rows in groups.values():
+    c = sum(xs[i] for i in rows) / len(rows)
+    t = sum(ys[i] for i in rows) / len(rows)
+    t = t / math.sqrt(float(t @ t))
+    distance += len(rows) * math.sqrt(float((c - t) @ (c - t)))
+    cosine += len(rows) * float(c @ t) / math.sqrt(float(c @ c))
+  return distance / len(xs), cosine / len(xs), len(groups)
+
+
+def test_description_centroid_gap_matches_loop_and_hand_case():
+  rng = np.random.default_rng(15)
+  names = ["calm and low", "bright, fast", "a slow sad voice", "calm and low", "angry"]
+  descriptions = [names[i] for i in rng.integers(0, len(names), 30)]
+  speech = rng.normal(size=(30, 4))
+  text = rng.normal(size=(30, 4)) + 0.5        # text rows differ within a group: their normalised mean is used
+  got = metrics.description_centroid_gap(speech, text, descriptions)
+  distance, cosine, count = loop_description_gap(speech, text, descriptions)
+  assert got["num_descriptions"] == count == len(set(descriptions))
+  assert (got["distance"], got["cosine"]) == pytest.approx((distance, cosine), rel=1e-10)
+  # Hand case. "a": clips e1, e2 with text (1, 1)/sqrt2 -> centroid (1/2, 1/2), distance 1 - 1/sqrt2, cosine 1.
+  # "b": clips e1, e1 with text e2 -> distance sqrt2, cosine 0. Clip-weighted: 2 clips each.
+  s = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [2.0, 0.0]])
+  t = np.array([[1.0, 1.0], [3.0, 3.0], [0.0, 1.0], [0.0, 1.0]])
+  got = metrics.description_centroid_gap(s, t, ["a", "a", "b", "b"])
+  assert got["distance"] == pytest.approx((1 - 1 / math.sqrt(2) + math.sqrt(2)) / 2)
+  assert got["cosine"] == pytest.approx(0.5) and got["num_descriptions"] == 2
+  # Unique descriptions: the paired distance and the paired cosine.
+  unique = metrics.description_centroid_gap(speech, text, [f"d{i}" for i in range(30)])
+  xs, ys = unit_rows_loop(speech), unit_rows_loop(text)
+  assert unique["distance"] == pytest.approx(np.mean([np.linalg.norm(xs[i] - ys[i]) for i in range(30)]))
+  assert unique["cosine"] == pytest.approx(metrics.mean_paired_cosine(speech, text))
+  assert unique["num_descriptions"] == 30
+  with pytest.raises(ValueError, match="descriptions: 29 entries"):
+    metrics.description_centroid_gap(speech, text, descriptions[:29])
+  with pytest.raises(ValueError, match="expected strings"):
+    metrics.description_centroid_gap(speech, text, descriptions[:29] + [None])
+
+
+def test_modality_gap_metrics_are_the_library_functions():
+  rng = np.random.default_rng(16)
+  speech, text = rng.normal(size=(24, 6)), rng.normal(size=(24, 6)) + 0.2
+  descriptions = [f"level {i % 5}" for i in range(24)]
+  out = metrics.modality_gap_metrics(speech, text, descriptions, exact_wasserstein_max_n=20, seed=2)
+  s, t = metrics.l2_normalize(speech.astype(np.float32)), metrics.l2_normalize(text.astype(np.float32))
+  gap = metrics.description_centroid_gap(speech, text, descriptions)
+  expected = {"mmd": metrics.mmd(s, t, seed=2), "mmd_fixed": metrics.mmd(s, t, bandwidth=1.0),
+              "mmd_linear": metrics.mmd_linear(speech, text), "centroid_distance": metrics.centroid_distance(s, t),
+              "paired_cosine": metrics.mean_paired_cosine(speech, text),
+              "wasserstein_centered": metrics.wasserstein_centered(s, t, max_points=20, seed=2).value,
+              "wasserstein_num_points": 20.0,
+              "wasserstein_sliced": metrics.wasserstein(s, t, exact_max_n=0, seed=2).value,
+              "description_centroid_distance": gap["distance"], "description_centroid_cosine": gap["cosine"],
+              "num_descriptions": 5.0}
+  assert set(out) == set(expected) | {"wasserstein"}
+  for key, value in expected.items():
+    assert out[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+  assert "num_descriptions" not in metrics.modality_gap_metrics(speech, text)
+  with pytest.raises(ValueError, match="shapes differ"):
+    metrics.modality_gap_metrics(speech, text[:20])
+
+
 # ------------------------------------------------------------------------------------------------- retrieval
 
 
@@ -385,7 +562,8 @@ def test_summarize_keys_and_consistency():
               "wasserstein", "wasserstein_num_points", "wasserstein_sliced", "ndcg10_s2t", "ndcg10_t2s", "ndcg10_mean",
               "ccc_probe_arousal", "ccc_probe_valence", "ccc_probe_dominance", "ccc_probe_mean",
               "aoc", "voc", "aoc_std", "voc_std", "aoc_voc_mean", "aoc_voc_num_levels", "aoc_voc_num_draws",
-              "aoc_voc_top_k"}
+              "aoc_voc_top_k", "mmd_fixed", "mmd_linear", "centroid_distance", "paired_cosine",
+              "wasserstein_centered"}
   expected |= {f"r{k}_{w}" for k in (1, 5, 10) for w in ("s2t", "t2s")}
   for a in ("arousal", "valence"):
     expected |= {f"ccc_zero_shot_{a}", f"prompt_tau_{a}", f"prompt_distance_tau_{a}", f"prompt_order_tau_{a}",
@@ -399,6 +577,11 @@ def test_summarize_keys_and_consistency():
   assert out["mmd"] == pytest.approx(metrics.mmd(s, t))
   assert out["wasserstein"] == pytest.approx(metrics.wasserstein(s, t).value)
   assert out["wasserstein_num_points"] == n and out["wasserstein_sliced"] <= out["wasserstein"]
+  assert out["mmd_fixed"] == pytest.approx(metrics.mmd(s, t, bandwidth=1.0))
+  assert out["mmd_linear"] == pytest.approx(metrics.mmd_linear(s, t), abs=1e-6)
+  assert out["centroid_distance"] == pytest.approx(metrics.centroid_distance(s, t), rel=1e-5)
+  assert out["paired_cosine"] == pytest.approx(metrics.mean_paired_cosine(s, t), rel=1e-5)
+  assert out["wasserstein_centered"] == pytest.approx(metrics.wasserstein_centered(s, t).value, rel=1e-5)
   small = metrics.summarize(speech, text, labels, exact_wasserstein_max_n=20)   # exact W1 on 20 of 48 pairs
   assert small["wasserstein_num_points"] == 20 and 0.5 < small["wasserstein"] / out["wasserstein"] < 2.0
   assert out["r1_s2t"] == pytest.approx(metrics.recall_at_k(sim)["r1_s2t"])
@@ -410,7 +593,18 @@ def test_summarize_keys_and_consistency():
     assert (out[name], out[f"{name}_std"]) == pytest.approx((r["tau"], r["tau_std"]))
   assert out["ccc_probe_arousal"] > 0.5
   minimal = metrics.summarize(speech, text, labels)
-  assert "ccc_probe_mean" not in minimal and "aoc" not in minimal
+  assert "ccc_probe_mean" not in minimal and "aoc" not in minimal and "num_descriptions" not in minimal
+  described_rows = [f"description {i % 6}" for i in range(n)]
+  with_descriptions = metrics.summarize(speech, text, labels, descriptions=described_rows)
+  gap = metrics.description_centroid_gap(s, t, described_rows)
+  assert set(with_descriptions) - set(minimal) == {"description_centroid_distance", "description_centroid_cosine",
+                                                   "num_descriptions"}
+  assert with_descriptions["num_descriptions"] == 6.0
+  assert with_descriptions["description_centroid_distance"] == pytest.approx(gap["distance"], rel=1e-5)
+  assert with_descriptions["description_centroid_cosine"] == pytest.approx(gap["cosine"], rel=1e-5)
+  assert all(with_descriptions[k] == v for k, v in minimal.items())
+  with pytest.raises(ValueError, match="descriptions"):
+    metrics.summarize(speech, text, labels, descriptions=described_rows[:-1])
   fixed = metrics.summarize(speech, text, labels, prompt_embeddings=prompts,
                             prompt_levels={a: levels for a in prompts}, fixed_prompt_embeddings=prompts,
                             fixed_prompt_levels={a: levels for a in prompts})
