@@ -1,14 +1,18 @@
-"""The two-stage recipe (erclap.recipe): stage 1 → frozen, cached speech representation → cross-modal stage."""
+"""Config resolution (erclap.resolve) and the two-stage recipe it derives (erclap.recipe): stage 1 → frozen,
+cached speech representation → cross-modal stage."""
 
+import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import checkpointing, config_lib, configs, recipe, speech_features, tower_init, train
+from erclap import checkpointing, config_lib, configs, recipe, resolve, tower_init
 from erclap.configs import demo, ser_pretrain
+from erclap.speech_cache import store
 
 
 def test_named_configs_resolve_like_the_config_files():
@@ -19,12 +23,18 @@ def test_named_configs_resolve_like_the_config_files():
       configs.get(bad)
 
 
-def test_demo_is_two_stage_and_single_stage_is_available():
-  assert demo.get_config().recipe.stage1 == "ser_pretrain:demo"
+def test_a_one_stage_config_resolves_to_itself_frozen_and_written(tmp_path):
   single = demo.get_config("single_stage")
-  assert single.recipe.stage1 == ""
-  assert recipe.prepare(single, "/unused", run_stages=True) is single  # nothing to run, nothing changed
-  assert ser_pretrain.get_config("demo").recipe.stage1 == ""            # stage 1 itself is one stage
+  resolved = resolve.resolve(single, str(tmp_path), "train")
+  assert isinstance(resolved, ml_collections.FrozenConfigDict)
+  assert resolved.to_dict() == single.to_dict()
+  with pytest.raises(AttributeError, match="immutable"):
+    resolved.seed = 3
+  record = json.loads((tmp_path / "config.train.json").read_text())
+  assert record["mode"] == "train" and record["changed_by_resolution"] == {}
+  assert record["config"] == json.loads(resolved.to_json_best_effort())
+  assert resolve.ensure(resolved, "/elsewhere", "eval") is resolved  # resolved already: passed through
+  assert ser_pretrain.get_config("demo").recipe.stage1 == ""           # stage 1 itself is one stage
 
 
 def test_stage1_takes_the_corpus_devices_seed_and_speech_model_of_the_run():
@@ -32,7 +42,7 @@ def test_stage1_takes_the_corpus_devices_seed_and_speech_model_of_the_run():
       "seed": 7, "data.max_seconds": 2.0, "data.embedded.num_train": 123, "data.speech_features": "/elsewhere",
       "model.speech_pooling": "attentive_stats", "model.ser_head_layers": 2, "mesh.shape": (4, 2, 1),
       "recipe.stage1_steps": 5, "train.learning_rate": 3e-3})
-  first = recipe.stage1_config(run)
+  first = resolve.stage1_config(run)
   own = ser_pretrain.get_config("demo")
   assert first.stage == "ser" and first.recipe.stage1 == "" and first.data.speech_features == ""
   assert first.seed == 7 and first.train.num_steps == 5
@@ -42,17 +52,33 @@ def test_stage1_takes_the_corpus_devices_seed_and_speech_model_of_the_run():
   assert first.train.learning_rate == own.train.learning_rate
   assert first.loss_options.rank_margin == own.loss_options.rank_margin
   assert first.checkpoint.best_metric == own.checkpoint.best_metric
-  assert recipe.stage1_config(config_lib.apply_overrides(run, {"recipe.stage1_steps": 0})).train.num_steps == \
+  assert resolve.stage1_config(config_lib.apply_overrides(run, {"recipe.stage1_steps": 0})).train.num_steps == \
       own.train.num_steps
 
 
-def test_cross_modal_config_reads_stage1_frozen_from_the_cache():
-  cross = recipe.cross_modal_config(demo.get_config(), "/runs/a")
-  assert cross.model.speech_init == "/runs/a/stage1" and cross.model.freeze_speech
-  assert cross.data.speech_features == "/runs/a/speech_features"
-  given = config_lib.apply_overrides(demo.get_config(), {"data.speech_features": "/fast/disk/features"})
-  assert recipe.cross_modal_config(given, "/runs/a").data.speech_features == "/fast/disk/features"
-  config_lib.validate(cross)
+def test_a_recipe_run_reads_stage1_frozen_from_the_cache(tmp_path):
+  workdir = str(tmp_path / "a")
+  given = demo.get_config()
+  cross = resolve.resolve(given, workdir, "eval")
+  assert cross.model.speech_init == f"{workdir}/stage1" and cross.model.freeze_speech
+  assert cross.data.speech_features == f"{workdir}/speech_features"
+  assert given.model.speech_init == "" and not given.model.freeze_speech  # the given config is untouched
+  record = json.loads((tmp_path / "a" / "config.eval.json").read_text())
+  assert record["changed_by_resolution"] == {"model.speech_init": f"{workdir}/stage1", "model.freeze_speech": True,
+                                             "data.speech_features": f"{workdir}/speech_features"}
+  elsewhere = config_lib.apply_overrides(given, {"data.speech_features": "/fast/disk/features"})
+  assert resolve.resolve(elsewhere, workdir, "eval").data.speech_features == "/fast/disk/features"
+
+
+def test_the_cache_mode_writes_where_the_run_reads(tmp_path):
+  frozen = config_lib.apply_overrides(demo.get_config("single_stage"), {"model.freeze_speech": True})
+  assert resolve.resolve(frozen, str(tmp_path), "cache_speech").data.speech_features == \
+      str(tmp_path / "speech_features")
+  with pytest.raises(config_lib.ConfigError, match="--mode=cache_speech needs config.model.freeze_speech=True"):
+    resolve.resolve(demo.get_config("single_stage"), str(tmp_path), "cache_speech")
+  with pytest.raises(config_lib.ConfigError, match="cache_speech caches the cross-modal stage's"):
+    resolve.resolve(config_lib.apply_overrides(ser_pretrain.get_config("demo"), {"model.freeze_speech": True}),
+                    str(tmp_path), "cache_speech")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -60,10 +86,22 @@ def test_cross_modal_config_reads_stage1_frozen_from_the_cache():
     ({"recipe.stage1": "demo"}, r"recipe.stage1='demo': has stage='clap'"),
     ({"model.speech_init": "/some/odyssey"}, r"model.speech_init='/some/odyssey' names another"),
 ])
-def test_bad_recipe_settings_are_refused_naming_the_key(overrides, message):
+def test_bad_recipe_settings_are_refused_naming_the_key(overrides, message, tmp_path):
   config = config_lib.apply_overrides(demo.get_config(), overrides)
   with pytest.raises(config_lib.ConfigError, match=message):
-    recipe.prepare(config, "/unused", run_stages=False)
+    resolve.resolve(config, str(tmp_path), "eval")
+  assert not (tmp_path / "config.eval.json").exists()  # nothing is written for a config that is refused
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+  config = config_lib.apply_overrides(demo.get_config(), {
+      "recipe.stage1": "nope", "train.global_batch_size": 12, "checkpoint.best_metric": "aoc_mean"})
+  with pytest.raises(config_lib.ConfigError) as e:
+    resolve.resolve(config, str(tmp_path), "train")
+  message = str(e.value)
+  assert "3 problems" in message and "recipe.stage1='nope'" in message
+  assert "config.train.global_batch_size=12 must be a multiple of 8" in message
+  assert "metric 'aoc_mean' was renamed 'anchor_tau_arousal'" in message
 
 
 def _mtimes(directory: str) -> dict[str, float]:
@@ -77,28 +115,28 @@ def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
   workdir = str(tmp_path / "run")
   config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
                                        "train.num_steps": 2})
-  cross = recipe.prepare(config, workdir, run_stages=True)
-  stage1_step, stage1_params = tower_init.read_workdir_params(recipe.stage1_workdir(workdir))
+  cross = resolve.resolve(config, workdir, "train")
+  recipe.train_stages(cross, workdir)
+  stage1_step, stage1_params = tower_init.read_workdir_params(resolve.stage1_workdir(workdir))
   assert stage1_step == 2
+  assert os.path.isfile(os.path.join(resolve.stage1_workdir(workdir), "config.train.json"))
   cache = cross.data.speech_features
   assert cache == os.path.join(workdir, "speech_features")
   written = _mtimes(cache)
-  fingerprint = speech_features.read_fingerprint(cache)
+  fingerprint = store.read_fingerprint(cache)
   for split in ("train", "validation", "test"):
-    assert speech_features.split_is_cached(cache, split, fingerprint), split
-
-  train.train_and_evaluate(cross, workdir)
+    assert store.split_is_cached(cache, split, fingerprint), split
   step, params = tower_init.read_workdir_params(workdir)
   assert step == 2
   for part in ("speech_tower", "speech_pool"):
     if part in stage1_params:
       jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
 
-  again = recipe.prepare(config, workdir, run_stages=True)
-  assert again.to_dict() == cross.to_dict()
-  assert tower_init.read_workdir_params(recipe.stage1_workdir(workdir))[0] == 2
+  recipe.train_stages(config, workdir)  # the given config, resolved again: nothing is retrained or recomputed
+  assert tower_init.read_workdir_params(resolve.stage1_workdir(workdir))[0] == 2
+  assert tower_init.read_workdir_params(workdir)[0] == 2
   assert _mtimes(cache) == written
-  manager = checkpointing.make_manager(recipe.stage1_workdir(workdir), config.checkpoint, with_data_iter=False,
+  manager = checkpointing.make_manager(resolve.stage1_workdir(workdir), config.checkpoint, with_data_iter=False,
                                        read_only=True)
   try:
     assert list(manager.all_steps()) == [2]

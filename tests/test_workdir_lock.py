@@ -3,11 +3,9 @@
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -106,20 +104,6 @@ def test_released_on_error_and_never_removes_another_runs_lock(tmp_path):
     os.remove(path)
     record = _write_lock(workdir, pid=_dead_pid())  # someone else's lock now
   assert workdir_lock.read_holder(path).token == record["token"]
-
-
-def test_sigterm_unwinds_and_releases(tmp_path):
-  workdir = str(tmp_path)
-  path = os.path.join(workdir, workdir_lock.LOCK_NAME)
-  previous = signal.getsignal(signal.SIGTERM)
-  if previous != signal.SIG_DFL:
-    pytest.skip("a SIGTERM handler is already installed; the lock leaves it in charge")
-  with pytest.raises(SystemExit):
-    with workdir_lock.WorkdirLock(workdir):
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(10)  # the handler interrupts this
-  assert not os.path.exists(path)
-  assert signal.getsignal(signal.SIGTERM) == previous
 
 
 def test_remote_workdir_takes_no_lock(caplog):
