@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from erclap import losses, sharding
+from erclap.configs import default as default_config
+from erclap.losses import rnc
 
 # --------------------------------------------------------------------------- references
 
@@ -184,8 +186,8 @@ def test_ordering_is_exact_in_every_regime():
   y[::7] += np.float32(2.0 ** -18)   # distinct from the ties by far less than a bucket
   cases.append(y)
   for y in cases:
-    d = losses._label_distance(jnp.asarray(y), jnp.asarray(y), "l1")
-    ds, perm = jax.jit(losses._sort_rows_by_distance)(d)
+    d = rnc._label_distance(jnp.asarray(y), jnp.asarray(y), "l1")
+    ds, perm = jax.jit(rnc._sort_rows_by_distance)(d)
     dn = np.asarray(d)
     np.testing.assert_array_equal(np.asarray(ds), np.sort(dn, axis=1))
     np.testing.assert_array_equal(np.take_along_axis(dn, np.asarray(perm), 1), np.sort(dn, axis=1))
@@ -263,15 +265,36 @@ def test_infonce_against_definition():
   np.testing.assert_allclose(float(losses.infonce_loss(s, t, temperature=0.07)), ref, rtol=1e-5)
 
 
-def naive_supcon(s, t, ids, tau):
+def naive_supcon(s, t, ids, tau, sim="cosine"):
   total = 0.0
   for a, c in ((s, t), (t, s)):
-    z = _np_logits(a, c, tau, "cosine")
+    z = _np_logits(a, c, tau, sim)
     for i in range(len(a)):
       logp = z[i] - np.log(np.sum(np.exp(z[i])))
       pos = [j for j in range(len(c)) if ids[j] == ids[i]]
       total += -np.mean([logp[j] for j in pos]) / len(a)
   return total / 2
+
+
+def naive_infonce(s, t, tau, sim):
+  total = 0.0
+  for a, c in ((s, t), (t, s)):
+    z = _np_logits(a, c, tau, sim)
+    for i in range(len(a)):
+      total += -(z[i, i] - np.log(np.sum([np.exp(z[i, k]) for k in range(len(c))]))) / len(a)
+  return total / 2
+
+
+def test_infonce_and_supcon_similarities():
+  s, t, _, _ = _data(19, 12)
+  s, t = 2.0 * s, 0.5 * t     # neg_l2 acts on the raw embeddings: their scale matters, unlike cosine
+  ids = np.random.default_rng(4).integers(0, 3, size=12).astype(np.int32)
+  for kw, sim in (({"similarity": "neg_l2"}, "neg_l2"), ({}, "cosine")):   # default: cosine
+    both = jax.jit(lambda s, t, c, kw=kw: (losses.infonce_loss(s, t, temperature=0.5, **kw),
+                                           losses.supcon_loss(s, t, c, temperature=0.5, **kw)))
+    nce, sup = both(s, t, ids)
+    np.testing.assert_allclose(float(nce), naive_infonce(s, t, 0.5, sim), rtol=1e-5)
+    np.testing.assert_allclose(float(sup), naive_supcon(s, t, ids, 0.5, sim), rtol=1e-5)
 
 
 def test_supcon_against_naive_and_classes_from_labels():
@@ -307,6 +330,160 @@ def test_get_clap_loss_dispatch():
     losses.get_clap_loss("triplet")
   with pytest.raises(ValueError, match="rank_labels"):
     losses.get_clap_loss("rnc")(s, t, batch, temperature=0.1, mesh=None, options={"rank_labels": ("joy",)})
+
+
+# --------------------------------------------------------------------------- joint 2N forms
+
+
+def naive_joint_rnc(s, t, y, tau, sim="cosine", dist="l1"):
+  """The joint definition: the 2N rows [s; t], labels [y; y], every ordered pair i != j, k != i (loops)."""
+  x, y2 = np.concatenate([s, t]), np.concatenate([y, y])
+  return naive_rnc(x, x, y2, y2, tau, sim, dist, excl=True)
+
+
+def naive_joint_contrastive(s, t, tau, sim, ids=None):
+  """NT-Xent (ids None: the positive of row i is its partner i +- N) or SupCon (positives: the other rows with
+  the same id) over the 2N rows [s; t], the softmax over the other 2N - 1 rows; mean over the 2N rows."""
+  x = np.concatenate([s, t])
+  z = _np_logits(x, x, tau, sim)
+  m = len(x)
+  total = 0.0
+  for i in range(m):
+    lse = np.log(np.sum([np.exp(z[i, k]) for k in range(m) if k != i]))
+    if ids is None:
+      pos = [(i + m // 2) % m]
+    else:
+      ids2 = np.concatenate([ids, ids])
+      pos = [j for j in range(m) if j != i and ids2[j] == ids2[i]]
+    total += -np.mean([z[i, j] - lse for j in pos]) / m
+  return total
+
+
+def _jnp_joint_logits(s, t, tau, sim):
+  x = jnp.concatenate([s, t])
+  eye = jnp.eye(len(x), dtype=bool)
+  if sim == "cosine":
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+    return x @ x.T / tau, eye
+  sq = jnp.sum((x[:, None] - x[None]) ** 2, -1)
+  return -jnp.sqrt(jnp.where(eye, 1.0, sq)) / tau, eye     # the diagonal is excluded; keep its sqrt finite
+
+
+def dense_joint_rnc_jnp(s, t, y, tau, sim="cosine"):
+  """O(N^3) jnp joint RNC (dense [i, j, k] masks, L1 label distance) for jax.grad references."""
+  z, eye = _jnp_joint_logits(s, t, tau, sim)
+  y2 = jnp.concatenate([y, y]).reshape(len(z), -1)
+  d = jnp.abs(y2[:, None] - y2[None]).sum(-1)
+  mask = (d[:, None, :] >= d[:, :, None]) & ~eye[:, None, :]
+  lse = jax.nn.logsumexp(jnp.where(mask, z[:, None, :], -jnp.inf), axis=-1)
+  return jnp.sum(jnp.where(eye, 0.0, lse - z)) / (len(z) * (len(z) - 1))
+
+
+def dense_joint_contrastive_jnp(s, t, tau, sim, ids=None):
+  z, eye = _jnp_joint_logits(s, t, tau, sim)
+  m = len(z)
+  if ids is None:
+    pos = jnp.roll(jnp.eye(m, dtype=bool), m // 2, axis=1)
+  else:
+    ids2 = jnp.concatenate([ids, ids])
+    pos = (ids2[:, None] == ids2[None]) & ~eye
+  logp = z - jax.nn.logsumexp(jnp.where(eye, -jnp.inf, z), axis=1, keepdims=True)
+  return jnp.mean(-jnp.sum(jnp.where(pos, logp, 0.0), axis=1) / jnp.sum(pos, axis=1))
+
+
+def test_joint_rnc_values_and_gradients():
+  """Values against the naive loops and gradients against the dense jnp version, labels with many ties."""
+  s, t, y, _ = _data(21, 6, levels=2)
+  for sim, dist, block, labels in (("cosine", "l1", None, y), ("neg_l2", "l2", 4, y[:, 0])):
+    def f(s, t, tau, sim=sim, dist=dist, block=block, labels=labels):
+      return losses.cross_modal_rnc_loss(s, t, labels, temperature=tau, similarity=sim, label_distance=dist,
+                                         row_block=block, joint=True)
+    v, g = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(s, t, 0.4)
+    np.testing.assert_allclose(float(v), naive_joint_rnc(s, t, labels, 0.4, sim, dist), rtol=2e-5)
+    if dist == "l1":
+      r = jax.jit(jax.grad(lambda s, t, tau, sim=sim: dense_joint_rnc_jnp(s, t, y, tau, sim), argnums=(0, 1, 2)))(
+          s, t, 0.4)
+      for x, z in zip(g, r, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(z), rtol=2e-4, atol=1e-5)
+  # hand-computed: N = 2, s = t = orthogonal unit vectors e0, e1, labels 1 and 2, tau = 1. Rows 0..3 are
+  # e0, e1, e0, e1 with labels 1, 2, 1, 2. Row 0: z to rows 1, 2, 3 = 0, 1, 0; d = 1, 0, 1. Pair (0, 2):
+  # -1 + log(e + 2); pairs (0, 1), (0, 3): log 2 each. Every row is alike by symmetry.
+  e = np.eye(2, dtype=np.float32)
+  expected = (-1 + np.log(np.e + 2) + 2 * np.log(2)) / 3
+  got = jax.jit(functools.partial(losses.cross_modal_rnc_loss, temperature=1.0, joint=True))(
+      e, e, np.array([1.0, 2.0], np.float32))
+  np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+def test_joint_infonce_and_supcon_against_naive():
+  s, t, _, _ = _data(22, 6)
+  ids = np.array([0, 1, 0, 2, 1, 0], np.int32)
+  distinct = np.arange(6, dtype=np.int32)
+  for sim in ("cosine", "neg_l2"):
+    def got(s, t, sim=sim):
+      return jnp.stack([losses.infonce_loss(s, t, temperature=0.5, similarity=sim, joint=True),
+                        losses.supcon_loss(s, t, ids, temperature=0.5, similarity=sim, joint=True),
+                        losses.supcon_loss(s, t, distinct, temperature=0.5, similarity=sim, joint=True)])
+
+    def ref(s, t, sim=sim):
+      return jnp.stack([dense_joint_contrastive_jnp(s, t, 0.5, sim), dense_joint_contrastive_jnp(s, t, 0.5, sim, ids)])
+
+    vals, jac = jax.jit(lambda s, t, f=got: (f(s, t), jax.jacrev(f, (0, 1))(s, t)))(s, t)
+    np.testing.assert_allclose(np.asarray(vals[:2]), [naive_joint_contrastive(s, t, 0.5, sim),
+                                                      naive_joint_contrastive(s, t, 0.5, sim, ids)], rtol=1e-5)
+    # every pair its own class: the only positive is the partner, so SupCon is NT-Xent
+    np.testing.assert_allclose(float(vals[2]), float(vals[0]), rtol=1e-6)
+    for x, z in zip(jac, jax.jit(jax.jacrev(ref, (0, 1)))(s, t), strict=True):
+      assert np.all(np.isfinite(np.asarray(x)))
+      np.testing.assert_allclose(np.asarray(x)[:2], np.asarray(z), rtol=1e-4, atol=1e-6)
+
+
+def test_joint_sharded_equals_unsharded(devices):
+  """The three joint losses in one program per placement (one compilation each): every value, and the gradient
+  of a weighted sum, sharded over 8 devices equal the unsharded ones."""
+  mesh = sharding.make_mesh((-1,), ("data",))
+  s, t, y, _ = _data(23, 16, levels=2)
+  cid = np.random.default_rng(5).integers(0, 3, size=16).astype(np.int32)
+
+  def all_three(s, t, y, c, mesh):
+    vals = jnp.stack([
+        losses.cross_modal_rnc_loss(s, t, y, temperature=0.2, mesh=mesh, row_block=1, joint=True),
+        losses.infonce_loss(s, t, temperature=0.2, mesh=mesh, similarity="neg_l2", joint=True),
+        losses.supcon_loss(s, t, c, temperature=0.2, mesh=mesh, joint=True)])
+    return jnp.dot(vals, jnp.array([1.0, 0.7, 1.3])), vals
+
+  placed = tuple(jax.device_put(x, sharding.batch_sharding(mesh, np.ndim(x))) for x in (s, t, y, cid))
+  f = jax.value_and_grad(all_three, argnums=(0, 1), has_aux=True)
+  (_, v_mesh), g_mesh = jax.jit(functools.partial(f, mesh=mesh))(*placed)
+  (_, v), g = jax.jit(functools.partial(f, mesh=None))(s, t, y, cid)
+  np.testing.assert_allclose(np.asarray(v_mesh), np.asarray(v), rtol=1e-5)
+  for x, z in zip(g_mesh, g, strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(z), rtol=1e-4, atol=1e-6)
+  refs = [naive_joint_rnc(s, t, y, 0.2), naive_joint_contrastive(s, t, 0.2, "neg_l2"),
+          naive_joint_contrastive(s, t, 0.2, "cosine", cid)]
+  np.testing.assert_allclose(np.asarray(v_mesh), refs, rtol=2e-5)
+
+
+def test_get_clap_loss_joint_and_similarity_options():
+  s, t, y, _ = _data(24, 6, levels=2, label_dim=3)
+  batch = {"labels": y, "class_id": np.array([0, 1, 0, 1, 2, 2], np.int32)}
+  ids, ya = batch["class_id"], y[:, :2]                    # rank_labels default: arousal, valence
+  # Loss ignoring `joint` would give its two-direction value, one ignoring `similarity` its cosine value.
+  names = ("rnc", "infonce", "supcon")
+  refs = [naive_joint_rnc(s, t, ya, 0.3, "neg_l2"), naive_joint_contrastive(s, t, 0.3, "neg_l2"),
+          naive_joint_contrastive(s, t, 0.3, "neg_l2", ids)]
+  opts = {"similarity": "neg_l2", "joint": True}
+  fn = jax.jit(lambda s, t, b: [losses.get_clap_loss(name)(s, t, b, temperature=0.3, mesh=None, options=opts)
+                                for name in names])
+  np.testing.assert_allclose(np.asarray(fn(s, t, batch)), refs, rtol=2e-5)
+  # the default config's options: the two-direction form with cosine similarity
+  opts = default_config.get_config().loss_options
+  got = losses.get_clap_loss("infonce")(s, t, batch, temperature=0.3, mesh=None, options=opts)
+  np.testing.assert_allclose(float(got), naive_infonce(s, t, 0.3, "cosine"), rtol=1e-5)
+  with pytest.raises(ValueError, match="loss_options.joint"):
+    losses.get_clap_loss("rnc")(s, t, batch, temperature=0.3, mesh=None, options={"joint": "yes"})
+  with pytest.raises(ValueError, match="similarity"):
+    losses.get_clap_loss("supcon")(s, t, batch, temperature=0.3, mesh=None, options={"similarity": "dot"})
 
 
 # --------------------------------------------------------------------------- stage-1 losses
@@ -385,6 +562,10 @@ def test_bad_input_errors():
     losses.rnc_loss(s, t[:6], y, y[:6], temperature=0.1, exclude_self=True)
   with pytest.raises(ValueError, match="similarity"):
     losses.rnc_loss(s, t, y, y, temperature=0.1, similarity="dot")
+  with pytest.raises(ValueError, match="exclude_self"):
+    losses.cross_modal_rnc_loss(s, t, y, temperature=0.1, exclude_self=True, joint=True)
+  with pytest.raises(ValueError, match="similarity"):
+    losses.infonce_loss(s, t, temperature=0.1, similarity="dot")
   with pytest.raises(ValueError, match="class_ids"):
     losses.supcon_loss(s, t, np.full((8,), -1, np.int32), temperature=0.1)
   with pytest.raises(ValueError, match="labels"):

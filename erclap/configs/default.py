@@ -32,6 +32,12 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
   c.loss_options.rank_labels = ("arousal", "valence")  # label columns the RNC distance uses
   c.loss_options.row_block = 0                  # 0 = unblocked; else rows per rematerialised block
   c.loss_options.supcon_bins = 3                # supcon without categorical labels: bins per attribute
+  # False: each loss averages its speech->text and text->speech directions (anchors of one modality against
+  # the N items of the other). True: the joint 2N form of the loss, as the single-set originals (Rank-N-Contrast,
+  # SimCLR's NT-Xent, SupCon) define it on both modalities fed together: the speech and text rows form one set
+  # of 2N anchors, each against the other 2N - 1 rows of both modalities (itself excluded); same-modality pairs
+  # then take part too.
+  c.loss_options.joint = False
   # SER stage (stage 1)
   c.loss_options.ccc_weight = 1.0
   c.loss_options.rank_weight = 1.0

@@ -1,0 +1,120 @@
+"""ERCLAP's losses, and ``get_clap_loss``, the dispatcher of the training loop's cross-modal loss.
+
+* ``rnc``: the Rank-N-Contrast loss (``rnc_loss``, ``cross_modal_rnc_loss``);
+* ``contrastive``: the baselines ``infonce_loss`` (CLAP's SCE / NT-Xent) and ``supcon_loss``, and
+  ``classes_from_labels`` (SupCon classes from the attribute labels);
+* ``ser``: the stage-1 losses ``ccc``, ``ccc_loss`` and ``pairwise_ranking_loss``;
+* ``_core``: validation, similarities and the row sharding they share.
+
+``get_clap_loss(name)`` reads ``config.loss_options``: ``similarity`` ("cosine" | "neg_l2") for every loss,
+``joint`` (the joint 2N form of every loss: speech and text rows form one set of anchors, each against the
+other 2N - 1 rows), and per loss ``label_distance``, ``rank_labels``, ``row_block`` (rnc) and ``supcon_bins``
+(supcon).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from erclap.losses.contrastive import classes_from_labels, infonce_loss, supcon_loss
+from erclap.losses.rnc import cross_modal_rnc_loss, rnc_loss
+from erclap.losses.ser import ccc, ccc_loss, pairwise_ranking_loss
+from erclap.schema import LABEL_NAMES
+
+__all__ = [
+    "ccc",
+    "ccc_loss",
+    "classes_from_labels",
+    "cross_modal_rnc_loss",
+    "get_clap_loss",
+    "infonce_loss",
+    "pairwise_ranking_loss",
+    "rnc_loss",
+    "supcon_loss",
+]
+
+_BINNED_CLASS_OFFSET = 1 << 20  # supcon: binned class ids live above any categorical id
+
+# --------------------------------------------------------------------------- dispatcher for the training loop
+
+
+def _option(options, name, default):
+  if options is None:
+    return default
+  if isinstance(options, Mapping):
+    return options.get(name, default)
+  return getattr(options, name, default)
+
+
+def _flag(options, name: str) -> bool:
+  value = _option(options, name, False)
+  if not isinstance(value, bool | np.bool_):
+    raise ValueError(f"loss_options.{name} must be True or False, got {value!r}")
+  return bool(value)
+
+
+def _common(options) -> dict[str, Any]:
+  """Keyword arguments every cross-modal loss takes from ``loss_options``."""
+  return dict(similarity=_option(options, "similarity", "cosine"), joint=_flag(options, "joint"))
+
+
+def _label_columns(names) -> list[int]:
+  names = (names,) if isinstance(names, str) else tuple(names)
+  if not names:
+    raise ValueError("loss_options.rank_labels must name at least one label column")
+  bad = [x for x in names if x not in LABEL_NAMES]
+  if bad:
+    raise ValueError(f"loss_options.rank_labels: unknown columns {bad}; choose from {LABEL_NAMES}")
+  return [LABEL_NAMES.index(x) for x in names]
+
+
+def _batch_labels(batch) -> Any:
+  if "labels" not in batch:
+    raise ValueError("batch has no 'labels' (N, 3) entry (arousal, valence, dominance)")
+  return batch["labels"]
+
+
+def _clap_rnc(speech, text, batch, *, temperature, mesh=None, options=None):
+  labels = _batch_labels(batch)
+  cols = _label_columns(_option(options, "rank_labels", ("arousal", "valence")))
+  if jnp.ndim(labels) != 2 or max(cols) >= labels.shape[1]:
+    raise ValueError(f"batch['labels'] of shape {jnp.shape(labels)} lacks the columns {cols} of rank_labels")
+  return cross_modal_rnc_loss(speech, text, labels[:, jnp.asarray(cols)], temperature=temperature, mesh=mesh,
+                              label_distance=_option(options, "label_distance", "l1"),
+                              row_block=int(_option(options, "row_block", 0)) or None, **_common(options))
+
+
+def _clap_infonce(speech, text, batch, *, temperature, mesh=None, options=None):
+  del batch
+  return infonce_loss(speech, text, temperature=temperature, mesh=mesh, **_common(options))
+
+
+def _clap_supcon(speech, text, batch, *, temperature, mesh=None, options=None):
+  binned = classes_from_labels(_batch_labels(batch), int(_option(options, "supcon_bins", 3)))
+  ids = batch.get("class_id") if hasattr(batch, "get") else None
+  if ids is None:
+    ids = binned
+  else:
+    ids = jnp.asarray(ids).astype(jnp.int32)
+    if ids.shape != binned.shape:
+      raise ValueError(f"batch['class_id'] must have shape {binned.shape}, got {ids.shape}")
+    # -1 = no categorical label: such examples use their binned class (ids kept apart from categorical ids)
+    ids = jnp.where(ids >= 0, ids, _BINNED_CLASS_OFFSET + binned)
+  return supcon_loss(speech, text, ids, temperature=temperature, mesh=mesh, **_common(options))
+
+
+_CLAP_LOSSES = {"rnc": _clap_rnc, "infonce": _clap_infonce, "supcon": _clap_supcon}
+
+
+def get_clap_loss(name: str) -> Callable[..., jax.Array]:
+  """The cross-modal loss ``name`` in {"rnc", "infonce", "supcon"} as
+  ``fn(speech, text, batch, *, temperature, mesh, options) -> scalar``; batch has "labels" (N, 3) and
+  optionally "class_id" (N,) int32 (-1 = none); options is ``config.loss_options``."""
+  if name not in _CLAP_LOSSES:
+    raise ValueError(f"loss must be one of {tuple(_CLAP_LOSSES)}, got {name!r}")
+  return _CLAP_LOSSES[name]
