@@ -100,7 +100,8 @@ class ERCLAP:
           config.model[key] = ""
       config.model.dtype = dtype or config.model.dtype
     mesh = runtime.make_mesh(config)
-    tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+    tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                             descriptions=config.data.descriptions)
     model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
     got_step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)
     return cls(config, model, params, tokenizer, mesh, got_step, batch_size=batch_size)
