@@ -57,7 +57,7 @@ def bench_train_iterator(data_dir: str, batch: int, seconds: float, workers: int
   from erclap import input_pipeline, tokenization
 
   c = _config(data_dir, batch, seconds, workers)
-  tokenizer = tokenization.build_tokenizer(c.model, c.data.max_text_tokens)
+  tokenizer = tokenization.build_tokenizer(c.model, c.data.max_text_tokens, descriptions=c.data.descriptions)
   it = input_pipeline.create_train_iterator(c, tokenizer, process_index=0, process_count=1)
   for _ in range(2 if workers == 0 else 2 * workers):  # warm-up: file handles, worker start-up
     next(it)
@@ -72,7 +72,7 @@ def bench_eval_iterator(data_dir: str, batch: int, seconds: float) -> dict:
   from erclap import input_pipeline, tokenization
 
   c = _config(data_dir, batch, seconds, 0)
-  tokenizer = tokenization.build_tokenizer(c.model, c.data.max_text_tokens)
+  tokenizer = tokenization.build_tokenizer(c.model, c.data.max_text_tokens, descriptions=c.data.descriptions)
   it = input_pipeline.create_eval_iterator(c, tokenizer, "test", batch_size=batch, process_index=0,
                                            process_count=1)
   start = time.perf_counter()

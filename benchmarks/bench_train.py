@@ -41,7 +41,8 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   config = demo.get_config("single_stage")
   config.train.global_batch_size = batch
   mesh = runtime.make_mesh(config)
-  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                           descriptions=config.data.descriptions)
   model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
   optimizer = optim.make_optimizer(config)
   train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(0))

@@ -11,13 +11,16 @@ the training templates' words) for zero-shot attribute prediction and the prompt
 out-of-template level prompts ("very low arousal" ... "very high arousal", ``level_prompts``) for the
 ``*_fixed_*`` metrics; free-form paraphrased level prompts ("a drowsy voice, barely awake",
 ``paraphrased_level_prompts``) for the ``*_paraphrase_*`` metrics; single-attribute queries for the retrieval
-Kendall tau, the vocabulary of every word a template can produce (the word-level tokenizer's vocabulary), and
+Kendall tau, the vocabulary of every word a template can produce (the word-level tokenizer's vocabulary),
 loading of LLM-written descriptions from JSONL (``{"id": ..., "descriptions": [...]}``; prompt in
-``descriptions_prompt.txt``).
+``descriptions_prompt.txt``), and synthetic LLM-style descriptions written offline (``unique_descriptions``:
+free-form, distinct per clip, worded from the exact values; ``synthesize_corpus``: a whole corpus, every clip's
+first description its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -324,3 +327,269 @@ def check_coverage(descriptions: dict[str, list[str]], ids: Iterable[str], *, so
     shown = ", ".join(repr(m) for m in missing[:10])
     raise ValueError(f"{len(missing)} example id(s){' of ' + source if source else ''} have no LLM-written "
                      f"description: {shown}{' ...' if len(missing) > 10 else ''}")
+
+
+# ----------------------------------------------------------------------------- synthetic LLM-style descriptions
+#
+# Offline stand-ins for LLM-written descriptions: free-form sentences in a wider vocabulary than the templates,
+# drawn per clip from its exact values, so that clips with the same labels still get different texts.
+# A level phrase is a degree adverb and a pole adjective (levels 1-3 low pole, 5-7 high pole, the adverb's
+# strength and the adjective's growing with the distance from neutral 4) or a neutral phrase (level 4); arousal
+# also has "with ..." noun phrases. Level phrases never share a word-bounded phrase across attributes, and a
+# phrase of one level that holds a shorter phrase of another (e.g. "moderately energetic" holds "energetic") is
+# read by its longest match.
+
+DEGREE_ADVERBS = {  # by |level - 4|; "" is the bare adjective
+    3: ("very", "extremely", "intensely", "exceptionally", "remarkably", "utterly"),
+    2: ("", "clearly", "really", "noticeably", "distinctly", "decidedly"),
+    1: ("slightly", "somewhat", "mildly", "faintly", "fairly", "rather"),
+}
+POLE_ADJECTIVES = {  # (low pole, high pole), each (mild words, strong words: never with a mild adverb)
+    "arousal": (
+        (("calm", "sleepy", "subdued", "drowsy", "languid", "mellow", "placid", "tranquil", "relaxed"),
+         ("lethargic", "listless", "sluggish")),
+        (("excited", "energetic", "animated", "lively", "intense", "vigorous", "spirited", "restless"),
+         ("frantic", "agitated", "keyed-up", "heated")),
+    ),
+    "valence": (
+        (("sad", "unhappy", "gloomy", "negative", "displeased", "downcast", "irritated", "glum"),
+         ("miserable", "sorrowful", "bitter", "dejected")),
+        (("happy", "cheerful", "positive", "pleased", "upbeat", "content", "warm", "bright", "sunny", "glad"),
+         ("delighted", "joyful", "elated", "overjoyed")),
+    ),
+    "dominance": (
+        (("timid", "meek", "hesitant", "shy", "unsure", "tentative", "insecure", "diffident", "uncertain"),
+         ("submissive", "deferential", "yielding")),
+        (("dominant", "confident", "assertive", "bold", "self-assured", "decisive", "firm", "resolute"),
+         ("domineering", "commanding", "authoritative", "forceful")),
+    ),
+}
+NEUTRAL_PHRASES = {  # level 4
+    "arousal": ("moderately energetic", "evenly paced", "measured", "moderately lively", "steady-paced",
+                "unhurried yet alert"),
+    "valence": ("neutral", "emotionally neutral", "even-toned", "matter-of-fact", "impartial",
+                "emotionally even"),
+    "dominance": ("balanced", "steady", "moderately assertive", "even-handed", "composed", "level-headed"),
+}
+ENERGY_PHRASES = (  # arousal as "with ...", level 1 .. 7
+    ("almost no energy", "barely any energy", "hardly any energy at all"),
+    ("little energy", "low energy", "a slow, quiet pace"),
+    ("somewhat low energy", "a rather unhurried pace", "slightly less energy than usual"),
+    ("moderate energy", "an ordinary pace", "a medium level of energy"),
+    ("a fair amount of energy", "a somewhat brisk pace", "slightly more energy than usual"),
+    ("plenty of energy", "high energy", "a quick, lively pace"),
+    ("tremendous energy", "an explosive burst of energy", "an almost frantic pace"),
+)
+SPEAKER_NOUNS = ("speaker", "person", "talker", "narrator", "presenter", "guest", "interviewee", "caller", "host",
+                 "storyteller")
+VOICE_NOUNS = ("voice", "tone of voice", "delivery", "way of speaking", "manner of speech")
+SPEAKING_VERBS = ("speaks", "talks", "says a few words", "delivers the line", "answers", "explains something",
+                  "comments", "replies", "makes a remark", "reads a sentence")
+# {a} {v} {d}: level phrases (adjectival); {e}: an arousal "with ..." phrase; {noun} {voice} {verb}: the pools above.
+SYNTHETIC_TEMPLATES = (
+    "The {noun} {verb} in a {a} {voice}, {v} and {d}.",
+    "A {a}, {v} {voice}; the {noun} comes across as {d}.",
+    "{a} and {v}, the {noun} sounds {d}.",
+    "The {noun} {verb} with {e}, sounding {v} and {d}.",
+    "The {voice} is {a}; the {noun} seems {v} and {d}.",
+    "You hear a {d} {noun} who sounds {a} and {v}.",
+    "A {v} mood comes through as the {noun} {verb}: {a} and {d}.",
+    "Speaking with {e}, the {noun} sounds {v} and {d}.",
+    "A {noun} {verb} in a {a} way; the mood is {v}, the stance {d}.",
+    "The {noun}'s {voice} is {a}, the tone {v}, the attitude {d}.",
+    "Spoken by a {a} {noun}, the words sound {v} and {d}.",
+    "{v} in tone and {d} in attitude, the {noun} {verb} with {e}.",
+    "The {noun} sounds {a}, with a {v} feel and a {d} presence.",
+    "There is a {v} quality to this {a} {voice}, and the {noun} seems {d}.",
+    "A {d} {noun} {verb} here; the {voice} is {a} and the mood {v}.",
+    "Sounding {d}, the {noun} {verb} in a {a}, {v} way.",
+    "The clip features a {a} {noun} with a {v} outlook who comes across as {d}.",
+    "Overall the {noun} sounds {d}: the {voice} is {a} and the mood {v}.",
+    "{a}, {v} and {d}: that is how this {noun} comes across.",
+    "A {v} {noun} with {e} and a {d} bearing.",
+    "A {a} {voice} from a {noun} who feels {v} and acts {d}.",
+    "Listen closely and the {noun} sounds {a}, {v}, and {d}.",
+)
+# Clauses about the recording, none of them about arousal, valence or dominance: added to a colliding sentence.
+DETAIL_CLAUSES = (
+    "with a short pause in the middle", "over faint background noise", "with crisp articulation",
+    "with a slight echo from the room", "pausing briefly before the last word", "with an audible breath at the start",
+    "on what sounds like a phone line", "stressing one word near the end", "recorded close to the microphone",
+    "with some room reverberation", "with a clipped final syllable", "in a single short phrase",
+    "with a faint hum in the background", "with the last word trailing off",
+    "recorded at some distance from the microphone", "with a noticeable regional accent",
+)
+_UNIFORMS_PER_SENTENCE = 16  # 3 levels, template, noun, voice, verb, 3 x (adverb, adjective), energy phrase
+
+
+def synthetic_level_phrases(attribute: str) -> tuple[tuple[str, ...], ...]:
+  """Every phrase the synthetic descriptions can use for ``attribute`` at level 1 .. 7 (7 tuples, sorted)."""
+  _check_attribute(attribute)
+  out = []
+  for lvl in range(1, NUM_LEVELS + 1):
+    if lvl == 4:
+      phrases = set(NEUTRAL_PHRASES[attribute])
+    else:
+      phrases = {f"{adverb} {adjective}".strip() for adverb in DEGREE_ADVERBS[abs(lvl - 4)]
+                 for adjective in _adjectives(attribute, lvl)}
+    if attribute == "arousal":
+      phrases.update(ENERGY_PHRASES[lvl - 1])
+    out.append(tuple(sorted(phrases)))
+  return tuple(out)
+
+
+def stochastic_level(value: float, u: float) -> int:
+  """The level of ``value`` between its two nearest levels: floor(value) + 1 when ``u`` (uniform in [0, 1)) is
+  below the fractional part, else floor(value); values are clipped to 1..7, NaN is an error.
+
+  A value x thus gets level floor(x) or ceil(x), ceil(x) with probability frac(x): for x < y the levels satisfy
+  level(x) <= ceil(x) <= floor(y) + 1 <= level(y) + 1, i.e. a lower value is at most one level above."""
+  x = float(value)
+  if not np.isfinite(x):
+    raise ValueError(f"label value must be finite, got {value!r}")
+  x = float(np.clip(x, 1.0, NUM_LEVELS))
+  low = int(np.floor(x))
+  return min(low + int(float(u) < x - low), NUM_LEVELS)
+
+
+def _pick(pool: Sequence[str], u: float) -> str:
+  return pool[min(int(u * len(pool)), len(pool) - 1)]
+
+
+def _adjectives(attribute: str, lvl: int) -> tuple[str, ...]:
+  """The pole adjectives of a level other than 4: the strong ones only 2 or 3 levels away from neutral."""
+  mild, strong = POLE_ADJECTIVES[attribute][int(lvl > 4)]
+  return mild if abs(lvl - 4) == 1 else mild + strong
+
+
+def _level_phrase(attribute: str, lvl: int, u_adverb: float, u_word: float) -> str:
+  if lvl == 4:
+    return _pick(NEUTRAL_PHRASES[attribute], u_word)
+  return f"{_pick(DEGREE_ADVERBS[abs(lvl - 4)], u_adverb)} {_pick(_adjectives(attribute, lvl), u_word)}".strip()
+
+
+def _synthetic_sentence(rng: np.random.Generator, labels: Sequence[float]) -> str:
+  # One fixed-size draw per sentence: the levels take the first three uniforms whatever the other choices.
+  u = rng.random(_UNIFORMS_PER_SENTENCE)
+  levels = [stochastic_level(x, u[j]) for j, x in enumerate(labels)]
+  a, v, d = (_level_phrase(name, lvl, u[6 + 2 * j], u[7 + 2 * j])
+             for j, (name, lvl) in enumerate(zip(LABEL_NAMES, levels, strict=True)))
+  text = _pick(SYNTHETIC_TEMPLATES, u[3]).format(
+      a=a, v=v, d=d, e=_pick(ENERGY_PHRASES[levels[0] - 1], u[12]), noun=_pick(SPEAKER_NOUNS, u[4]),
+      voice=_pick(VOICE_NOUNS, u[5]), verb=_pick(SPEAKING_VERBS, u[13]))
+  text = _ARTICLE.sub(r"\1n ", text)  # "a extremely" -> "an extremely"
+  return text[:1].upper() + text[1:]
+
+
+def _clip_rng(seed: int, example_id: str) -> np.random.Generator:
+  digest = hashlib.sha256(f"{int(seed)}:{example_id}".encode()).digest()
+  return np.random.default_rng(np.frombuffer(digest, np.uint32))
+
+
+def _with_details(text: str, details: Sequence[str]) -> str:
+  return f"{text[:-1]}, {' and '.join(details)}{text[-1]}"
+
+
+def _fresh_sentence(rng: np.random.Generator, labels: Sequence[float], taken, *, max_redraws: int,
+                    tag: str) -> str:
+  """A sentence for ``labels`` that ``taken`` (a container) does not hold: redrawn up to ``max_redraws`` times,
+  then the last draw with one, two or three ``DETAIL_CLAUSES``, and as a last resort with ``tag``."""
+  for _ in range(int(max_redraws) + 1):
+    text = _synthetic_sentence(rng, labels)
+    if text not in taken:
+      return text
+  for count in (1, 2, 3):
+    for _ in range(16):
+      picks = rng.choice(len(DETAIL_CLAUSES), size=count, replace=False)
+      candidate = _with_details(text, [DETAIL_CLAUSES[int(k)] for k in picks])
+      if candidate not in taken:
+        return candidate
+  return f"{text[:-1]} ({tag}){text[-1]}"
+
+
+class _Union:
+  """``in`` over several containers without copying them."""
+
+  def __init__(self, *parts):
+    self.parts = parts
+
+  def __contains__(self, item) -> bool:
+    return any(item in part for part in self.parts)
+
+
+def _clip_descriptions(example_id: str, labels: Sequence[float], num: int, seed: int, *, first_taken=(),
+                       rest_taken=(), max_redraws: int = 8) -> list[str]:
+  if int(num) < 1:
+    raise ValueError(f"num must be >= 1, got {num}")
+  for x in labels:
+    stochastic_level(x, 0.0)  # NaN check before any draw
+  rng = _clip_rng(seed, example_id)
+  texts: list[str] = []
+  for i in range(int(num)):
+    taken = _Union(texts, first_taken if i == 0 else rest_taken)
+    texts.append(_fresh_sentence(rng, labels, taken, max_redraws=max_redraws,
+                                 tag=f"clip {example_id}, description {i + 1}"))
+  return texts
+
+
+def unique_descriptions(example_id: str, arousal: float, valence: float, dominance: float, *, num: int = 4,
+                        seed: int = 0) -> list[str]:
+  """``num`` distinct free-form descriptions of one clip, in the manner of LLM-written ones.
+
+  Each sentence draws, per attribute, the level between the two nearest to the exact value (the upper one with
+  probability equal to the fractional part, ``stochastic_level``), a degree adverb and adjective of that level
+  (or a neutral phrase), and a sentence pattern, speaker noun and verb, from a generator seeded by
+  (``seed``, ``example_id``): reproducible, and different for clips with equal labels. A higher value never
+  gets a phrase more than one level below a lower value's.
+
+  Args:
+    example_id: the clip's id (seeds its draws).
+    arousal: the 1–7 arousal value (clipped to the scale).
+    valence: the 1–7 valence value.
+    dominance: the 1–7 dominance value.
+    num: how many descriptions (>= 1).
+    seed: a corpus-wide seed.
+
+  Returns:
+    ``num`` distinct sentences.
+
+  Raises:
+    ValueError: ``num`` < 1 or a value is not finite.
+  """
+  return _clip_descriptions(str(example_id), (arousal, valence, dominance), num, seed)
+
+
+def synthesize_corpus(clips: Iterable[tuple[str, float, float, float]], *, num: int = 4, seed: int = 0,
+                      taken: Iterable[str] = (), max_redraws: int = 8) -> dict[str, list[str]]:
+  """``unique_descriptions`` of every clip, with each clip's first description distinct from every other
+  description of the corpus: a first description that an earlier clip's descriptions (or ``taken``) already
+  hold is redrawn, up to ``max_redraws`` times, then given distinguishing clauses about the recording
+  (``DETAIL_CLAUSES``); later descriptions never repeat an earlier clip's first one. Deterministic for the same
+  clips in the same order.
+
+  Args:
+    clips: (id, arousal, valence, dominance) per clip.
+    num: descriptions per clip (>= 1).
+    seed: the seed of ``unique_descriptions``.
+    taken: texts no first description may equal (e.g. another corpus's).
+    max_redraws: redraws of a colliding sentence before clauses are added.
+
+  Returns:
+    {id: descriptions}, in the order of ``clips`` (``write_jsonl`` writes it).
+
+  Raises:
+    ValueError: a repeated id, ``num`` < 1 or a value that is not finite.
+  """
+  out: dict[str, list[str]] = {}
+  firsts: set[str] = set()
+  every: set[str] = set(taken)
+  for example_id, arousal, valence, dominance in clips:
+    key = str(example_id)
+    if key in out:
+      raise ValueError(f"clips: duplicate id {key!r}")
+    texts = _clip_descriptions(key, (arousal, valence, dominance), num, seed, first_taken=every,
+                               rest_taken=firsts, max_redraws=max_redraws)
+    out[key] = texts
+    firsts.add(texts[0])
+    every.update(texts)
+  return out

@@ -82,7 +82,8 @@ class ERCLAP:
     config = resolve.for_inference(tower_init.read_workdir_config(workdir, step), dtype=dtype)
     _check_cross_modal(config, workdir_or_checkpoint)
     mesh = runtime.make_mesh(config)
-    tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+    tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                             descriptions=config.data.descriptions)
     model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
     got_step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)
     return cls(config, model, params, tokenizer, mesh, got_step, batch_size=batch_size)

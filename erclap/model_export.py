@@ -205,7 +205,8 @@ def export_model(config, workdir: str) -> str:
   config = resolve.ensure(config, workdir, "export_model")
   runtime.hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
-  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                           descriptions=config.data.descriptions)
   model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   host_params = sharding.to_host(params)  # an all-gather when multi-host: every process takes part

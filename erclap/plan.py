@@ -346,7 +346,9 @@ def vocab_size(config) -> tuple[int | None, str]:
   if not stages.of(config).cross_modal:
     return None, "no text tower"
   try:
-    return tokenization.build_tokenizer(config.model, config.data.max_text_tokens).vocab_size, "tokenizer"
+    tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                             descriptions=config.data.descriptions)
+    return tokenizer.vocab_size, "tokenizer"
   except (OSError, ValueError, ImportError) as e:
     preset = models.text_preset(config.model.size, config.model.text_arch)
     return preset.vocab_size, f"{config.model.text_arch} preset ({type(e).__name__}: tokenizer not available)"

@@ -55,7 +55,8 @@ def setup(config, workdir: str):
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-dataset-ready")
     data.ensure_dataset(config.data)
-  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
+                                           descriptions=config.data.descriptions)
   model = build_model(config, vocab_size=tokenizer.vocab_size)
   return mesh, tokenizer, model
 

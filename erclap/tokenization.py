@@ -1,12 +1,15 @@
 """Tokenisers: a word-level one over the description vocabulary, or a checkpoint's own (HF, offline).
 
-``build_tokenizer(config.model, max_length)`` returns a picklable callable (it runs inside grain worker
-processes): ``tokenizer(texts) -> {"input_ids": int32 (B, L), "attention_mask": int32 (B, L)}``, padded /
-truncated to ``max_length``, with ``.vocab_size`` and ``.pad_id``.
+``build_tokenizer(config.model, max_length, descriptions=config.data.descriptions)`` returns a picklable
+callable (it runs inside grain worker processes): ``tokenizer(texts) -> {"input_ids": int32 (B, L),
+"attention_mask": int32 (B, L)}``, padded / truncated to ``max_length``, with ``.vocab_size`` and ``.pad_id``.
+The word-level vocabulary is the template words, plus the words of an LLM-written descriptions file when
+``config.data.descriptions`` names one (``description_vocabulary``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -21,16 +24,28 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0..3
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 1, 2, 3
 
 
+def _normalizer():
+  return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+
+
+def _pre_tokenizer():
+  return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                  pre_tokenizers.Punctuation(behavior="isolated")])
+
+
+def _word_entry(word) -> str:
+  return str(word).lower().strip()
+
+
 def _build_word_level(vocabulary: Sequence[str], max_length: int):
   vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
   for word in vocabulary:
-    word = str(word).lower().strip()
+    word = _word_entry(word)
     if word and word not in vocab:
       vocab[word] = len(vocab)
   tok = HFTokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-  tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                               pre_tokenizers.Punctuation(behavior="isolated")])
+  tok.normalizer = _normalizer()
+  tok.pre_tokenizer = _pre_tokenizer()
   tok.post_processor = processors.TemplateProcessing(
       single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
   tok.enable_truncation(max_length)
@@ -112,14 +127,67 @@ def build_word_tokenizer(vocabulary: Sequence[str], max_length: int) -> Tokenize
   return Tokenizer(max_length=max_length, vocabulary=vocabulary)
 
 
-def build_tokenizer(model_config, max_length: int, *, vocabulary: Sequence[str] | None = None) -> Tokenizer:
+class _WordSplitter:
+  """The words the word-level tokenizer looks up for a text (NFKC, lowercase, split at whitespace, every
+  punctuation mark a word of its own), as vocabulary entries: its own normalizer and pre-tokenizer, so that
+  a file's words are exactly the tokens its texts become ("5€" one word, "snake_case" three)."""
+
+  def __init__(self):
+    self.normalizer, self.pre_tokenizer = _normalizer(), _pre_tokenizer()
+
+  def __call__(self, text: str) -> list[str]:
+    pieces = self.pre_tokenizer.pre_tokenize_str(self.normalizer.normalize_str(str(text)))
+    return [_word_entry(piece) for piece, _ in pieces]
+
+
+@functools.lru_cache(maxsize=4)
+def _file_words(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+  del mtime_ns, size  # cache keys only: an edited file is read again
+  split = _WordSplitter()
+  texts = {text for texts in descriptions.load_jsonl(path).values() for text in texts}
+  return tuple(sorted({word for text in texts for word in split(text) if word}))
+
+
+def description_vocabulary(source: str = "templates") -> list[str]:
+  """The word-level vocabulary for ``config.data.descriptions``: ``erclap.descriptions.vocabulary()`` for
+  "templates"; for a JSONL file, that vocabulary (its words keep their ids) followed by every other word of
+  the file's descriptions, sorted.
+
+  Raises:
+    ValueError: the file does not exist (naming it; a model exported with ``--mode=export_model`` carries
+      its vocabulary instead) or is not a valid descriptions file.
+  """
+  base = descriptions.vocabulary()
+  if source == "templates":
+    return base
+  path = os.fspath(source)
+  if not os.path.isfile(path):
+    raise ValueError(f"data.descriptions={path!r}: file not found; the word-level tokenizer "
+                     f"(model.tokenizer='descriptions') takes its vocabulary from it (a model directory written "
+                     f"by --mode=export_model carries the vocabulary instead)")
+  info = os.stat(path)
+  known = set(base)
+  return base + [w for w in _file_words(os.path.abspath(path), info.st_mtime_ns, info.st_size) if w not in known]
+
+
+def build_tokenizer(model_config, max_length: int, *, vocabulary: Sequence[str] | None = None,
+                    descriptions: str = "templates") -> Tokenizer:
   """The tokenizer ``model_config.tokenizer`` names: "descriptions" (word level over
-  ``erclap.descriptions.vocabulary()``, or ``vocabulary`` if given) or a local HF directory ("" with a HF
-  ``text_init``: that checkpoint's tokenizer)."""
+  ``description_vocabulary(descriptions)``, or ``vocabulary`` if given) or a local HF directory ("" with a HF
+  ``text_init``: that checkpoint's tokenizer, whatever ``descriptions``).
+
+  Args:
+    model_config: ``config.model``.
+    max_length: tokens per text (padding / truncation).
+    vocabulary: the word-level vocabulary itself.
+    descriptions: ``config.data.descriptions`` ("templates" or a JSONL file whose words join the vocabulary).
+  """
   name = model_config.get("tokenizer", "descriptions") or model_config.get("text_init", "")
   if name == "descriptions":
     if vocabulary is None:
-      vocabulary = descriptions.vocabulary()
+      vocabulary = description_vocabulary(descriptions)
+    elif descriptions != "templates":
+      raise ValueError(f"give vocabulary= or descriptions= ({descriptions!r}), not both")
     return build_word_tokenizer(vocabulary, max_length)
   if vocabulary is not None:
     raise ValueError(f"vocabulary= only applies to model.tokenizer='descriptions', not {name!r}")

@@ -1,16 +1,21 @@
-"""Template descriptions, level prompts, vocabulary, JSONL loading and the prompt-request tool."""
+"""Template descriptions, level prompts, vocabulary, JSONL loading, the prompt-request tool, and synthetic
+LLM-style descriptions and their tool."""
 
+import functools
 import itertools
 import json
+import math
 import re
 
 import numpy as np
 import pytest
-from train_helpers import TINY_CORPUS
+from train_helpers import TINY_CORPUS, tiny_config
 
+from erclap import data
 from erclap import descriptions as d
 from erclap.schema import LABEL_NAMES
 from erclap.tools import make_description_requests as tool
+from erclap.tools import synthesize_descriptions as synth_tool
 
 
 def _level_of(attribute, text):
@@ -185,3 +190,167 @@ def test_make_description_requests_names_a_bad_setting(tmp_path, setting, needle
   with pytest.raises(SystemExit, match=re.escape(needle)):
     tool.main([f"--data_dir={tmp_path}", f"--output={out}", f"--set={setting}"])
   assert not out.exists() and not list(tmp_path.iterdir())  # refused before building or writing anything
+
+
+# ----------------------------------------------------------------------------- synthetic descriptions
+
+
+@functools.cache
+def _phrase_patterns(attribute):
+  return [(level, phrase, re.compile(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])"))
+          for level, phrases in enumerate(d.synthetic_level_phrases(attribute), start=1) for phrase in phrases]
+
+
+def _synthetic_level(attribute, text):
+  """The level of the one phrase of ``attribute`` in ``text``: every occurrence of a phrase of any level, less
+  those inside a longer occurrence ("energetic" in "moderately energetic"); exactly one must remain."""
+  lower = text.lower()
+  spans = [(m.start(), m.end(), level) for level, phrase, pattern in _phrase_patterns(attribute) if phrase in lower
+           for m in pattern.finditer(lower)]
+  outer = [s for s in spans
+           if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0] for o in spans)]
+  assert len(outer) == 1, (attribute, text, outer)
+  return outer[0][2]
+
+
+def _nearest_levels(value):
+  x = min(max(float(value), 1.0), 7.0)
+  return {math.floor(x), math.ceil(x)}
+
+
+def test_synthetic_level_phrases_by_hand():
+  arousal = d.synthetic_level_phrases("arousal")
+  valence, dominance = d.synthetic_level_phrases("valence"), d.synthetic_level_phrases("dominance")
+  hand = [(arousal, "very calm", 1), (arousal, "almost no energy", 1), (arousal, "calm", 2),
+          (arousal, "slightly calm", 3), (arousal, "moderately energetic", 4), (arousal, "slightly excited", 5),
+          (arousal, "excited", 6), (arousal, "extremely excited", 7), (arousal, "tremendous energy", 7),
+          (valence, "very sad", 1), (valence, "neutral", 4), (valence, "somewhat cheerful", 5),
+          (valence, "very happy", 7), (dominance, "somewhat timid", 3), (dominance, "utterly domineering", 7)]
+  for phrases, phrase, level in hand:
+    assert [k + 1 for k, p in enumerate(phrases) if phrase in p] == [level], phrase
+  assert not any("slightly frantic" in p or "mildly miserable" in p for p in arousal + valence)  # strong words
+  for attribute, other in itertools.permutations(LABEL_NAMES, 2):  # no attribute's phrase inside another's
+    mine = {p for level in d.synthetic_level_phrases(attribute) for p in level}
+    for phrase in (p for level in d.synthetic_level_phrases(other) for p in level):
+      assert not any(m in phrase and re.search(rf"(?<![\w-]){re.escape(m)}(?![\w-])", phrase) for m in mine), \
+          (attribute, phrase)
+
+
+def test_synthetic_descriptions_are_deterministic_and_seeded():
+  texts = d.unique_descriptions("utt-7", 5.3, 2.2, 6.8, num=6)
+  assert len(texts) == 6 and len(set(texts)) == 6
+  assert texts == d.unique_descriptions("utt-7", 5.3, 2.2, 6.8, num=6)
+  assert d.unique_descriptions("utt-7", 5.3, 2.2, 6.8, num=2) == texts[:2]
+  assert set(texts).isdisjoint(d.unique_descriptions("utt-7", 5.3, 2.2, 6.8, num=6, seed=1))
+  assert set(texts).isdisjoint(d.unique_descriptions("utt-8", 5.3, 2.2, 6.8, num=6))
+  for text in texts:
+    assert text[0].isupper() and text.endswith(".") and "  " not in text
+    assert not re.search(r"\b[Aa] [aeiou]", text), text  # "an extremely", not "a extremely"
+  # Values off the scale are clipped; integers give their own level.
+  for text in d.unique_descriptions("edge", 0.2, 9.0, 3.0, num=8):
+    assert [_synthetic_level(a, text) for a in LABEL_NAMES] == [1, 7, 3]
+  with pytest.raises(ValueError, match="finite"):
+    d.unique_descriptions("utt-7", float("nan"), 4.0, 4.0)
+  with pytest.raises(ValueError, match="num must be >= 1"):
+    d.unique_descriptions("utt-7", 4.0, 4.0, 4.0, num=0)
+
+
+def test_synthetic_wording_is_monotone_per_attribute():
+  """Holding the others fixed, each text of value x has level floor(x) or ceil(x), so a higher value is never
+  worded more than one level below a lower one; the upper level is drawn with probability frac(x)."""
+  values = np.linspace(0.5, 7.5, 29)
+  for attribute in LABEL_NAMES:
+    for others in (4.0, 2.6):
+      levels = []
+      for x in values:
+        labels = {name: others for name in LABEL_NAMES} | {attribute: float(x)}
+        got = [_synthetic_level(attribute, text) for j in range(6)
+               for text in d.unique_descriptions(f"{attribute}-{j}", *labels.values(), num=3)]
+        assert set(got) <= _nearest_levels(x), (attribute, x, got)
+        levels.append(got)
+      for i, j in itertools.combinations(range(len(values)), 2):  # values[i] < values[j]
+        assert max(levels[i]) <= min(levels[j]) + 1, (attribute, values[i], values[j])
+      assert min(levels[0]) == 1 and max(levels[-1]) == 7
+  ups = [_synthetic_level("valence", d.unique_descriptions(f"f{i}", 4.0, 3.25, 4.0, num=1)[0]) for i in range(400)]
+  assert set(ups) == {3, 4} and abs(np.mean(np.array(ups) == 4) - 0.25) < 0.07
+
+
+def test_synthetic_vocabulary_goes_beyond_the_templates():
+  rng = np.random.default_rng(3)
+  table = d.synthesize_corpus([(f"v{i}", *rng.uniform(1, 7, 3)) for i in range(200)], num=2)
+  words = {w for texts in table.values() for t in texts for w in d.words(t) if w.isalpha()}
+  outside = words - set(d.vocabulary())
+  assert len(outside) >= 100 and {"energy", "presence", "narrator", "miserable"} <= outside
+  structures = {re.sub(r"\w+", "w", t)[:12] for texts in table.values() for t in texts}
+  assert len(structures) >= 10
+
+
+def test_synthesize_corpus_first_descriptions_are_unique():
+  rng = np.random.default_rng(5)
+  grid = np.array([1.0, 2.5, 4.0, 5.5, 7.0])  # few label triples: many clips share theirs
+  clips = [(f"c{i:03d}", *rng.choice(grid, 3)) for i in range(300)] + [(f"n{i}", 4.0, 4.0, 4.0) for i in range(100)]
+  table = d.synthesize_corpus(clips, num=3, seed=0)
+  assert list(table) == [c[0] for c in clips]
+  owners = {}
+  for key, texts in table.items():
+    assert len(texts) == 3 and len(set(texts)) == 3
+    for text in texts:
+      owners.setdefault(text, set()).add(key)
+  assert all(owners[texts[0]] == {key} for key, texts in table.items())  # no other clip uses a first one
+  assert len({texts[0] for texts in table.values()}) == len(clips)
+  assert table["c000"] == d.unique_descriptions("c000", *clips[0][1:], num=3)
+  for key, a, v, dom in clips[::7]:
+    for text in table[key]:
+      for name, x in zip(LABEL_NAMES, (a, v, dom), strict=True):
+        assert _synthetic_level(name, text) in _nearest_levels(x), (key, text)
+  assert d.synthesize_corpus(clips, num=3, seed=0) == table
+  with pytest.raises(ValueError, match="duplicate id 'c000'"):
+    d.synthesize_corpus(clips[:2] + clips[:1], num=1)
+
+
+def test_colliding_first_description_is_redrawn_then_given_a_clause():
+  own = d.unique_descriptions("x", 3.0, 5.0, 2.0, num=2)
+  redrawn = d.synthesize_corpus([("x", 3.0, 5.0, 2.0)], num=2, taken={own[0]})["x"]
+  assert redrawn[0] != own[0] and not any(c in redrawn[0] for c in d.DETAIL_CLAUSES)
+  clause = d.synthesize_corpus([("x", 3.0, 5.0, 2.0)], num=2, taken={own[0]}, max_redraws=0)["x"][0]
+  assert clause.startswith(own[0][:-1] + ", ") and clause.endswith(".")
+  assert sum(c in clause for c in d.DETAIL_CLAUSES) == 1
+  assert [_synthetic_level(a, clause) for a in LABEL_NAMES] == [3, 5, 2]
+
+
+def test_synthetic_jsonl_round_trip(tmp_path):
+  clips = [(f"r{i}", 1.0 + i % 7, 7.0 - i % 7, 4.5) for i in range(30)]
+  table = d.synthesize_corpus(clips, num=4, seed=2)
+  path = str(tmp_path / "synthetic.jsonl")
+  d.write_jsonl(path, table)
+  assert d.load_jsonl(path) == table
+  d.check_coverage(d.load_jsonl(path), [c[0] for c in clips])
+
+
+def test_synthesize_descriptions_tool(data_dir, tmp_path, capsys):
+  out = tmp_path / "descriptions.jsonl"
+  corpus = [f"--set=embedded.{k}={v}" for k, v in TINY_CORPUS.items()]
+  args = [f"--data_dir={data_dir}", f"--output={out}", "--splits=train,validation,test", "--num=3", *corpus]
+  assert synth_tool.main(args) == 0
+  printed = capsys.readouterr().out
+  assert "[data] building" not in printed  # the built tiny corpus, found by its spec
+  total = sum(TINY_CORPUS[f"num_{s}"] for s in ("train", "validation", "test"))
+  assert f"{total} clips, {3 * total} descriptions" in printed and f"{total} distinct first descriptions" in printed
+  assert f"train: {TINY_CORPUS['num_train']} clips" in printed
+  table = d.load_jsonl(str(out))
+  data_config = tiny_config(data_dir).data
+  for split in ("train", "validation", "test"):
+    source = data.get_data_source(data_config, split)
+    records = [source[i] for i in range(len(source))]
+    d.check_coverage(table, [r["id"] for r in records], source=split)
+    for r in records:
+      texts = table[r["id"]]
+      assert len(texts) == 3 and len(set(texts)) == 3
+      for name in LABEL_NAMES:
+        assert _synthetic_level(name, texts[0]) in _nearest_levels(r[name]), (r["id"], name, texts[0])
+  assert len(table) == total and len({texts[0] for texts in table.values()}) == total
+  first = out.read_bytes()
+  assert synth_tool.main(args) == 0 and out.read_bytes() == first  # reproducible
+  assert synth_tool.main([*args, "--seed=1"]) == 0 and out.read_bytes() != first
+  with pytest.raises(SystemExit):
+    synth_tool.main([*args, "--num=0"])
