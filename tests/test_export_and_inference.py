@@ -8,14 +8,13 @@ import signal
 import subprocess
 import time
 
-import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, inference, train
+from erclap import data, descriptions, evaluate, export, resolve, train
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
@@ -223,6 +222,10 @@ def test_as_waveforms_pcm_and_shape_rules():
 def test_stored_configs_gain_new_keys_with_defaults():
   stored = default_config.get_config().to_dict()
   del stored["eval"]["prompt_wordings"]
-  config = ml_collections.ConfigDict(stored)
-  inference._fill_defaults(config, default_config.get_config())
+  stored["data"]["speech_features"] = "/a/cache"
+  config = resolve.for_inference(stored, dtype="bfloat16")
   assert config.eval.prompt_wordings == default_config.get_config().eval.prompt_wordings
+  assert config.data.speech_features == "" and config.model.dtype == "bfloat16"
+  assert tuple(config.mesh.shape) == (-1,) and tuple(config.mesh.axes) == ("data",)
+  with pytest.raises(ValueError, match="dtype='fp8'"):
+    resolve.for_inference(stored, dtype="fp8")

@@ -69,7 +69,7 @@ def _data(c: ml_collections.ConfigDict) -> None:
   c.data.prefetch_buffer_size = 2
   c.data.iemocap_test_session = 5     # leave-one-session-out split for IEMOCAP
   c.data.unreadable_audio_tolerance = 0.0  # fraction of unreadable files tolerated (counted, skipped)
-  # Speech-feature cache (erclap/speech_features.py): "" = off (the speech tower runs every step); a directory
+  # Speech-feature cache (erclap/speech_cache/): "" = off (the speech tower runs every step); a directory
   # written by --mode=cache_speech = train / evaluate / export on its cached frozen speech representation (one
   # fixed crop per clip: no random training crops). Needs model.freeze_speech=True. --mode=cache_speech writes
   # to this directory, or to <workdir>/speech_features when it is "".

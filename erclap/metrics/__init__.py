@@ -8,7 +8,7 @@ anchors x thousands of candidates fit in modest memory. Conventions:
 * Labels are (N, 3) arrays of (arousal, valence, dominance) on the 1-7 scale; functions that act on one
   attribute take a 1-D column.
 
-Definitions (the paper's exact protocol is not published; these are ours, also described in the README):
+Definitions (the paper's exact protocol is not published; these are ours, also described in docs/metrics.md):
 
 * AOC / VOC (``aoc``, ``voc``), the paper's arousal / valence ordinal consistency: Kendall's tau of
   cross-modal retrieval order (``retrieval_kendall_tau``, the paper's protocol as far as it is published): K
