@@ -1,5 +1,5 @@
 # The two commands of the README:  `make demo`  (main job on the embedded corpus)  and  `make test`
-# (everything; `make test-fast` skips the tests marked slow: training runs and other subprocesses).
+# (everything; `make test-fast` skips the tests marked slow: launches of erclap.main, training, whole-step compiles).
 # Each creates .venv and installs the project on first use (and again whenever pyproject.toml changes).
 VENV    ?= .venv
 PY      := $(VENV)/bin/python

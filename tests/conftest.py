@@ -1,5 +1,5 @@
 """Test set-up: 8 simulated CPU devices for every test (must run before jax is imported), the tiny corpus and
-a 2-step trained workdir, each built once per test run."""
+a trained workdir, each built once per test run."""
 
 import fcntl
 import os

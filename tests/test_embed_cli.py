@@ -182,7 +182,7 @@ def test_flac_and_ogg_are_read(tmp_path):
 
 @pytest.mark.slow
 def test_embed_command_line(trained_workdir, tmp_path, capsys):
-  """The command on a trained checkpoint (the suite's 2-step workdir, read only): exit 0 with a readable file, 1
+  """The command on a trained checkpoint (the suite's trained workdir, read only): exit 0 with a readable file, 1
   when every file fails."""
   files = _folder(tmp_path / "audio")
   args = [f"--model={trained_workdir}", f"--out={tmp_path / 'out'}", "--queries=A calm voice.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,26 +15,24 @@ import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, resolve, train
+from erclap import data, descriptions, evaluate, export, resolve
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 from erclap.schema import LABEL_NAMES
 
-# Every test here shares a trained model fixture that takes minutes: the whole module is slow.
+# Every test here reads the suite's trained workdir (a training run): the whole module is slow.
 pytestmark = pytest.mark.slow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """A tiny model trained on the tiny embedded corpus (the suite's built one): (config, workdir)."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = th.tiny_config(data_dir, **{"train.num_steps": 60, "checkpoint.every_steps": 60,
-                                       "train.log_every_steps": 20, "train.learning_rate": 2e-3})
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
+def trained(data_dir, trained_workdir, tmp_path_factory):
+  """(config, workdir): a copy of the suite's trained workdir (60 steps), which these tests write into."""
+  workdir = str(tmp_path_factory.mktemp("run") / "run")
+  shutil.copytree(os.path.join(trained_workdir, "checkpoints"), os.path.join(workdir, "checkpoints"))
+  return th.tiny_config(data_dir, **th.TRAINED_STEPS), workdir
 
 
 def test_export_writes_complete_files(trained):
@@ -67,8 +66,7 @@ def test_export_writes_complete_files(trained):
 @pytest.mark.slow
 def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
   config, workdir = trained
-  command = th.main_command(workdir, config.data.data_dir, mode="export",
-                            **{"train.num_steps": 60, "checkpoint.every_steps": 60})
+  command = th.main_command(workdir, config.data.data_dir, mode="export", **th.TRAINED_STEPS)
   out = os.path.join(workdir, "export")
   for name in os.listdir(out) if os.path.isdir(out) else []:
     os.remove(os.path.join(out, name))
@@ -100,7 +98,7 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
 def test_eval_mode_writes_test_metrics(trained):
   config, workdir = trained
   result = evaluate.evaluate_checkpoint(config, workdir)
-  assert os.path.exists(os.path.join(workdir, "eval", "test_60.json"))
+  assert os.path.exists(os.path.join(workdir, "eval", f"test_{th.TRAINED_STEPS['train.num_steps']}.json"))
   assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
   for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result

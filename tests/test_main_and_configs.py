@@ -91,6 +91,7 @@ def test_micro_batch_must_divide_global_batch():
     config_lib.validate(config)
 
 
+@pytest.mark.slow
 def test_helpfull_lists_the_flags():
   result = _main("--helpfull")
   assert result.returncode == 0, result.stderr
@@ -98,6 +99,7 @@ def test_helpfull_lists_the_flags():
     assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_unknown_override_key_is_named(tmp_path):
   result = _main("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.train.global_batchsize=8")
   assert result.returncode != 0
@@ -105,6 +107,7 @@ def test_unknown_override_key_is_named(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["train.no_such_key", "no_such_section.key"])
 def test_unknown_override_key_is_named_in_full(tmp_path, key):
   result = _main("--config=configs/demo.py", f"--workdir={tmp_path}", f"--config.{key}=1")
@@ -113,12 +116,14 @@ def test_unknown_override_key_is_named_in_full(tmp_path, key):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_override_value_is_named(tmp_path):
   result = _main("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.loss=focal")
   assert result.returncode != 0
   assert "config.loss" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_config_path_works_from_another_directory(tmp_path):
   result = _main(f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path}", "--config.loss=focal",
                  cwd=str(tmp_path))

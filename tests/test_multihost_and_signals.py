@@ -29,7 +29,7 @@ TRAIN = th.TRAINED_STEPS  # the config of the trained_workdir fixture
 
 @pytest.fixture(scope="module")
 def trained(data_dir, trained_workdir, tmp_path_factory):
-  """A workdir with the suite's 2-step checkpoints, its 1-process export (export_single/) and eval JSON
+  """A workdir with the suite's trained checkpoint (step 60), its 1-process export (export_single/) and eval JSON
   (eval_single/).
 
   The 1-process reference runs the modes in this test process (1 process x 8 devices, the tiny config the
@@ -42,38 +42,6 @@ def trained(data_dir, trained_workdir, tmp_path_factory):
   os.rename(os.path.join(workdir, "export"), os.path.join(workdir, "export_single"))
   os.rename(os.path.join(workdir, "eval"), os.path.join(workdir, "eval_single"))
   return workdir
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _run_two_processes(workdir, data_dir, mode, **overrides):
-  """`erclap.main` as 2 processes x 4 CPU devices on localhost; fails (killing both) past the timeout."""
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
-             "distributed.num_processes": 2, "distributed.process_id": pid}
-    procs.append(subprocess.Popen(th.main_command(workdir, data_dir, mode, **flags), cwd=th.ROOT,
-                                  env=th.subprocess_env(num_devices=4), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
-  deadline = time.time() + MULTI_PROCESS_TIMEOUT
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=max(deadline - time.time(), 1)))
-  except subprocess.TimeoutExpired:
-    for p in procs:
-      p.kill()
-    tails = [p.communicate()[1][-2000:] for p in procs]
-    pytest.fail(f"--mode={mode} with 2 processes did not finish within {MULTI_PROCESS_TIMEOUT} s (hang):\n"
-                + "\n---\n".join(tails))
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  return outs
 
 
 def _metrics(path):
@@ -90,7 +58,7 @@ def _assert_metrics_close(a: dict, b: dict):
 
 @pytest.mark.slow
 def test_two_process_export_equals_one_process_export(data_dir, trained):
-  _run_two_processes(trained, data_dir, "export", **TRAIN)
+  th.run_two_processes(trained, data_dir, "export", timeout=MULTI_PROCESS_TIMEOUT, **TRAIN)
   single, multi = os.path.join(trained, "export_single"), os.path.join(trained, "export")
   assert sorted(os.listdir(single)) == sorted(os.listdir(multi))
   for name in ("test_speech.npy", "test_text.npy"):
@@ -109,9 +77,10 @@ def test_two_process_export_equals_one_process_export(data_dir, trained):
 
 @pytest.mark.slow
 def test_two_process_eval_equals_one_process_eval(data_dir, trained):
-  _run_two_processes(trained, data_dir, "eval", **TRAIN)
-  _assert_metrics_close(_metrics(os.path.join(trained, "eval_single", "test_2.json")),
-                        _metrics(os.path.join(trained, "eval", "test_2.json")))
+  th.run_two_processes(trained, data_dir, "eval", timeout=MULTI_PROCESS_TIMEOUT, **TRAIN)
+  step = TRAIN["train.num_steps"]
+  _assert_metrics_close(_metrics(os.path.join(trained, "eval_single", f"test_{step}.json")),
+                        _metrics(os.path.join(trained, "eval", f"test_{step}.json")))
 
 
 @pytest.mark.slow
@@ -203,6 +172,7 @@ def test_export_refuses_a_file_where_its_directory_goes(tmp_path):
   assert export.output_problems(str(tmp_path / "fresh"), [str(tmp_path / "fresh" / "test.parquet")]) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "export"])
 def test_locked_workdir_is_refused_before_it_is_touched(tmp_path, mode):
   workdir = tmp_path / "run"
@@ -226,6 +196,7 @@ def test_demo_config_fits_8_devices(processes):
   config_lib.validate_for_devices(demo.get_config(), 8, processes, 8 // processes)
 
 
+@pytest.mark.slow
 def test_config_that_does_not_fit_the_devices_is_refused_before_any_work(tmp_path):
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()

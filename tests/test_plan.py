@@ -121,20 +121,6 @@ def test_knobs_estimates_by_hand(devices):
 
 
 @pytest.mark.slow
-def test_run_plan_writes_plan_json(devices, tmp_path):
-  config = _config(**{"plan.topology": "v5e-8", "mesh.shape": (2, 4, 1)})
-  assert plan.prepare_devices(config) == 8
-  result = plan.run_plan(config, str(tmp_path))
-  with open(tmp_path / "plan.json") as f:
-    assert json.load(f) == json.loads(json.dumps(result))
-  assert result["verdict"] == "FITS" and result["chip"] == "TPU v5e" and result["devices"] == 8
-  s = result["step"]
-  assert s["argument_bytes"] >= s["params_bytes"] + s["opt_state_bytes"]
-  assert s["total_bytes"] >= s["argument_bytes"] and s["alias_bytes"] > 0   # the donated state is reused
-  assert result["step_time_s"] == pytest.approx(s["flops_per_device"] / (197e12 * 0.4))
-  assert 0 < result["loss_flops_share"] < 0.05
-
-
 def test_a_config_that_cannot_fit_names_knobs(devices):
   # The tiny model against a sliver of a v5e's memory: the verdict and the knobs of a config that does not fit.
   # (Paper-size configs that do not fit a real chip: benchmarks/bench_plan.py.)
@@ -186,12 +172,20 @@ def test_plan_mode_simulates_the_topology_in_a_fresh_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_plan_of_a_frozen_tower_also_plans_the_cached_step(devices, tmp_path):
-  """A frozen speech tower: the plan shows the step on cached features beside it (same parameters, no tower
-  FLOPs); a config already on a cache plans that step (no cache needs to exist)."""
-  config = _config(**{"model.freeze_speech": True, "plan.topology": "v5e-8", "mesh.shape": (8, 1, 1)})
-  plan.prepare_devices(config)
+def test_run_plan_writes_plan_json_and_plans_the_cached_step_of_a_frozen_tower(devices, tmp_path):
+  """plan.json is the plan; a frozen speech tower's plan shows the step on cached features beside it (same
+  parameters, no tower FLOPs); a config already on a cache plans that step (no cache needs to exist)."""
+  config = _config(**{"model.freeze_speech": True, "plan.topology": "v5e-8", "mesh.shape": (2, 4, 1)})
+  assert plan.prepare_devices(config) == 8
   result = plan.run_plan(config, str(tmp_path / "audio"))
+  with open(tmp_path / "audio" / "plan.json") as f:
+    assert json.load(f) == json.loads(json.dumps(result))
+  assert result["verdict"] == "FITS" and result["chip"] == "TPU v5e" and result["devices"] == 8
+  s = result["step"]
+  assert s["argument_bytes"] >= s["params_bytes"] + s["opt_state_bytes"]
+  assert s["total_bytes"] >= s["argument_bytes"] and s["alias_bytes"] > 0   # the donated state is reused
+  assert result["step_time_s"] == pytest.approx(s["flops_per_device"] / (197e12 * 0.4))
+  assert 0 < result["loss_flops_share"] < 0.05
   cached = result["variants"]["speech_features"]
   assert cached["step"]["params_bytes"] == result["step"]["params_bytes"]
   assert cached["step"]["flops_per_example"] < result["step"]["flops_per_example"]

@@ -46,7 +46,7 @@ def _setup(config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage, loss", [("clap", "rnc"), ("clap", "infonce"), ("ser", "rnc")])
+@pytest.mark.parametrize("stage, loss", [("clap", "rnc"), ("ser", "rnc")])
 def test_gradient_caching_equals_one_shot(devices, stage, loss):
   # Stage 1's CCC and ranking losses couple the batch like the contrastive ones: cached gradients are exact too.
   overrides = {"stage": stage, "loss": loss, "loss_options.rank_margin": 0.25}
@@ -74,24 +74,17 @@ def test_gradient_caching_equals_one_shot(devices, stage, loss):
 
 
 @pytest.mark.slow
-def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
+def test_loss_and_gradient_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
   results = []
   for shape in [(8, 1, 1), (2, 2, 2)]:
     config = th.tiny_config("unused", **{"mesh.shape": shape})
     mesh, tokenizer, model = _setup(config)
-    optimizer = optim.make_optimizer(config)
-    state, shardings = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+    params = state_lib.init_params(model, config, mesh, jax.random.key(0))
     host_batch = _random_batch(config, tokenizer.vocab_size, 16)
-    step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer), in_shardings=(shardings, None),
-                   out_shardings=(shardings, None))
     loss_and_grads = jax.jit(step_lib.make_loss_and_grads(model, config, mesh))
-    losses = []
     with jax.set_mesh(mesh):
-      _, _, grads = loss_and_grads(state.params, runtime.global_batch(host_batch, mesh), jax.random.key(3))
-      for _ in range(2):
-        state, metrics = step(state, runtime.global_batch(host_batch, mesh))
-        losses.append(float(metrics["loss"]))
-    results.append((losses, jax.device_get(grads)))
+      loss, _, grads = loss_and_grads(params, runtime.global_batch(host_batch, mesh), jax.random.key(3))
+    results.append((float(loss), jax.device_get(grads)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
   # Gradients, not Adam-updated parameters: Adam's first step is ~lr * sign(g), so a gradient entry that is
   # zero up to rounding (a bias) may flip sign between reduction orders without anything being wrong.
@@ -102,29 +95,35 @@ def test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
 
 
 @pytest.mark.slow
-def test_frozen_speech_tower_does_not_move(devices):
-  config = th.tiny_config("unused", **{"model.freeze_speech": True})
+@pytest.mark.parametrize("loss", ["infonce", "supcon"])
+def test_frozen_speech_tower_does_not_move_and_the_loss_falls(devices, loss):
+  """A frozen speech tower stays bit for bit while the text side learns, and the loss falls on a fixed batch
+  (the training loop itself, which is the same for every loss: test_training_lowers_the_loss)."""
+  config = th.tiny_config("unused", loss=loss, **{"model.freeze_speech": True, "train.learning_rate": 3e-3})
   mesh, tokenizer, model = _setup(config)
   optimizer = optim.make_optimizer(config)
-  state, _ = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+  state, shardings = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
   before = jax.device_get(state.params)
-  step = jax.jit(step_lib.make_train_step(model, config, mesh, optimizer))
+  step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings)
+  host_batch = _random_batch(config, tokenizer.vocab_size, 16)
+  losses = []
   with jax.set_mesh(mesh):
-    for _ in range(2):  # the warmup schedule's learning rate is 0 at step 0
-      state, _ = step(state, runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh))
+    for _ in range(8):  # the warmup schedule's learning rate is 0 at step 0
+      state, metrics = step(state, runtime.global_batch(host_batch, mesh))
+      losses.append(float(metrics["loss"]))
   after = jax.device_get(state.params)
   for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
     np.testing.assert_array_equal(a, b)
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["text_tower"]),
                                                     jax.tree.leaves(after["text_tower"]), strict=True)]
   assert any(moved)
+  assert np.all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["rnc", "infonce", "supcon"])
-def test_training_lowers_the_loss(data_dir, tmp_path, capsys, loss):
-  steps = 24 if loss == "rnc" else 8
-  config = th.tiny_config(data_dir, loss=loss, **{"train.num_steps": steps, "checkpoint.every_steps": 1000})
+def test_training_lowers_the_loss(data_dir, tmp_path, capsys):
+  steps = 24
+  config = th.tiny_config(data_dir, **{"train.num_steps": steps, "checkpoint.every_steps": 1000})
   train.train_and_evaluate(config, str(tmp_path / "run"))
   curve = th.loss_curve(capsys.readouterr().out)
   assert sorted(curve) == list(range(1, steps + 1))

@@ -1,14 +1,13 @@
 """Training runs of `python -m erclap.main` in subprocesses: exact resume after SIGKILL, a SIGTERM preemption
 checkpoint, and 2 processes x 4 devices equal to 1 process x 8 devices.
 
-One 16-step single-process run (``reference_run``) is the reference of both the resume and the 2-process test:
+One 8-step single-process run (``reference_run``) is the reference of both the resume and the 2-process test:
 each launch pays an interpreter start, the JAX import, the corpus load and the compilation."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -21,14 +20,14 @@ from erclap import tower_init
 
 pytestmark = pytest.mark.slow
 
-# The reference run: 16 steps, a checkpoint every 2 (the resume test kills a run of the same config after its
+# The reference run: 8 steps, a checkpoint every 2 (the resume test kills a run of the same config after its
 # step-4 checkpoint).
-REFERENCE = {"train.num_steps": 16, "checkpoint.every_steps": 2}
+REFERENCE = {"train.num_steps": 8, "checkpoint.every_steps": 2}
 
 
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory):
-  """(workdir, stdout) of the tiny config run to step 16 in one process with 8 devices."""
+  """(workdir, stdout) of the tiny config run to step 8 in one process with 8 devices."""
   workdir = str(tmp_path_factory.mktemp("reference") / "full")
   result = th.run_main(workdir, data_dir, **REFERENCE)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -52,14 +51,14 @@ def test_exact_resume_after_sigkill(data_dir, reference_run, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-  assert killed_at < 16, "the run finished before it could be killed"
+  assert killed_at < REFERENCE["train.num_steps"], "the run finished before it could be killed"
   resumed = th.run_main(workdir, data_dir, **overrides)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from" in resumed.stderr
 
   step_a, params_a = _final_params(full_workdir)
   step_b, params_b = _final_params(workdir)
-  assert step_a == step_b == 16
+  assert step_a == step_b == REFERENCE["train.num_steps"]
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)  # bit-identical
 
@@ -91,27 +90,10 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
   assert tower_init.read_workdir_params(workdir)[0] == step + 2
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process(data_dir, reference_run, tmp_path):
   # The reference's checkpoints do not change its losses: the 2-process run leaves them out.
-  overrides = {**REFERENCE, "checkpoint.every_steps": 1000}
   _, single_stdout = reference_run
-  port = _free_port()
-  procs = []
-  for pid in range(2):
-    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
-             "distributed.num_processes": 2, "distributed.process_id": pid}
-    procs.append(subprocess.Popen(th.main_command(str(tmp_path / "multi"), data_dir, **flags), cwd=th.ROOT,
-                                  env=th.subprocess_env(num_devices=4), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
-  outs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outs, strict=True):
-    assert p.returncode == 0, err[-3000:]
+  outs = th.run_two_processes(str(tmp_path / "multi"), data_dir, **{**REFERENCE, "checkpoint.every_steps": 1000})
   curve_single = th.loss_curve(single_stdout)
   curve_multi = th.loss_curve(outs[0][0])
   steps = list(range(1, REFERENCE["train.num_steps"] + 1))

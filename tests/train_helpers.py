@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+
+import pytest
 
 from erclap import config_lib
 from erclap.configs import demo
@@ -44,9 +48,10 @@ TINY_OVERRIDES = {
 }
 
 
-# The session's shared trained workdir (the ``trained_workdir`` fixture of tests/conftest.py): 2 steps, a
-# checkpoint at step 2.
-TRAINED_STEPS = {"train.num_steps": 2, "checkpoint.every_steps": 2}
+# The session's shared trained workdir (the ``trained_workdir`` fixture of tests/conftest.py): 60 steps (enough for
+# the model to order clips by arousal), one checkpoint at step 60.
+TRAINED_STEPS = {"train.num_steps": 60, "checkpoint.every_steps": 60, "train.log_every_steps": 20,
+                 "train.learning_rate": 2e-3}
 
 
 def tiny_overrides(data_dir: str, **overrides) -> dict:
@@ -92,3 +97,36 @@ LOSS_LINE = re.compile(r"\[train\] step (\d+)/\d+\s+loss ([-\d.naninf]+)")
 
 def loss_curve(output: str) -> dict[int, float]:
   return {int(m.group(1)): float(m.group(2)) for m in LOSS_LINE.finditer(output)}
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(workdir: str, data_dir: str, mode: str = "train", *, timeout: int = 600, **overrides):
+  """`erclap.main` as 2 processes x 4 CPU devices on localhost (``jax.distributed``); fails the test, killing
+  both, past ``timeout`` seconds (a hang) or when either exits non-zero. Returns both (stdout, stderr)."""
+  port = free_port()
+  procs = []
+  for pid in range(2):
+    flags = {**overrides, "distributed.coordinator_address": f"127.0.0.1:{port}",
+             "distributed.num_processes": 2, "distributed.process_id": pid}
+    procs.append(subprocess.Popen(main_command(workdir, data_dir, mode, **flags), cwd=ROOT,
+                                  env=subprocess_env(num_devices=4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True))
+  deadline = time.time() + timeout
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=max(deadline - time.time(), 1)))
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    tails = [p.communicate()[1][-2000:] for p in procs]
+    pytest.fail(f"--mode={mode} with 2 processes did not finish within {timeout} s (hang):\n"
+                + "\n---\n".join(tails))
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  return outs
