@@ -15,6 +15,7 @@ measure of ``docs/metrics.md``):
                     (loss_options.similarity=neg_l2)
   joint         (c) the joint 2N form: speech and text rows together as one set of anchors, self excluded
                     (loss_options.joint=True)
+  joint_seed1   joint with seed 1
   unique        (d) unique LLM-style descriptions per clip (erclap.tools.synthesize_descriptions, 4 per clip)
                     instead of the shared templates (data.descriptions=<jsonl>)
   batch16       (e) global batch 16
@@ -46,6 +47,7 @@ VARIANTS = {
     "fixed_t02": {**FIXED, "train.temperature_init": 0.2},
     "neg_l2": {**FIXED, "train.temperature_init": 0.1, "loss_options.similarity": "neg_l2"},
     "joint": {"loss_options.joint": True},
+    "joint_seed1": {"loss_options.joint": True, "seed": 1},
     "unique": {"data.descriptions": "<unique>"},
     "batch16": {"train.global_batch_size": 16},
     "batch256": {"train.global_batch_size": 256},
