@@ -27,11 +27,11 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
 
 test-fast: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q -m "not slow" tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m "not slow" tests
 
 bench: $(STAMP)
 	# bench_accelerator.py is the one-GPU benchmark: on a CPU it runs its smallest sizes only (--small).

@@ -1,7 +1,7 @@
 r"""The plan (``--mode=plan``) of paper-size configs, compiled on this CPU: what the tests check on tiny models, at
 the sizes the plan is for.
 
-  python benchmarks/bench_plan.py                  # every case below (~10 min on a 2-core CPU)
+  python benchmarks/bench_plan.py                  # every case below (~4 min on a 2-core CPU)
   python benchmarks/bench_plan.py --cases=flops    # one case
 
 Cases, each in a process of its own (the plan simulates the topology's devices before JAX starts):
@@ -9,8 +9,9 @@ Cases, each in a process of its own (the plan simulates the topology's devices b
 * ``flops``: the base model (WavLM-base-plus + DistilRoBERTa class, 3 s audio, 32 tokens, both towers trained)
   on one device: FLOPs per example of the compiled train step against the 136 GFLOP forward+backward that
   ``bench_models.py`` measures (the step adds the optimizer update, a few FLOPs per parameter);
-* ``tpu_v4``: ``configs/tpu_v4.py`` with the speech tower trained, on ``v4-8``: per-device memory, step time and
-  the verdict;
+* ``tpu_v4``, ``tpu_v4_32``: ``configs/tpu_v4.py`` with the speech tower trained, on ``v4-8`` and ``v4-32``:
+  per-device memory, step time and the verdict; ``tpu_v4_frozen``: the config as shipped (speech tower frozen) on
+  ``v4-8``;
 * ``too_large``: a large-size model at global batch 65,536 on ``v5e-8``: DOES NOT FIT, with the knobs named.
 
 Figures are XLA:CPU's estimates of another chip's program (see ``erclap.plan``): compare them with each other.
@@ -35,6 +36,9 @@ CASES = {
         "data.max_text_tokens": 32, "train.global_batch_size": 8, "loss": "infonce", "mesh.shape": (1, 1, 1)},
         config="default", vocab=50265),
     "tpu_v4": dict(topology="v4-8", devices=4, overrides={"model.freeze_speech": False}, config="tpu_v4", vocab=None),
+    "tpu_v4_32": dict(topology="v4-32", devices=16, overrides={"model.freeze_speech": False}, config="tpu_v4",
+                      vocab=None),
+    "tpu_v4_frozen": dict(topology="v4-8", devices=4, overrides={}, config="tpu_v4", vocab=None),
     "too_large": dict(topology="v5e-8", devices=8, overrides={
         "model.size": "large", "model.text_arch": "roberta", "train.global_batch_size": 65536, "loss": "infonce",
         "model.remat": False, "mesh.shape": (-1, 1, 1)}, config="default", vocab=50265),
@@ -59,6 +63,13 @@ def run_case(name: str) -> dict:
   return plan.plan_config(config, mesh, runtime.build_model(config, vocab_size=vocab), chip)
 
 
+def _step(result: dict) -> str:
+  """The predicted step time and throughput on the target chip (none without one)."""
+  if not result.get("step_time_s"):
+    return "-"
+  return f"{result['step_time_s'] * 1e3:.0f} ms, {result['examples_per_s']:,.0f}/s"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default=",".join(CASES))
@@ -81,14 +92,14 @@ def main():
     rows.append(f"| {name} | {result['chip'] or 'CPU'} x {result['devices']} | "
                 f"{plan.format_bytes(s['params_bytes'])} / {plan.format_bytes(s['opt_state_bytes'])} / "
                 f"{plan.format_bytes(s['temp_bytes'])} / {plan.format_bytes(s['total_bytes'])} | "
-                f"{s['flops_per_example'] / 1e9:.1f} | {result['verdict']} | "
+                f"{s['flops_per_example'] / 1e9:.1f} | {_step(result)} | {result['verdict']} | "
                 f"{', '.join(k['knob'] for k in result['knobs']) or '-'} | {s['compile_s']:.0f} s |")
     if name == "flops":
       rows.append(f"|  | FLOPs per example / bench_models' forward+backward: "
-                  f"{s['flops_per_example'] / BASE_FORWARD_BACKWARD_FLOPS:.3f} | | | | | |")
-  print("| case | target | per device: params / opt state / temp / total | GFLOP per example | verdict | knobs "
-        "| compile |")
-  print("|---|---|---|---|---|---|---|")
+                  f"{s['flops_per_example'] / BASE_FORWARD_BACKWARD_FLOPS:.3f} | | | | | | |")
+  print("| case | target | per device: params / opt state / temp / total | GFLOP per example | predicted step, "
+        "examples/s | verdict | knobs | compile |")
+  print("|---|---|---|---|---|---|---|---|")
   print("\n".join(rows))
 
 

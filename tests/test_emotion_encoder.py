@@ -38,6 +38,9 @@ from erclap.emotion_encoder import EmotionRankEncoder, bucket_lengths, plan_batc
 from erclap.inference import EmotionRankEncoder as ReExported
 from erclap.schema import LABEL_NAMES
 
+# One worker runs the whole module: its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_emotion_encoder")
+
 TOL = 1e-4  # relative to each output's largest magnitude
 # Two batches (8 + 2 rows on 8 devices) over three length buckets (16000, 22628, 32000 at max_seconds=2).
 LENGTHS = [4000, 2500, 31000, 3130, 900, 17000, 12000, 800, 6000, 23000]

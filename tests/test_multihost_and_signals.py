@@ -22,6 +22,9 @@ import train_helpers as th
 from erclap import config_lib, evaluate, export, fileio, signals, tower_init, workdir_lock
 from erclap.configs import demo
 
+# One worker runs the whole module: its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_multihost_and_signals")
+
 # A whole 2-process run gets this long; past it the test fails (and kills both) instead of hanging.
 MULTI_PROCESS_TIMEOUT = 420
 TRAIN = th.TRAINED_STEPS  # the config of the trained_workdir fixture
@@ -84,8 +87,9 @@ def test_two_process_eval_equals_one_process_eval(data_dir, trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_export_promptly_without_partial_files(data_dir, trained, tmp_path, signum):
+def test_signal_stops_export_promptly_without_partial_files(data_dir, trained, tmp_path):
+  # SIGINT takes the same handler (test_watchdog_ends_a_process_that_does_not_exit runs both).
+  signum = signal.SIGTERM
   workdir = str(tmp_path / "run")
   shutil.copytree(os.path.join(trained, "checkpoints"), os.path.join(workdir, "checkpoints"))
   proc = subprocess.Popen(th.main_command(workdir, data_dir, "export", **TRAIN), cwd=th.ROOT,
@@ -125,20 +129,21 @@ STUCK_AT_EXIT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_watchdog_ends_a_process_that_does_not_exit():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_watchdog_ends_a_process_that_does_not_exit(signum):
   proc = subprocess.Popen([sys.executable, "-c", STUCK_AT_EXIT], cwd=th.ROOT, env=th.subprocess_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "ready"
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signum)
   sent = time.time()
   try:
     _, err = proc.communicate(timeout=30)
   except subprocess.TimeoutExpired:
     proc.kill()
-    pytest.fail("still running 30 s after SIGTERM")
+    pytest.fail(f"still running 30 s after {signum.name}")
   assert signals.SIGNAL_GRACE_SECONDS - 1 < time.time() - sent < signals.SIGNAL_GRACE_SECONDS + 5
-  assert proc.returncode == 128 + signal.SIGTERM
-  assert "stopped by SIGTERM (still running" in err
+  assert proc.returncode == 128 + signum
+  assert f"stopped by {signum.name} (still running" in err
 
 
 def test_stop_on_signals_restores_handlers_when_the_block_ends():

@@ -33,6 +33,9 @@ from erclap.speech_cache import build as cache_speech
 from erclap.speech_cache import fingerprint as cache_fingerprint
 from erclap.speech_cache import store as speech_features
 
+# One worker runs the whole module: its module-scoped fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_speech_cache")
+
 # Clips of the tiny corpus are 0.4-0.8 s: a 1 s crop holds every clip whole, so the uncached pipeline's random
 # training crop and the cache's centre crop are the same padded clip, and train steps compare exactly.
 FROZEN = {"model.freeze_speech": True, "data.max_seconds": 1.0}
