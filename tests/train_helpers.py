@@ -80,8 +80,11 @@ def main_command(workdir: str, data_dir: str, mode: str = "train", **overrides) 
 
 
 def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
+  """The environment of an `erclap.main` subprocess: this process's, with its XLA flags (tests/conftest.py) but
+  ``num_devices`` simulated CPU devices."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}"])
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
   env.update(extra)
   return env
