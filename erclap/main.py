@@ -31,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from erclap import (
+    cache_speech,
     config_lib,
     distributed,
     evaluate,
@@ -43,7 +44,6 @@ from erclap import (
     signals,
     workdir_lock,
 )
-from erclap.speech_cache import build as cache_build
 
 _MODES = {
     "train": recipe.train_stages,
@@ -52,7 +52,7 @@ _MODES = {
     "export_model": model_export.export_model,
     "all": mode_all.run_all,
     "plan": plan.run_plan,
-    "cache_speech": cache_build.cache_speech_features,
+    "cache_speech": cache_speech.cache_speech_features,
 }
 
 FLAGS = flags.FLAGS

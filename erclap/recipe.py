@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import jax
 
-from erclap import resolve, train
-from erclap.speech_cache import build as cache_build
+from erclap import cache_speech, resolve, train
 
 
 def _say(message: str) -> None:
@@ -46,7 +45,7 @@ def prepare_stages(config, workdir: str) -> None:
   _say(f"stage 1/2: {config.recipe.stage1} (speech emotion model, {first.train.num_steps} steps) in {first_dir}")
   train.train_and_evaluate(first, first_dir)
   _say(f"stage 1 done; its frozen speech representation -> {config.data.speech_features}")
-  cache_build.cache_speech_features(config, workdir)
+  cache_speech.cache_speech_features(config, workdir)
 
 
 def train_stages(config, workdir: str) -> dict[str, float]:

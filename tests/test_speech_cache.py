@@ -13,6 +13,7 @@ import pytest
 import train_helpers as th
 
 from erclap import (
+    cache_speech,
     config_lib,
     data,
     descriptions,
@@ -29,7 +30,6 @@ from erclap import (
     tokenization,
     train,
 )
-from erclap.speech_cache import build as cache_speech
 from erclap.speech_cache import fingerprint as cache_fingerprint
 from erclap.speech_cache import store as speech_features
 

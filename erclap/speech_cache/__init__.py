@@ -7,8 +7,9 @@ uncached step runs the whole tower again for every example of every step. The ca
 * ``store``: the on-disk format (one directory: fingerprint, per-split features, columns, ids, manifests),
   written atomically and read by random access;
 * ``fingerprint``: what a config and a model make of it: the fingerprint a cache must carry to fit them, the
-  per-clip columns, ``open_split`` / ``check``;
-* ``build``: ``--mode=cache_speech``, which computes and writes it.
+  per-clip columns, ``open_split`` / ``check``.
+
+``erclap.cache_speech`` (``--mode=cache_speech``) computes and writes it.
 
 Where it lives: ``config.data.speech_features`` (``directory``); ``erclap.resolve`` puts a two-stage run's cache
 in ``<workdir>/speech_features``.

@@ -1,6 +1,6 @@
 """The speech-feature cache's on-disk format: one directory, written atomically, read by random access.
 
-``--mode=cache_speech`` (``erclap.speech_cache.build``) writes it; training, evaluation and export with
+``--mode=cache_speech`` (``erclap.cache_speech``) writes it; training, evaluation and export with
 ``--config.data.speech_features=<dir>`` read it instead of the corpus records, and the model applies only the
 projection (``CLAPModel.embed_speech_features``).
 
