@@ -7,7 +7,7 @@ otherwise, and the test split's metrics from ``--mode=export`` (the paper's AOC 
 measure of ``docs/metrics.md``):
 
   base          learned temperature (initialised at 0.1), cosine similarity, two-direction cross-modal loss
-  seed1         base with seed 1 (how much a seed moves the figures)
+  seed1         base with seed 1 (seed2, seed3 likewise: how much a seed moves the figures)
   fixed_t005    (a) fixed temperature 0.05    (train.learn_temperature=False, train.temperature_init=0.05)
   fixed_t01     (a) fixed temperature 0.1
   fixed_t02     (a) fixed temperature 0.2
@@ -15,7 +15,7 @@ measure of ``docs/metrics.md``):
                     (loss_options.similarity=neg_l2)
   joint         (c) the joint 2N form: speech and text rows together as one set of anchors, self excluded
                     (loss_options.joint=True)
-  joint_seed1   joint with seed 1
+  joint_seed1   joint with seed 1 (joint_seed2, joint_seed3 likewise)
   unique        (d) unique LLM-style descriptions per clip (erclap.tools.synthesize_descriptions, 4 per clip)
                     instead of the shared templates (data.descriptions=<jsonl>)
   batch16       (e) global batch 16
@@ -42,12 +42,16 @@ FIXED = {"train.learn_temperature": False}
 VARIANTS = {
     "base": {},
     "seed1": {"seed": 1},
+    "seed2": {"seed": 2},
+    "seed3": {"seed": 3},
     "fixed_t005": {**FIXED, "train.temperature_init": 0.05},
     "fixed_t01": {**FIXED, "train.temperature_init": 0.1},
     "fixed_t02": {**FIXED, "train.temperature_init": 0.2},
     "neg_l2": {**FIXED, "train.temperature_init": 0.1, "loss_options.similarity": "neg_l2"},
     "joint": {"loss_options.joint": True},
     "joint_seed1": {"loss_options.joint": True, "seed": 1},
+    "joint_seed2": {"loss_options.joint": True, "seed": 2},
+    "joint_seed3": {"loss_options.joint": True, "seed": 3},
     "unique": {"data.descriptions": "<unique>"},
     "batch16": {"train.global_batch_size": 16},
     "batch256": {"train.global_batch_size": 256},
