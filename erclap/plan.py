@@ -38,7 +38,8 @@ from erclap import config_lib, fileio, models, optim, schema, sharding, stages, 
 from erclap.chips import CHIPS, GiB, chip_of_device, parse_topology
 
 __all__ = ["CHIPS", "abstract_batch", "chip_of_device", "compile_train_step", "format_plan", "parse_topology",
-           "plan_config", "plan_loss", "plan_step", "prepare_devices", "run_plan", "state_bytes"]
+           "plan_config", "plan_loss", "plan_step", "prepare_devices", "run_plan", "state_bytes",
+           "with_host_device_count"]
 
 
 def _backends_initialized() -> bool:
@@ -47,6 +48,12 @@ def _backends_initialized() -> bool:
 
   probe = getattr(xla_bridge, "backends_are_initialized", None)
   return bool(probe()) if callable(probe) else bool(getattr(xla_bridge, "_backends", {}))
+
+
+def with_host_device_count(xla_flags: str, n: int) -> str:
+  """``xla_flags`` (an XLA_FLAGS value) with its simulated CPU device count set to ``n``, its other flags kept."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", xla_flags)
+  return f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def prepare_devices(config) -> int:
@@ -71,8 +78,7 @@ def prepare_devices(config) -> int:
           f"{len(devices)} {devices[0].platform} device(s): call erclap.plan.prepare_devices before anything "
           f"uses JAX (run the plan in a process of its own)")
     return n
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
-  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+  os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), n)
   os.environ["JAX_PLATFORMS"] = "cpu"
   jax.config.update("jax_platforms", "cpu")  # jax read JAX_PLATFORMS when it was imported
   return n

@@ -50,6 +50,15 @@ def test_prepare_devices_checks_a_running_backend(devices):
     plan.prepare_devices(config_lib.apply_overrides(config, {"plan.topology": "v4-8"}))
 
 
+@pytest.mark.parametrize("flags, want", [
+    ("", "--xla_force_host_platform_device_count=4"),
+    ("--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=4"),
+    ("--a=1 --xla_force_host_platform_device_count=8 --b=2", "--a=1  --b=2 --xla_force_host_platform_device_count=4"),
+])
+def test_host_device_count_replaces_only_its_own_flag(flags, want):
+  assert plan.with_host_device_count(flags, 4) == want
+
+
 def test_plan_keys_are_validated():
   config_lib.validate(_config(**{"plan.utilization": 0.5, "plan.hbm_headroom": 1.0}))
   for key, value in (("plan.utilization", 0.0), ("plan.utilization", 1.5), ("plan.hbm_headroom", -0.1)):

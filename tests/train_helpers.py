@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from erclap import config_lib
+from erclap import config_lib, plan
 from erclap.configs import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,8 +83,7 @@ def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
   """The environment of an `erclap.main` subprocess: this process's, with its XLA flags (tests/conftest.py) but
   ``num_devices`` simulated CPU devices."""
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={num_devices}"])
+  env["XLA_FLAGS"] = plan.with_host_device_count(env.get("XLA_FLAGS", ""), num_devices)
   env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
   env.update(extra)
   return env
