@@ -11,6 +11,9 @@ Usage::
 
   with workdir_lock.WorkdirLock(workdir):
     run(config, workdir)
+
+Other output directories that one run at a time must own use the same lock, named for what they are
+(``WorkdirLock(out, what="Output directory", flag="--out")``: ``python -m erclap.embed``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ LOCK_NAME = ".erclap.lock"
 
 class WorkdirLockedError(RuntimeError):
   """Another run holds the workdir (or its lock file cannot be read)."""
+
+
+class WorkdirUnwritableError(WorkdirLockedError):
+  """The workdir's lock file cannot be created: a read-only directory, or a file where the directory goes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +98,22 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+class _CannotCreate(Exception):
+  """The lock file cannot be created (its cause: the OSError)."""
+
+
 def _create(path: str, holder: LockHolder) -> bool:
-  """Creates the lock file holding ``holder``; False if it exists (O_EXCL makes this atomic)."""
+  """Creates the lock file holding ``holder``; False if it exists (O_EXCL makes this atomic).
+
+  Raises:
+    _CannotCreate: it cannot be created (a read-only directory or file system).
+  """
   try:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return False
+  except OSError as e:
+    raise _CannotCreate() from e
   with os.fdopen(fd, "w") as f:
     json.dump(dataclasses.asdict(holder), f, indent=2)
     f.flush()
@@ -104,16 +121,46 @@ def _create(path: str, holder: LockHolder) -> bool:
   return True
 
 
-def _refusal(workdir: str, path: str, holder: LockHolder | None, reason: str = "") -> str:
+@dataclasses.dataclass(frozen=True)
+class _Names:
+  """How messages name the directory and the flag that picks it."""
+  what: str = "Workdir"
+  flag: str = "--workdir"
+
+
+def _refusal(workdir: str, path: str, holder: LockHolder | None, reason: str = "", names: _Names = _Names()) -> str:
   who = f"({holder.describe()})" if holder else f"(the lock file cannot be read: {reason})"
-  return (f"Workdir {workdir} is in use by another run {who}. Wait for that run to end or pick another "
-          f"--workdir. If it is no longer running (e.g. its machine went down, so its pid cannot be checked "
+  return (f"{names.what} {workdir} is in use by another run {who}. Wait for that run to end or pick another "
+          f"{names.flag}. If it is no longer running (e.g. its machine went down, so its pid cannot be checked "
           f"from here), remove the stale lock and rerun: rm {shlex.quote(path)}")
 
 
-def _acquire_local(workdir: str, path: str, me: LockHolder) -> str | None:
-  """Process 0's attempt; returns None when the lock is ours, else the refusal message."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+def _unwritable(workdir: str, path: str, error: OSError, names: _Names) -> str:
+  """The refusal of a directory where the lock file cannot be created."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    return (f"{names.what} {workdir} is a file, not a directory: move it away or pick another {names.flag}; "
+            f"nothing was written")
+  why = error.strerror or type(error).__name__
+  return (f"{names.what} {workdir} is not writable: its lock file {path} cannot be created ({why}). Make the "
+          f"directory writable (e.g. chmod u+w {shlex.quote(workdir)}) or pick another {names.flag}; nothing was "
+          f"written")
+
+
+def _acquire_local(workdir: str, path: str, me: LockHolder, names: _Names = _Names()) -> tuple[str | None, bool]:
+  """Process 0's attempt; returns (None, False) when the lock is ours, else (the refusal message, whether the
+  lock file cannot be created there at all)."""
+  try:
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:  # a read-only parent, a file in the directory's place
+      raise _CannotCreate() from e
+    return _take(workdir, path, me, names), False
+  except _CannotCreate as e:
+    return _unwritable(workdir, path, e.__cause__, names), True
+
+
+def _take(workdir: str, path: str, me: LockHolder, names: _Names) -> str | None:
+  """Creates the lock file, or takes over a stale one; None when the lock is ours, else the refusal message."""
   stale = None
   for _ in range(3):  # a lock released or taken over between our steps just means: try again
     if _create(path, me):
@@ -126,11 +173,11 @@ def _acquire_local(workdir: str, path: str, me: LockHolder) -> str | None:
     try:
       holder = read_holder(path)
     except ValueError as e:
-      return _refusal(workdir, path, None, str(e))
+      return _refusal(workdir, path, None, str(e), names)
     if holder is None:
       continue
     if holder.host != me.host or _pid_alive(holder.pid):
-      return _refusal(workdir, path, holder)
+      return _refusal(workdir, path, holder, names=names)
     # Stale: move it aside first, so that of several runs seeing it only one takes it over.
     aside = f"{path}.stale-{me.token}"
     try:
@@ -145,7 +192,7 @@ def _acquire_local(workdir: str, path: str, me: LockHolder) -> str | None:
         continue
     os.remove(aside)
     stale = holder
-  return _refusal(workdir, path, _quiet_holder(path), "it keeps changing")
+  return _refusal(workdir, path, _quiet_holder(path), "it keeps changing", names)
 
 
 def _quiet_holder(path: str) -> LockHolder | None:
@@ -162,9 +209,11 @@ class WorkdirLock:
   that (``erclap.main``), and its watchdog calls ``release`` before a hard exit.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, *, what: str = "Workdir", flag: str = "--workdir"):
+    """``what`` / ``flag``: how messages name the directory and the flag that picks it."""
     self.workdir = workdir
     self.path = None if "://" in workdir else lock_path(workdir)
+    self._names = _Names(what, flag)
     self._me: LockHolder | None = None
 
   @property
@@ -176,25 +225,30 @@ class WorkdirLock:
 
     Returns:
       self.
+
+    Raises:
+      WorkdirLockedError: another run holds it; ``WorkdirUnwritableError`` (a subclass): the lock file cannot
+        be created there (a read-only directory, a file in its place).
     """
     if self.path is None:
-      logging.warning("Workdir %s is not a local path: no workdir lock is taken; make sure only one run "
-                      "uses it at a time.", self.workdir)
+      logging.warning("%s %s is not a local path: no %s lock is taken; make sure only one run uses it at a time.",
+                      self._names.what, self.workdir, self._names.what.lower())
       return self
     if self.held:
       raise WorkdirLockedError(f"{self.path} is already held by this run")
-    refusal = None
+    refusal, unwritable = None, False
     if jax.process_index() == 0:
       me = _this_run()
-      refusal = _acquire_local(self.workdir, self.path, me)
+      refusal, unwritable = _acquire_local(self.workdir, self.path, me, self._names)
       if refusal is None:
         self._me = me
-    refused = refusal is not None
+    verdict = 0 if refusal is None else 2 if unwritable else 1
     if jax.process_count() > 1:  # one verdict for all processes, so they stop or go on together
-      refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
-    if refused:
-      raise WorkdirLockedError(refusal or f"Workdir {self.workdir} is in use by another run "
-                                          f"(see process 0's log for the holder).")
+      verdict = int(multihost_utils.broadcast_one_to_all(np.int32(verdict)))
+    if verdict:
+      error = WorkdirUnwritableError if verdict == 2 else WorkdirLockedError
+      raise error(refusal or f"{self._names.what} {self.workdir} is in use by another run or not writable "
+                             f"(see process 0's log).")
     return self
 
   def release(self) -> None:

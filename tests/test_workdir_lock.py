@@ -111,3 +111,59 @@ def test_remote_workdir_takes_no_lock(caplog):
     with workdir_lock.WorkdirLock("gs://bucket/run") as lock:
       assert not lock.held
   assert any("no workdir lock" in r.getMessage() for r in caplog.records)
+
+
+def _can_create_in(directory) -> bool:
+  try:
+    os.close(os.open(os.path.join(directory, ".probe"), os.O_CREAT | os.O_WRONLY, 0o644))
+  except OSError:
+    return False
+  os.remove(os.path.join(directory, ".probe"))
+  return True
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """An existing directory this process cannot create files in: mode 555, or, for root (whom modes do not stop),
+  a directory of sysfs."""
+  directory = tmp_path / "read_only"
+  directory.mkdir()
+  directory.chmod(0o555)
+  if _can_create_in(directory):
+    directory.chmod(0o755)
+    directory = "/sys/kernel"
+    if not os.path.isdir(directory) or _can_create_in(directory):
+      pytest.fail("no directory here refuses this process a new file")
+  yield str(directory)
+  if directory != "/sys/kernel":
+    directory.chmod(0o755)
+
+
+@pytest.mark.parametrize("where", ["itself", "its parent"])
+def test_read_only_workdir_is_named_with_the_fix(read_only_dir, where):
+  workdir = read_only_dir if where == "itself" else os.path.join(read_only_dir, "run")
+  with pytest.raises(workdir_lock.WorkdirUnwritableError) as info:
+    workdir_lock.WorkdirLock(workdir).acquire()
+  message = str(info.value)
+  assert f"Workdir {workdir} is not writable" in message and "--workdir" in message and "chmod" in message
+  assert isinstance(info.value, workdir_lock.WorkdirLockedError)  # stops a run as a held lock does
+
+
+def test_file_in_place_of_the_workdir_is_named(tmp_path):
+  (tmp_path / "run").write_text("notes")
+  with pytest.raises(workdir_lock.WorkdirUnwritableError, match=f"Output directory {tmp_path / 'run'} is a file"):
+    workdir_lock.WorkdirLock(str(tmp_path / "run"), what="Output directory", flag="--out").acquire()
+  assert (tmp_path / "run").read_text() == "notes"
+
+
+@pytest.mark.slow
+def test_read_only_workdir_stops_the_command_without_a_traceback(read_only_dir):
+  from train_helpers import ROOT, subprocess_env
+
+  workdir = os.path.join(read_only_dir, "run")
+  result = subprocess.run([sys.executable, "-m", "erclap.main", f"--config={ROOT}/configs/demo.py",
+                           f"--workdir={workdir}", "--mode=train"], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert f"FATAL Workdir {workdir} is not writable" in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and not os.path.exists(workdir)
