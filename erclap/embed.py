@@ -29,7 +29,9 @@ resampled to the model's rate), ``num_windows``, ``speech_embedding`` (a fixed-s
 ``predicted_arousal`` / ``predicted_valence`` / ``predicted_dominance`` (zero-shot, 1–7, from level prompts
 written by the training descriptions' templates), ``similarity_<j>`` per query and, with ``--per_window``,
 ``window_start_s`` and ``window_embeddings``. ``unreadable.tsv`` lists the files that could not be read (path,
-error). ``run.json`` records the settings.
+error): undecodable, empty or non-finite audio, a header without a positive sample rate, and file names that are
+not valid UTF-8 (Parquet stores paths as UTF-8 text; such a name is listed with its undecodable bytes escaped,
+``\xff``: rename the file). ``run.json`` records the settings.
 
 Reading: WAV through scipy; FLAC / OGG / MP3 through the ``soundfile`` package (libsndfile); without it such
 files are listed as unreadable with that reason.
@@ -38,6 +40,10 @@ Resuming: every shard is written under a temporary name and renamed when complet
 rerun with the same ``--out`` skips every file already in a shard and embeds the rest into new shards; files
 listed as unreadable are tried again. A rerun with other settings (model step, windows, queries) is refused.
 The exit status is non-zero only when no file at all could be embedded.
+
+One run per output directory: a run holds ``OUT/.erclap.lock`` (``erclap.workdir_lock``, as a training run holds
+its workdir) while it writes, and a second run on the same ``--out`` stops with a message naming the holder. An
+``--out`` that is a file, or a directory that cannot be written, stops the run before any work with a message.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from erclap import fileio, inference, progress
+from erclap import fileio, inference, progress, workdir_lock
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -123,8 +129,18 @@ def _read_unreadable(out_dir: str) -> dict[str, str]:
   return {r[0]: r[1] if len(r) > 1 else "" for r in rows}
 
 
+def printable_path(path: str) -> str:
+  """``path`` as UTF-8 text: a name that is not valid UTF-8 (decoded by the OS with surrogate escapes) gets its
+  undecodable bytes written as ``\\xNN``."""
+  try:
+    path.encode("utf-8")
+    return path
+  except UnicodeEncodeError:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _write_unreadable(out_dir: str, unreadable: dict[str, str]) -> None:
-  clean = lambda s: " ".join(str(s).split())  # one line per file: no tabs or newlines inside a field
+  clean = lambda s: printable_path(" ".join(str(s).split()))  # one line per file: no tabs or newlines in a field
   with fileio.atomic_open(os.path.join(out_dir, UNREADABLE_FILE), "w", encoding="utf-8") as f:
     f.write("path\terror\n")
     f.writelines(f"{clean(p)}\t{clean(e)}\n" for p, e in unreadable.items())
@@ -178,10 +194,16 @@ def _shard_table(model: inference.ERCLAP, paths: list[str], decoded: list[audio_
 
 
 def _read(path: str, sample_rate: int) -> audio_io.DecodedAudio | str:
+  """The decoded file, or why it cannot be used (one bad file never stops the run)."""
+  if printable_path(path) != path:
+    return (f"{printable_path(path)}: the file name is not valid UTF-8, and the shards store paths as UTF-8 text: "
+            f"rename the file")
   try:
     return audio_io.load_audio(path, sample_rate)
   except (audio_io.AudioReadError, OSError, MemoryError) as e:
     return str(e) if path in str(e) else f"{path}: {e}"
+  except Exception as e:  # a decoder's unforeseen failure on one file's bytes
+    return f"{path}: cannot read ({type(e).__name__}: {e})"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -215,6 +237,8 @@ def embed_files(model: inference.ERCLAP, paths: Sequence[str], out_dir: str, *, 
                 shard_size: int = 256, log: Callable[[str], None] = print) -> Summary:
   """Embeds ``paths`` into Parquet shards under ``out_dir`` (see the module docstring), resuming a previous run.
 
+  Holds the output directory's lock (``erclap.workdir_lock``) while it writes.
+
   Args:
     model: a loaded ``inference.ERCLAP``.
     paths: audio files (absolute paths are stored as given).
@@ -226,11 +250,33 @@ def embed_files(model: inference.ERCLAP, paths: Sequence[str], out_dir: str, *, 
     log: where progress lines go.
   Returns:
     a ``Summary`` of the run.
+
+  Raises:
+    ValueError: a bad setting, or ``out_dir`` holds shards of other settings or is a file.
+    erclap.workdir_lock.WorkdirLockedError: another run writes ``out_dir``, or it cannot be written.
   """
+  with output_lock(out_dir):
+    return _embed_locked(model, paths, out_dir, queries=queries, window_seconds=window_seconds,
+                         hop_seconds=hop_seconds, per_window=per_window, shard_size=shard_size, log=log)
+
+
+def output_lock(out_dir: str) -> workdir_lock.WorkdirLock:
+  """The lock of an output directory (``with output_lock(out):``; it creates the directory).
+
+  Raises:
+    ValueError: ``out_dir`` is a file.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"--out={out_dir} is a file, not a directory: pick a directory for the shards")
+  return workdir_lock.WorkdirLock(out_dir, what="Output directory", flag="--out")
+
+
+def _embed_locked(model, paths, out_dir, *, queries, window_seconds, hop_seconds, per_window, shard_size,
+                  log) -> Summary:
+  """``embed_files``' work, under the output directory's lock."""
   if shard_size < 1:
     raise ValueError(f"--shard_size={shard_size}: must be >= 1")
   window, hop = model.window_samples(window_seconds, hop_seconds)
-  os.makedirs(out_dir, exist_ok=True)
   fileio.remove_stale_temps(out_dir)  # debris of a run killed mid-write
   _check_settings(out_dir, dict(step=int(model.step), window_seconds=window / model.sample_rate,
                                 hop_seconds=hop / model.sample_rate, queries=list(queries),
@@ -250,9 +296,9 @@ def embed_files(model: inference.ERCLAP, paths: Sequence[str], out_dir: str, *, 
       pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []  # decode the next shard meanwhile
       good = [(p, r) for p, r in zip(chunk, results, strict=True) if not isinstance(r, str)]
       for p, r in zip(chunk, results, strict=True):
-        unreadable.pop(p, None)
+        unreadable.pop(printable_path(p), None)  # unreadable.tsv holds names as UTF-8 text
         if isinstance(r, str):
-          unreadable[p] = r
+          unreadable[printable_path(p)] = r
       _write_unreadable(out_dir, unreadable)  # first: a shard on disk means its failures are recorded
       if good:
         table = _shard_table(model, [p for p, _ in good], [r for _, r in good], query_emb,
@@ -290,11 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = collect_paths(args.audio)
     if not paths:
       raise ValueError(f"--audio={args.audio}: no audio files ({', '.join(audio_io.AUDIO_EXTENSIONS)})")
-    model = inference.load(args.model, batch_size=args.batch_size)
-    summary = embed_files(model, paths, args.out, queries=args.queries,
-                          window_seconds=args.window_seconds or None, hop_seconds=args.hop_seconds or None,
-                          per_window=args.per_window, shard_size=args.shard_size, log=log)
-  except (ValueError, FileNotFoundError) as e:
+    with output_lock(args.out):  # before the model loads: a busy or unwritable --out stops the run at once
+      model = inference.load(args.model, batch_size=args.batch_size)
+      summary = _embed_locked(model, paths, args.out, queries=args.queries,
+                              window_seconds=args.window_seconds or None, hop_seconds=args.hop_seconds or None,
+                              per_window=args.per_window, shard_size=args.shard_size, log=log)
+  except (ValueError, OSError, workdir_lock.WorkdirLockedError) as e:  # OSError: e.g. a full disk, named
     log(f"error: {e}")
     return 2
   log(f"[embed] done: {summary.rows} clips in shards under {args.out}, {summary.embedded} embedded now "

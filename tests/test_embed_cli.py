@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import train_helpers as th
 from scipy.io import wavfile
 
-from erclap import embed, runtime, state, tokenization
+from erclap import embed, runtime, state, tokenization, workdir_lock
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 
@@ -197,3 +198,57 @@ def test_embed_command_line(trained_workdir, tmp_path, capsys):
   (tmp_path / "bad.txt").write_text(f"{files['corrupt']}\nmissing.wav\n")
   assert embed.main([*args[:1], f"--out={tmp_path / 'out2'}", f"--audio={tmp_path / 'bad.txt'}"]) == 1
   assert len(pd.read_csv(tmp_path / "out2" / "unreadable.tsv", sep="\t")) == 2
+
+
+def test_zero_hz_header_and_non_utf8_name_are_listed_and_the_rest_embedded(model, tmp_path):
+  files = _folder(tmp_path / "audio")
+  os.remove(files["corrupt"])
+  zero_hz = tmp_path / "audio" / "zero_hz.wav"
+  wavfile.write(zero_hz, 16000, audio_io.to_int16(_noise(0.5, seed=11)))
+  header = bytearray(zero_hz.read_bytes())
+  header[24:32] = struct.pack("<II", 0, 0)  # the fmt chunk's sample rate and byte rate
+  zero_hz.write_bytes(bytes(header))
+  bad_name = os.path.join(os.fsencode(tmp_path / "audio"), b"take-\xff.wav")  # Latin-1 bytes: not UTF-8
+  with open(bad_name, "wb") as f:
+    f.write(open(files["a"], "rb").read())
+  paths = embed.collect_paths(str(tmp_path / "audio"))
+  out = str(tmp_path / "out")
+  summary = embed.embed_files(model, paths, out, shard_size=4)
+  assert (summary.total, summary.embedded, summary.unreadable) == (8, 6, 2)
+  assert sorted(_read_shards(out)["path"]) == sorted(files[k] for k in ("long", "stereo", "tiny", "a", "b", "c"))
+  listed = pd.read_csv(os.path.join(out, "unreadable.tsv"), sep="\t", encoding="utf-8").set_index("path")["error"]
+  escaped = os.path.join(str(tmp_path / "audio"), "take-\\xff.wav")
+  assert sorted(listed.index) == sorted([str(zero_hz), escaped])
+  assert "sample rate of 0 Hz" in listed[str(zero_hz)] and "not valid UTF-8" in listed[escaped]
+  again = embed.embed_files(model, paths, out, shard_size=4)  # both tried again, listed once each
+  assert (again.embedded, again.unreadable, again.rows) == (0, 2, 6)
+  assert len(pd.read_csv(os.path.join(out, "unreadable.tsv"), sep="\t")) == 2
+
+
+def test_second_run_on_one_output_directory_is_refused(model, tmp_path):
+  files = _folder(tmp_path / "audio")
+  out = str(tmp_path / "out")
+  with embed.output_lock(out):  # a run writing there now
+    with pytest.raises(workdir_lock.WorkdirLockedError) as info:
+      embed.embed_files(model, [files["a"]], out)
+  message = str(info.value)
+  assert f"Output directory {out} is in use by another run" in message and f"pid {os.getpid()}" in message
+  assert "--out" in message and not [n for n in os.listdir(out) if n != ".erclap.lock"]
+  assert embed.embed_files(model, [files["a"]], out).rows == 1  # released: the next run goes on
+
+
+def test_output_path_that_is_a_file_or_read_only_stops_before_the_model_loads(tmp_path, capsys):
+  _folder(tmp_path / "audio")
+  (tmp_path / "taken").write_text("notes")
+  args = ["--model=/nonexistent/model", f"--audio={tmp_path / 'audio'}"]
+  assert embed.main([*args, f"--out={tmp_path / 'taken'}"]) == 2
+  assert f"--out={tmp_path / 'taken'} is a file, not a directory" in capsys.readouterr().err
+  assert (tmp_path / "taken").read_text() == "notes"
+  (tmp_path / "ro").mkdir()
+  (tmp_path / "ro").chmod(0o555)
+  try:
+    out = "/sys/kernel/out" if os.access(tmp_path / "ro", os.W_OK) else str(tmp_path / "ro" / "out")  # root: sysfs
+    assert embed.main([*args, f"--out={out}"]) == 2
+    assert f"error: Output directory {out} is not writable" in capsys.readouterr().err
+  finally:
+    (tmp_path / "ro").chmod(0o755)

@@ -115,11 +115,14 @@ def load_audio(path: str, sample_rate: int = 16000) -> DecodedAudio:
   """Reads an audio file (WAV: 8/16/24/32-bit PCM or float; FLAC / OGG / MP3 through soundfile) at any rate and
   channel count -> ``DecodedAudio`` with the mono waveform resampled to ``sample_rate``.
 
-  Raises AudioReadError (a ValueError) naming the file when it is missing, undecodable, empty or non-finite."""
+  Raises AudioReadError (a ValueError) naming the file when it is missing, undecodable, empty, non-finite or
+  its header gives no positive sample rate."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioReadError(f"{path}: audio file not found")
   rate, samples = _decode(path)
+  if int(rate) <= 0:  # a damaged or hand-made header: nothing can be resampled from it
+    raise AudioReadError(f"{path}: its header gives a sample rate of {rate} Hz")
   wave = to_float32(samples, path=path)
   if wave.size == 0:
     raise AudioReadError(f"{path}: contains no samples")
