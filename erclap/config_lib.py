@@ -56,6 +56,11 @@ REQUIRED = {
 }
 
 
+# The distinct template wordings of a level description (erclap.descriptions.NUM_VARIANTS, a module this one does
+# not import; a test keeps the two equal): more level-prompt wordings than this only repeat them.
+MAX_PROMPT_WORDINGS = 36
+
+
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
 
@@ -194,6 +199,9 @@ def _eval_problems(config) -> list[str]:
   for key in ("retrieval_draws", "retrieval_top_k"):
     if e[key] < 1:
       problems.append(f"config.eval.{key}={e[key]}: must be >= 1")
+  if e.prompt_wordings > MAX_PROMPT_WORDINGS or e.prompt_wordings != int(e.prompt_wordings):
+    problems.append(f"config.eval.prompt_wordings={e.prompt_wordings!r}: must be a whole number of at most "
+                    f"{MAX_PROMPT_WORDINGS} (the distinct template wordings of a level; more only repeat them)")
   return problems
 
 

@@ -2,6 +2,7 @@
 
   enc = EmotionRankEncoder.load("workdirs/ser")         # an ERCLAP stage-1 workdir or <workdir>/checkpoints/<step>
   enc = EmotionRankEncoder.load("/ckpt/SER-Odyssey-Baseline-WavLM-Multi-Attributes")   # an Odyssey directory
+  enc = EmotionRankEncoder.load("workdirs/ser/model")   # a stage-1 model directory (--mode=export_model)
   emb = enc.embed(["a.wav", "b.wav"])       # (N, 2H) attentive statistics [mean || std]; (N, H) mean pooling
   scores = enc.head(["a.wav"])              # (N, num_classes) the head's raw outputs
   attrs = enc.predict_attributes(["a.wav"]) # {name: (N,)} in the head's order (id2label; stage 1: A, V, D)
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from erclap import odyssey_import, resolve, runtime, sharding, stages, tower_init
+from erclap import model_export, odyssey_import, resolve, runtime, sharding, stages, tower_init
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -66,6 +67,12 @@ def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]
   return plan
 
 
+def _check_ser(config, path: str) -> None:
+  if stages.of(config) is not stages.SER:
+    raise ValueError(f"{path}: a '{config.stage}' stage model; EmotionRankEncoder.load reads a stage-1 ('ser') one "
+                     f"(the cross-modal model: erclap.inference.ERCLAP.load)")
+
+
 @dataclasses.dataclass
 class EmotionRankEncoder:
   """A speech emotion model (speech tower + pooling + head) with batched, jitted whole-utterance encoding."""
@@ -93,8 +100,9 @@ class EmotionRankEncoder:
 
   @classmethod
   def load(cls, path: str, *, batch_size: int = 16, max_seconds: float = DEFAULT_MAX_SECONDS) -> EmotionRankEncoder:
-    """An Odyssey-format SER directory, an ERCLAP stage-1 workdir (latest checkpoint) or
-    ``<workdir>/checkpoints/<step>``, on all local devices (data parallel).
+    """An Odyssey-format SER directory, an ERCLAP stage-1 workdir (latest checkpoint),
+    ``<workdir>/checkpoints/<step>`` or a stage-1 model directory (``--mode=export_model``; its files are verified
+    against its manifest), on all local devices (data parallel).
 
     Args:
       path: the model to load.
@@ -107,11 +115,14 @@ class EmotionRankEncoder:
     path = os.fspath(path)
     if odyssey_import.is_odyssey_dir(path):
       return cls._from_odyssey(path, batch_size=batch_size, max_seconds=max_seconds)
+    if model_export.is_model_dir(path):
+      return cls._from_model_dir(path, batch_size=batch_size, max_seconds=max_seconds)
     workdir, step = tower_init.split_checkpoint_path(path)
     if tower_init.is_erclap_workdir(workdir):
       return cls._from_workdir(path, workdir, step, batch_size=batch_size, max_seconds=max_seconds)
-    raise FileNotFoundError(f"{path!r}: neither an ERCLAP workdir / checkpoint (no checkpoints/ directory) nor an "
-                            f"Odyssey-format SER model directory (no config.json naming an ssl_type)")
+    raise FileNotFoundError(f"{path!r}: neither an ERCLAP workdir / checkpoint (no checkpoints/ directory), an ERCLAP "
+                            f"model directory, nor an Odyssey-format SER model directory (no config.json naming an "
+                            f"ssl_type)")
 
   @classmethod
   def _from_odyssey(cls, path: str, **kw) -> EmotionRankEncoder:
@@ -122,14 +133,23 @@ class EmotionRankEncoder:
                sample_rate=ckpt.sampling_rate, source=path, **kw)
 
   @classmethod
+  def _from_model_dir(cls, path: str, **kw) -> EmotionRankEncoder:
+    config, _ = model_export.read_model_config(path, verify=False)  # the stage, before anything heavy is read
+    _check_ser(config, path)
+    loaded = model_export.load_model_dir(path)
+    return cls._from_model(loaded.config, loaded.model, loaded.params, loaded.mesh, path, **kw)
+
+  @classmethod
   def _from_workdir(cls, path: str, workdir: str, step: int, **kw) -> EmotionRankEncoder:
     config = resolve.for_inference(tower_init.read_workdir_config(workdir, step))
-    if stages.of(config) is not stages.SER:
-      raise ValueError(f"{path}: a '{config.stage}' stage checkpoint; EmotionRankEncoder.load reads a stage-1 "
-                       f"('ser') one (the cross-modal model: erclap.inference.ERCLAP.load)")
+    _check_ser(config, path)
     mesh = runtime.make_mesh(config)
     model = runtime.build_model(config)
     _, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)
+    return cls._from_model(config, model, params, mesh, path, **kw)
+
+  @classmethod
+  def _from_model(cls, config, model, params, mesh, path: str, **kw) -> EmotionRankEncoder:
     n = model.num_attributes
     names = LABEL_NAMES if n == len(LABEL_NAMES) else tuple(f"class_{i}" for i in range(n))
     return cls(model=model, params=params, mesh=mesh, label_names=names, sample_rate=int(config.data.sample_rate),

@@ -3,12 +3,14 @@
 Every output ERCLAP writes (metrics JSON, Parquet, ``.npy``, plots, description files) goes through
 ``atomic_path``: the content is written to a hidden temporary name in the same directory
 (``.<name>.tmp-<pid>-<random>``) and renamed over the target when complete, so a run killed mid-write
-never leaves a partial file under the real name; ``remove_stale_temps`` clears such debris.
+never leaves a partial file under the real name; ``remove_stale_temps`` clears such debris. ``sha256_file`` is the
+one content checksum of a file (model-directory manifests, corpus label files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -77,3 +79,12 @@ def remove_stale_temps(directory: str) -> int:
           os.remove(os.path.join(directory, name))
           removed += 1
   return removed
+
+
+def sha256_file(path: str) -> str:
+  """The sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

@@ -13,10 +13,19 @@ The model directory (``<workdir>/model``; ``config.export.model_dir`` overrides)
   level_prompts.json   {attribute: {levels, texts per level}}: the zero-shot prompts, lowest level first
   saved_model/         with ``config.export.saved_model`` (clap stage): a TF SavedModel, see
                        ``export_saved_model``
+  manifest.json        written last: {"erclap_model_format", "algorithm": "sha256", "files": {relative path:
+                       {"size", "sha256"}}} of every other file
 
 It is assembled under a hidden temporary name beside its target and renamed into place when complete: a run
 killed mid-export never leaves a partial model directory (the next export removes the debris), and an older
-model directory stays readable until the new one replaces it.
+model directory stays readable until the new one replaces it. Only a model directory is ever replaced: an
+export whose target is another existing directory (a workdir, one of its ancestors, anything that is not a model
+directory) stops before any work and deletes nothing.
+
+Loading (``load_model_dir``) checks every file it reads against the manifest (size, sha256), so a flipped bit, a
+truncated file, an edited vocabulary or a missing file is an error naming the file (``ModelDirError``), and
+validates the stored config's model, data and evaluation values (``erclap.config_lib``). A model directory written
+before manifests existed loads with one warning that its files are not verified.
 """
 
 from __future__ import annotations
@@ -31,9 +40,23 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from safetensors import numpy as safetensors_np
 
-from erclap import data, descriptions, fileio, models, resolve, runtime, sharding, stages, state, tokenization, trees
+from erclap import (
+  config_lib,
+  data,
+  descriptions,
+  fileio,
+  models,
+  resolve,
+  runtime,
+  sharding,
+  stages,
+  state,
+  tokenization,
+  trees,
+)
 from erclap.schema import LABEL_NAMES
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
@@ -44,6 +67,16 @@ ARCH_DIRS = {"speech_init": os.path.join("arch", "speech"), "text_init": os.path
 ARCH_FILES = ("config.json", "preprocessor_config.json")  # what erclap.models.hf_arch reads
 PROMPTS_FILE = "level_prompts.json"
 SAVED_MODEL_DIR = "saved_model"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_ALGORITHM = "sha256"
+# The stored config's values the loaded model depends on (``config_lib.value_problems`` messages start so).
+LOADED_VALUES = ("config.stage", "config.model.", "config.data.", "config.eval.")
+REEXPORT = "export the model again (--mode=export_model) or copy the whole directory again from where it was exported"
+
+
+class ModelDirError(ValueError):
+  """A model directory that cannot be loaded as written: a damaged, changed or missing file, or a stored value that
+  the config validation refuses. The message names the file and what to do."""
 
 
 class LoadedModel(typing.NamedTuple):
@@ -119,6 +152,33 @@ def remove_stale_exports(target: str) -> int:
   return removed
 
 
+def target_problem(model_dir: str, workdir: str | None = None) -> str | None:
+  """Why ``model_dir`` must not be (re)written as a model directory, or None when it may.
+
+  It may when it does not exist, is an empty directory, or is a model directory (``is_model_dir``: replaced
+  whole once the new one is complete). Refused: a file; any other existing directory (its files would be
+  deleted); and, given the run's ``workdir``, the workdir itself, an ancestor of it, or a path inside its
+  checkpoints.
+  """
+  target = os.path.abspath(model_dir)
+  fix = "set --config.export.model_dir to a new path (or leave it empty for <workdir>/model)"
+  if workdir is not None and "://" not in workdir:
+    workdir = os.path.abspath(workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if target == workdir or workdir.startswith(target.rstrip(os.sep) + os.sep):
+      what = "the workdir" if target == workdir else f"an ancestor of the workdir {workdir}"
+      return f"export.model_dir={model_dir!r} is {what}: exporting there would replace the run's files; {fix}"
+    if target == checkpoints or target.startswith(checkpoints + os.sep):
+      return f"export.model_dir={model_dir!r} is inside the run's checkpoints ({checkpoints}); {fix}"
+  if os.path.exists(target) and not os.path.isdir(target):
+    return f"export.model_dir={model_dir!r} is a file: move it away, or {fix}"
+  if os.path.isdir(target) and os.listdir(target) and not is_model_dir(target):
+    return (f"export.model_dir={model_dir!r} is an existing directory that is not an ERCLAP model directory (no "
+            f"{CONFIG_FILE} naming erclap_model_format, no {MANIFEST_FILE}): exporting there would delete its files, "
+            f"so nothing was written; {fix}, or move that directory away")
+  return None
+
+
 @contextlib.contextmanager
 def _atomic_dir(target: str):
   """Yields a fresh temporary directory; on success it replaces ``target`` (a directory, if any), on failure
@@ -175,11 +235,15 @@ def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, sav
   if saved_model and not stages.of(config).cross_modal:
     raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the cross-modal "
                      f"(clap) stage (this model is '{config.stage}'); set export.saved_model=False")
+  problem = target_problem(model_dir)
+  if problem:
+    raise FileExistsError(problem)
   remove_stale_exports(model_dir)
   with _atomic_dir(model_dir) as tmp:
     _write_contents(tmp, config, step, params, tokenizer)
     if saved_model:
-      export_saved_model(tmp, os.path.join(tmp, SAVED_MODEL_DIR))
+      export_saved_model(tmp, os.path.join(tmp, SAVED_MODEL_DIR), verify=False)
+    write_manifest(tmp)  # last: it vouches for every file above
   return model_dir
 
 
@@ -201,7 +265,13 @@ def export_model(config, workdir: str) -> str:
 
   Returns:
     The model directory.
+
+  Raises:
+    config_lib.ConfigError: the target may not be written (``target_problem``), before any work.
   """
+  # Process 0 writes, so its verdict counts; every process stops before the first collective.
+  problem = target_problem(model_dir_path(config, workdir), workdir) if jax.process_index() == 0 else None
+  runtime.agree_or_raise(problem, config_lib.ConfigError)
   config = resolve.ensure(config, workdir, "export_model")
   runtime.hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
@@ -222,55 +292,175 @@ def export_model(config, workdir: str) -> str:
 
 
 def is_model_dir(path) -> bool:
-  """Whether ``path`` is a directory ``write_model_dir`` wrote (``config.json`` with ``erclap_model_format``)."""
-  file = os.path.join(str(path), CONFIG_FILE)
+  """Whether ``path`` is a directory ``write_model_dir`` wrote, intact or not: its ``config.json`` names
+  ``erclap_model_format``, or it holds the manifest or ``params.safetensors``."""
+  path = str(path)
+  if os.path.isfile(os.path.join(path, MANIFEST_FILE)) or os.path.isfile(os.path.join(path, PARAMS_FILE)):
+    return True
+  file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(file):
     return False
   try:
     with open(file) as f:
       return "erclap_model_format" in json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+  except (OSError, ValueError, TypeError):  # unreadable, not JSON, not an object
     return False
 
 
-def read_model_config(path: str, *, dtype: str | None = None) -> tuple[ml_collections.ConfigDict, int]:
-  """The config (rewritten to run from ``path`` on all local devices) and step of a model directory.
+def _files(directory: str) -> list[str]:
+  """Relative paths of every file under ``directory`` but the manifest, sorted."""
+  out = [os.path.relpath(os.path.join(root, name), directory) for root, _, names in os.walk(directory)
+         for name in names]
+  return sorted(p for p in out if p != MANIFEST_FILE)
 
-  ``dtype``: the compute dtype ("float32", "bfloat16", "float16"); None keeps the training config's."""
+
+def write_manifest(directory: str) -> None:
+  """Writes ``manifest.json``: size and sha256 of every file under ``directory`` (call it last)."""
+  files = {rel: dict(size=os.path.getsize(os.path.join(directory, rel)),
+                     sha256=fileio.sha256_file(os.path.join(directory, rel))) for rel in _files(directory)}
+  fileio.write_json(os.path.join(directory, MANIFEST_FILE),
+                    dict(erclap_model_format=MODEL_FORMAT, algorithm=MANIFEST_ALGORITHM, files=files))
+
+
+def verify_model_dir(path: str, *, saved_model: bool = False) -> bool:
+  """Checks a model directory's files against its manifest.
+
+  Args:
+    path: the model directory.
+    saved_model: also check ``saved_model/`` (which loading never reads).
+
+  Returns:
+    True when verified; False (with one warning) for a directory written before manifests existed.
+
+  Raises:
+    ModelDirError: a listed file is missing, has another size or content, or a file the loader reads is not
+      listed; naming every such file.
+  """
   path = os.path.abspath(path)
+  manifest_path = os.path.join(path, MANIFEST_FILE)
+  if not os.path.isfile(manifest_path):
+    logging.warning("%s has no %s (exported before model directories carried checksums): its files are not "
+                    "verified.", path, MANIFEST_FILE)
+    return False
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    listed = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in manifest["files"].items()}
+    algorithm = manifest["algorithm"]
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ModelDirError(f"{manifest_path} cannot be read ({type(e).__name__}: {e}): the directory is damaged; "
+                        f"{REEXPORT}") from None
+  if algorithm != MANIFEST_ALGORITHM:
+    raise ModelDirError(f"{manifest_path}: checksums of an unknown kind {algorithm!r}; this ERCLAP reads "
+                        f"{MANIFEST_ALGORITHM!r}")
+  checked = lambda rel: saved_model or not rel.startswith(SAVED_MODEL_DIR + os.sep)
+  problems = []
+  for rel, (size, digest) in sorted(listed.items()):
+    file = os.path.join(path, rel)
+    if not checked(rel):
+      continue
+    if not os.path.isfile(file):
+      problems.append(f"{file}: missing")
+    elif os.path.getsize(file) != size:
+      now = os.path.getsize(file)
+      problems.append(f"{file}: {now} bytes, {'shorter' if now < size else 'longer'} than the {size} the export wrote")
+    elif fileio.sha256_file(file) != digest:
+      problems.append(f"{file}: its content differs from the export's (sha256)")
+  problems += [f"{os.path.join(path, rel)}: not written by the export" for rel in _files(path)
+               if checked(rel) and rel not in listed]
+  if problems:
+    raise ModelDirError(f"{path}: the model directory does not match its {MANIFEST_FILE} (the checksums written at "
+                        f"export), so it was changed or damaged since:\n  " + "\n  ".join(problems)
+                        + f"\nNothing was loaded: {REEXPORT}.")
+  return True
+
+
+def _read_stored(path: str) -> dict:
+  """config.json of a model directory, its format checked."""
+  file = os.path.join(path, CONFIG_FILE)
   if not is_model_dir(path):
     raise FileNotFoundError(f"{path}: not an ERCLAP model directory (no {CONFIG_FILE} with erclap_model_format)")
-  with open(os.path.join(path, CONFIG_FILE)) as f:
-    stored = json.load(f)
-  if stored["erclap_model_format"] != MODEL_FORMAT:
-    raise ValueError(f"{path}: model format {stored['erclap_model_format']!r}; this ERCLAP reads format "
-                     f"{MODEL_FORMAT}")
+  if not os.path.isfile(file):
+    raise ModelDirError(f"{path}: the model directory's {CONFIG_FILE} is missing (it holds the model's settings, "
+                        f"without which nothing can be loaded); {REEXPORT}")
+  try:
+    with open(file) as f:
+      stored = json.load(f)
+    stored_format = stored["erclap_model_format"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ModelDirError(f"{file} cannot be read as a model directory's settings ({type(e).__name__}: {e}); "
+                        f"{REEXPORT}") from None
+  if stored_format != MODEL_FORMAT:
+    raise ValueError(f"{path}: model format {stored_format!r}; this ERCLAP reads format {MODEL_FORMAT}")
+  if not isinstance(stored.get("config"), dict) or not isinstance(stored.get("step"), int):
+    raise ModelDirError(f"{file}: expected an object with 'config' (the training config) and an integer 'step'; "
+                        f"{REEXPORT}")
+  return stored
+
+
+def _check_values(config, where: str) -> None:
+  """The stored values the loaded model depends on, through the config validation (``LOADED_VALUES``)."""
+  try:
+    problems = [p for p in config_lib.value_problems(config) if p.startswith(LOADED_VALUES)]
+  except TypeError as e:  # a value of the wrong type (a string where a number belongs ...)
+    raise ModelDirError(f"{where}: a stored value has the wrong type ({e}); {REEXPORT}") from None
+  if problems:
+    raise ModelDirError(f"{where}: the stored config has invalid values:\n  - " + "\n  - ".join(problems)
+                        + f"\nThe file was edited or damaged; {REEXPORT}.")
+
+
+def read_model_config(path: str, *, dtype: str | None = None,
+                      verify: bool = True) -> tuple[ml_collections.ConfigDict, int]:
+  """The config (rewritten to run from ``path`` on all local devices) and step of a model directory, its files
+  verified against the manifest (``verify_model_dir``) and its values validated.
+
+  ``dtype``: the compute dtype ("float32", "bfloat16", "float16"); None keeps the training config's.
+  ``verify``: False skips the manifest (a directory still being written: the manifest comes last).
+
+  Raises:
+    FileNotFoundError: ``path`` is not a model directory.
+    ModelDirError: a damaged, changed or missing file, or an invalid stored value (named).
+  """
+  path = os.path.abspath(path)
+  stored = _read_stored(path)
+  if verify:
+    verify_model_dir(path)
   # The architecture only: the parameters hold the weights.
   arch_dirs = {key: os.path.join(path, subdir) for key, subdir in ARCH_DIRS.items()
                if os.path.isdir(os.path.join(path, subdir))}
   config = resolve.for_inference(stored["config"], dtype=dtype, arch_dirs=arch_dirs,
                                  tokenizer_dir=os.path.join(path, TOKENIZER_DIR))
+  _check_values(config, os.path.join(path, CONFIG_FILE))
   return config, int(stored["step"])
 
 
-def load_model_dir(path: str, *, dtype: str | None = None) -> LoadedModel:
+def load_model_dir(path: str, *, dtype: str | None = None, verify: bool = True) -> LoadedModel:
   """Rebuilds the model of a model directory, without its workdir, training config file or corpus.
 
   Args:
     path: a directory ``export_model`` / ``write_model_dir`` wrote.
     dtype: compute dtype ("bfloat16": faster on accelerators); parameters stay float32. None: the training's.
+    verify: check the files against the manifest (``verify_model_dir``).
 
   Returns:
     ``LoadedModel(config, model, params, tokenizer, step, mesh)``, parameters replicated over ``mesh`` (all
     local devices along "data").
+
+  Raises:
+    FileNotFoundError: ``path`` is not a model directory.
+    ModelDirError: a damaged, changed or missing file, or an invalid stored value (named).
   """
-  config, step = read_model_config(path, dtype=dtype)
+  config, step = read_model_config(path, dtype=dtype, verify=verify)
   tokenizer = tokenization.load_saved_tokenizer(config.model.tokenizer, config.data.max_text_tokens)
   model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
   mesh = runtime.make_mesh(config)
   abstract = nn.meta.unbox(state.abstract_params(model, config))
   params_file = os.path.join(os.path.abspath(path), PARAMS_FILE)
-  flat = safetensors_np.load_file(params_file)
+  try:
+    flat = safetensors_np.load_file(params_file)
+  except Exception as e:  # safetensors reports a damaged or truncated file with its own error types
+    raise ModelDirError(f"{params_file} cannot be read ({type(e).__name__}: {e}): the file is damaged or "
+                        f"truncated; {REEXPORT}") from None
   host = unflatten_params(flat, abstract, where=params_file)
   replicated = sharding.replicated(mesh)
   params = jax.tree.map(lambda x: sharding.put_global(x, replicated), host)
@@ -285,7 +475,8 @@ def input_shapes(config) -> tuple[int, int]:
   return int(round(data.eval_crop_seconds(config.data) * config.data.sample_rate)), int(config.data.max_text_tokens)
 
 
-def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda")) -> str:
+def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda"),
+                       verify: bool = True) -> str:
   """A TF SavedModel of a clap-stage model's two embedding functions, for serving without JAX or ERCLAP.
 
   Signatures (batch size B free; T and L fixed by ``input_shapes``), each returning ``{"embedding": [B, D]}``
@@ -302,6 +493,8 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
     source: a model directory, or a loaded model (``ERCLAP`` / ``LoadedModel``: has config, model, params).
     out_dir: the SavedModel directory to create or replace (local).
     platforms: the JAX platforms the serialised functions run on ("cpu", "cuda", "tpu").
+    verify: check a model directory ``source`` against its manifest (off while the export is writing it: the
+      manifest comes last).
 
   Returns:
     ``out_dir``.
@@ -310,7 +503,7 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
   import tensorflow as tf
   from jax.experimental import jax2tf
 
-  loaded = load_model_dir(source) if isinstance(source, str | os.PathLike) else source
+  loaded = load_model_dir(source, verify=verify) if isinstance(source, str | os.PathLike) else source
   config, model = loaded.config, loaded.model
   if not stages.of(config).cross_modal:
     raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the cross-modal "

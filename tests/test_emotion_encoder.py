@@ -21,6 +21,7 @@ from scipy.io import wavfile
 from erclap import (
     checkpointing,
     config_lib,
+    model_export,
     odyssey_import,
     optim,
     resolve,
@@ -163,7 +164,7 @@ def ser_workdir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_stage1_workdir_loads_through_the_same_api(ser_workdir):
+def test_stage1_workdir_loads_through_the_same_api(ser_workdir, tmp_path):
   workdir, _, model, params = ser_workdir
   enc = EmotionRankEncoder.load(workdir, batch_size=8, max_seconds=1.0)
   assert enc.label_names == LABEL_NAMES and enc.sample_rate == 16000
@@ -177,6 +178,12 @@ def test_stage1_workdir_loads_through_the_same_api(ser_workdir):
   assert out["embedding"].shape == (4, 2 * model.speech_arch.hidden_size)
   by_step = EmotionRankEncoder.load(f"{workdir}/checkpoints/3", batch_size=8, max_seconds=1.0)
   np.testing.assert_array_equal(by_step.predict_attributes(waves)["valence"], out["head"][:, 1])
+  config = tower_init.read_workdir_config(workdir)  # the stage-1 model as a model directory (--mode=export_model)
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  model_dir = model_export.write_model_dir(str(tmp_path / "model"), config, 3, params, tokenizer)
+  exported = EmotionRankEncoder.load(model_dir, batch_size=8, max_seconds=1.0)
+  assert exported.label_names == LABEL_NAMES
+  np.testing.assert_array_equal(exported.encode(waves)["head"], out["head"])
 
 
 def _clap_params(config):

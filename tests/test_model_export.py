@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import train_helpers as th
 
 from erclap import (
   checkpointing,
+  config_lib,
   descriptions,
   input_pipeline,
   model_export,
@@ -86,8 +89,8 @@ def _dir_bytes(path: str) -> int:
 def test_model_dir_holds_the_checkpoint(exported):
   model_dir, config = exported["model_dir"], exported["config"]
   print(f"export_model (with SavedModel): {exported['seconds']:.1f} s, {_dir_bytes(model_dir) / 1e6:.2f} MB")
-  assert sorted(os.listdir(model_dir)) == ["config.json", "level_prompts.json", "params.safetensors", "saved_model",
-                                           "tokenizer"]
+  assert sorted(os.listdir(model_dir)) == ["config.json", "level_prompts.json", "manifest.json", "params.safetensors",
+                                           "saved_model", "tokenizer"]
   assert not [n for n in os.listdir(os.path.dirname(model_dir)) if n.startswith(".")]  # no temporary debris
   with open(os.path.join(model_dir, "config.json")) as f:
     stored = json.load(f)
@@ -158,13 +161,9 @@ def test_load_model_dir_names_bad_directories(exported, tmp_path):
   with pytest.raises(FileNotFoundError, match="not an ERCLAP model directory"):
     model_export.load_model_dir(exported["workdir"])
   assert not model_export.is_model_dir(exported["workdir"])
-  copy = str(tmp_path / "model")
-  shutil.copytree(exported["model_dir"], copy, ignore=shutil.ignore_patterns("saved_model"))
-  with open(os.path.join(copy, "config.json")) as f:
-    stored = json.load(f)
-  stored["config"]["model"]["joint_dim"] = 48
-  with open(os.path.join(copy, "config.json"), "w") as f:
-    json.dump(stored, f)
+  copy = _copy(exported, tmp_path)
+  os.remove(os.path.join(copy, "manifest.json"))  # crafted files the manifest would refuse first
+  stored = _edit_config(copy, lambda c: c["model"].update(joint_dim=48))
   with pytest.raises(ValueError, match=r"speech_proj/out/dense/kernel: params.safetensors \(32, 32\) vs .* \(32, 48\)"):
     model_export.load_model_dir(copy)
   stored["erclap_model_format"] = 99
@@ -172,6 +171,136 @@ def test_load_model_dir_names_bad_directories(exported, tmp_path):
     json.dump(stored, f)
   with pytest.raises(ValueError, match="model format 99"):
     model_export.load_model_dir(copy)
+
+
+def _copy(exported, tmp_path, name="model") -> str:
+  copy = str(tmp_path / name)
+  shutil.copytree(exported["model_dir"], copy)
+  return copy
+
+
+def _edit_config(model_dir, edit) -> dict:
+  with open(os.path.join(model_dir, "config.json")) as f:
+    stored = json.load(f)
+  edit(stored["config"])
+  with open(os.path.join(model_dir, "config.json"), "w") as f:
+    json.dump(stored, f)
+  return stored
+
+
+def test_manifest_lists_every_file_and_loading_verifies_it(exported):
+  model_dir = exported["model_dir"]
+  with open(os.path.join(model_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  on_disk = sorted(os.path.relpath(os.path.join(r, n), model_dir) for r, _, ns in os.walk(model_dir) for n in ns)
+  assert sorted(manifest["files"]) == [p for p in on_disk if p != "manifest.json"]
+  entry = manifest["files"]["params.safetensors"]
+  with open(os.path.join(model_dir, "params.safetensors"), "rb") as f:
+    content = f.read()
+  assert entry == {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+  assert model_export.verify_model_dir(model_dir, saved_model=True)
+
+
+def _flip_bit(path, offset):
+  with open(path, "r+b") as f:
+    f.seek(offset)
+    byte = f.read(1)[0]
+    f.seek(offset)
+    f.write(bytes([byte ^ 0x10]))
+
+
+def test_damaged_model_dir_files_are_named(exported, tmp_path):
+  """A flipped bit, two vocabulary words swapped, a truncated file, a missing config.json: each an error naming
+  the file and the fix, from the loader and from ERCLAP.load alike."""
+  flipped = _copy(exported, tmp_path, "flipped")
+  params = os.path.join(flipped, "params.safetensors")
+  _flip_bit(params, os.path.getsize(params) - 100)  # inside the last tensor's float32 values
+  safetensors.numpy.load_file(params)  # still a valid file: only the checksum shows the damage
+  with pytest.raises(model_export.ModelDirError, match=r"(?s)params.safetensors: its content differs.*export the"):
+    ERCLAP.load(flipped)
+  swapped = _copy(exported, tmp_path, "swapped")
+  vocabulary = os.path.join(swapped, "tokenizer", "vocabulary.json")
+  with open(vocabulary) as f:
+    text = f.read()
+  a, b = (json.dumps(w) for w in json.loads(text)[5:7])
+  with open(vocabulary, "w") as f:  # two words swapped in place: same size, same JSON, another vocabulary
+    f.write(text.replace(a, "\0").replace(b, a).replace("\0", b))
+  with pytest.raises(model_export.ModelDirError, match=r"tokenizer/vocabulary.json: its content differs"):
+    model_export.load_model_dir(swapped)
+  truncated = _copy(exported, tmp_path, "truncated")
+  params = os.path.join(truncated, "params.safetensors")
+  os.truncate(params, os.path.getsize(params) // 2)
+  with pytest.raises(model_export.ModelDirError, match=r"params.safetensors: \d+ bytes, shorter than the \d+ "
+                                                       r"the export wrote"):
+    ERCLAP.load(truncated)
+  os.remove(os.path.join(truncated, "manifest.json"))  # as written before manifests: the read itself fails, named
+  with pytest.raises(model_export.ModelDirError, match=r"params.safetensors cannot be read .* damaged or truncated"):
+    ERCLAP.load(truncated)
+  headless = _copy(exported, tmp_path, "headless")
+  os.remove(os.path.join(headless, "config.json"))
+  with pytest.raises(model_export.ModelDirError, match="model directory's config.json is missing"):
+    ERCLAP.load(headless)
+
+
+def test_stored_config_values_are_validated(exported, tmp_path):
+  crafted = _copy(exported, tmp_path)
+  _edit_config(crafted, lambda c: c["eval"].update(prompt_wordings=1e6))
+  with pytest.raises(model_export.ModelDirError, match="config.json: .* bytes, shorter than"):
+    model_export.load_model_dir(crafted)
+  model_export.write_manifest(crafted)  # checksums made to match: the values themselves are refused
+  with pytest.raises(model_export.ModelDirError, match=r"config.eval.prompt_wordings=1000000.0: must be a whole "
+                                                       r"number of at most 36"):
+    ERCLAP.load(crafted)
+  _edit_config(crafted, lambda c: c["eval"].update(prompt_wordings=8) or c["data"].update(max_seconds=-1.0))
+  model_export.write_manifest(crafted)
+  with pytest.raises(model_export.ModelDirError, match=r"config.data.max_seconds=-1.0: must be > 0"):
+    model_export.read_model_config(crafted)
+  assert config_lib.MAX_PROMPT_WORDINGS == descriptions.NUM_VARIANTS
+
+
+def test_model_dir_without_manifest_loads_with_one_warning(exported, tmp_path, caplog):
+  older = _copy(exported, tmp_path)
+  os.remove(os.path.join(older, "manifest.json"))  # as exported before model directories carried checksums
+  with caplog.at_level(logging.WARNING):
+    model = ERCLAP.load(older)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and "manifest.json" in warnings[0] and "not verified" in warnings[0]
+  np.testing.assert_allclose(model.embed_text(TEXTS), exported["text"], rtol=0, atol=1e-6)
+
+
+def test_export_refuses_a_target_that_is_not_a_model_dir_before_any_work(exported, tmp_path):
+  workdir = exported["workdir"]
+  checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  record = os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns  # from the fixture's export
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "paper.tex").write_text("draft")
+  for target, says in ((str(notes), "not an ERCLAP model directory"), (workdir, "is the workdir"),
+                       (os.path.dirname(workdir), "is an ancestor of the workdir"),
+                       (os.path.join(workdir, "checkpoints", "model"), "inside the run's checkpoints")):
+    config = config_lib.apply_overrides(exported["config"], {"export.model_dir": target})
+    with pytest.raises(config_lib.ConfigError, match=f"export.model_dir=.*{says}.*--config.export.model_dir"):
+      model_export.export_model(config, workdir)
+  assert (notes / "paper.tex").read_text() == "draft" and sorted(os.listdir(notes)) == ["paper.tex"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints
+  assert os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns == record  # refused before resolving
+  with pytest.raises(FileExistsError, match="not an ERCLAP model directory"):
+    loaded = model_export.load_model_dir(exported["model_dir"])
+    model_export.write_model_dir(str(notes), loaded.config, 1, loaded.params, loaded.tokenizer)
+  (tmp_path / "empty").mkdir()  # an empty directory, like one made for the export, is fine
+  assert model_export.target_problem(str(tmp_path / "empty"), workdir) is None
+
+
+@pytest.mark.slow
+def test_export_model_command_refuses_the_workdir_as_model_dir(exported):
+  workdir = exported["workdir"]
+  listing = lambda: sorted(os.path.relpath(os.path.join(r, n), workdir) for r, _, ns in os.walk(workdir) for n in ns
+                           if not n.startswith("config."))  # the resolved-config records aside
+  before = listing()
+  result = th.run_main(workdir, exported["config"].data.data_dir, "export_model", **{"export.model_dir": workdir})
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert f"FATAL export.model_dir={workdir!r} is the workdir" in result.stderr
+  assert listing() == before  # every checkpoint file kept
 
 
 @pytest.mark.slow

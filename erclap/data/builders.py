@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import hashlib
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
+from erclap import fileio
 from erclap.data import audio as audio_io
 from erclap.data import embedded
 from erclap.schema import LABEL_NAMES
@@ -306,14 +306,6 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> N
 SOURCE_FORMAT = 1
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _audio_listing(root: str, patterns: tuple[str, ...]) -> dict[str, list[int]]:
   """{relative path: [size, mtime_ns]} of every file under the audio directories (hidden names skipped)."""
   files = {}
@@ -350,7 +342,7 @@ def source_fingerprint(builder_cls: type[_ManualCorpus], manual_dir: str) -> dic
   for pattern in builder_cls.LABEL_FILES:
     for path in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
       if os.path.isfile(path):
-        labels[os.path.relpath(path, root)] = {"sha256": _sha256(path), "size": os.path.getsize(path)}
+        labels[os.path.relpath(path, root)] = {"sha256": fileio.sha256_file(path), "size": os.path.getsize(path)}
   return {"format": SOURCE_FORMAT, "builder": builder_cls.name, "manual_dir": root, "labels": labels,
           "files": _audio_listing(root, builder_cls.AUDIO_DIRS)}
 
