@@ -8,6 +8,9 @@ Restoring a step checks, in order:
 * the tree: paths and shapes stored in the step's own ``state`` metadata against the state the config
   builds (paths compared as ``a/b/0/c``, see ``erclap.trees``). A difference is a
   ``CheckpointMismatchError``: the config changed, the files are fine, nothing is moved;
+* the data order: a data iterator that can tell (``erclap.input_pipeline.TrainIterator.state_differences``)
+  compares the saved iterator state with its own settings; a difference (another seed, global batch size,
+  corpus) is a ``CheckpointMismatchError`` naming the settings, nothing is moved;
 * the files: readable metadata, this process's data-iterator file, a clean Orbax read;
 * the values: per-leaf checksums written at save time (in the ``meta`` item) are recomputed on the
   restored arrays, so flipped bytes are caught rather than trained on.
@@ -15,11 +18,17 @@ Restoring a step checks, in order:
 A damaged step is moved aside to ``checkpoints/<step>.corrupt-<UTC time>`` (never deleted) and the
 previous step is used; the manager forgets the moved step, so the run saves that step number again later.
 Retention: the last ``keep`` steps plus the best step by ``best_metric``.
+
+Nothing a step stores depends on where the workdir lives: the data iterator's state identifies its records by
+content (``erclap.input_pipeline``), and paths inside the workdir in the metadata (the run's config, e.g. a
+two-stage run's ``<workdir>/stage1``) are stored as ``${workdir}/...`` and read back under the workdir they
+are read from (``portable_paths`` / ``local_paths``), so a copied or moved workdir resumes.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 from typing import Any
@@ -43,6 +52,7 @@ INTEGRITY_KEY = "state_checksums"  # reserved key of the ``meta`` item; restore 
 CHECKSUM_ALGORITHM = "u32-fmix-sum-x2"
 # Two independent 32-bit sums per leaf: a damaged leaf goes unnoticed with probability about 2**-64.
 CHECKSUM_SEEDS = (0x243F6A88, 0x85A308D3)
+WORKDIR_MARK = "${workdir}"  # stands for the workdir in the paths a step's metadata stores
 
 
 class CheckpointMismatchError(ValueError):
@@ -59,6 +69,48 @@ class CheckpointDamagedError(RuntimeError):
   def __init__(self, message: str, *, certain: bool = True):
     super().__init__(message)
     self.certain = certain
+
+
+def workdir_of(manager: ocp.CheckpointManager) -> str:
+  """The workdir whose ``checkpoints/`` the manager keeps."""
+  return os.path.dirname(str(manager.directory).rstrip("/"))
+
+
+def portable_paths(value, workdir: str):
+  """``value`` (a str, or dicts / lists of them) with every path inside ``workdir`` written ``${workdir}/...``."""
+  if isinstance(value, dict):
+    return {k: portable_paths(v, workdir) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return type(value)(portable_paths(v, workdir) for v in value)
+  if isinstance(value, str) and workdir:
+    if value == workdir:
+      return WORKDIR_MARK
+    if value.startswith(workdir.rstrip("/") + "/"):
+      return WORKDIR_MARK + value[len(workdir.rstrip("/")):]
+  return value
+
+
+def local_paths(value, workdir: str):
+  """The inverse of ``portable_paths``: ``${workdir}`` read as ``workdir`` (the one the value was read from)."""
+  if isinstance(value, dict):
+    return {k: local_paths(v, workdir) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return type(value)(local_paths(v, workdir) for v in value)
+  if isinstance(value, str) and (value == WORKDIR_MARK or value.startswith(WORKDIR_MARK + "/")):
+    return workdir.rstrip("/") + value[len(WORKDIR_MARK):]
+  return value
+
+
+def _meta_paths(meta: dict, convert, workdir: str) -> dict:
+  """``convert`` (``portable_paths`` / ``local_paths``) applied to ``meta``, and inside its JSON ``config``."""
+  meta = convert(meta, workdir)
+  if isinstance(meta.get("config"), str):
+    try:
+      config = json.loads(meta["config"])
+    except ValueError:
+      return meta
+    meta["config"] = json.dumps(convert(config, workdir))
+  return meta
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -97,7 +149,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None, me
   Returns:
     Whether a checkpoint was written (Orbax's answer).
   """
-  meta = dict(meta or {})
+  meta = _meta_paths(dict(meta or {}), portable_paths, workdir_of(manager))
   meta[INTEGRITY_KEY] = dict(algorithm=CHECKSUM_ALGORITHM, leaves=state_checksums(state))
   items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
   if data_iter is not None:
@@ -264,6 +316,7 @@ def restore_step(manager, step: int, abstract_state, *, data_iter=None) -> tuple
     check_tree_matches(manager, step, abstract_state)
     if data_iter is not None:
       _check_data_iter_file(_step_path(manager, step) / "data_iter", where)
+      _check_data_iter_state(_step_path(manager, step) / "data_iter", data_iter, where)
   except CheckpointDamagedError as e:
     error = e
   _raise_agreed(step, error)
@@ -272,11 +325,13 @@ def restore_step(manager, step: int, abstract_state, *, data_iter=None) -> tuple
     items["data_iter"] = grain_ckpt.CheckpointRestore(data_iter)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except CheckpointMismatchError:
+    raise
   except Exception as e:  # whatever Orbax, TensorStore or grain raise on bad bytes
     error = CheckpointDamagedError(f"{where} is unreadable ({type(e).__name__}: {str(e)[:300]})", certain=False)
     error.__cause__ = e
   _raise_agreed(step, error)
-  meta = dict(restored["meta"] or {})
+  meta = _meta_paths(dict(restored["meta"] or {}), local_paths, workdir_of(manager))
   # Checksums are computed over the global arrays: every process reaches the same verdict.
   _verify_checksums(restored["state"], meta, where)
   step_value = getattr(restored["state"], "step", None)
@@ -343,6 +398,27 @@ def _check_data_iter_file(directory: epath.Path, where: str) -> None:
                                   f"({', '.join(others)}); this run has {count}")
   raise CheckpointDamagedError(f"{where} is unreadable: its data iterator file "
                                f"{directory}/process_{index}-of-{count}.json is missing")
+
+
+def _check_data_iter_state(directory: epath.Path, data_iter, where: str) -> None:
+  """Whether this process's saved iterator state fits ``data_iter`` (when the iterator can tell).
+
+  Raises:
+    CheckpointMismatchError: naming the settings that differ (the files are fine: nothing is moved).
+  """
+  differences = getattr(data_iter, "state_differences", None)
+  if differences is None:
+    return
+  try:
+    state = json.loads((directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json").read_text())
+  except (OSError, ValueError):
+    return  # unreadable: the restore itself reports it as damage
+  lines = differences(state) if isinstance(state, dict) else []
+  if lines:
+    raise CheckpointMismatchError(
+        f"{where} was written by a run with other data settings than this one (its files are intact; nothing was "
+        f"moved):\n  - " + "\n  - ".join(lines) + "\nRerun with the checkpoint's settings to resume it, or start "
+        "afresh in another --workdir.")
 
 
 def _raise_agreed(step: int, error: CheckpointDamagedError | None) -> None:

@@ -5,7 +5,10 @@ Training (``create_train_iterator``) is infinite: an IndexSampler reshuffles eve
 ``config.seed``, each JAX process reads only its rows of every global batch (``GlobalBatchSlice``: the
 global batch does not depend on the process count), and every random choice (crop offset, which of the
 example's descriptions) comes from the per-record generator Grain derives from the seed and the record's
-position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly.
+position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly. The
+state identifies the sample order and the records by content (the sampler's settings, the corpus split, a
+cache's row ids), never by a path, so a moved or copied workdir resumes; a state of other settings is refused
+naming them (``TrainIterator``).
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
@@ -28,7 +31,9 @@ Batches (host-local, B = global batch // process count; T = round(seconds * samp
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 from collections.abc import Callable, Iterator
 
 import grain
@@ -36,7 +41,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import data
+from erclap import checkpointing, data
 from erclap import descriptions as desc_lib
 from erclap.schema import LABEL_NAMES, uses_speech_cache
 from erclap.speech_cache import fingerprint as cache_fingerprint
@@ -176,9 +181,9 @@ class _Tokenize(grain.transforms.Map):
 
 
 def create_train_iterator(config, tokenizer: Callable, *, process_index: int | None = None,
-                          process_count: int | None = None):
-  """Infinite, seeded, per-process-sharded iterator of training batches (a grain DataLoader iterator,
-  with get_state()/set_state()); batch size config.train.global_batch_size // process_count."""
+                          process_count: int | None = None) -> TrainIterator:
+  """Infinite, seeded, per-process-sharded iterator of training batches (a ``TrainIterator`` around a Grain
+  DataLoader iterator, with get_state()/set_state()); batch size config.train.global_batch_size // process_count."""
   pi, pc = _process(process_index, process_count)
   d = config.data
   global_bs = int(config.train.global_batch_size)
@@ -209,7 +214,83 @@ def create_train_iterator(config, tokenizer: Callable, *, process_index: int | N
                   _Tokenize(tokenizer, int(d.max_text_tokens))],
       worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
       read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(local_bs, 16)))
-  return iter(loader)
+  return TrainIterator(iter(loader), sampler=sampler, source=source, worker_count=int(d.worker_count))
+
+
+# What each field of the sampler's repr (``GlobalBatchSlice`` around Grain's ``IndexSampler``) comes from.
+SAMPLER_FIELDS = {
+    "seed": "config.seed (the shuffling seed)",
+    "global": "config.train.global_batch_size",
+    "num_records": "the number of training records (the corpus or config.data.train_split changed)",
+    "local": "the rows each process reads (the process count)",
+    "offset": "this process's rows (the process index or count)",
+}
+_REPR_FIELD = re.compile(r"(\w+)=([^,()]+)")
+
+
+class TrainIterator:
+  """The training stream: a Grain DataLoader iterator whose checkpointed state is checked against this run.
+
+  Grain records ``repr`` of the sampler and of the data source in the iterator state and refuses to restore
+  another. ``state_differences`` names the settings behind such a difference (the seed, the global batch size,
+  the training records, the worker count), which ``erclap.checkpointing`` reports as a mismatch of the config
+  rather than damage; ``set_state`` also takes a state whose data source is recorded in an earlier form of the
+  same source (a speech-feature cache named by its absolute directory: ``CachedSpeechSource.is_recorded_as``).
+  """
+
+  def __init__(self, iterator, *, sampler, source, worker_count: int):
+    self._iterator, self._sampler, self._source = iterator, sampler, source
+    self._worker_count = int(worker_count)
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._iterator)
+
+  def get_state(self) -> bytes:
+    return self._iterator.get_state()
+
+  def start_prefetch(self) -> None:
+    self._iterator.start_prefetch()
+
+  def _source_matches(self, recorded) -> bool:
+    accepts = getattr(self._source, "is_recorded_as", None)
+    return recorded == repr(self._source) or (accepts is not None and accepts(str(recorded)))
+
+  def state_differences(self, state) -> list[str]:
+    """One line per setting where a saved state (bytes, str or the parsed dict) differs from this iterator's;
+    [] when it restores here."""
+    if not isinstance(state, dict):
+      state = json.loads(state)
+    lines = []
+    if state.get("worker_count", self._worker_count) != self._worker_count:
+      lines.append(f"config.data.worker_count: checkpoint {state['worker_count']}, this run {self._worker_count}")
+    recorded, current = state.get("sampler"), repr(self._sampler)
+    if recorded is not None and recorded != current:
+      old, new = dict(_REPR_FIELD.findall(recorded)), dict(_REPR_FIELD.findall(current))
+      changed = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+      lines += [f"{SAMPLER_FIELDS.get(k, f'the sampler setting {k}')}: checkpoint {old.get(k)}, this run {new.get(k)}"
+                for k in changed] or [f"the sampler: checkpoint {recorded}, this run {current}"]
+    recorded = state.get("data_source")
+    if recorded is not None and not self._source_matches(recorded):
+      lines.append(f"the training data: checkpoint {recorded}, this run {self._source!r}")
+    return lines
+
+  def set_state(self, state: bytes) -> None:
+    """Restores a saved position (``get_state``'s bytes).
+
+    Raises:
+      erclap.checkpointing.CheckpointMismatchError: the state was saved with other settings (named).
+    """
+    record = json.loads(state)
+    differences = self.state_differences(record)
+    if differences:
+      raise checkpointing.CheckpointMismatchError(
+          "the data iterator's state was saved with other settings:\n  " + "\n  ".join(differences))
+    if "data_source" in record:
+      record["data_source"] = repr(self._source)  # an earlier record of this very source (see the class doc)
+    self._iterator.set_state(json.dumps(record).encode())
 
 
 class GlobalBatchSlice:

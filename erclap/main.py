@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from erclap import (
     cache_speech,
+    checkpointing,
     config_lib,
     distributed,
     evaluate,
@@ -121,8 +122,8 @@ def main(argv):
     try:
       stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
       _MODES[mode](resolve.resolve(config, workdir, mode), workdir)
-    except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
-      sys.exit(f"FATAL {e}")
+    except (workdir_lock.WorkdirLockedError, config_lib.ConfigError, checkpointing.CheckpointMismatchError) as e:
+      sys.exit(f"FATAL {e}")  # each names the input at fault and the fix: no traceback
     except signals.StopRequested as e:
       print(f"[{mode}] {e}.", file=sys.stderr, flush=True)
       sys.exit(128 + e.signum)

@@ -63,8 +63,9 @@ def read_workdir_config(workdir: str, step: int = -1) -> ml_collections.ConfigDi
     try:
       with open(meta_file) as f:
         meta = json.load(f)
-      if "config" in meta:
-        return ml_collections.ConfigDict(json.loads(meta["config"]))
+      if "config" in meta:  # its paths inside the workdir are read under this one (it may have moved)
+        return ml_collections.ConfigDict(checkpointing.local_paths(json.loads(meta["config"]),
+                                                                   os.path.dirname(ckpt_dir)))
     except (json.JSONDecodeError, UnicodeDecodeError):
       continue
   raise FileNotFoundError(f"{meta_dir}: no training config in the checkpoint metadata")

@@ -16,9 +16,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+import train_helpers as th
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from erclap import checkpointing
+from erclap import checkpointing, config_lib, data, input_pipeline, recipe, tokenization, tower_init
 
 
 def _ckpt_config(**kw):
@@ -346,6 +347,93 @@ def test_shape_mismatch_of_train_state_names_paths_and_moves_nothing(tmp_path):
   assert "missing" not in message and "unexpected" not in message  # same tree, MaskedNodes and key included
   assert _corrupt_dirs(workdir) == []
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "15", "20"]
+
+
+def _pipeline_checkpoint(workdir, config, tokenizer, batches=2):
+  """Step 1 saved with the real training iterator of ``config`` after ``batches`` batches; returns the next one."""
+  it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  for _ in range(batches):
+    next(it)
+  manager = checkpointing.make_manager(workdir, _ckpt_config(), with_data_iter=True)
+  checkpointing.save(manager, 1, _state(), data_iter=it, meta={"at": 1})
+  manager.wait_until_finished()
+  manager.close()
+  return next(it)
+
+
+def _resume_pipeline(workdir, config, tokenizer):
+  it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  manager = checkpointing.make_manager(workdir, _ckpt_config(), with_data_iter=True)
+  try:
+    return checkpointing.restore_latest(manager, _abstract(_state()), data_iter=it), it
+  finally:
+    manager.close()
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"seed": 1}, "config.seed (the shuffling seed): checkpoint 0, this run 1"),
+    ({"train.global_batch_size": 8}, "config.train.global_batch_size: checkpoint 16, this run 8"),
+    ({"data.embedded.num_train": 40}, "the number of training records (the corpus or config.data.train_split "
+                                      "changed): checkpoint 48, this run 40"),
+])
+def test_readable_checkpoint_of_other_data_settings_names_them(tiny_embedded, tmp_path, change, says):
+  config, data_dir = tiny_embedded
+  if "data.embedded.num_train" in change:
+    data.ensure_dataset(config_lib.apply_overrides(config, change).data)  # a corpus of its own
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  workdir = str(tmp_path / "run")
+  expected = _pipeline_checkpoint(workdir, config, tokenizer)
+  with pytest.raises(checkpointing.CheckpointMismatchError) as info:
+    _resume_pipeline(workdir, config_lib.apply_overrides(config, change), tokenizer)
+  message = str(info.value)
+  assert says in message and "other data settings" in message and "nothing was moved" in message
+  assert "storage system" not in message
+  assert _corrupt_dirs(workdir) == [] and os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+  (step, _, meta), it = _resume_pipeline(workdir, config, tokenizer)  # the checkpoint's own settings resume it
+  assert step == 1 and meta == {"at": 1}
+  np.testing.assert_array_equal(next(it)["input_ids"], expected["input_ids"])
+
+
+def test_paths_inside_the_workdir_are_stored_relative_to_it(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = {"model": {"speech_init": f"{workdir}/stage1", "text_init": "/models/minilm"},
+            "data": {"speech_features": f"{workdir}/speech_features", "data_dir": f"{workdir}x/corpus"}}
+  manager = checkpointing.make_manager(workdir, _ckpt_config(), with_data_iter=False)
+  checkpointing.save(manager, 1, _state(), meta={"config": json.dumps(config), "where": workdir})
+  manager.wait_until_finished()
+  manager.close()
+  stored = (tmp_path / "run" / "checkpoints" / "1" / "meta" / "metadata").read_text()
+  assert workdir + "/" not in stored and f'"{workdir}"' not in stored and f"{workdir}x/corpus" in stored
+  moved = str(tmp_path / "moved")
+  os.rename(workdir, moved)
+  manager = checkpointing.make_manager(moved, _ckpt_config(), with_data_iter=False)
+  _, _, meta = checkpointing.restore_latest(manager, _abstract(_state()))
+  manager.close()
+  assert meta["where"] == moved and json.loads(meta["config"]) == {
+      "model": {"speech_init": f"{moved}/stage1", "text_init": "/models/minilm"},
+      "data": {"speech_features": f"{moved}/speech_features", "data_dir": f"{workdir}x/corpus"}}
+  assert tower_init.read_workdir_config(moved).model.speech_init == f"{moved}/stage1"
+
+
+@pytest.mark.slow
+def test_moved_two_stage_workdir_resumes(data_dir, tmp_path, capsys):
+  """A two-stage workdir (stage 1, its speech cache, the cross-modal stage) moved elsewhere resumes its cross-modal
+  stage there: no checkpoint names the old place, nothing is set aside, nothing is retrained."""
+  config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
+                                       "train.num_steps": 2})
+  first = str(tmp_path / "first")
+  recipe.train_stages(config, first)
+  moved = str(tmp_path / "moved")
+  os.rename(first, moved)
+  stored = [p for p in glob.glob(os.path.join(moved, "**", "checkpoints", "*", "*", "*"), recursive=True)
+            if os.path.isfile(p) and not p.endswith("commit_success.txt")]  # Orbax's marker text, never read
+  assert [p for p in stored if first.encode() in open(p, "rb").read()] == []
+  capsys.readouterr()
+  recipe.train_stages(config_lib.apply_overrides(config, {"train.num_steps": 4}), moved)
+  out = capsys.readouterr().out
+  assert "[train] step 3/4" in out and "[train] step 1/4" not in out  # resumed after step 2
+  assert sorted(os.listdir(os.path.join(moved, "checkpoints"))) == ["2", "4"]
+  assert os.listdir(os.path.join(moved, "stage1", "checkpoints")) == ["2"] and not os.path.exists(first)
 
 
 def test_stored_leaf_shapes_read_from_the_step_itself(tmp_path):

@@ -4,6 +4,7 @@ and the same embeddings, metrics and train steps as the uncached path for a froz
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 
@@ -14,6 +15,7 @@ import train_helpers as th
 
 from erclap import (
     cache_speech,
+    checkpointing,
     config_lib,
     data,
     descriptions,
@@ -472,3 +474,62 @@ def test_interrupted_split_is_not_trusted_and_the_rerun_completes(frozen_run, tm
     assert speech_features.split_is_cached(written, split, fingerprint)
     np.testing.assert_array_equal(speech_features.CachedSplit(written, split).features,
                                   speech_features.CachedSplit(step0_dir, split).features)
+
+
+def _saved_iterator(config, tokenizer, workdir: str, batches: int = 2):
+  """The training iterator on ``config`` checkpointed after ``batches`` batches; returns the batch after them."""
+  it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  for _ in range(batches):
+    next(it)
+  manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=True)
+  checkpointing.save(manager, 1, {"w": np.zeros(2, np.float32)}, data_iter=it, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return next(it)
+
+
+def _resumed_batch(config, tokenizer, workdir: str) -> dict:
+  it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
+  manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=True)
+  try:
+    restored = checkpointing.restore_latest(manager, {"w": jax.ShapeDtypeStruct((2,), np.float32)}, data_iter=it)
+  finally:
+    manager.close()
+  assert restored is not None and restored[0] == 1
+  return next(it)
+
+
+def test_iterator_state_names_the_cache_by_content_so_a_moved_workdir_resumes(tiny_cache, tmp_path):
+  config, _ = tiny_cache
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  workdir = str(tmp_path / "run")
+  expected = _saved_iterator(config, tokenizer, workdir)
+  state = (tmp_path / "run" / "checkpoints" / "1" / "data_iter" / "process_0-of-1.json").read_text()
+  assert str(tmp_path) not in state and "ids sha256" in state
+  moved = str(tmp_path / "moved")
+  os.rename(workdir, moved)
+  os.rename(config.data.speech_features, str(tmp_path / "moved_cache"))  # the cache moved along
+  there = config_lib.apply_overrides(config, {"data.speech_features": str(tmp_path / "moved_cache")})
+  resumed = _resumed_batch(there, tokenizer, moved)
+  np.testing.assert_array_equal(resumed["speech_features"], expected["speech_features"])
+  np.testing.assert_array_equal(resumed["input_ids"], expected["input_ids"])
+
+
+def test_iterator_state_that_names_the_cache_by_its_path_still_resumes(tiny_cache, tmp_path):
+  """Checkpoints written before the state named the cache by content: their record of the source is the cache's
+  absolute directory."""
+  config, _ = tiny_cache
+  tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens)
+  workdir = str(tmp_path / "run")
+  expected = _saved_iterator(config, tokenizer, workdir)
+  path = tmp_path / "run" / "checkpoints" / "1" / "data_iter" / "process_0-of-1.json"
+  state = json.loads(path.read_text())
+  corpus = data.get_data_source(config.data, config.data.train_split)
+  state["data_source"] = f"CachedSpeechSource({corpus!r}, {os.path.abspath(config.data.speech_features)})"
+  path.write_text(json.dumps(state, indent=4))
+  resumed = _resumed_batch(config, tokenizer, workdir)
+  np.testing.assert_array_equal(resumed["speech_features"], expected["speech_features"])
+  np.testing.assert_array_equal(resumed["labels"], expected["labels"])
+  plain = config_lib.apply_overrides(config, {"data.speech_features": "", "model.freeze_speech": False})
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"the training data: checkpoint CachedSpeech"):
+    _resumed_batch(plain, tokenizer, workdir)  # the corpus records themselves are another source

@@ -375,4 +375,16 @@ class CachedSpeechSource:
     return list(self.cached.ids)
 
   def __repr__(self) -> str:
-    return f"CachedSpeechSource({self.source!r}, {self.cached.directory})"
+    # Part of the data iterator's checkpoint (Grain compares it on restore): what is read, in which order (the
+    # corpus split and the cache's row ids), never where the cache lives, so a moved or copied workdir resumes.
+    return f"CachedSpeechSource({self.source!r}, ids sha256 {_ids_digest(self.cached.ids)[:16]})"
+
+  def is_recorded_as(self, recorded: str) -> bool:
+    """Whether ``recorded`` (a checkpoint's record of its data source) names this source: its ``repr``, or the
+    earlier form that named the cache by its absolute directory instead of its row ids. That directory is not
+    compared: the cache's fit to the model and the corpus is checked on its own (``CachedSplit``, and the
+    cache fingerprint against the restored parameters)."""
+    if recorded == repr(self):
+      return True
+    prefix = f"CachedSpeechSource({self.source!r}, "
+    return recorded.startswith(prefix) and recorded.endswith(")") and os.path.isabs(recorded[len(prefix):-1])
