@@ -108,6 +108,44 @@ def test_iemocap_fingerprint_covers_evaluations_and_sentence_audio(tmp_path):
                                              "Ses01F_impro01_F000.wav")]
 
 
+def test_audio_the_labels_name_outside_the_audio_directory_is_fingerprinted(tmp_path, capsys):
+  """A FileName reaching outside Audios/ (``../``, into the manual dir or beyond it): that file is read by the
+  build, so re-recording it after the build is reported like any audio file."""
+  manual = _msp(tmp_path / "msp1")
+  os.makedirs(tmp_path / "more")
+  _wav(tmp_path / "more" / "outside.wav", f0=300.0)
+  _wav(manual / "Labels" / "beside.wav", f0=320.0)
+  rows = [*ROWS, ("../../more/outside.wav", "N", "4.0", "4.0", "4.0", "60", "Male", "Train"),
+          ("../Labels/beside.wav", "N", "4.0", "4.0", "4.0", "61", "Male", "Train")]
+  _write_labels(manual, rows)
+  got = builders.source_fingerprint(builders.ErclapMspPodcast, str(manual))
+  outside, beside = os.path.join("..", "more", "outside.wav"), os.path.join("Labels", "beside.wav")
+  assert sorted(got["outside_files"]) == sorted([outside, beside]) and len(got["files"]) == len(ROWS)
+  config = _config(tmp_path, manual)
+  data.ensure_dataset(config.data)
+  assert "[data] building msp_podcast" in capsys.readouterr().out
+  assert len(_valence(config)) == 4  # the 2 train rows of ROWS and the 2 files outside Audios/
+  data.ensure_dataset(config.data)  # unchanged: reused
+  assert "unchanged since" in capsys.readouterr().out
+  _wav(tmp_path / "more" / "outside.wav", seconds=0.2, f0=350.0)  # re-recorded after the build
+  with pytest.raises(data.SourceChangedError) as info:
+    data.ensure_dataset(config.data)
+  message = str(info.value)
+  assert f"1 audio file(s) outside the audio directories changed: {outside} (size " in message
+  assert "--config.data.rebuild=True" in message
+  record = data.read_source_record(builders.ErclapMspPodcast(data_dir=str(tmp_path / "tfds")))
+  del record["outside_files"]  # a record of an earlier version, which fingerprinted Audios/ only
+  lines = builders.source_differences(record, builders.source_fingerprint(builders.ErclapMspPodcast, str(manual)))
+  assert len(lines) == 1 and "does not cover the 2 audio file(s) its labels name outside" in lines[0]
+
+
+def test_iemocap_utterance_id_with_a_path_separator_is_refused(tmp_path):
+  evaluation = tmp_path / "Ses01F_impro01.txt"
+  evaluation.write_text("[6.2 - 8.2]\t../../x_F000\tneu\t[2.5, 2.5, 2.5]\n")
+  with pytest.raises(ValueError, match=r"line 1 \(\.\./\.\./x_F000\): an utterance id cannot contain a path"):
+    builders.parse_iemocap_evaluation(str(evaluation))
+
+
 def test_build_records_its_source(built, tmp_path):
   config, manual = built
   with open(_version_dir(tmp_path) / data.SOURCE_RECORD) as f:

@@ -19,8 +19,9 @@ All three write the same record schema: "id" (text), "audio" (int16 PCM at 16 kH
 
 A built licensed corpus records what it was built from (``source_fingerprint``): the sha256 of its label
 files and the listing (relative name, size, modification time) of its audio directories, the files the
-builder reads (``LABEL_FILES`` and ``AUDIO_DIRS`` of each builder). Listing and stat only, so it stays cheap
-for 100k files; ``source_differences`` says what changed since.
+builder reads (``LABEL_FILES`` and ``AUDIO_DIRS`` of each builder), plus every audio file its labels name
+outside those directories (an MSP-Podcast ``FileName`` such as ``../more/x.wav``: ``label_audio_files``).
+Listing and stat only, so it stays cheap for 100k files; ``source_differences`` says what changed since.
 
 Unreadable or missing audio files are counted and skipped while their fraction of the corpus stays within
 ``unreadable_audio_tolerance`` (reported at the end of the build); beyond it the build fails naming the
@@ -150,6 +151,13 @@ class _ManualCorpus(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(features=features(), description=self.__doc__)
 
+  @classmethod
+  def label_audio_files(cls, root: str) -> list[str]:
+    """The audio files the label files of the manual dir ``root`` name, as the builder reads them, where they
+    may lie outside ``AUDIO_DIRS`` ([] where the builder's paths cannot leave them)."""
+    del root
+    return []
+
 
 class ErclapMspPodcast(_ManualCorpus):
   """MSP-Podcast (v1.10–1.12 layout; users bring the licensed audio)."""
@@ -166,6 +174,12 @@ class ErclapMspPodcast(_ManualCorpus):
     for row in rows:
       by_split.setdefault(row["split"], []).append(row)
     return {split: self._generate_examples(root, split_rows) for split, split_rows in by_split.items()}
+
+  @classmethod
+  def label_audio_files(cls, root: str) -> list[str]:
+    # FileName is joined to Audios/ as it stands: "../x.wav" or "/abs/x.wav" reach outside it.
+    rows = parse_msp_labels(os.path.join(root, "Labels", "labels_consensus.csv"))
+    return [os.path.join(root, "Audios", row["file"]) for row in rows]
 
   def _generate_examples(self, root, rows):
     for row in rows:
@@ -233,6 +247,8 @@ def parse_iemocap_evaluation(path: str) -> list[dict]:
       utt, cat, vad = m.group(3), m.group(4), m.group(5)
       parts = [p.strip() for p in vad.split(",")]
       where = f"{path} line {line_no} ({utt})"
+      if "/" in utt or "\\" in utt:  # the id names its wav file: it must stay inside sentences/wav
+        raise ValueError(f"{where}: an utterance id cannot contain a path separator")
       if len(parts) != 3:
         raise ValueError(f"{where}: expected 3 values [V, A, D], got {vad!r}")
       v, a, d = (_label(p, low=1.0, high=5.0, where=where, column=c)
@@ -335,7 +351,9 @@ def source_fingerprint(builder_cls: type[_ManualCorpus], manual_dir: str) -> dic
     manual_dir: the licensed corpus' directory.
   Returns:
     {"format", "builder", "manual_dir" (absolute), "labels": {relative path: {"sha256", "size"}},
-    "files": {relative path: [size, mtime_ns]}}: a JSON-able dict; only the label files are read.
+    "files": {relative path: [size, mtime_ns]}, "outside_files": the same of the audio files the labels name
+    outside the audio directories (relative to the manual dir, ``../`` where they lie outside it)}: a JSON-able
+    dict; only the label files are read.
   """
   root = os.path.abspath(os.path.expanduser(manual_dir))
   labels = {}
@@ -343,8 +361,29 @@ def source_fingerprint(builder_cls: type[_ManualCorpus], manual_dir: str) -> dic
     for path in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
       if os.path.isfile(path):
         labels[os.path.relpath(path, root)] = {"sha256": fileio.sha256_file(path), "size": os.path.getsize(path)}
+  files = _audio_listing(root, builder_cls.AUDIO_DIRS)
   return {"format": SOURCE_FORMAT, "builder": builder_cls.name, "manual_dir": root, "labels": labels,
-          "files": _audio_listing(root, builder_cls.AUDIO_DIRS)}
+          "files": files, "outside_files": _outside_files(builder_cls, root, files)}
+
+
+def _outside_files(builder_cls: type[_ManualCorpus], root: str, listed: dict) -> dict[str, list[int]]:
+  """{relative path: [size, mtime_ns]} of the files the labels name that ``listed`` lacks (missing ones left out:
+  the build skips them, and one that appears later shows as added)."""
+  try:
+    named = builder_cls.label_audio_files(root)
+  except ValueError:  # unparsable labels: the build stops on them, and their changed sha256 says so
+    return {}
+  out = {}
+  for path in named:
+    rel = os.path.relpath(os.path.normpath(path), root)
+    if rel in listed or rel in out:
+      continue
+    try:
+      st = os.stat(path)  # a link's target: what the builder reads
+    except OSError:
+      continue
+    out[rel] = [int(st.st_size), int(st.st_mtime_ns)]
+  return dict(sorted(out.items()))
 
 
 def _listed(names: list[str], shown: int) -> str:
@@ -380,15 +419,29 @@ def source_differences(recorded: dict | None, current: dict, shown: int = 5) -> 
     elif old_labels[name]["sha256"] != new_labels[name]["sha256"]:
       out.append(f"label file {name} changed: sha256 {old_labels[name]['sha256'][:16]} -> "
                  f"{new_labels[name]['sha256'][:16]}")
-  old_files, new_files = recorded["files"], current["files"]
-  for what, names in (("added", sorted(new_files.keys() - old_files.keys())),
-                      ("removed", sorted(old_files.keys() - new_files.keys()))):
+  out += _listing_differences(recorded["files"], current["files"], "audio file(s)", shown)
+  outside = current.get("outside_files", {})
+  if "outside_files" not in recorded:
+    if outside:  # recorded by a version that fingerprinted the audio directories only
+      out.append(f"its record does not cover the {len(outside)} audio file(s) its labels name outside the audio "
+                 f"directories ({_listed(sorted(outside), shown)}): a rebuild records them")
+  else:
+    out += _listing_differences(recorded["outside_files"], outside, "audio file(s) outside the audio directories",
+                                shown)
+  return out
+
+
+def _listing_differences(old_files: dict, new_files: dict, what: str, shown: int) -> list[str]:
+  """Lines naming the files added, removed and changed between two ``{name: [size, mtime_ns]}`` listings."""
+  out = []
+  for how, names in (("added", sorted(new_files.keys() - old_files.keys())),
+                     ("removed", sorted(old_files.keys() - new_files.keys()))):
     if names:
-      out.append(f"{len(names)} audio file(s) {what}: {_listed(names, shown)}")
+      out.append(f"{len(names)} {what} {how}: {_listed(names, shown)}")
   changed = sorted(k for k in old_files.keys() & new_files.keys() if list(old_files[k]) != list(new_files[k]))
   if changed:
     shown_changes = [_file_change(k, old_files[k], new_files[k]) for k in changed[:shown]]
-    out.append(f"{len(changed)} audio file(s) changed: {_listed(shown_changes + changed[shown:], shown)}")
+    out.append(f"{len(changed)} {what} changed: {_listed(shown_changes + changed[shown:], shown)}")
   return out
 
 
