@@ -150,7 +150,7 @@ def _eval_and_export(c: ml_collections.ConfigDict) -> None:
   c.eval.retrieval_levels = 5         # retrieval Kendall tau: K levels
   c.eval.retrieval_draws = 200        #                        M draws
   c.eval.retrieval_top_k = 1
-  c.eval.prompt_wordings = 8          # template wordings per level averaged into each zero-shot level prompt
+  c.eval.prompt_wordings = 8          # template wordings per level averaged into each zero-shot level prompt (<= 36)
   c.export = ml_collections.ConfigDict()
   c.export.splits = ("test",)
   c.export.step = -1                  # -1 = latest checkpoint
