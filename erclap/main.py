@@ -41,6 +41,7 @@ from erclap import (
     plan,
     recipe,
     resolve,
+    run_status,
     signals,
     workdir_lock,
 )
@@ -120,6 +121,7 @@ def main(argv):
     stack.enter_context(signals.stop_on_signals(mode, on_exit=lock.release))
     try:
       stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
+      stack.enter_context(run_status.recorded(workdir, mode, config))  # status.json: running, then how it ended
       _MODES[mode](resolve.resolve(config, workdir, mode), workdir)
     except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
       sys.exit(f"FATAL {e}")

@@ -21,7 +21,6 @@ from jax.experimental import multihost_utils
 
 from erclap import (
     checkpointing,
-    config_lib,
     evaluate,
     fileio,
     input_pipeline,
@@ -37,6 +36,7 @@ from erclap import (
     tower_init,
 )
 from erclap import step as step_lib
+from erclap.results import hparams
 from erclap.speech_cache import fingerprint as cache_fingerprint
 
 
@@ -69,11 +69,6 @@ class _Clock:
   window_steps: int = 0
 
 
-def _hparams(config) -> dict[str, Any]:
-  """The config as {"a.b.c": scalar} (non-scalars as strings), as hparams writers expect."""
-  return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in config_lib.flat_items(config)}
-
-
 def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   """Set-up, a fresh (or resumed) state, and the jitted step."""
   from clu import metric_writers  # pulls in TensorFlow: heavy, and only the loop writes summaries
@@ -82,7 +77,7 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   if is_chief:
-    writer.write_hparams(_hparams(config))
+    writer.write_hparams(hparams.run_hparams(config))  # one type per key across runs and configs
   optimizer = optim.make_optimizer(config)
   load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
   train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(config.seed),

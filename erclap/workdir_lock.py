@@ -91,6 +91,13 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+def holder_alive(holder: LockHolder) -> bool | None:
+  """Whether the run holding a lock is still running: True / False on this host, None from another (unknown)."""
+  if holder.host != socket.gethostname():
+    return None
+  return _pid_alive(holder.pid)
+
+
 def _create(path: str, holder: LockHolder) -> bool:
   """Creates the lock file holding ``holder``; False if it exists (O_EXCL makes this atomic)."""
   try:
