@@ -39,6 +39,7 @@ from erclap import (
     mode_all,
     model_export,
     plan,
+    progress,
     recipe,
     resolve,
     run_status,
@@ -126,7 +127,7 @@ def main(argv):
     except (workdir_lock.WorkdirLockedError, config_lib.ConfigError) as e:
       sys.exit(f"FATAL {e}")
     except signals.StopRequested as e:
-      print(f"[{mode}] {e}.", file=sys.stderr, flush=True)
+      progress.print_line(f"[{mode}] {e}.", file=sys.stderr)
       sys.exit(128 + e.signum)
 
 

@@ -33,7 +33,20 @@ import ml_collections
 import numpy as np
 from safetensors import numpy as safetensors_np
 
-from erclap import data, descriptions, fileio, models, resolve, runtime, sharding, stages, state, tokenization, trees
+from erclap import (
+    data,
+    descriptions,
+    fileio,
+    models,
+    progress,
+    resolve,
+    runtime,
+    sharding,
+    stages,
+    state,
+    tokenization,
+    trees,
+)
 from erclap.schema import LABEL_NAMES
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
@@ -214,7 +227,7 @@ def export_model(config, workdir: str) -> str:
   if jax.process_index() == 0:
     write_model_dir(model_dir, config, step, host_params, tokenizer,
                     saved_model=bool(config.export.get("saved_model", True)) and stages.of(config).cross_modal)
-    print(f"[export_model] step {step} -> {model_dir}", flush=True)
+    progress.print_line(f"[export_model] step {step} -> {model_dir}")
   return model_dir
 
 

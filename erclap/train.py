@@ -128,9 +128,8 @@ def _log_window(run: _Run, host: list[dict], step: int, clock: _Clock) -> None:
   summary.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * t.global_batch_size)
   run.writer.write_scalars(step, summary)
   eta = (t.num_steps - step) / max((step - clock.run_start_step) / (now - clock.run_start), 1e-9)
-  print(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  "
-        f"{steps_per_sec:.2f} steps/s  {summary['examples_per_sec']:.0f} ex/s  ETA {progress.format_eta(eta)}",
-        flush=True)
+  progress.print_line(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  {steps_per_sec:.2f} steps/s  "
+                      f"{summary['examples_per_sec']:.0f} ex/s  ETA {progress.format_eta(eta)}")
   clock.window_start, clock.window_steps = time.time(), 0
 
 
@@ -146,7 +145,7 @@ def _evaluate(run: _Run, params, step: int) -> dict[str, float]:
     fileio.write_json(os.path.join(run.workdir, "eval", f"{step}.json"),
                       dict(step=step, split=config.data.eval_split, metrics=result))
   headline = stages.of(config).headline_metrics
-  print(f"[eval] step {step}: " + "  ".join(f"{k} {result[k]:.4f}" for k in headline if k in result), flush=True)
+  progress.print_line(f"[eval] step {step}: " + "  ".join(f"{k} {result[k]:.4f}" for k in headline if k in result))
   return result
 
 
@@ -210,7 +209,7 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
         _save(run, step, train_state, eval_metrics)
       if preempted:
         logging.warning("Preemption requested: checkpoint at step %d written, exiting.", step)
-        print(f"[train] preempted: checkpoint at step {step} saved; rerun the same command to resume.", flush=True)
+        progress.print_line(f"[train] preempted: checkpoint at step {step} saved; rerun the same command to resume.")
         break
   return last_eval
 

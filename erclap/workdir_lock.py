@@ -30,6 +30,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from erclap import progress
+
 LOCK_NAME = ".erclap.lock"
 
 
@@ -128,7 +130,7 @@ def _acquire_local(workdir: str, path: str, me: LockHolder) -> str | None:
         message = (f"Took over the stale lock {path}: the run that held it ({stale.describe()}) is no "
                    f"longer running on this host.")
         logging.warning(message)
-        print(f"[workdir] {message}", flush=True)
+        progress.print_line(f"[workdir] {message}")
       return None
     try:
       holder = read_holder(path)
