@@ -16,10 +16,9 @@ configs/demo.py does.
 Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
 workdir, and runs on the config ``erclap.resolve`` makes of the given one (validated against the devices before
 any corpus or model is built, written to ``<workdir>/config.<mode>.json``), and records its state in
-``<workdir>/status.json`` (``erclap.run_status``: running, then finished, failed or preempted). SIGTERM / SIGINT end a
-run at once
-(status 128 + signal; outputs are written atomically, so only complete files remain), except that the
-training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
+``<workdir>/status.json`` (``erclap.run_status``: running, then finished, failed or preempted). SIGTERM / SIGINT
+end a run at once (status 128 + signal; outputs are written atomically, so only complete files remain), except that
+the training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
 """
 
 from __future__ import annotations
