@@ -36,9 +36,9 @@ import matplotlib.pyplot as plt
 from erclap import fileio
 from erclap.results import paper, stats
 from erclap.results.runs import NOT_STARTED, STATUSES, RunResult
+from erclap.run_status import FINISHED
 
 SEED_KEY = "seed"
-FINISHED = STATUSES[0]
 STAT_SUFFIXES = ("mean", "sd", "ci95_low", "ci95_high")
 
 
