@@ -25,9 +25,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The report.html browser test drives Debian's Chromium (/usr/bin/chromium, or $$ERCLAP_CHROMIUM); without one it is
+# skipped, and said so here and in pytest's summary.
+CHROMIUM_NOTE = @test -x "$${ERCLAP_CHROMIUM:-/usr/bin/chromium}" || command -v chromium >/dev/null 2>&1 || \
+	echo "*** No Chromium found: the report.html browser test will NOT run (apt-get install chromium). ***"
+
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(CHROMIUM_NOTE)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
+	$(CHROMIUM_NOTE)
 
 test-fast: $(STAMP)
 	$(PY) -m ruff check .

@@ -22,10 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # EmotionRankCLAP (Interspeech 2025), Table 1 (MSP-Podcast; their protocol, their models).
-PAPER = {
-    "rnc": {"voc": 0.616, "aoc": 0.552, "mmd": 0.087, "wasserstein": 0.065},
-    "infonce": {"voc": 0.505, "aoc": 0.492, "mmd": 0.096, "wasserstein": 0.180},
-}
+from erclap.results.paper import PAPER_TABLE1 as PAPER  # noqa: E402 (after the checkout is put on the path)
+
 COLUMNS = ("voc", "aoc", "anchor_tau_valence", "anchor_tau_arousal", "mmd", "wasserstein",
            "r1_s2t", "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence")
 

@@ -128,8 +128,8 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
       now = time.time()
       if chief and (now - last_print >= PROGRESS_EVERY_SECONDS or done == total):
         rate = done / max(now - start, 1e-9)
-        print(f"[cache_speech] {split}: {done}/{total} clips  {rate:.1f} clips/s  "
-              f"ETA {progress.format_eta((total - done) / max(rate, 1e-9))}", flush=True)
+        progress.print_line(f"[cache_speech] {split}: {done}/{total} clips  {rate:.1f} clips/s  "
+                            f"ETA {progress.format_eta((total - done) / max(rate, 1e-9))}")
         last_print = now
   except BaseException:
     if writer is not None:
@@ -164,20 +164,21 @@ def cache_speech_features(config, workdir: str) -> str:
   chief = jax.process_index() == 0
   if chief:
     store.prepare_directory(directory, fingerprint)
-    print(f"[cache_speech] {fingerprint['representation']} representation ({fingerprint['width']} floats per clip) "
-          f"of {source}, {fingerprint['crop_seconds']} s centre crops -> {directory}", flush=True)
+    progress.print_line(f"[cache_speech] {fingerprint['representation']} representation "
+                        f"({fingerprint['width']} floats per clip) of {source}, {fingerprint['crop_seconds']} s "
+                        f"centre crops -> {directory}")
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-speech-cache-ready")
   embedder = evaluate.Embedder(model, plain, mesh, tokenizer)
   for split in splits_to_cache(config):
     if _agreed(chief and store.split_is_cached(directory, split, fingerprint)):
       if chief:
-        print(f"[cache_speech] {split}: already cached, skipped", flush=True)
+        progress.print_line(f"[cache_speech] {split}: already cached, skipped")
       continue
     cache_split(embedder, params, plain, split, directory, fingerprint)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-speech-cache-written")
   if chief:
-    print(f"[cache_speech] done: train, evaluate or export with --config.data.speech_features={directory}",
-          flush=True)
+    progress.print_line(f"[cache_speech] done: train, evaluate or export with "
+                        f"--config.data.speech_features={directory}")
   return directory

@@ -43,7 +43,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from erclap import trees
+from erclap import progress, trees
 from erclap.schema import METRIC_RENAMES
 
 CHECKPOINT_DIR = "checkpoints"
@@ -455,7 +455,7 @@ def _set_aside(manager, failed: list[tuple[int, CheckpointDamagedError]], move: 
       then = f"resuming from step {resumed_from}" if resumed_from is not None else "no intact step is left"
       message = f"{error}. Moved step {step} aside to {dest} (nothing deleted); {then}."
       logging.warning(message)
-      print(f"[checkpoint] {message}", flush=True)
+      progress.print_line(f"[checkpoint] {message}")
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"erclap_checkpoints_set_aside_{failed[-1][0]}")
   manager.reload()

@@ -331,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (1 only when no file could be embedded)."""
   args = _parser().parse_args(argv)
-  log = lambda line: print(line, file=sys.stderr, flush=True)
+  log = lambda line: progress.print_line(line, file=sys.stderr)
   try:
     paths = collect_paths(args.audio)
     if not paths:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import fileio, input_pipeline, resolve, runtime, sharding, stages
+from erclap import fileio, input_pipeline, progress, resolve, runtime, sharding, stages
 from erclap.schema import uses_speech_cache
 from erclap.speech_cache import fingerprint as cache_fingerprint
 
@@ -246,12 +246,12 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   runtime.agree_or_raise(f"{path}: a directory is in the way of this output file (move it and rerun)"
                          if chief and os.path.isdir(path) else None, IsADirectoryError)
   if chief:
-    print(f"[eval] {split}: embedding with the checkpoint of step {step}", flush=True)
+    progress.print_line(f"[eval] {split}: embedding with the checkpoint of step {step}")
   # Every process computes (the embedding gathers are collectives); process 0 alone writes.
   result = evaluate_params(model, params, config, tokenizer, mesh, split=split)
   if chief:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fileio.write_json(path, dict(step=step, split=split, metrics=result))
-    print(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:",
-                       stages.of(config).headline_metrics), flush=True)
+    progress.print_line(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:",
+                                     stages.of(config).headline_metrics))
   return result

@@ -3,7 +3,8 @@
 Per split of the cross-modal stage (``erclap.stages``): ``<split>.parquet`` (id, split, arousal, valence, dominance,
 description, speech_embedding and text_embedding as fixed-size lists), ``<split>_speech.npy`` /
 ``<split>_text.npy``, ``<split>_metrics.json`` and PNG plots (PCA of both modalities coloured by arousal and
-valence, similarity versus label distance, prompt-level ordering). For the SER stage the parquet holds the
+valence, similarity versus label distance, prompt-level ordering); then TensorBoard projector files of every split
+and ``report.html`` (``erclap.results.views``). For the SER stage the parquet holds the
 predicted attributes (``predicted_arousal``, ...) instead of embeddings, and ``<split>_attributes.npy``
 the (N, A) predictions. Every file is written under a temporary name and renamed when complete
 (``erclap.fileio``), so an interrupted export leaves no partial file. Embeddings are gathered from all
@@ -17,7 +18,8 @@ import os
 import jax
 import numpy as np
 
-from erclap import evaluate, fileio, plots, prompts, resolve, runtime, stages
+from erclap import evaluate, fileio, plots, progress, prompts, resolve, runtime, stages
+from erclap.results import views
 from erclap.schema import LABEL_NAMES
 
 
@@ -87,6 +89,7 @@ def _check_outputs(config, out_dir: str) -> None:
   problem = None
   if jax.process_index() == 0:
     paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, stages.of(config))]
+    paths += views.output_paths(out_dir, config.export.splits) if stages.of(config).cross_modal else []
     problems = output_problems(out_dir, paths)
     problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
   runtime.agree_or_raise(problem, OSError)
@@ -129,16 +132,20 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   # The plots' level prompts: embedding them is a collective, so every process does it.
   level_prompts = prompts.level_prompts(lambda texts: embedder.text(params, texts), config) \
       if stage.cross_modal else None
-  all_metrics = {}
+  all_metrics, split_views = {}, []
   for split in config.export.splits:
     if chief:
-      print(f"[export] {split}: embedding with the checkpoint of step {step}", flush=True)
+      progress.print_line(f"[export] {split}: embedding with the checkpoint of step {step}")
     metrics, emb = evaluate.split_metrics(embedder, params, config, split)
     all_metrics[split] = metrics
     if chief:
       _write_split(out_dir, split, step, emb, metrics)
       if level_prompts is not None:
         _write_plots(out_dir, split, emb, level_prompts)
-      print(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}",
-                                  stage.headline_metrics), flush=True)
+        split_views.append(views.SplitView(split, emb.ids, emb.labels, emb.descriptions, emb.speech, emb.text,
+                                           metrics, level_prompts))
+      progress.print_line(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}",
+                                                stage.headline_metrics))
+  if split_views:  # the projector files and report.html of the exported splits
+    views.write_views(out_dir, split_views, config, workdir, step)
   return all_metrics

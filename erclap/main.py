@@ -15,9 +15,10 @@ configs/demo.py does.
 
 Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
 workdir, and runs on the config ``erclap.resolve`` makes of the given one (validated against the devices before
-any corpus or model is built, written to ``<workdir>/config.<mode>.json``). SIGTERM / SIGINT end a run at once
-(status 128 + signal; outputs are written atomically, so only complete files remain), except that the
-training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
+any corpus or model is built, written to ``<workdir>/config.<mode>.json``), and records its state in
+``<workdir>/status.json`` (``erclap.run_status``: running, then finished, failed or preempted). SIGTERM / SIGINT
+end a run at once (status 128 + signal; outputs are written atomically, so only complete files remain), except that
+the training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from erclap import (
     mode_all,
     model_export,
     plan,
+    progress,
     recipe,
     resolve,
+    run_status,
     signals,
     workdir_lock,
 )
@@ -121,11 +124,12 @@ def main(argv):
     stack.enter_context(signals.stop_on_signals(mode, on_exit=lock.release))
     try:
       stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
+      stack.enter_context(run_status.recorded(workdir, mode, config))  # status.json: running, then how it ended
       _MODES[mode](resolve.resolve(config, workdir, mode), workdir)
     except (workdir_lock.WorkdirLockedError, config_lib.ConfigError, checkpointing.CheckpointMismatchError) as e:
       sys.exit(f"FATAL {e}")  # each names the input at fault and the fix: no traceback
     except signals.StopRequested as e:
-      print(f"[{mode}] {e}.", file=sys.stderr, flush=True)
+      progress.print_line(f"[{mode}] {e}.", file=sys.stderr)
       sys.exit(128 + e.signum)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from erclap import evaluate, export, recipe, resolve, stages
+from erclap import evaluate, export, progress, recipe, resolve, stages
 
 
 def run_all(config, workdir: str) -> dict[str, float]:
@@ -27,5 +27,5 @@ def run_all(config, workdir: str) -> dict[str, float]:
     stage = stages.of(config)
     speech = f", speech: {config.recipe.stage1} (stage 1, frozen, cached)" if config.recipe.stage1 else ""
     title = f"ERCLAP {stage.name}/{config.loss} on {config.data.name}/{split}{speech} — outputs in {workdir}"
-    print("\n" + evaluate.format_table(results[split], title, stage.headline_metrics), flush=True)
+    progress.print_line("\n" + evaluate.format_table(results[split], title, stage.headline_metrics))
   return results[split]

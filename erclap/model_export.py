@@ -44,18 +44,19 @@ from absl import logging
 from safetensors import numpy as safetensors_np
 
 from erclap import (
-  config_lib,
-  data,
-  descriptions,
-  fileio,
-  models,
-  resolve,
-  runtime,
-  sharding,
-  stages,
-  state,
-  tokenization,
-  trees,
+    config_lib,
+    data,
+    descriptions,
+    fileio,
+    models,
+    progress,
+    resolve,
+    runtime,
+    sharding,
+    stages,
+    state,
+    tokenization,
+    trees,
 )
 from erclap.schema import LABEL_NAMES
 
@@ -284,7 +285,7 @@ def export_model(config, workdir: str) -> str:
   if jax.process_index() == 0:
     write_model_dir(model_dir, config, step, host_params, tokenizer,
                     saved_model=bool(config.export.get("saved_model", True)) and stages.of(config).cross_modal)
-    print(f"[export_model] step {step} -> {model_dir}", flush=True)
+    progress.print_line(f"[export_model] step {step} -> {model_dir}")
   return model_dir
 
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import config_lib, fileio, models, optim, schema, sharding, stages, state, step, tokenization
+from erclap import config_lib, fileio, models, optim, progress, schema, sharding, stages, state, step, tokenization
 from erclap.chips import CHIPS, GiB, chip_of_device, parse_topology
 
 __all__ = ["CHIPS", "abstract_batch", "chip_of_device", "compile_train_step", "format_plan", "parse_topology",
@@ -404,16 +404,16 @@ def run_plan(config, workdir: str) -> dict:
   vocab, vocab_from = vocab_size(config)
   result = plan_config(config, mesh, runtime.build_model(config, vocab_size=vocab), chip_key)
   result.update(topology=where, vocab_size=vocab, vocab_from=vocab_from, variants={})
-  print(format_plan(result, f"plan (text vocabulary {vocab}: {vocab_from})"), flush=True)
+  progress.print_line(format_plan(result, f"plan (text vocabulary {vocab}: {vocab_from})"))
   variant = feature_variant(config)
   if variant is not None:
     cached = plan_config(variant, mesh, runtime.build_model(variant, vocab_size=vocab), chip_key)
     cached.update(topology=where)
     result["variants"]["speech_features"] = cached
-    print(format_plan(cached, "plan on cached speech features (--mode=cache_speech, then data.speech_features)"),
-          flush=True)
+    progress.print_line(format_plan(cached, "plan on cached speech features (--mode=cache_speech, then "
+                                            "data.speech_features)"))
   if "://" in workdir:
-    print(f"plan.json not written: {workdir} is remote (the table above is the plan)")
+    progress.print_line(f"plan.json not written: {workdir} is remote (the table above is the plan)")
   else:
     os.makedirs(workdir, exist_ok=True)
     fileio.write_json(os.path.join(workdir, "plan.json"), result)

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import jax
 
-from erclap import cache_speech, resolve, train
+from erclap import cache_speech, progress, resolve, train
 
 
 def _say(message: str) -> None:
   if jax.process_index() == 0:
-    print(f"[recipe] {message}", flush=True)
+    progress.print_line(f"[recipe] {message}")
 
 
 def prepare_stages(config, workdir: str) -> None:

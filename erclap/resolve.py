@@ -37,7 +37,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from erclap import config_lib, configs, fileio, odyssey_import, speech_cache, stages
+from erclap import config_lib, configs, fileio, odyssey_import, progress, speech_cache, stages
 
 STAGE1_DIR = "stage1"
 # The speech model's settings: the cross-modal config's values are stage 1's (same tower, pooling, head, inputs).
@@ -169,7 +169,7 @@ def resolve(config, workdir: str, mode: str = "train") -> ml_collections.FrozenC
     path = record_path(workdir, mode)
     _write(path, dict(mode=mode, changed_by_resolution=changed, config=json.loads(resolved.to_json_best_effort())))
     what = ", ".join(f"{k}={v!r}" for k, v in changed.items()) or "nothing changed"
-    print(f"[config] --mode={mode}: {what}; resolved config -> {path}", flush=True)
+    progress.print_line(f"[config] --mode={mode}: {what}; resolved config -> {path}")
     logging.info("Resolved config for --mode=%s:\n%s", mode, resolved)
   return frozen
 

@@ -20,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from erclap import progress
+
 
 class StopRequested(BaseException):
   """SIGTERM or SIGINT asked a run to stop (raised in the main thread, so ``finally`` blocks run).
@@ -103,8 +105,8 @@ def _readable(fd: int, timeout: float) -> bool:
 
 
 def _hard_exit(what: str, signum: int, on_exit, why: str) -> None:
-  print(f"[{what}] stopped by {signal.Signals(signum).name} ({why}); only complete outputs are kept.",
-        file=sys.stderr, flush=True)
+  progress.print_line(f"[{what}] stopped by {signal.Signals(signum).name} ({why}); only complete outputs are kept.",
+                      file=sys.stderr)
   if on_exit is not None:
     with contextlib.suppress(Exception):
       on_exit()

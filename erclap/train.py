@@ -21,7 +21,6 @@ from jax.experimental import multihost_utils
 
 from erclap import (
     checkpointing,
-    config_lib,
     evaluate,
     fileio,
     input_pipeline,
@@ -37,6 +36,7 @@ from erclap import (
     tower_init,
 )
 from erclap import step as step_lib
+from erclap.results import hparams
 from erclap.speech_cache import fingerprint as cache_fingerprint
 
 
@@ -69,11 +69,6 @@ class _Clock:
   window_steps: int = 0
 
 
-def _hparams(config) -> dict[str, Any]:
-  """The config as {"a.b.c": scalar} (non-scalars as strings), as hparams writers expect."""
-  return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in config_lib.flat_items(config)}
-
-
 def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   """Set-up, a fresh (or resumed) state, and the jitted step."""
   from clu import metric_writers  # pulls in TensorFlow: heavy, and only the loop writes summaries
@@ -82,7 +77,7 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   if is_chief:
-    writer.write_hparams(_hparams(config))
+    writer.write_hparams(hparams.run_hparams(config))  # one type per key across runs and configs
   optimizer = optim.make_optimizer(config)
   load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
   train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(config.seed),
@@ -133,9 +128,8 @@ def _log_window(run: _Run, host: list[dict], step: int, clock: _Clock) -> None:
   summary.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * t.global_batch_size)
   run.writer.write_scalars(step, summary)
   eta = (t.num_steps - step) / max((step - clock.run_start_step) / (now - clock.run_start), 1e-9)
-  print(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  "
-        f"{steps_per_sec:.2f} steps/s  {summary['examples_per_sec']:.0f} ex/s  ETA {progress.format_eta(eta)}",
-        flush=True)
+  progress.print_line(f"[train] step {step}/{t.num_steps}  loss {summary['loss']:.4f}  {steps_per_sec:.2f} steps/s  "
+                      f"{summary['examples_per_sec']:.0f} ex/s  ETA {progress.format_eta(eta)}")
   clock.window_start, clock.window_steps = time.time(), 0
 
 
@@ -151,7 +145,7 @@ def _evaluate(run: _Run, params, step: int) -> dict[str, float]:
     fileio.write_json(os.path.join(run.workdir, "eval", f"{step}.json"),
                       dict(step=step, split=config.data.eval_split, metrics=result))
   headline = stages.of(config).headline_metrics
-  print(f"[eval] step {step}: " + "  ".join(f"{k} {result[k]:.4f}" for k in headline if k in result), flush=True)
+  progress.print_line(f"[eval] step {step}: " + "  ".join(f"{k} {result[k]:.4f}" for k in headline if k in result))
   return result
 
 
@@ -215,7 +209,7 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
         _save(run, step, train_state, eval_metrics)
       if preempted:
         logging.warning("Preemption requested: checkpoint at step %d written, exiting.", step)
-        print(f"[train] preempted: checkpoint at step {step} saved; rerun the same command to resume.", flush=True)
+        progress.print_line(f"[train] preempted: checkpoint at step {step} saved; rerun the same command to resume.")
         break
   return last_eval
 

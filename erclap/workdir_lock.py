@@ -33,6 +33,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from erclap import progress
+
 LOCK_NAME = ".erclap.lock"
 
 
@@ -96,6 +98,13 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:  # exists, owned by another user
     return True
   return True
+
+
+def holder_alive(holder: LockHolder) -> bool | None:
+  """Whether the run holding a lock is still running: True / False on this host, None from another (unknown)."""
+  if holder.host != socket.gethostname():
+    return None
+  return _pid_alive(holder.pid)
 
 
 class _CannotCreate(Exception):
@@ -168,7 +177,7 @@ def _take(workdir: str, path: str, me: LockHolder, names: _Names) -> str | None:
         message = (f"Took over the stale lock {path}: the run that held it ({stale.describe()}) is no "
                    f"longer running on this host.")
         logging.warning(message)
-        print(f"[workdir] {message}", flush=True)
+        progress.print_line(f"[workdir] {message}")
       return None
     try:
       holder = read_holder(path)

@@ -10,7 +10,14 @@ Each run gets its own workdir ``<root>/<sweep>/<run>``, where ``<run>`` is made 
 (``bs1024_tau0.05_lr1e-4``): deterministic, so re-submitting a sweep resumes every run from its own
 checkpoints. Every override key (and every ``--config.*`` key after ``--``) is checked against the base
 config before anything is submitted, and each run's config is validated as the program would.
-``--dry-run`` prints the commands and runs nothing. See launch/README.md.
+``--dry-run`` prints the commands and runs nothing. Launching also writes the TensorBoard HParams experiment
+config into ``<root>/<sweep>`` (the swept keys and the headline metrics).
+
+  python launch/sweep.py demo_smoke --root=workdirs/sweeps --summarize
+
+``--summarize`` trains nothing: it reads what the runs left and writes ``summary.csv``, ``summary_groups.csv``
+(seeds pooled, Student-t intervals), ``summary.md`` and plots into ``<root>/<sweep>`` (``erclap.results.sweep``).
+See launch/README.md and docs/results.md.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from erclap import config_lib
+from erclap.results import hparams as hparams_lib
+from erclap.results import runs as runs_lib
+from erclap.results import sweep as summary_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
@@ -223,6 +233,63 @@ def command_for(run: Run, sweep: Sweep, backend: str, opts: argparse.Namespace) 
   raise ValueError(f"--backend={backend!r}: choose one of {BACKENDS}")
 
 
+# ---------------------------------------------------------------- results
+def swept_values(sweep: Sweep, runs: Sequence[Run]) -> tuple[list[str], list[summary_lib.SweepRun]]:
+  """The swept keys (every key a run overrides) and each run's value of every one of them: its override, else
+  the base config's (with ``fixed``), so that a key only some runs set still has a value in every run."""
+  keys = summary_lib.swept_keys(sweep.runs)
+  base = config_lib.apply_overrides(load_base_config(sweep.base_config), sweep.fixed, f"sweep {sweep.name!r}")
+  out = []
+  for run in runs:
+    values = {k: run.overrides[k] if k in run.overrides else config_lib.get(base, k) for k in keys}
+    out.append(summary_lib.SweepRun(name=run.name, workdir=run.workdir, values=values))
+  return keys, out
+
+
+def _stage_settings(sweep: Sweep) -> tuple[tuple[str, ...], str, str]:
+  """(headline metrics of the sweep's stage, checkpoint.best_metric, checkpoint.best_mode) of its base config."""
+  from erclap import stages  # the models and losses behind it: only results need the headline metrics
+
+  base = config_lib.apply_overrides(load_base_config(sweep.base_config), sweep.fixed, f"sweep {sweep.name!r}")
+  return stages.of(base).headline_metrics, base.checkpoint.best_metric, base.checkpoint.best_mode
+
+
+def write_hparams_experiment(sweep: Sweep, runs: Sequence[Run], root: str) -> str:
+  """The TensorBoard HParams experiment config of the sweep in ``<root>/<sweep>``: its swept keys with their
+  values, its stage's headline metrics (``eval/<metric>``)."""
+  keys, sweep_runs = swept_values(sweep, runs)
+  headline, _, _ = _stage_settings(sweep)
+  values = {k: [r.values[k] for r in sweep_runs] for k in keys}
+  return hparams_lib.write_experiment(join_path(root, sweep.name), values, headline)
+
+
+def summarize(sweep: Sweep, runs: Sequence[Run], root: str) -> int:
+  """``--summarize``: reads every run of the sweep and writes the summary files; returns the exit status."""
+  sweep_dir = join_path(root, sweep.name)
+  start = shlex.join(["python", "launch/sweep.py", sweep.name, f"--root={root}"])
+  if not os.path.isdir(sweep_dir):
+    print(f"sweep.py: error: sweep {sweep.name!r} never ran under {root}: there is no {sweep_dir} "
+          f"(start it with: {start})", file=sys.stderr)
+    return 1
+  keys, sweep_runs = swept_values(sweep, runs)
+  results = [runs_lib.read_run(r.workdir) for r in sweep_runs]
+  if summary_lib.never_ran(results):
+    print(f"sweep.py: error: sweep {sweep.name!r} never ran under {root}: none of its {len(runs)} runs has "
+          f"started (no workdir in {sweep_dir} holds a run's outputs; start it with: {start})", file=sys.stderr)
+    return 1
+  headline, best_metric, best_mode = _stage_settings(sweep)
+  files = summary_lib.write_summary(sweep_dir, sweep.name, sweep_runs, results, keys, headline, best_metric,
+                                    best_mode)
+  experiment = hparams_lib.write_experiment(sweep_dir, {k: [r.values[k] for r in sweep_runs] for k in keys},
+                                            headline)
+  with open(files.markdown) as f:
+    print(f.read(), end="")
+  print(f"# summary of {len(runs)} run(s) -> {files.csv}, {files.groups_csv}, {files.markdown}, "
+        f"{len(files.plots)} plot(s); TensorBoard HParams: {experiment} (tensorboard --logdir {sweep_dir})",
+        flush=True)
+  return 0
+
+
 # ---------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   argv = list(argv)
@@ -240,6 +307,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  "base_config (e.g. configs/gpu.py for a sweep written for configs/tpu_v4.py)")
   p.add_argument("--mode", choices=("train", "eval", "export", "all"), default="train")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+  p.add_argument("--summarize", action="store_true",
+                 help="train nothing: summarise what the runs left into ROOT/<sweep>/summary.{csv,md} (local root)")
   p.add_argument("--only", action="append", default=[], metavar="RUN",
                  help="submit only this run (its workdir name); repeatable")
   p.add_argument("--keep-going", action="store_true", help="local/tpu: go on after a failed run")
@@ -269,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f"sweep.py: error: {e}", file=sys.stderr)
     return 2
+  if opts.summarize:
+    if "://" in opts.root:
+      print(f"sweep.py: error: --summarize reads the runs' directories: copy {opts.root} to a local directory "
+            f"first (gsutil -m rsync -r ...) and pass that as --root", file=sys.stderr)
+      return 2
+    return summarize(sweep, runs, root)
   if opts.only:
     unknown = sorted(set(opts.only) - {r.name for r in runs})
     if unknown:
@@ -282,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   print(f"# sweep {sweep.name}: {len(runs)} run(s) of {sweep.base_config}, backend {opts.backend}, "
         f"from {REPO_ROOT}", flush=True)
+  if not opts.dry_run:
+    try:
+      print(f"# TensorBoard HParams experiment: {write_hparams_experiment(sweep, runs, root)}", flush=True)
+    except Exception as e:  # the runs matter more than their TensorBoard table (object stores raise their own)
+      print(f"sweep.py: warning: the TensorBoard HParams experiment config was not written ({e}); "
+            f"--summarize writes it later", file=sys.stderr)
   failed = []
   for i, run in enumerate(runs):
     cmd = command_for(run, sweep, opts.backend, opts)

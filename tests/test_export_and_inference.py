@@ -55,6 +55,8 @@ def test_export_writes_complete_files(trained):
   assert saved["metrics"] == pytest.approx(results["test"], nan_ok=True)  # undefined taus stay NaN
   for key in ("aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein"):
     assert np.isfinite(saved["metrics"][key])
+  for view in ("report.html", "projector_config.pbtxt", "projector/test.bytes", "projector/test_metadata.tsv"):
+    assert os.path.isfile(os.path.join(out, view)), view
   pngs = [f for f in os.listdir(out) if f.endswith(".png")]
   assert len(pngs) >= 3
   for name in pngs:
@@ -69,8 +71,7 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
   config, workdir = trained
   command = th.main_command(workdir, config.data.data_dir, mode="export", **th.TRAINED_STEPS)
   out = os.path.join(workdir, "export")
-  for name in os.listdir(out) if os.path.isdir(out) else []:
-    os.remove(os.path.join(out, name))
+  shutil.rmtree(out, ignore_errors=True)  # an earlier export's files and directories (projector/)
   proc = subprocess.Popen(command, cwd=th.ROOT, env=th.subprocess_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
@@ -94,6 +95,9 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
     elif name.endswith(".png"):
       with open(path, "rb") as f:
         assert f.read(8) == PNG_MAGIC
+    elif name.endswith(".html"):
+      with open(path) as f:
+        assert f.read().rstrip().endswith("</html>")
 
 
 def test_eval_mode_writes_test_metrics(trained):

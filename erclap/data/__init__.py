@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from erclap import fileio
+from erclap import fileio, progress
 from erclap.data import builders, embedded
 from erclap.schema import LABEL_NAMES
 
@@ -170,18 +170,18 @@ def ensure_dataset(data_config) -> str:
     return data_dir
   manual_dir = _manual_dir(data_config, data_dir, built)
   if built and manual_dir is None:
-    print(f"[data] {name}: using {builder.data_dir}, built from "
-          f"{builders.describe_source(read_source_record(builder))}", flush=True)
+    progress.print_line(f"[data] {name}: using {builder.data_dir}, built from "
+                        f"{builders.describe_source(read_source_record(builder))}")
     return data_dir
   fingerprint = builders.source_fingerprint(type(builder), manual_dir)
   if built:
     differences = builders.source_differences(read_source_record(builder), fingerprint)
     if not differences:
-      print(f"[data] {name}: using {builder.data_dir}, built from {manual_dir} (unchanged since)", flush=True)
+      progress.print_line(f"[data] {name}: using {builder.data_dir}, built from {manual_dir} (unchanged since)")
       return data_dir
     if not data_config.rebuild:
       raise SourceChangedError(_stale_message(data_config, builder, manual_dir, differences))
-    print(f"[data] {name}: data.rebuild=True and the source changed:\n  " + "\n  ".join(differences), flush=True)
+    progress.print_line(f"[data] {name}: data.rebuild=True and the source changed:\n  " + "\n  ".join(differences))
   _build_locked(data_config, data_dir, manual_dir, fingerprint)
   return data_dir
 
@@ -203,7 +203,7 @@ def _build_locked(data_config, data_dir: str, manual_dir: str | None, fingerprin
     else:
       previous = None
     variant = builder.builder_config.name if builder.builder_config else ""
-    print(f"[data] building {data_config.name} ({variant}) into {builder.data_dir} ...", flush=True)
+    progress.print_line(f"[data] building {data_config.name} ({variant}) into {builder.data_dir} ...")
     start = time.time()
     try:
       builders.build(builder, manual_dir)
@@ -215,7 +215,7 @@ def _build_locked(data_config, data_dir: str, manual_dir: str | None, fingerprin
       raise
     if previous is not None:
       shutil.rmtree(previous)
-    print(f"[data] built {data_config.name} in {time.time() - start:.1f} s", flush=True)
+    progress.print_line(f"[data] built {data_config.name} in {time.time() - start:.1f} s")
 
 
 def _set_aside(builder) -> str:

@@ -41,7 +41,7 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from erclap import fileio
+from erclap import fileio, progress
 from erclap.data import audio as audio_io
 from erclap.data import embedded
 from erclap.schema import LABEL_NAMES
@@ -314,7 +314,7 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> N
   counter = getattr(builder, "skip_counter", None)
   if counter is not None:
     logging.info("%s", counter.report())
-    print(counter.report(), flush=True)
+    progress.print_line(counter.report())
 
 
 # ----------------------------------------------------------------------------- source fingerprint

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from importlib import resources
 
-from erclap import config_lib, data, descriptions, fileio
+from erclap import config_lib, data, descriptions, fileio, progress
 from erclap.configs import default
 from erclap.schema import LABEL_NAMES
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
       f.write(json.dumps(dict(id=example_id, split=split, arousal=round(a, 4), valence=round(v, 4),
                               dominance=round(d, 4), prompt=prompt), ensure_ascii=False) + "\n")
       count += 1
-  print(f"wrote {count} prompt requests to {args.output}")
+  progress.print_line(f"wrote {count} prompt requests to {args.output}")
   return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 
-from erclap import fileio, metrics
+from erclap import fileio, metrics, progress
 
 _COUNT_COLUMNS = ("num_clips", "wasserstein_num_points", "num_descriptions")
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                for export_dir in args.export}
   except (OSError, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
-  print(format_table(results))
+  progress.print_line(format_table(results))
   if args.json:
     fileio.write_json(args.json, {"split": args.split, "exports": results})
   return 0

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Iterable, Iterator
 
-from erclap import data, descriptions
+from erclap import data, descriptions, progress
 from erclap.tools.make_description_requests import add_corpus_arguments, corpus_data_config, corpus_labels
 
 PROGRESS_EVERY = 10_000  # clips between progress lines within a split
@@ -27,14 +27,14 @@ def _with_progress(rows: Iterable[tuple[str, str, float, float, float]]) -> Iter
   for row in rows:
     if row[0] != split:
       if split is not None:
-        print(f"[synthesize_descriptions] {split}: {count} clips", flush=True)
+        progress.print_line(f"[synthesize_descriptions] {split}: {count} clips")
       split, count = row[0], 0
     count += 1
     if count % PROGRESS_EVERY == 0:
-      print(f"[synthesize_descriptions] {split}: {count} clips ...", flush=True)
+      progress.print_line(f"[synthesize_descriptions] {split}: {count} clips ...")
     yield row[1:]
   if split is not None:
-    print(f"[synthesize_descriptions] {split}: {count} clips", flush=True)
+    progress.print_line(f"[synthesize_descriptions] {split}: {count} clips")
 
 
 def main(argv=None) -> int:
@@ -56,8 +56,9 @@ def main(argv=None) -> int:
     raise SystemExit(f"error: --splits={args.splits!r} holds no clips")
   descriptions.write_jsonl(args.output, table)
   distinct = len({text for texts in table.values() for text in texts})
-  print(f"wrote {args.output}: {len(table)} clips, {sum(map(len, table.values()))} descriptions, {distinct} "
-        f"distinct texts, {len({texts[0] for texts in table.values()})} distinct first descriptions")
+  progress.print_line(f"wrote {args.output}: {len(table)} clips, {sum(map(len, table.values()))} descriptions, "
+                      f"{distinct} distinct texts, {len({texts[0] for texts in table.values()})} distinct first "
+                      f"descriptions")
   return 0
 
 

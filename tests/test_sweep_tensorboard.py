@@ -1,0 +1,100 @@
+"""A sweep launched for real, part-finished, summarised and served by the real TensorBoard.
+
+Two of a three-run sweep are trained by `launch/sweep.py` (each run one `erclap.main` process of the tiny config,
+which records its status); `--summarize` then lists all three, and `tensorboard --logdir <root>/<sweep>` shows the
+two trained runs in its HParams table with only the swept key as a column, their values and their metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import train_helpers as th
+import viewer_helpers as vh
+
+from erclap import stages
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep_tensorboard")]
+
+SWEEP_PY = os.path.join(th.ROOT, "launch", "sweep.py")
+TEMPERATURES = (0.05, 0.1, 0.2)
+
+
+@pytest.fixture(scope="module")
+def sweep(data_dir, tmp_path_factory):
+  """(sweep dir, {run: eval metrics}): runs tau0.05 and tau0.1 trained (2 steps, evaluated at the end); tau0.2
+  not started; then summarised."""
+  base = tmp_path_factory.mktemp("sweep")
+  fixed = th.tiny_overrides(data_dir, **{"train.num_steps": 2, "eval.every_steps": 2, "checkpoint.every_steps": 2,
+                                         "checkpoint.best_metric": "aoc_voc_mean"})
+  path = base / "tb_study.py"
+  path.write_text(textwrap.dedent(f"""
+      base_config = "configs/demo.py"
+      fixed = {fixed!r}
+
+      def get_sweep():
+        return [{{"train.temperature_init": t}} for t in {TEMPERATURES!r}]
+      """))
+  root = base / "root"
+  cmd = [sys.executable, SWEEP_PY, str(path), f"--root={root}"]
+  launched = subprocess.run([*cmd, "--only=tau0.05", "--only=tau0.1"], cwd=th.ROOT, env=th.subprocess_env(),
+                            capture_output=True, text=True, timeout=900)
+  assert launched.returncode == 0, launched.stderr[-3000:]
+  summarized = subprocess.run([*cmd, "--summarize"], cwd=th.ROOT, env=th.subprocess_env(), capture_output=True,
+                              text=True, timeout=300)
+  assert summarized.returncode == 0, summarized.stderr[-3000:]
+  sweep_dir = root / "tb_study"
+  metrics = {}
+  for run in ("tau0.05", "tau0.1"):
+    with open(sweep_dir / run / "eval" / "2.json") as f:
+      metrics[run] = json.load(f)["metrics"]
+  return str(sweep_dir), metrics
+
+
+def test_runs_record_their_status_and_the_summary_lists_every_run(sweep):
+  sweep_dir, metrics = sweep
+  for run in metrics:
+    with open(os.path.join(sweep_dir, run, "status.json")) as f:
+      record = json.load(f)
+    assert (record["mode"], record["state"], record["step"], record["num_steps"]) == ("train", "finished", 2, 2)
+  with open(os.path.join(sweep_dir, "summary.csv"), newline="") as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"tau0.05", "tau0.1", "tau0.2"}
+  assert rows["tau0.2"]["status"] == "not started" and rows["tau0.2"]["aoc"] == ""
+  for run, m in metrics.items():
+    assert (rows[run]["status"], rows[run]["step"], rows[run]["metrics_from"]) == ("finished", "2", "eval/2.json")
+    assert float(rows[run]["aoc"]) == m["aoc"] and float(rows[run]["train.temperature_init"]) == float(run[3:])
+
+
+def test_tensorboard_hparams_lists_the_runs_with_the_swept_values_and_metrics(sweep):
+  sweep_dir, metrics = sweep
+  headline = stages.CLAP.headline_metrics
+  with vh.tensorboard(sweep_dir) as url:
+    experiment = vh.poll(lambda: vh.post_json(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""}),
+                         lambda e: e.get("hparamInfos"), what="HParams experiment")
+    assert [h["name"] for h in experiment["hparamInfos"]] == ["train.temperature_init"]  # not the whole config
+    assert experiment["hparamInfos"][0]["domainDiscrete"] == list(TEMPERATURES)
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [f"eval/{m}" for m in headline]
+    request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                                          "STATUS_RUNNING"], "colParams": [], "startIndex": 0,
+               "sliceSize": 100}
+    groups = vh.poll(lambda: vh.post_json(f"{url}/data/plugin/hparams/session_groups", request),
+                     lambda g: len(g.get("sessionGroups", [])) == 2 and all(
+                         len(s["metricValues"]) == len(headline) for s in g["sessionGroups"]), what="two sessions")
+  by_run = {g["sessions"][0]["name"]: g for g in groups["sessionGroups"]}
+  assert set(by_run) == {"tau0.05", "tau0.1"}
+  types = {}
+  for run, group in by_run.items():
+    assert group["hparams"]["train.temperature_init"] == float(run[3:])
+    values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    for m in headline:
+      assert values[f"eval/{m}"] == pytest.approx(metrics[run][m], rel=1e-6, abs=1e-7)  # logged as float32
+    for key, value in group["hparams"].items():
+      types.setdefault(key, set()).add(type(value))
+  assert {k: t for k, t in types.items() if len(t) > 1} == {}  # one type per key across the runs
