@@ -25,7 +25,7 @@ CHOICES = {
     "loss": ("rnc", "infonce", "supcon"),
     "loss_options.similarity": ("cosine", "neg_l2"),
     "loss_options.label_distance": ("l1", "l2"),
-    "data.name": ("embedded", "msp_podcast", "iemocap"),
+    "data.name": ("embedded", "espeak", "msp_podcast", "iemocap"),
     "model.size": ("tiny", "base", "large"),
     "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
     "model.text_arch": ("bert", "roberta", "distilroberta"),

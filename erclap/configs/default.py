@@ -48,7 +48,7 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
 def _data(c: ml_collections.ConfigDict) -> None:
   """config.data: the corpus, crops and descriptions."""
   c.data = ml_collections.ConfigDict()
-  c.data.name = "embedded"        # "embedded" | "msp_podcast" | "iemocap"
+  c.data.name = "embedded"        # "embedded" | "espeak" | "msp_podcast" | "iemocap" (erclap.data.CORPORA)
   c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
   c.data.manual_dir = ""          # where the licensed corpora's audio lives (msp_podcast, iemocap)
   # A built licensed corpus records its source (<version dir>/erclap_source.json). When data.manual_dir is set
@@ -83,6 +83,19 @@ def _data(c: ml_collections.ConfigDict) -> None:
   c.data.embedded.max_seconds = 4.0
   c.data.embedded.label_noise = 0.3
   c.data.embedded.seed = 1234
+  # The espeak corpus (erclap/data/espeak.py, docs/corpora.md): English sentences from espeak-ng voices, arousal
+  # carried by strong cues, valence by weak ones; building it needs the espeak-ng program (Debian package).
+  c.data.espeak = ml_collections.ConfigDict()
+  c.data.espeak.num_train = 2400
+  c.data.espeak.num_validation = 300
+  c.data.espeak.num_test = 600
+  c.data.espeak.num_speakers = 30       # accent x voice-variant pairs (at most 224)
+  c.data.espeak.held_out_speakers = True  # validation / test speakers are never train speakers (70/10/20 %)
+  c.data.espeak.arousal_cue = 1.0       # strength of each attribute's cues (0 = none; 1 = as documented)
+  c.data.espeak.valence_cue = 1.0
+  c.data.espeak.dominance_cue = 1.0
+  c.data.espeak.label_noise = 0.3       # sd of the Gaussian noise between the latent values and the labels
+  c.data.espeak.seed = 4321
 
 
 def _model(c: ml_collections.ConfigDict) -> None:
