@@ -194,6 +194,9 @@ def _eval_problems(config) -> list[str]:
   for key in ("retrieval_draws", "retrieval_top_k"):
     if e[key] < 1:
       problems.append(f"config.eval.{key}={e[key]}: must be >= 1")
+  if e.retrieval_bootstrap < 0 or 0 < e.retrieval_bootstrap < 100:
+    problems.append(f"config.eval.retrieval_bootstrap={e.retrieval_bootstrap}: must be 0 (no interval) or >= 100 "
+                    f"(fewer resamples do not resolve a 95 % interval)")
   return problems
 
 
