@@ -25,6 +25,7 @@ CHOICES = {
     "loss": ("rnc", "infonce", "supcon"),
     "loss_options.similarity": ("cosine", "neg_l2"),
     "loss_options.label_distance": ("l1", "l2"),
+    "loss_options.rank_terms": ("combined", "per_label"),
     "data.name": ("embedded", "espeak", "msp_podcast", "iemocap"),
     "model.size": ("tiny", "base", "large"),
     "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
@@ -143,6 +144,17 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   if bad or not config.loss_options.rank_labels:
     problems.append(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
                     f"choose a non-empty subset of {LABEL_NAMES}")
+  weights = tuple(config.loss_options.rank_label_weights)
+  if weights and (len(weights) != len(config.loss_options.rank_labels) or min(weights) < 0 or max(weights) <= 0):
+    problems.append(f"config.loss_options.rank_label_weights={weights!r}: one weight >= 0 per "
+                    f"config.loss_options.rank_labels entry ({len(config.loss_options.rank_labels)}), not all 0; "
+                    f"or () for equal weights")
+  lam = config.loss_options.same_modality_weight
+  if not lam >= 0:
+    problems.append(f"config.loss_options.same_modality_weight={lam!r}: must be >= 0")
+  elif lam != 1 and not config.loss_options.joint:
+    problems.append(f"config.loss_options.same_modality_weight={lam!r} weighs the same-modality rows of the joint "
+                    f"form: set config.loss_options.joint=True (or leave it at 1)")
   if config.model.speech_input_std == 0 and config.model.speech_input_mean != 0:
     problems.append(f"config.model.speech_input_mean={config.model.speech_input_mean!r} has no effect while "
                     f"config.model.speech_input_std=0 (standardisation off): set both or neither")

@@ -30,6 +30,12 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
   c.loss_options.similarity = "cosine"          # "cosine" | "neg_l2"
   c.loss_options.label_distance = "l1"          # "l1" | "l2"
   c.loss_options.rank_labels = ("arousal", "valence")  # label columns the RNC distance uses
+  # RNC: one weight >= 0 per rank_labels entry (() = equal). With rank_terms="combined" they weigh the columns in
+  # the label distance (sum_l w_l |y_il - y_jl|, or w_l (y_il - y_jl)^2 with label_distance="l2"), so that a
+  # stronger attribute need not dominate the order; with "per_label" the loss is one RNC term per column (each
+  # ordered by that attribute alone), averaged with these weights (w_l / sum w).
+  c.loss_options.rank_label_weights = ()
+  c.loss_options.rank_terms = "combined"  # "combined" | "per_label"
   c.loss_options.row_block = 0                  # 0 = unblocked; else rows per rematerialised block
   c.loss_options.supcon_bins = 3                # supcon without categorical labels: bins per attribute
   # False: each loss averages its speech->text and text->speech directions (anchors of one modality against
@@ -38,6 +44,10 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
   # of 2N anchors, each against the other 2N - 1 rows of both modalities (itself excluded); same-modality pairs
   # then take part too.
   c.loss_options.joint = False
+  # With joint=True, the weight lambda >= 0 of the same-modality rows, as pairs and in the denominators (every
+  # loss): 1 = the joint 2N form above, 0 = the two-direction form (which joint=False computes over N columns
+  # instead of 2N); in between, the same-modality terms count lambda times a cross-modal one.
+  c.loss_options.same_modality_weight = 1.0
   # SER stage (stage 1)
   c.loss_options.ccc_weight = 1.0
   c.loss_options.rank_weight = 1.0
