@@ -229,7 +229,8 @@ def _espeak_sentence_clips(attribute, speaker, spec, values=(1.0, 3.0, 5.0, 7.0)
 
 def test_espeak_arousal_is_loud_and_clear_valence_weak():
   """Arousal moves loudness and duration a lot; valence leaves them alone and moves the spectral tilt by less than
-  the speakers differ; over generated clips a loudness statistic recovers arousal and not valence."""
+  the speakers differ; over generated clips a loudness statistic recovers arousal (not valence), and the spectral
+  tilt valence only weakly."""
   spec = espeak.EspeakSpec()
   speakers = espeak.speakers(spec)
   arousal = _espeak_sentence_clips("arousal", speakers[0], spec)
@@ -242,11 +243,14 @@ def test_espeak_arousal_is_loud_and_clear_valence_weak():
   tilt = [_brightness(w) for w in valence]
   assert np.all(np.diff(tilt) > 0)
   between_speakers = [_brightness(_espeak_sentence_clips("valence", s, spec, (4.0,))[0]) for s in speakers[:8]]
-  assert tilt[-1] - tilt[0] < 0.5 * np.ptp(between_speakers)
+  assert tilt[-1] - tilt[0] < np.ptp(between_speakers)
   clips = [espeak.generate_example(spec, "train", i, speakers) for i in range(32)]
   level = [_active_level_db(c["audio"] / 32768.0) for c in clips]
-  assert stats.spearmanr(level, [c["arousal"] for c in clips]).statistic > 0.7
-  assert abs(stats.spearmanr(level, [c["valence"] for c in clips]).statistic) < 0.4
+  brightness = [_brightness(c["audio"] / 32768.0) for c in clips]
+  arousal, valence = [c["arousal"] for c in clips], [c["valence"] for c in clips]
+  assert stats.spearmanr(level, arousal).statistic > 0.7
+  assert abs(stats.spearmanr(level, valence).statistic) < 0.4
+  assert 0.0 < stats.spearmanr(brightness, valence).statistic < 0.5
 
 
 def test_espeak_spec_speakers_and_sentences():

@@ -14,10 +14,11 @@ Arousal (strong, three cues)
   * pitch level: the speaker's pitch + 15 c_a u_a (espeak-ng ``-p``, 0–99);
   * loudness: +7 c_a u_a dB.
 Valence (weak, two cues)
-  * pitch range: 2^(0.35 c_v u_v) (SSML ``<prosody range>``, 78 %–127 %), against a clip-to-clip range jitter of
-    the same size (log-normal, sd 0.15);
-  * spectral tilt: a first-order filter y[n] = x[n] + 0.12 c_v u_v (x[n] - x[n-1]) (brighter when positive, at
-    most about ±2 dB at the top of the band), on top of each speaker's own tilt of the same size.
+  * pitch range: 2^(0.8 c_v u_v) (SSML ``<prosody range>``, 57 %–174 %), against a clip-to-clip range jitter
+    (log-normal, sd 0.15 octave);
+  * spectral tilt: a first-order filter y[n] = x[n] + 0.3 c_v u_v (x[n] - x[n-1]) (brighter when positive: +4 dB
+    at the top of the band for u_v = 1, -8 dB for u_v = -1), on top of each speaker's own tilt (coefficient
+    uniform in ±0.12).
   Text is lexically neutral (no emotion words), so nothing else in the audio follows valence.
 Dominance (moderate)
   * pauses: a word gap of round(2 c_d (1 - u_d) / 2) x 10 ms (espeak-ng ``-g``; fewer pauses when dominant);
@@ -52,7 +53,7 @@ from scipy import signal
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
-SYNTHESIS_VERSION = 1
+SYNTHESIS_VERSION = 2
 SPLITS = ("train", "validation", "test")
 _SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
 ENGINE = "espeak-ng"
@@ -241,9 +242,9 @@ def render(arousal: float, valence: float, dominance: float, speaker: Speaker, t
   ua, uv, ud = ((float(x) - 4.0) / 3.0 for x in (arousal, valence, dominance))
   ca, cv, cd = spec.arousal_cue, spec.valence_cue, spec.dominance_cue
   wave = speak(text, speaker.voice, rate=speaker.rate * 1.4 ** (ca * ua), pitch=speaker.pitch + 15.0 * ca * ua,
-               pitch_range=2.0 ** (0.35 * cv * uv + rng.normal(0.0, 0.15)),
+               pitch_range=2.0 ** (0.8 * cv * uv + rng.normal(0.0, 0.15)),
                word_gap=int(round(2.0 * cd * (1.0 - ud) / 2.0)))
-  wave = _tilt(wave, speaker.tilt + 0.12 * cv * uv)
+  wave = _tilt(wave, speaker.tilt + 0.3 * cv * uv)
   wave = audio_io.resample(wave, ENGINE_RATE, spec.sample_rate)
   level_db = -24.0 + 7.0 * ca * ua + 2.5 * cd * ud + speaker.level_db + rng.normal(0.0, 1.0)
   wave = wave * (10.0 ** (level_db / 20.0) / _active_rms(wave, spec.sample_rate))
