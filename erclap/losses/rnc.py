@@ -30,7 +30,12 @@ averaged over all pairs. A naive implementation is O(N^3); here it is exact in O
 The joint form (``cross_modal_rnc_loss(..., joint=True)``) is the single-set RNC of the original paper applied
 to both modalities together: the 2N rows [speech; text] with labels [y; y] are anchors and candidates at once,
 self excluded. Its candidates' labels are the batch labels twice over, so the ordering over N columns is
-sorted once and doubled (``_doubled_ordering``) instead of sorting 2N columns.
+sorted once and doubled (``_doubled_ordering``) instead of sorting 2N columns. Its same-modality rows can carry a
+weight lambda (``same_modality_weight``: pair weights W in the sum over pairs and inside the denominators,
+log W added to the logits there), from 0 (the two-direction form) to 1 (the joint form).
+
+The label distance can weigh its columns (``label_weights``), or the loss can be one RNC term per label column
+(``per_label``: one ordering per column, the terms averaged with the weights); every term shares the logits.
 
 Label validation: shapes are checked at trace time; NaN labels and a non-positive temperature are checked
 when the values are concrete (outside ``jit``). Under ``jit`` the caller (the data pipeline) validates the
@@ -104,7 +109,9 @@ def _rank_terms(num_labels: int, label_weights, per_label: bool) -> tuple[tuple[
 
 def _orderings(ya, yc, label_distance: str, terms):
   """One ``_ordering`` of ``ya`` (B, L) against ``yc`` (M, L) per RNC term (``_rank_terms``)."""
-  return [_ordering(_label_distance(ya[:, list(cols)], yc[:, list(cols)], label_distance, weights))
+  def columns(y, cols):
+    return y if len(cols) == y.shape[1] else y[:, list(cols)]
+  return [_ordering(_label_distance(columns(ya, cols), columns(yc, cols), label_distance, weights))
           for cols, weights, _ in terms]
 
 

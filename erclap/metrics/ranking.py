@@ -101,6 +101,26 @@ def _count_inversions(keys: np.ndarray, base_log2: int = 3) -> np.ndarray:
   return swaps
 
 
+# Rows this short are counted pair by pair (n (n - 1) / 2 vector comparisons): faster than sorting them, e.g. the
+# K levels of the retrieval tau's draws, hundreds of thousands of rows in its bootstrap.
+_PAIRWISE_MAX_N = 8
+
+
+def _kendall_pairwise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(R, n) short rows -> (R,) concordant minus discordant pairs, pairs tied in x, pairs tied in y."""
+  xt, yt = np.ascontiguousarray(x.T), np.ascontiguousarray(y.T)  # one contiguous (R,) vector per position
+  r, n = x.shape
+  score, tied_x, tied_y = (np.zeros(r, np.int32) for _ in range(3))
+  for i in range(n - 1):
+    for j in range(i + 1, n):
+      cx = (xt[i] > xt[j]).astype(np.int8) - (xt[i] < xt[j])
+      cy = (yt[i] > yt[j]).astype(np.int8) - (yt[i] < yt[j])
+      score += cx * cy
+      tied_x += cx == 0
+      tied_y += cy == 0
+  return score, tied_x, tied_y
+
+
 def kendall_tau_b_rows(x, y) -> np.ndarray:
   """Kendall's tau-b between x[r] and y[r] for every row r (ties handled as in scipy.stats.kendalltau).
 
@@ -112,7 +132,7 @@ def kendall_tau_b_rows(x, y) -> np.ndarray:
 
   O(n log n) per row (Knight's algorithm): sort each row by (x, y), count the discordant pairs as the
   inversions of y in that order, and correct for ties: tau_b = (n0 - n1 - n2 + n3 - 2 swaps) /
-  sqrt((n0 - n1)(n0 - n2)).
+  sqrt((n0 - n1)(n0 - n2)). Rows of at most 8 values are counted pair by pair instead (the same integers).
   """
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim == 1 and y.ndim == 1:
@@ -128,6 +148,12 @@ def kendall_tau_b_rows(x, y) -> np.ndarray:
   out = np.full(rows, np.nan)
   if n < 2:
     return out
+  if n <= _PAIRWISE_MAX_N:
+    score, n1, n2 = _kendall_pairwise(x, y)
+    n0 = n * (n - 1) // 2
+    denominator = np.sqrt((n0 - n1).astype(np.float64) * (n0 - n2).astype(np.float64))
+    valid = denominator > 0
+    return np.clip(np.where(valid, score / np.where(valid, denominator, 1.0), np.nan), -1.0, 1.0)
   for sl in _row_chunks(rows, n):
     kx, ky = _order_keys(np.ascontiguousarray(x[sl])), _order_keys(np.ascontiguousarray(y[sl]))
     packed = np.sort((kx.astype(np.uint64) << np.uint64(32)) | ky.astype(np.uint64), axis=1)
