@@ -228,3 +228,7 @@ def test_stored_configs_gain_new_keys_with_defaults():
   assert tuple(config.mesh.shape) == (-1,) and tuple(config.mesh.axes) == ("data",)
   with pytest.raises(ValueError, match="dtype='fp8'"):
     resolve.for_inference(stored, dtype="fp8")
+  # As read back from a checkpoint's JSON (lists, empty ones among them), lacking a key whose default is ()
+  stored = json.loads(json.dumps(default_config.get_config().to_dict()))
+  del stored["loss_options"]["rank_label_weights"]
+  assert tuple(resolve.for_inference(stored).loss_options.rank_label_weights) == ()
