@@ -13,12 +13,12 @@ Arousal (strong, three cues)
   * speaking rate: the speaker's rate * 1.4^(c_a u_a) (espeak-ng ``-s``; about 125 to 245 words per minute);
   * pitch level: the speaker's pitch + 15 c_a u_a (espeak-ng ``-p``, 0–99);
   * loudness: +7 c_a u_a dB.
-Valence (weak, two cues)
+Valence (weak, three cues, each smaller than what speakers or arousal do to the same feature)
+  * pitch level: + 5 c_v u_v (espeak-ng ``-p``; a third of arousal's ±15, less than the speakers' 38–62);
   * pitch range: 2^(0.8 c_v u_v) (SSML ``<prosody range>``, 57 %–174 %), against a clip-to-clip range jitter
     (log-normal, sd 0.15 octave);
-  * spectral tilt: a first-order filter y[n] = x[n] + 0.3 c_v u_v (x[n] - x[n-1]) (brighter when positive: +4 dB
-    at the top of the band for u_v = 1, -8 dB for u_v = -1), on top of each speaker's own tilt (coefficient
-    uniform in ±0.12).
+  * brightness: a first-order high shelf above 1 kHz of 3 c_v u_v dB (brighter when positive, "smiling"), on top
+    of each speaker's own shelf (uniform in ±3 dB).
   Text is lexically neutral (no emotion words), so nothing else in the audio follows valence.
 Dominance (moderate)
   * pauses: a word gap of round(2 c_d (1 - u_d) / 2) x 10 ms (espeak-ng ``-g``; fewer pauses when dominant);
@@ -26,7 +26,7 @@ Dominance (moderate)
 
 Speakers: ``num_speakers`` pairs of an English accent (``ACCENTS``) and a voice variant (``VARIANTS``: female and
 male alternately), each with its own pitch (espeak-ng ``-p`` 38–62 before the arousal cue), rate (0.9–1.1 of
-175 words per minute), loudness (±2 dB) and spectral tilt. With ``held_out_speakers`` (default), the speakers are
+175 words per minute), loudness (±2 dB) and brightness. With ``held_out_speakers`` (default), the speakers are
 split 70 / 10 / 20 % between train, validation and test, so the test split measures generalisation to unheard
 voices. Sentences are drawn from a grammar of neutral words (``sentence``; about 120,000 sentences). Stored labels
 are the latent values plus Gaussian noise (sd ``label_noise``), clipped to 1–7. Clips are resampled from
@@ -53,7 +53,7 @@ from scipy import signal
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
-SYNTHESIS_VERSION = 2
+SYNTHESIS_VERSION = 3
 SPLITS = ("train", "validation", "test")
 _SPLIT_INDEX = {name: i for i, name in enumerate(SPLITS)}
 ENGINE = "espeak-ng"
@@ -147,7 +147,7 @@ class Speaker:
   pitch: float        # espeak-ng -p before the arousal cue
   rate: float         # words per minute before the arousal cue
   level_db: float     # loudness offset
-  tilt: float         # the speaker's own spectral tilt (the valence cue's filter coefficient)
+  brightness_db: float  # the speaker's own high shelf (the valence cue's filter)
 
 
 def speakers(spec: EspeakSpec) -> list[Speaker]:
@@ -162,7 +162,7 @@ def speakers(spec: EspeakSpec) -> list[Speaker]:
     accent = ACCENTS[accents[(i // len(VARIANTS) + i) % len(ACCENTS)]]
     out.append(Speaker(name=f"{accent}+{variant}", voice=f"{accent}+{variant}", pitch=float(rng.uniform(38, 62)),
                        rate=float(175.0 * rng.uniform(0.9, 1.1)), level_db=float(rng.uniform(-2.0, 2.0)),
-                       tilt=float(rng.uniform(-0.12, 0.12))))
+                       brightness_db=float(rng.uniform(-3.0, 3.0))))
   return out
 
 
@@ -222,9 +222,10 @@ def speak(text: str, voice: str, *, rate: float, pitch: float, pitch_range: floa
   return _read_wav_bytes(done.stdout, f"espeak-ng -v {voice}")
 
 
-def _tilt(x: np.ndarray, coefficient: float) -> np.ndarray:
-  """y[n] = x[n] + c (x[n] - x[n-1]): brighter for c > 0, darker for c < 0 (first-order, gentle)."""
-  return signal.lfilter([1.0 + coefficient, -coefficient], [1.0], x)
+def _brighten(x: np.ndarray, gain_db: float, sr: int = ENGINE_RATE) -> np.ndarray:
+  """A first-order high shelf: x plus (10^(gain/20) - 1) times x high-passed at 1 kHz (gain in dB above it)."""
+  b, a = signal.butter(1, 1000.0, "highpass", fs=sr)
+  return x + (10.0 ** (gain_db / 20.0) - 1.0) * signal.lfilter(b, a, x)
 
 
 def _active_rms(x: np.ndarray, sr: int) -> float:
@@ -241,10 +242,11 @@ def render(arousal: float, valence: float, dominance: float, speaker: Speaker, t
   """One clip with the cues of the module docstring -> float32 samples at ``spec.sample_rate`` in [-1, 1]."""
   ua, uv, ud = ((float(x) - 4.0) / 3.0 for x in (arousal, valence, dominance))
   ca, cv, cd = spec.arousal_cue, spec.valence_cue, spec.dominance_cue
-  wave = speak(text, speaker.voice, rate=speaker.rate * 1.4 ** (ca * ua), pitch=speaker.pitch + 15.0 * ca * ua,
+  wave = speak(text, speaker.voice, rate=speaker.rate * 1.4 ** (ca * ua),
+               pitch=speaker.pitch + 15.0 * ca * ua + 5.0 * cv * uv,
                pitch_range=2.0 ** (0.8 * cv * uv + rng.normal(0.0, 0.15)),
                word_gap=int(round(2.0 * cd * (1.0 - ud) / 2.0)))
-  wave = _tilt(wave, speaker.tilt + 0.3 * cv * uv)
+  wave = _brighten(wave, speaker.brightness_db + 3.0 * cv * uv)
   wave = audio_io.resample(wave, ENGINE_RATE, spec.sample_rate)
   level_db = -24.0 + 7.0 * ca * ua + 2.5 * cd * ud + speaker.level_db + rng.normal(0.0, 1.0)
   wave = wave * (10.0 ** (level_db / 20.0) / _active_rms(wave, spec.sample_rate))
