@@ -96,11 +96,15 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
         assert f.read(8) == PNG_MAGIC
 
 
-def test_eval_mode_writes_test_metrics(trained):
+def test_eval_mode_writes_test_metrics(trained, capsys):
   config, workdir = trained
   result = evaluate.evaluate_checkpoint(config, workdir)
   assert os.path.exists(os.path.join(workdir, "eval", f"test_{th.TRAINED_STEPS['train.num_steps']}.json"))
   assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
+  for name in ("aoc", "voc"):  # the bootstrap interval of each, the table's first rows after it
+    assert result[f"{name}_ci95_low"] <= result[f"{name}_ci95_high"]
+  rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert rows[:6] == ["aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high"]
   for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
     assert f"ccc_zero_shot_paraphrase_{attribute}" in result and f"prompt_monotone_paraphrase_{attribute}" in result
