@@ -15,7 +15,7 @@ import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, resolve
+from erclap import data, descriptions, evaluate, export, metrics, resolve
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
@@ -55,6 +55,16 @@ def test_export_writes_complete_files(trained):
   assert saved["metrics"] == pytest.approx(results["test"], nan_ok=True)  # undefined taus stay NaN
   for key in ("aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein"):
     assert np.isfinite(saved["metrics"][key])
+  # AOC / VOC and their intervals recompute from the export alone (the query pools, the speech, the labels)
+  queries = np.load(os.path.join(out, export.QUERIES_FILE))
+  for name, attribute in (("aoc", "arousal"), ("voc", "valence")):
+    q = queries[f"{attribute}_embeddings"]
+    r = metrics.retrieval_kendall_tau(
+        metrics.l2_normalize(q) @ speech.T, queries[f"{attribute}_values"], frame[attribute].to_numpy(np.float64),
+        num_levels=config.eval.retrieval_levels, num_draws=config.eval.retrieval_draws,
+        top_k=config.eval.retrieval_top_k, seed=config.seed, num_bootstrap=config.eval.retrieval_bootstrap)
+    assert (r["tau"], r["ci_low"], r["ci_high"]) == pytest.approx(
+        tuple(saved["metrics"][f"{name}{key}"] for key in ("", "_ci95_low", "_ci95_high")))
   pngs = [f for f in os.listdir(out) if f.endswith(".png")]
   assert len(pngs) >= 3
   for name in pngs:
