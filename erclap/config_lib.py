@@ -25,7 +25,8 @@ CHOICES = {
     "loss": ("rnc", "infonce", "supcon"),
     "loss_options.similarity": ("cosine", "neg_l2"),
     "loss_options.label_distance": ("l1", "l2"),
-    "data.name": ("embedded", "msp_podcast", "iemocap"),
+    "loss_options.rank_terms": ("combined", "per_label"),
+    "data.name": ("embedded", "espeak", "msp_podcast", "iemocap"),
     "model.size": ("tiny", "base", "large"),
     "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
     "model.text_arch": ("bert", "roberta", "distilroberta"),
@@ -148,6 +149,17 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   if bad or not config.loss_options.rank_labels:
     problems.append(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
                     f"choose a non-empty subset of {LABEL_NAMES}")
+  weights = tuple(config.loss_options.rank_label_weights)
+  if weights and (len(weights) != len(config.loss_options.rank_labels) or min(weights) < 0 or max(weights) <= 0):
+    problems.append(f"config.loss_options.rank_label_weights={weights!r}: one weight >= 0 per "
+                    f"config.loss_options.rank_labels entry ({len(config.loss_options.rank_labels)}), not all 0; "
+                    f"or () for equal weights")
+  lam = config.loss_options.same_modality_weight
+  if not lam >= 0:
+    problems.append(f"config.loss_options.same_modality_weight={lam!r}: must be >= 0")
+  elif lam != 1 and not config.loss_options.joint:
+    problems.append(f"config.loss_options.same_modality_weight={lam!r} weighs the same-modality rows of the joint "
+                    f"form: set config.loss_options.joint=True (or leave it at 1)")
   if config.model.speech_input_std == 0 and config.model.speech_input_mean != 0:
     problems.append(f"config.model.speech_input_mean={config.model.speech_input_mean!r} has no effect while "
                     f"config.model.speech_input_std=0 (standardisation off): set both or neither")
@@ -202,6 +214,9 @@ def _eval_problems(config) -> list[str]:
   if e.prompt_wordings > MAX_PROMPT_WORDINGS or e.prompt_wordings != int(e.prompt_wordings):
     problems.append(f"config.eval.prompt_wordings={e.prompt_wordings!r}: must be a whole number of at most "
                     f"{MAX_PROMPT_WORDINGS} (the distinct template wordings of a level; more only repeat them)")
+  if e.retrieval_bootstrap < 0 or 0 < e.retrieval_bootstrap < 100:
+    problems.append(f"config.eval.retrieval_bootstrap={e.retrieval_bootstrap}: must be 0 (no interval) or >= 100 "
+                    f"(fewer resamples do not resolve a 95 % interval)")
   return problems
 
 

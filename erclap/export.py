@@ -6,9 +6,10 @@ description, speech_embedding and text_embedding as fixed-size lists), ``<split>
 valence, similarity versus label distance, prompt-level ordering); then TensorBoard projector files of every split
 and ``report.html`` (``erclap.results.views``). For the SER stage the parquet holds the
 predicted attributes (``predicted_arousal``, ...) instead of embeddings, and ``<split>_attributes.npy``
-the (N, A) predictions. Every file is written under a temporary name and renamed when complete
-(``erclap.fileio``), so an interrupted export leaves no partial file. Embeddings are gathered from all
-hosts; process 0 writes.
+the (N, A) predictions. A cross-modal export also writes ``retrieval_queries.npz``, the query pools of AOC / VOC
+(``<attribute>_embeddings`` (Q, D), ``<attribute>_values`` (Q,)), so that they and their intervals recompute from
+the export alone. Every file is written under a temporary name and renamed when complete (``erclap.fileio``), so
+an interrupted export leaves no partial file. Embeddings are gathered from all hosts; process 0 writes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from erclap import evaluate, fileio, plots, progress, prompts, resolve, runtime, stages
 from erclap.results import views
 from erclap.schema import LABEL_NAMES
+
+QUERIES_FILE = "retrieval_queries.npz"  # the query pools of AOC / VOC (cross-modal exports)
 
 
 def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
@@ -89,10 +92,19 @@ def _check_outputs(config, out_dir: str) -> None:
   problem = None
   if jax.process_index() == 0:
     paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, stages.of(config))]
-    paths += views.output_paths(out_dir, config.export.splits) if stages.of(config).cross_modal else []
+    if stages.of(config).cross_modal:
+      paths += [os.path.join(out_dir, QUERIES_FILE), *views.output_paths(out_dir, config.export.splits)]
     problems = output_problems(out_dir, paths)
     problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
   runtime.agree_or_raise(problem, OSError)
+
+
+def _write_queries(out_dir: str, queries: dict) -> None:
+  """``QUERIES_FILE``: per attribute the query embeddings and the values they state (``prompts.retrieval_queries``)."""
+  arrays = {f"{a}_embeddings": np.asarray(e, np.float32) for a, e in queries["queries"].items()}
+  arrays.update({f"{a}_values": np.asarray(v, np.float32) for a, v in queries["query_values"].items()})
+  with fileio.atomic_open(os.path.join(out_dir, QUERIES_FILE), "wb") as f:
+    np.savez(f, **arrays)
 
 
 def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddings, metrics: dict) -> None:
@@ -132,6 +144,10 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   # The plots' level prompts: embedding them is a collective, so every process does it.
   level_prompts = prompts.level_prompts(lambda texts: embedder.text(params, texts), config) \
       if stage.cross_modal else None
+  if stage.cross_modal:
+    queries = prompts.retrieval_queries(lambda texts: embedder.text(params, texts), config)
+    if chief:
+      _write_queries(out_dir, queries)
   all_metrics, split_views = {}, []
   for split in config.export.splits:
     if chief:

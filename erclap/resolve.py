@@ -188,7 +188,9 @@ def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.C
   """Adds the keys a stored config lacks (written before they existed) with their default values."""
   for key, value in defaults.items():
     if key not in config:
-      config[key] = value
+      # As a stored config holds it (a JSON list): FrozenConfigDict takes a second sighting of the empty tuple, a
+      # singleton, for a reference cycle.
+      config[key] = list(value) if isinstance(value, tuple) else value
     elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
       _fill_defaults(config[key], value)
 

@@ -125,7 +125,8 @@ def _clap_evaluate(reader, config, split: str):
       query_embeddings=texts["queries"], query_values=texts["query_values"],
       train_speech=train.speech, train_labels=train.labels,
       retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,
-      retrieval_top_k=config.eval.retrieval_top_k, seed=config.seed)
+      retrieval_top_k=config.eval.retrieval_top_k, retrieval_bootstrap=config.eval.retrieval_bootstrap,
+      seed=config.seed)
   return {k: float(v) for k, v in result.items()}, emb
 
 
@@ -133,8 +134,9 @@ CLAP = Stage(
     name="clap", title="the cross-modal stage", cross_modal=True,
     speech_group=schema.SPEECH_REPRESENTATION, output_keys=("speech", "text"), speech_output_method="embed_audio",
     build=_build_clap, loss=clap_loss, evaluate=_clap_evaluate,
-    headline_metrics=("aoc", "voc", "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein", "r1_s2t",
-                      "r1_t2s", "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"))
+    headline_metrics=("aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high",
+                      "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein", "r1_s2t", "r1_t2s",
+                      "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"))
 
 
 # --------------------------------------------------------------------------- stage 1: the emotion rank encoder

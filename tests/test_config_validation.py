@@ -107,13 +107,32 @@ def test_ser_stage_micro_batches_like_the_clap_stage():
 
 def test_eval_and_probe_sizes():
   config = _config(**{"eval.max_examples": 1, "eval.probe_train_examples": -5, "eval.retrieval_levels": 1,
-                      "eval.retrieval_draws": 0, "eval.retrieval_top_k": 0})
+                      "eval.retrieval_draws": 0, "eval.retrieval_top_k": 0, "eval.retrieval_bootstrap": 20})
   message = _problems(config, 1)
   for needle in ("config.eval.max_examples=1: must be 0 (the whole split) or >= 2",
                  "config.eval.probe_train_examples=-5", "config.eval.retrieval_levels=1",
-                 "config.eval.retrieval_draws=0", "config.eval.retrieval_top_k=0"):
+                 "config.eval.retrieval_draws=0", "config.eval.retrieval_top_k=0",
+                 "config.eval.retrieval_bootstrap=20: must be 0 (no interval) or >= 100"):
     assert needle in message
-  config_lib.validate_for_devices(_config(**{"eval.max_examples": 0, "eval.probe_train_examples": 0}), 1)
+  config_lib.validate_for_devices(_config(**{"eval.max_examples": 0, "eval.probe_train_examples": 0,
+                                             "eval.retrieval_bootstrap": 0}), 1)
+
+
+def test_loss_option_ranges():
+  config = _config(**{"loss_options.rank_label_weights": (1.0, 2.0, 3.0), "loss_options.rank_terms": "each",
+                      "loss_options.same_modality_weight": 0.5})
+  message = _problems(config, 1)
+  for needle in ("config.loss_options.rank_label_weights=(1.0, 2.0, 3.0): one weight >= 0 per "
+                 "config.loss_options.rank_labels entry (2)", "config.loss_options.rank_terms='each'",
+                 "config.loss_options.same_modality_weight=0.5 weighs the same-modality rows of the joint form: set "
+                 "config.loss_options.joint=True"):
+    assert needle in message
+  assert "rank_label_weights=(0.0, 0.0)" in _problems(_config(**{"loss_options.rank_label_weights": (0.0, 0.0)}), 1)
+  assert "same_modality_weight=-0.5: must be >= 0" in _problems(
+      _config(**{"loss_options.joint": True, "loss_options.same_modality_weight": -0.5}), 1)
+  config_lib.validate_for_devices(_config(**{"loss_options.rank_label_weights": (1.0, 0.0),
+                                             "loss_options.rank_terms": "per_label", "loss_options.joint": True,
+                                             "loss_options.same_modality_weight": 0.0}), 1)
 
 
 def test_all_problems_are_listed_at_once():

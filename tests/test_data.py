@@ -1,4 +1,5 @@
-"""Audio I/O, the embedded corpus and the TFDS builders (embedded, fake MSP-Podcast and IEMOCAP layouts)."""
+"""Audio I/O, the synthesised corpora (embedded, espeak), the registry and the TFDS builders (embedded, espeak, fake
+MSP-Podcast and IEMOCAP layouts)."""
 
 import csv
 import os
@@ -13,7 +14,7 @@ from train_helpers import TINY_CORPUS, tiny_data_config
 
 from erclap import data
 from erclap.data import audio as audio_io
-from erclap.data import builders, embedded
+from erclap.data import builders, embedded, espeak
 
 # ----------------------------------------------------------------------------- audio I/O
 
@@ -203,6 +204,123 @@ def test_embedded_spec_change_builds_a_new_corpus(tmp_path, capsys):
   assert len(os.listdir(tmp_path / "erclap_embedded")) == 2
   other = data.get_data_source(config.data, "train")
   assert not any(np.array_equal(other[i]["audio"], first["audio"]) for i in range(4))
+
+
+# ----------------------------------------------------------------------------- the espeak corpus
+
+
+def _active_level_db(wave, sr=16000):
+  """dB level over the 20 ms frames within 30 dB of the loudest (independent of the synthesiser's own)."""
+  frames = wave[: len(wave) // 320 * 320].astype(np.float64).reshape(-1, 320)
+  power = np.mean(frames ** 2, axis=1)
+  return float(10 * np.log10(np.mean(power[power >= power.max() * 1e-3])))
+
+
+def _espeak_sentence_clips(attribute, speaker, spec, values=(1.0, 3.0, 5.0, 7.0)):
+  """One sentence by one speaker with one attribute varied (others neutral), the same clip seed each time."""
+  text = "The old farmer carried seven wooden boxes before noon."
+  out = []
+  for value in values:
+    avd = {"arousal": 4.0, "valence": 4.0, "dominance": 4.0, attribute: value}
+    out.append(espeak.render(avd["arousal"], avd["valence"], avd["dominance"], speaker, text, spec,
+                             np.random.default_rng(0)))
+  return out
+
+
+def test_espeak_arousal_is_loud_and_clear_valence_weak():
+  """Arousal moves loudness and duration a lot; valence leaves them alone and moves the spectral tilt by less than
+  the speakers differ; over generated clips a loudness statistic recovers arousal (not valence), and the spectral
+  tilt valence only weakly."""
+  spec = espeak.EspeakSpec()
+  speakers = espeak.speakers(spec)
+  arousal = _espeak_sentence_clips("arousal", speakers[0], spec)
+  levels, seconds = [_active_level_db(w) for w in arousal], [len(w) / 16000 for w in arousal]
+  assert np.all(np.diff(levels) > 2) and levels[-1] - levels[0] > 10
+  assert np.all(np.diff(seconds) < 0) and seconds[-1] / seconds[0] < 0.6
+  valence = _espeak_sentence_clips("valence", speakers[0], spec)
+  levels, seconds = [_active_level_db(w) for w in valence], [len(w) / 16000 for w in valence]
+  assert np.ptp(levels) < 1.0 and np.ptp(seconds) / np.mean(seconds) < 0.03
+  tilt = [_brightness(w) for w in valence]
+  assert np.all(np.diff(tilt) > 0)
+  between_speakers = [_brightness(_espeak_sentence_clips("valence", s, spec, (4.0,))[0]) for s in speakers[:8]]
+  assert tilt[-1] - tilt[0] < np.ptp(between_speakers)
+  clips = [espeak.generate_example(spec, "train", i, speakers) for i in range(32)]
+  level = [_active_level_db(c["audio"] / 32768.0) for c in clips]
+  brightness = [_brightness(c["audio"] / 32768.0) for c in clips]
+  arousal, valence = [c["arousal"] for c in clips], [c["valence"] for c in clips]
+  assert stats.spearmanr(level, arousal).statistic > 0.7
+  assert abs(stats.spearmanr(level, valence).statistic) < 0.4
+  assert 0.0 < stats.spearmanr(brightness, valence).statistic < 0.5
+
+
+def test_espeak_spec_speakers_and_sentences():
+  spec = espeak.EspeakSpec()
+  names = {field: espeak.EspeakSpec(**{field: value}).config_name()
+           for field, value in (("num_test", 7), ("valence_cue", 0.5), ("held_out_speakers", False),
+                                          ("seed", 1), ("num_speakers", 12))}
+  assert len(set(names.values()) | {spec.config_name()}) == 6
+  speakers = espeak.speakers(espeak.EspeakSpec(num_speakers=224))
+  assert len({s.voice for s in speakers}) == 224  # every accent x variant pair once
+  parts = {split: {s.name for s in espeak.split_speakers(spec, split, espeak.speakers(spec))}
+           for split in espeak.SPLITS}
+  assert [len(parts[s]) for s in espeak.SPLITS] == [21, 3, 6]
+  assert not parts["train"] & (parts["validation"] | parts["test"]) and not parts["validation"] & parts["test"]
+  rng = np.random.default_rng(0)
+  assert len({espeak.sentence(rng) for _ in range(500)}) > 480
+  with pytest.raises(ValueError, match="data.espeak.num_speakers"):
+    espeak.EspeakSpec(num_speakers=2)
+  with pytest.raises(ValueError, match="data.espeak.valence_cue"):
+    espeak.EspeakSpec(valence_cue=-1.0)
+
+
+def _espeak_config(data_dir):
+  config = tiny_data_config(data_dir)
+  config.data.name = "espeak"
+  e = config.data.espeak
+  e.num_train, e.num_validation, e.num_test, e.num_speakers = 4, 2, 2, 3
+  return config
+
+
+def test_espeak_build_through_tfds(tmp_path, capsys):
+  config = _espeak_config(tmp_path)
+  assert data.ensure_dataset(config.data) == str(tmp_path)
+  assert "[data] building espeak" in capsys.readouterr().out
+  spec = espeak.EspeakSpec.from_config(config.data)
+  speakers = {}
+  for split, size in (("train", 4), ("validation", 2), ("test", 2)):
+    source = data.get_data_source(config.data, split)
+    assert len(source) == size
+    records = sorted((source[i] for i in range(size)), key=lambda r: r["id"])
+    speakers[split] = {r["speaker"] for r in records}
+    for index, record in enumerate(records):
+      expected = espeak.generate_example(spec, split, index)
+      assert record["id"] == f"espeak-{split}-{index:06d}" and record["class_id"] == -1
+      np.testing.assert_array_equal(record["audio"], expected["audio"])  # deterministic
+      assert record["valence"] == expected["valence"] and record["audio"].dtype == np.int16
+  assert speakers["train"].isdisjoint(speakers["test"] | speakers["validation"])  # held-out speakers
+  version_dir = tmp_path / "erclap_espeak" / spec.config_name() / "1.0.0"
+  with open(version_dir / "metadata.json") as f:
+    assert espeak.engine_version() in f.read()  # the espeak-ng that built it
+  data.ensure_dataset(config.data)
+  assert "[data] building" not in capsys.readouterr().out
+
+
+def test_espeak_without_the_engine_names_the_package(tmp_path, monkeypatch):
+  monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on it
+  espeak.engine_version.cache_clear()
+  try:
+    with pytest.raises(RuntimeError, match="package `espeak-ng`"):
+      data.ensure_dataset(_espeak_config(tmp_path / "tfds").data)
+  finally:
+    espeak.engine_version.cache_clear()
+
+
+def test_registry_names_every_corpus_once():
+  assert set(data.CORPORA) == {"embedded", "espeak", "msp_podcast", "iemocap"}
+  assert {c.builder for c in data.CORPORA.values()} == {builders.ErclapEmbedded, builders.ErclapEspeak,
+                                                       builders.ErclapMspPodcast, builders.ErclapIemocap}
+  with pytest.raises(ValueError, match="already registered"):
+    data.register(data.CORPORA["espeak"])
 
 
 # ----------------------------------------------------------------------------- fake MSP-Podcast

@@ -15,7 +15,7 @@ import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, resolve
+from erclap import data, descriptions, evaluate, export, metrics, resolve
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
@@ -57,6 +57,16 @@ def test_export_writes_complete_files(trained):
     assert np.isfinite(saved["metrics"][key])
   for view in ("report.html", "projector_config.pbtxt", "projector/test.bytes", "projector/test_metadata.tsv"):
     assert os.path.isfile(os.path.join(out, view)), view
+  # AOC / VOC and their intervals recompute from the export alone (the query pools, the speech, the labels)
+  queries = np.load(os.path.join(out, export.QUERIES_FILE))
+  for name, attribute in (("aoc", "arousal"), ("voc", "valence")):
+    q = queries[f"{attribute}_embeddings"]
+    r = metrics.retrieval_kendall_tau(
+        metrics.l2_normalize(q) @ speech.T, queries[f"{attribute}_values"], frame[attribute].to_numpy(np.float64),
+        num_levels=config.eval.retrieval_levels, num_draws=config.eval.retrieval_draws,
+        top_k=config.eval.retrieval_top_k, seed=config.seed, num_bootstrap=config.eval.retrieval_bootstrap)
+    assert (r["tau"], r["ci_low"], r["ci_high"]) == pytest.approx(
+        tuple(saved["metrics"][f"{name}{key}"] for key in ("", "_ci95_low", "_ci95_high")))
   pngs = [f for f in os.listdir(out) if f.endswith(".png")]
   assert len(pngs) >= 3
   for name in pngs:
@@ -100,11 +110,15 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
         assert f.read().rstrip().endswith("</html>")
 
 
-def test_eval_mode_writes_test_metrics(trained):
+def test_eval_mode_writes_test_metrics(trained, capsys):
   config, workdir = trained
   result = evaluate.evaluate_checkpoint(config, workdir)
   assert os.path.exists(os.path.join(workdir, "eval", f"test_{th.TRAINED_STEPS['train.num_steps']}.json"))
   assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
+  for name in ("aoc", "voc"):  # the bootstrap interval of each, the table's first rows after it
+    assert result[f"{name}_ci95_low"] <= result[f"{name}_ci95_high"]
+  rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+  assert rows[:6] == ["aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high"]
   for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
     assert f"ccc_zero_shot_paraphrase_{attribute}" in result and f"prompt_monotone_paraphrase_{attribute}" in result
@@ -232,3 +246,7 @@ def test_stored_configs_gain_new_keys_with_defaults():
   assert tuple(config.mesh.shape) == (-1,) and tuple(config.mesh.axes) == ("data",)
   with pytest.raises(ValueError, match="dtype='fp8'"):
     resolve.for_inference(stored, dtype="fp8")
+  # As read back from a checkpoint's JSON (lists, empty ones among them), lacking a key whose default is ()
+  stored = json.loads(json.dumps(default_config.get_config().to_dict()))
+  del stored["loss_options"]["rank_label_weights"]
+  assert tuple(resolve.for_inference(stored).loss_options.rank_label_weights) == ()

@@ -489,6 +489,166 @@ def test_get_clap_loss_joint_and_similarity_options():
     losses.get_clap_loss("supcon")(s, t, batch, temperature=0.3, mesh=None, options={"similarity": "dot"})
 
 
+# --------------------------------------------------------------------------- label weights, per-label terms, lambda
+
+
+def naive_weighted_rnc(z, d, w):
+  """RNC with pair weights w (0: no pair): sum_ij w_ij (-z_ij + log sum_{k: d_ik >= d_ij} w_ik exp(z_ik)) / sum w,
+  by loops in float64."""
+  total = 0.0
+  for i in range(z.shape[0]):
+    for j in range(z.shape[1]):
+      if w[i, j] > 0:
+        den = sum(w[i, k] * np.exp(z[i, k]) for k in range(z.shape[1]) if w[i, k] > 0 and d[i, k] >= d[i, j])
+        total += w[i, j] * (-z[i, j] + np.log(den))
+  return total / np.sum(w)
+
+
+def _weighted_dist(ya, yc, dist, weights):
+  diff = np.asarray(ya, np.float64)[:, None] - np.asarray(yc, np.float64)[None]
+  per = np.abs(diff) if dist == "l1" else diff ** 2
+  return (per * np.asarray(weights, np.float64)).sum(-1)
+
+
+def _joint_weights(n, lam):
+  """(2N, 2N) pair weights of the joint set [s; t]: lambda within a modality, 1 across, 0 on the diagonal."""
+  same = np.equal.outer(np.arange(2 * n) < n, np.arange(2 * n) < n)
+  return np.where(np.eye(2 * n, dtype=bool), 0.0, np.where(same, lam, 1.0))
+
+
+def naive_rnc_forms(s, t, y, tau, *, dist="l1", weights=(1.0, 1.0), per_label=False, joint=False, lam=1.0):
+  """The cross-modal RNC by its definitions (loops): the two-direction mean or the lambda-weighted joint set,
+  with the weighted label distance, or the weighted mean of one term per label column."""
+  if per_label:
+    return sum(w / sum(weights) * naive_rnc_forms(s, t, y[:, [c]], tau, dist=dist, weights=(1.0,), joint=joint,
+                                                  lam=lam) for c, w in enumerate(weights) if w > 0)
+  if joint:
+    x, y2 = np.concatenate([s, t]), np.concatenate([y, y])
+    return naive_weighted_rnc(_np_logits(x, x, tau, "cosine"), _weighted_dist(y2, y2, dist, weights),
+                              _joint_weights(len(s), lam))
+  d, ones = _weighted_dist(y, y, dist, weights), np.ones((len(s), len(s)))
+  return 0.5 * (naive_weighted_rnc(_np_logits(s, t, tau, "cosine"), d, ones)
+                + naive_weighted_rnc(_np_logits(t, s, tau, "cosine"), d, ones))
+
+
+def naive_weighted_joint_contrastive(s, t, tau, lam, ids=None):
+  """NT-Xent / SupCon over [s; t] with same-modality rows of weight lambda in the denominator and (SupCon) as
+  positives: row i's loss sum_j w_ij p_ij (-z_ij + log sum_k w_ik exp(z_ik)) / sum_j w_ij p_ij (loops)."""
+  x = np.concatenate([s, t])
+  z, w, m = _np_logits(x, x, tau, "cosine"), _joint_weights(len(s), lam), 2 * len(s)
+  total = 0.0
+  for i in range(m):
+    lse = np.log(sum(w[i, k] * np.exp(z[i, k]) for k in range(m) if w[i, k] > 0))
+    if ids is None:
+      pos = {(i + m // 2) % m: 1.0}
+    else:
+      ids2 = np.concatenate([ids, ids])
+      pos = {j: w[i, j] for j in range(m) if w[i, j] > 0 and ids2[j] == ids2[i]}
+    total += sum(wj * (lse - z[i, j]) for j, wj in pos.items()) / sum(pos.values()) / m
+  return total
+
+
+def dense_weighted_joint_rnc_jnp(s, t, y, tau, lam):
+  """O(N^3) jnp joint RNC with same-modality weight lambda (dense [i, j, k] weights, L1) for jax.grad."""
+  z, _ = _jnp_joint_logits(s, t, tau, "cosine")
+  w = jnp.asarray(_joint_weights(len(s), lam), jnp.float32)
+  y2 = jnp.concatenate([y, y])
+  d = jnp.abs(y2[:, None] - y2[None]).sum(-1)
+  den = jnp.where(d[:, None, :] >= d[:, :, None], w[:, None, :], 0.0) * jnp.exp(z)[:, None, :]
+  pair = jnp.log(jnp.sum(den, axis=-1)) - z
+  return jnp.sum(jnp.where(w > 0, w * pair, 0.0)) / jnp.sum(w)
+
+
+def test_rnc_label_weights_and_per_label_terms():
+  """Weighted label distances and per-label terms, two-direction and joint, against the loops (one program)."""
+  s, t, y, _ = _data(31, 7, levels=3)
+  cases = [dict(weights=(0.5, 2.0), dist="l2"), dict(weights=(1.0, 3.0), per_label=True),
+           dict(weights=(0.0, 1.0), per_label=True), dict(weights=(1.0, 2.0), per_label=True, joint=True, lam=0.5)]
+
+  def losses_of(s, t, y):
+    return jnp.stack([losses.cross_modal_rnc_loss(
+        s, t, y, temperature=0.3, label_distance=c.get("dist", "l1"), label_weights=c["weights"],
+        per_label=c.get("per_label", False), joint=c.get("joint", False), same_modality_weight=c.get("lam", 1.0),
+        row_block=3 if c.get("joint") else None) for c in cases])
+
+  got = np.asarray(jax.jit(losses_of)(s, t, y))
+  np.testing.assert_allclose(got, [naive_rnc_forms(s, t, y, 0.3, **c) for c in cases], rtol=2e-5)
+  with pytest.raises(ValueError, match="label_weights"):
+    losses.cross_modal_rnc_loss(s, t, y, temperature=0.3, label_weights=(1.0,))
+  with pytest.raises(ValueError, match="label_weights"):
+    losses.cross_modal_rnc_loss(s, t, y, temperature=0.3, label_weights=(0.0, 0.0), per_label=True)
+
+
+def test_joint_same_modality_weight_all_losses():
+  """lambda = 0, 0.3 and 1 against the loops; lambda = 0 is the two-direction form (values, and the gradients of a
+  weighted sum of the three losses), lambda = 1 the joint form; the RNC gradient at lambda = 0.3 against the
+  dense jnp version."""
+  s, t, y, _ = _data(32, 6, levels=2)
+  ids = np.array([0, 1, 0, 2, 1, 0], np.int32)
+  mix = jnp.array([1.0, 0.6, 1.7])
+
+  def three(s, t, lam, joint=True):
+    kw = dict(temperature=0.4, joint=joint, same_modality_weight=lam)
+    return jnp.stack([losses.cross_modal_rnc_loss(s, t, y, **kw), losses.infonce_loss(s, t, **kw),
+                      losses.supcon_loss(s, t, ids, **kw)])
+
+  def forms(s, t):
+    values = jnp.stack([three(s, t, 0.0), three(s, t, 1.0, joint=False), three(s, t, 0.3), three(s, t, 1.0)])
+    return jnp.stack([values[0] @ mix, values[1] @ mix, values[2, 0]]), values
+
+  jac, values = jax.jit(jax.jacrev(forms, (0, 1), has_aux=True))(s, t)
+  values = np.asarray(values)
+  np.testing.assert_allclose(values[0], [naive_rnc_forms(s, t, y, 0.4, joint=True, lam=0.0),
+                                         naive_weighted_joint_contrastive(s, t, 0.4, 0.0),
+                                         naive_weighted_joint_contrastive(s, t, 0.4, 0.0, ids)], rtol=2e-5)
+  np.testing.assert_allclose(values[2], [naive_rnc_forms(s, t, y, 0.4, joint=True, lam=0.3),
+                                         naive_weighted_joint_contrastive(s, t, 0.4, 0.3),
+                                         naive_weighted_joint_contrastive(s, t, 0.4, 0.3, ids)], rtol=2e-5)
+  np.testing.assert_allclose(values[0], values[1], rtol=2e-6)            # lambda = 0: the two-direction form
+  np.testing.assert_allclose(values[3], [naive_joint_rnc(s, t, y, 0.4), naive_joint_contrastive(s, t, 0.4, "cosine"),
+                                         naive_joint_contrastive(s, t, 0.4, "cosine", ids)], rtol=2e-5)  # lambda = 1
+  ref = jax.jit(jax.grad(lambda s, t: dense_weighted_joint_rnc_jnp(s, t, y, 0.4, 0.3), (0, 1)))(s, t)
+  for j, r in zip(jac, ref, strict=True):
+    j = np.asarray(j)
+    assert np.all(np.isfinite(j))
+    np.testing.assert_allclose(j[0], j[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(j[2], np.asarray(r), rtol=2e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="needs joint=True"):
+    losses.infonce_loss(s, t, temperature=0.4, same_modality_weight=0.5)
+  with pytest.raises(ValueError, match=">= 0"):
+    losses.cross_modal_rnc_loss(s, t, y, temperature=0.4, joint=True, same_modality_weight=-1.0)
+
+
+def test_loss_options_sharded_and_from_the_config_keys(devices):
+  """The options as config.loss_options keys through get_clap_loss, in one program sharded over 8 devices (with
+  row blocks for one): equal to the loops (the other tests check them unsharded)."""
+  mesh = sharding.make_mesh((-1,), ("data",))
+  s, t, y, _ = _data(33, 16, levels=3, label_dim=3)
+  cid = np.random.default_rng(6).integers(0, 3, size=16).astype(np.int32)
+  options = [("rnc", dict(rank_label_weights=(1.0, 4.0), row_block=3)),
+             ("rnc", dict(joint=True, same_modality_weight=0.3, rank_terms="per_label", rank_label_weights=(3.0, 1.0))),
+             ("infonce", dict(joint=True, same_modality_weight=0.3)),
+             ("supcon", dict(joint=True, same_modality_weight=0.3))]
+
+  def all_of(s, t, labels, class_id, mesh):
+    b = {"labels": labels, "class_id": class_id}
+    return jnp.stack([losses.get_clap_loss(name)(s, t, b, temperature=0.2, mesh=mesh, options=o)
+                      for name, o in options])
+
+  placed = tuple(jax.device_put(x, sharding.batch_sharding(mesh, np.ndim(x))) for x in (s, t, y, cid))
+  v_mesh = jax.jit(functools.partial(all_of, mesh=mesh))(*placed)
+  ya = y[:, :2]                      # rank_labels default: arousal, valence
+  refs = [naive_rnc_forms(s, t, ya, 0.2, weights=(1.0, 4.0)),
+          naive_rnc_forms(s, t, ya, 0.2, weights=(3.0, 1.0), per_label=True, joint=True, lam=0.3),
+          naive_weighted_joint_contrastive(s, t, 0.2, 0.3), naive_weighted_joint_contrastive(s, t, 0.2, 0.3, cid)]
+  np.testing.assert_allclose(np.asarray(v_mesh), refs, rtol=2e-5)
+  batch = {"labels": y, "class_id": cid}
+  with pytest.raises(ValueError, match="rank_label_weights"):
+    losses.get_clap_loss("rnc")(s, t, batch, temperature=0.2, options={"rank_label_weights": (1.0, 2.0, 3.0)})
+  with pytest.raises(ValueError, match="rank_terms"):
+    losses.get_clap_loss("rnc")(s, t, batch, temperature=0.2, options={"rank_terms": "each"})
+
+
 # --------------------------------------------------------------------------- stage-1 losses
 
 

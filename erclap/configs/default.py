@@ -30,6 +30,12 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
   c.loss_options.similarity = "cosine"          # "cosine" | "neg_l2"
   c.loss_options.label_distance = "l1"          # "l1" | "l2"
   c.loss_options.rank_labels = ("arousal", "valence")  # label columns the RNC distance uses
+  # RNC: one weight >= 0 per rank_labels entry (() = equal). With rank_terms="combined" they weigh the columns in
+  # the label distance (sum_l w_l |y_il - y_jl|, or w_l (y_il - y_jl)^2 with label_distance="l2"), so that a
+  # stronger attribute need not dominate the order; with "per_label" the loss is one RNC term per column (each
+  # ordered by that attribute alone), averaged with these weights (w_l / sum w).
+  c.loss_options.rank_label_weights = ()
+  c.loss_options.rank_terms = "combined"  # "combined" | "per_label"
   c.loss_options.row_block = 0                  # 0 = unblocked; else rows per rematerialised block
   c.loss_options.supcon_bins = 3                # supcon without categorical labels: bins per attribute
   # False: each loss averages its speech->text and text->speech directions (anchors of one modality against
@@ -38,6 +44,10 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
   # of 2N anchors, each against the other 2N - 1 rows of both modalities (itself excluded); same-modality pairs
   # then take part too.
   c.loss_options.joint = False
+  # With joint=True, the weight lambda >= 0 of the same-modality rows, as pairs and in the denominators (every
+  # loss): 1 = the joint 2N form above, 0 = the two-direction form (which joint=False computes over N columns
+  # instead of 2N); in between, the same-modality terms count lambda times a cross-modal one.
+  c.loss_options.same_modality_weight = 1.0
   # SER stage (stage 1)
   c.loss_options.ccc_weight = 1.0
   c.loss_options.rank_weight = 1.0
@@ -48,7 +58,7 @@ def _loss_options(c: ml_collections.ConfigDict) -> None:
 def _data(c: ml_collections.ConfigDict) -> None:
   """config.data: the corpus, crops and descriptions."""
   c.data = ml_collections.ConfigDict()
-  c.data.name = "embedded"        # "embedded" | "msp_podcast" | "iemocap"
+  c.data.name = "embedded"        # "embedded" | "espeak" | "msp_podcast" | "iemocap" (erclap.data.CORPORA)
   c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
   c.data.manual_dir = ""          # where the licensed corpora's audio lives (msp_podcast, iemocap)
   # A built licensed corpus records its source (<version dir>/erclap_source.json). When data.manual_dir is set
@@ -83,6 +93,19 @@ def _data(c: ml_collections.ConfigDict) -> None:
   c.data.embedded.max_seconds = 4.0
   c.data.embedded.label_noise = 0.3
   c.data.embedded.seed = 1234
+  # The espeak corpus (erclap/data/espeak.py, docs/corpora.md): English sentences from espeak-ng voices, arousal
+  # carried by strong cues, valence by weak ones; building it needs the espeak-ng program (Debian package).
+  c.data.espeak = ml_collections.ConfigDict()
+  c.data.espeak.num_train = 2400
+  c.data.espeak.num_validation = 300
+  c.data.espeak.num_test = 600
+  c.data.espeak.num_speakers = 30       # accent x voice-variant pairs (at most 224)
+  c.data.espeak.held_out_speakers = True  # validation / test speakers are never train speakers (70/10/20 %)
+  c.data.espeak.arousal_cue = 1.0       # strength of each attribute's cues (0 = none; 1 = as documented)
+  c.data.espeak.valence_cue = 1.0
+  c.data.espeak.dominance_cue = 1.0
+  c.data.espeak.label_noise = 0.3       # sd of the Gaussian noise between the latent values and the labels
+  c.data.espeak.seed = 4321
 
 
 def _model(c: ml_collections.ConfigDict) -> None:
@@ -149,7 +172,12 @@ def _eval_and_export(c: ml_collections.ConfigDict) -> None:
   c.eval.probe_train_examples = 2000  # train-split clips the ridge probe is fitted on
   c.eval.retrieval_levels = 5         # retrieval Kendall tau: K levels
   c.eval.retrieval_draws = 200        #                        M draws
+  # The paper's top-1. 5 (each description's value = the mean of its 5 nearest clips) is the steadier variant:
+  # 1.2-4.5x less spread across test sets (benchmarks/README.md#aoc_voc_estimatorpy--what-moves-the-papers-aoc--voc).
   c.eval.retrieval_top_k = 1
+  # Resamples of the 95 % bootstrap interval of AOC / VOC (aoc_ci95_low/high, voc_ci95_low/high: test clips and
+  # draws resampled; docs/metrics.md); 0 = no interval. 1000 cost about 0.03 s per attribute on 1000 test clips.
+  c.eval.retrieval_bootstrap = 1000
   c.eval.prompt_wordings = 8          # template wordings per level averaged into each zero-shot level prompt (<= 36)
   c.export = ml_collections.ConfigDict()
   c.export.splits = ("test",)

@@ -8,8 +8,9 @@
 
 ``get_clap_loss(name)`` reads ``config.loss_options``: ``similarity`` ("cosine" | "neg_l2") for every loss,
 ``joint`` (the joint 2N form of every loss: speech and text rows form one set of anchors, each against the
-other 2N - 1 rows), and per loss ``label_distance``, ``rank_labels``, ``row_block`` (rnc) and ``supcon_bins``
-(supcon).
+other 2N - 1 rows) and ``same_modality_weight`` (the joint form's weight lambda of the same-modality rows: 1 =
+the joint form, 0 = the two-direction form), and per loss ``label_distance``, ``rank_labels``,
+``rank_label_weights``, ``rank_terms``, ``row_block`` (rnc) and ``supcon_bins`` (supcon).
 """
 
 from __future__ import annotations
@@ -60,7 +61,24 @@ def _flag(options, name: str) -> bool:
 
 def _common(options) -> dict[str, Any]:
   """Keyword arguments every cross-modal loss takes from ``loss_options``."""
-  return dict(similarity=_option(options, "similarity", "cosine"), joint=_flag(options, "joint"))
+  return dict(similarity=_option(options, "similarity", "cosine"), joint=_flag(options, "joint"),
+              same_modality_weight=float(_option(options, "same_modality_weight", 1.0)))
+
+
+RANK_TERMS = ("combined", "per_label")
+
+
+def _rank_weights(options, num_columns: int) -> dict[str, Any]:
+  """``cross_modal_rnc_loss``'s label_weights and per_label from ``loss_options.rank_label_weights`` (one weight
+  per ``rank_labels`` entry; () = equal weights) and ``loss_options.rank_terms``."""
+  weights = tuple(_option(options, "rank_label_weights", ()) or ())
+  if weights and len(weights) != num_columns:
+    raise ValueError(f"loss_options.rank_label_weights={weights}: one weight per loss_options.rank_labels entry "
+                     f"({num_columns}), or () for equal weights")
+  terms = _option(options, "rank_terms", "combined")
+  if terms not in RANK_TERMS:
+    raise ValueError(f"loss_options.rank_terms must be one of {RANK_TERMS}, got {terms!r}")
+  return dict(label_weights=weights or None, per_label=terms == "per_label")
 
 
 def _label_columns(names) -> list[int]:
@@ -86,7 +104,8 @@ def _clap_rnc(speech, text, batch, *, temperature, mesh=None, options=None):
     raise ValueError(f"batch['labels'] of shape {jnp.shape(labels)} lacks the columns {cols} of rank_labels")
   return cross_modal_rnc_loss(speech, text, labels[:, jnp.asarray(cols)], temperature=temperature, mesh=mesh,
                               label_distance=_option(options, "label_distance", "l1"),
-                              row_block=int(_option(options, "row_block", 0)) or None, **_common(options))
+                              row_block=int(_option(options, "row_block", 0)) or None,
+                              **_rank_weights(options, len(cols)), **_common(options))
 
 
 def _clap_infonce(speech, text, batch, *, temperature, mesh=None, options=None):

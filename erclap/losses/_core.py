@@ -66,6 +66,19 @@ def _check_temperature(temperature) -> None:
       raise ValueError(f"temperature must be a finite value > 0, got {t}")
 
 
+def _check_same_modality_weight(weight, joint: bool) -> float:
+  """The joint form's weight lambda of the same-modality rows as a float (a static value, >= 0, 1 unless joint)."""
+  if isinstance(weight, jax.core.Tracer) or jnp.ndim(weight) != 0:
+    raise ValueError(f"same_modality_weight must be a Python number, got {weight!r}")
+  lam = float(weight)
+  if not (lam >= 0.0 and math.isfinite(lam)):
+    raise ValueError(f"same_modality_weight must be a finite value >= 0, got {lam}")
+  if lam != 1.0 and not joint:
+    raise ValueError(f"same_modality_weight={lam} weighs the same-modality rows of the joint form: it needs "
+                     f"joint=True (the two-direction form has no same-modality pairs)")
+  return lam
+
+
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
   if value not in choices:
     raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

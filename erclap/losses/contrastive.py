@@ -11,6 +11,7 @@ unsharded loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -22,6 +23,7 @@ from erclap.losses._core import (
     SIMILARITIES,
     _check_choice,
     _check_pair,
+    _check_same_modality_weight,
     _check_temperature,
     _gather,
     _is_concrete,
@@ -45,14 +47,26 @@ def _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity: str):
   return jnp.where(others, z * inv_t, -jnp.inf), others, partners
 
 
+def _same_modality_weights(rows, n: int, others, lam: float):
+  """Pair weights (2B, 2N) of the local anchors in the joint set: lambda for the other rows of the anchor's
+  modality, 1 for the other modality's rows, 0 for the anchor itself; and their logs (-inf where 0)."""
+  ids, _ = _joint_ids(rows, n)
+  same = (ids[:, None] < n) == (jnp.arange(2 * n)[None, :] < n)
+  w = jnp.where(others, jnp.where(same, jnp.float32(lam), 1.0), 0.0)
+  log_lam = math.log(lam) if lam > 0 else -jnp.inf
+  return w, jnp.where(others, jnp.where(same, jnp.float32(log_lam), 0.0), -jnp.inf)
+
+
 def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similarity: str = "cosine",
-                 joint: bool = False):
+                 joint: bool = False, same_modality_weight: float = 1.0):
   """Symmetric InfoNCE of paired speech/text (N, D) -> float32 scalar; logits z = sim / temperature.
 
   Default (CLAP's SCE): the mean of the speech->text and text->speech cross-entropies of the paired item among
   all N candidates of the other modality. ``joint=True`` (NT-Xent): each of the 2N rows [speech; text] is an
   anchor, its positive is its partner in the other modality, and the softmax runs over the other 2N - 1 rows
-  of both modalities; mean over the 2N rows.
+  of both modalities; mean over the 2N rows. ``same_modality_weight`` lambda weighs the same-modality rows in
+  the softmax's denominator (sum_k w_ik exp(z_ik), w = lambda within the anchor's modality, 1 across): lambda = 1
+  is NT-Xent, lambda = 0 the two-direction form.
 
   Args:
     speech: (N, D) speech embeddings.
@@ -61,14 +75,17 @@ def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similar
     mesh: split the rows over its batch axes (``jax.shard_map``); None = unsharded.
     similarity: "cosine" (of the L2-normalised embeddings) or "neg_l2" (-||a - c|| of the raw embeddings).
     joint: the joint 2N form instead of the two-direction one.
+    same_modality_weight: lambda >= 0, the weight of the same-modality rows in the joint form (1 unless joint).
 
   Returns:
     The mean loss, a float32 scalar.
 
   Raises:
-    ValueError: bad shapes, ``similarity`` or temperature, or a batch the mesh does not divide.
+    ValueError: bad shapes, ``similarity``, temperature or ``same_modality_weight``, or a batch the mesh does not
+      divide.
   """
   _check_choice("similarity", similarity, SIMILARITIES)
+  lam = _check_same_modality_weight(same_modality_weight, joint)
   _check_pair(speech, text)
   n = speech.shape[0]
   _check_temperature(temperature)
@@ -80,8 +97,10 @@ def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similar
     s_all, t_all = _gather(s_loc, axes), _gather(t_loc, axes)
     rows = _row_ids(s_loc.shape[0], axes)
     if joint:
-      z, _, partners = _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity)
-      pos = jnp.take_along_axis(z, partners[:, None], axis=1)[:, 0]
+      z, others, partners = _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity)
+      pos = jnp.take_along_axis(z, partners[:, None], axis=1)[:, 0]  # the partner: the other modality, weight 1
+      if lam != 1.0:
+        z = z + _same_modality_weights(rows, s_all.shape[0], others, lam)[1]
       return (jnp.sum(jax.nn.logsumexp(z, axis=1) - pos),)
 
     def direction(a, c):
@@ -109,7 +128,7 @@ def _check_class_ids(name: str, ids, n: int):
 
 
 def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = None, similarity: str = "cosine",
-                joint: bool = False):
+                joint: bool = False, same_modality_weight: float = 1.0):
   """Cross-modal supervised contrastive loss (Khosla et al. 2020) -> float32 scalar; z = sim / temperature.
 
   Default: for anchor i of one modality, the positives are the candidates j of the other modality with
@@ -118,7 +137,10 @@ def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = Non
   directions. ``joint=True`` (the original single-set SupCon on both modalities): each of the 2N rows
   [speech; text] is an anchor, its positives are all other rows of either modality with its class id (its
   partner among them), and the softmax runs over the other 2N - 1 rows; mean over positives, then over the 2N
-  rows.
+  rows. ``same_modality_weight`` lambda weighs the same-modality rows, as positives and in the denominator: row
+  i's loss is sum_j w_ij p_ij (-z_ij + log sum_k w_ik exp(z_ik)) / sum_j w_ij p_ij over its positives p, with
+  w = lambda within the anchor's modality and 1 across: lambda = 1 is the joint form, lambda = 0 the
+  two-direction one.
 
   Args:
     speech: (N, D) speech embeddings.
@@ -128,14 +150,17 @@ def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = Non
     mesh: split the rows over its batch axes (``jax.shard_map``); None = unsharded.
     similarity: "cosine" (of the L2-normalised embeddings) or "neg_l2" (-||a - c|| of the raw embeddings).
     joint: the joint 2N form instead of the two-direction one.
+    same_modality_weight: lambda >= 0, the weight of the same-modality rows in the joint form (1 unless joint).
 
   Returns:
     The mean loss, a float32 scalar.
 
   Raises:
-    ValueError: bad shapes, ``class_ids``, ``similarity`` or temperature, or a batch the mesh does not divide.
+    ValueError: bad shapes, ``class_ids``, ``similarity``, temperature or ``same_modality_weight``, or a batch the
+      mesh does not divide.
   """
   _check_choice("similarity", similarity, SIMILARITIES)
+  lam = _check_same_modality_weight(same_modality_weight, joint)
   _check_pair(speech, text)
   n = speech.shape[0]
   ids = _check_class_ids("class_ids", class_ids, n)
@@ -150,6 +175,12 @@ def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = Non
       rows = _row_ids(s_loc.shape[0], axes)
       z, others, _ = _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity)
       pos = others & (jnp.concatenate([id_loc, id_loc])[:, None] == jnp.concatenate([id_all, id_all])[None, :])
+      if lam != 1.0:
+        w, log_w = _same_modality_weights(rows, s_all.shape[0], others, lam)
+        logp = z - jax.nn.logsumexp(z + log_w, axis=1, keepdims=True)
+        w_pos = jnp.where(pos, w, 0.0)  # the partner is a positive of weight 1: the row's weights never sum to 0
+        per_row = -jnp.sum(jnp.where(w_pos > 0, w_pos * logp, 0.0), axis=1) / jnp.sum(w_pos, axis=1)
+        return (jnp.sum(per_row),)
       logp = z - jax.nn.logsumexp(z, axis=1, keepdims=True)
       # the own column's logp is -inf and never a positive: select, do not multiply (0 * -inf is NaN)
       per_row = -jnp.sum(jnp.where(pos, logp, 0.0), axis=1) / jnp.sum(pos, axis=1)

@@ -30,7 +30,12 @@ averaged over all pairs. A naive implementation is O(N^3); here it is exact in O
 The joint form (``cross_modal_rnc_loss(..., joint=True)``) is the single-set RNC of the original paper applied
 to both modalities together: the 2N rows [speech; text] with labels [y; y] are anchors and candidates at once,
 self excluded. Its candidates' labels are the batch labels twice over, so the ordering over N columns is
-sorted once and doubled (``_doubled_ordering``) instead of sorting 2N columns.
+sorted once and doubled (``_doubled_ordering``) instead of sorting 2N columns. Its same-modality rows can carry a
+weight lambda (``same_modality_weight``: pair weights W in the sum over pairs and inside the denominators,
+log W added to the logits there), from 0 (the two-direction form) to 1 (the joint form).
+
+The label distance can weigh its columns (``label_weights``), or the loss can be one RNC term per label column
+(``per_label``: one ordering per column, the terms averaged with the weights); every term shares the logits.
 
 Label validation: shapes are checked at trace time; NaN labels and a non-positive temperature are checked
 when the values are concrete (outside ``jit``). Under ``jit`` the caller (the data pipeline) validates the
@@ -38,6 +43,8 @@ labels: a NaN label there yields a NaN loss rather than an error.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +59,7 @@ from erclap.losses._core import (
     _check_choice,
     _check_embeddings,
     _check_pair,
+    _check_same_modality_weight,
     _check_temperature,
     _gather,
     _joint_ids,
@@ -71,12 +79,40 @@ _LABEL_DISTANCES = ("l1", "l2")
 # --------------------------------------------------------------------------- label distances
 
 
-def _label_distance(ya, yc, label_distance: str):
-  """(B, L), (M, L) -> (B, M) float32, monotone in the true distance (L2 is left squared: same order)."""
+def _label_distance(ya, yc, label_distance: str, weights=None):
+  """(B, L), (M, L) -> (B, M) float32, monotone in the true distance (L2 is left squared: same order).
+
+  ``weights`` (L,) >= 0 or None (all 1): sum_l w_l |ya_l - yc_l| (l1) or sum_l w_l (ya_l - yc_l)^2 (l2)."""
   diff = ya[:, None, :] - yc[None, :, :]
-  if label_distance == "l1":
-    return jnp.sum(jnp.abs(diff), axis=-1)
-  return jnp.sum(diff * diff, axis=-1)
+  per_label = jnp.abs(diff) if label_distance == "l1" else diff * diff
+  if weights is not None:
+    per_label = per_label * jnp.asarray(weights, jnp.float32)
+  return jnp.sum(per_label, axis=-1)
+
+
+def _rank_terms(num_labels: int, label_weights, per_label: bool) -> tuple[tuple[tuple[int, ...], tuple | None,
+                                                                                     float], ...]:
+  """The RNC terms of a loss as (label columns, their distance weights or None, the term's weight).
+
+  One term over every label column with the weighted distance (default), or with ``per_label`` one term per
+  column with a positive weight, the terms weighted by w_l / sum(w) (a weighted mean)."""
+  weights = (1.0,) * num_labels if label_weights is None else tuple(float(w) for w in label_weights)
+  if len(weights) != num_labels:
+    raise ValueError(f"label_weights: {len(weights)} weights for {num_labels} label columns")
+  if any(not (w >= 0 and math.isfinite(w)) for w in weights) or not any(w > 0 for w in weights):
+    raise ValueError(f"label_weights: must be finite, >= 0 and not all 0, got {weights}")
+  if not per_label:
+    return ((tuple(range(num_labels)), None if label_weights is None else weights, 1.0),)
+  total = sum(weights)
+  return tuple(((col,), None, w / total) for col, w in enumerate(weights) if w > 0)
+
+
+def _orderings(ya, yc, label_distance: str, terms):
+  """One ``_ordering`` of ``ya`` (B, L) against ``yc`` (M, L) per RNC term (``_rank_terms``)."""
+  def columns(y, cols):
+    return y if len(cols) == y.shape[1] else y[:, list(cols)]
+  return [_ordering(_label_distance(columns(ya, cols), columns(yc, cols), label_distance, weights))
+          for cols, weights, _ in terms]
 
 
 # --------------------------------------------------------------------------- the ordering (no gradient)
@@ -192,8 +228,13 @@ def _take(x, idx):
   return jnp.take_along_axis(x, idx, axis=1, mode="promise_in_bounds")
 
 
+def _mask_of(keep):
+  """The pairs that exist: ``keep`` is None (all), a bool mask, or float pair weights (> 0 exist)."""
+  return keep if keep is None or keep.dtype == jnp.bool_ else keep > 0
+
+
 def _masked(x, keep, fill):
-  return x if keep is None else jnp.where(keep, x, fill)
+  return x if keep is None else jnp.where(_mask_of(keep), x, fill)
 
 
 def _row_shift(z, keep):
@@ -209,7 +250,7 @@ def _fast_ok(z, keep):
 def _log_denominators(z, keep, perm, gstart, fast):
   """LS (B, M) in sorted order: log sum_{k kept: d_ik >= d_i,perm[p]} exp(z_ik) (ties included)."""
   zs = _take(z, perm)
-  ks = None if keep is None else _take(keep, perm)
+  ks = None if keep is None else _take(_mask_of(keep), perm)
 
   def fast_path(_):
     m = _row_shift(z, keep)
@@ -232,9 +273,10 @@ def _sorted_weights(keep, row_w, perm):
 
 @jax.custom_vjp
 def _sum_log_denominators(z, keep, row_w, perm, gstart, gend_orig):
-  """sum_{i, j kept} row_w_i * log sum_{k kept: d_ik >= d_ij} exp(z_ik) for one block of anchor rows.
+  """sum_{i, j kept} row_w_i * keep_ij * log sum_{k kept: d_ik >= d_ij} exp(z_ik) for one block of anchor rows.
 
-  z (B, M) float32 logits; keep (B, M) bool or None (= all): pairs and denominator terms that exist;
+  z (B, M) float32 logits; keep (B, M) bool or None (= all): pairs and denominator terms that exist; or float
+  pair weights (0 = the pair does not exist; the caller adds log keep to z for the denominators);
   row_w (B,) float32 (0 for padding rows); perm/gstart/gend_orig (B, M) int32 from ``_ordering``.
   """
   return _sum_log_denominators_fwd(z, keep, row_w, perm, gstart, gend_orig)[0]
@@ -272,8 +314,15 @@ _sum_log_denominators.defvjp(_sum_log_denominators_fwd, _sum_log_denominators_bw
 
 
 def _rnc_block_sum(z, keep, row_w, order):
-  """sum over the block's weighted pairs of l(i, j) = -z_ij + LS_ij."""
+  """sum over the block's weighted pairs of l(i, j) = -z_ij + LS_ij.
+
+  ``keep`` as in ``_sum_log_denominators``; with float pair weights W, sum_ij W_ij l(i, j) with the weighted
+  denominators LS_ij = log sum_{k: d_ik >= d_ij} W_ik exp(z_ik)."""
   perm, gstart, gend_orig = order
+  if keep is not None and keep.dtype != jnp.bool_:
+    linear = jnp.sum(row_w * jnp.sum(keep * z, axis=1))
+    z = z + jnp.log(jnp.where(keep > 0, keep, 1.0))  # log W_ik inside the denominators' exponentials
+    return _sum_log_denominators(z, keep, row_w, perm, gstart, gend_orig) - linear
   linear = jnp.sum(row_w * jnp.sum(_masked(z, keep, 0.0), axis=1))
   return _sum_log_denominators(z, keep, row_w, perm, gstart, gend_orig) - linear
 
@@ -320,43 +369,50 @@ def rnc_loss(anchors, candidates, anchor_labels, candidate_labels, *, temperatur
 
 
 def _cross_modal_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, row_ids, *, inv_t, similarity, label_distance,
-                      exclude_self, row_block, full):
+                      exclude_self, row_block, full, terms):
   """Summed pair losses of both directions for the local anchor rows; ``full``: local rows are all rows."""
   m = s_all.shape[0]
   full = full and not (row_block and row_block < s_loc.shape[0])   # z_ts == z_st.T only for all rows
 
   def block(valid, rows, s_blk, t_blk, y_blk):
     keep, w = _row_masks(m, rows, valid, exclude_self)
-    order = _ordering(_label_distance(y_blk, y_all, label_distance))   # shared by both directions
+    orders = _orderings(y_blk, y_all, label_distance, terms)   # shared by both directions
     z_st = _similarity(s_blk, t_all, similarity) * inv_t
     z_ts = z_st.T if full else _similarity(t_blk, s_all, similarity) * inv_t
-    return _rnc_block_sum(z_st, keep, w, order), _rnc_block_sum(z_ts, keep, w, order)
+    return (sum(tw * _rnc_block_sum(z_st, keep, w, o) for o, (*_, tw) in zip(orders, terms, strict=True)),
+            sum(tw * _rnc_block_sum(z_ts, keep, w, o) for o, (*_, tw) in zip(orders, terms, strict=True)))
 
   return _blocked(block, (row_ids, s_loc, t_loc, y_loc), row_block, s_loc.shape[0])
 
 
 def _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, row_ids, *, inv_t, similarity, label_distance,
-                row_block):
-  """Summed pair losses of the local anchors [s_loc; t_loc] in the joint 2N set (self excluded)."""
+                row_block, terms, same_modality_weight):
+  """Summed (weighted) pair losses of the local anchors [s_loc; t_loc] in the joint 2N set (self excluded)."""
   n = s_all.shape[0]
   c_all = jnp.concatenate([s_all, t_all], axis=0)
 
   def block(valid, rows, s_blk, t_blk, y_blk):
     ids, _ = _joint_ids(rows, n)
     keep, w = _row_masks(2 * n, ids, jnp.concatenate([valid, valid]), True)
-    # Candidate labels are [y_all; y_all], and a speech row and its text partner share their labels: one
-    # ordering of the block's rows against the N batch labels serves all 2B anchors and 2N candidates.
-    order = _doubled_ordering(_ordering(_label_distance(y_blk, y_all, label_distance)))
-    order = tuple(jnp.concatenate([o, o], axis=0) for o in order)
+    if same_modality_weight != 1.0:  # pair weights: lambda for same-modality columns, 1 across, 0 for self
+      same = (ids[:, None] < n) == (jnp.arange(2 * n)[None, :] < n)
+      keep = jnp.where(keep, jnp.where(same, jnp.float32(same_modality_weight), 1.0), 0.0)
     z = _similarity(jnp.concatenate([s_blk, t_blk], axis=0), c_all, similarity) * inv_t
-    return (_rnc_block_sum(z, keep, w, order),)
+    total = 0.0
+    for order, (*_, tw) in zip(_orderings(y_blk, y_all, label_distance, terms), terms, strict=True):
+      # Candidate labels are [y_all; y_all], and a speech row and its text partner share their labels: one
+      # ordering of the block's rows against the N batch labels serves all 2B anchors and 2N candidates.
+      order = tuple(jnp.concatenate([o, o], axis=0) for o in _doubled_ordering(order))
+      total = total + tw * _rnc_block_sum(z, keep, w, order)
+    return (total,)
 
   return _blocked(block, (row_ids, s_loc, t_loc, y_loc), row_block, s_loc.shape[0])
 
 
 def cross_modal_rnc_loss(speech, text, labels, *, temperature, mesh: Mesh | None = None,
                          similarity: str = "cosine", label_distance: str = "l1", exclude_self: bool = False,
-                         row_block: int | None = None, joint: bool = False):
+                         row_block: int | None = None, joint: bool = False, label_weights=None,
+                         per_label: bool = False, same_modality_weight: float = 1.0):
   """Cross-modal RNC of speech/text (N, D) with labels (N,)/(N, L) -> float32 scalar.
 
   Default: the mean of the speech->text and text->speech losses (anchors of one modality, the N candidates
@@ -366,6 +422,15 @@ def cross_modal_rnc_loss(speech, text, labels, *, temperature, mesh: Mesh | None
   anchor whose candidates are the other 2N - 1 rows of both modalities (itself excluded, its partner kept).
   l(i, j) = -z_ij + log sum_{k != i : d_ik >= d_ij} exp(z_ik), averaged over all 2N (2N - 1) ordered pairs
   i != j; equal to ``rnc_loss(x, x, y2, y2, exclude_self=True)`` with x = [speech; text], y2 = [labels; labels].
+  ``same_modality_weight`` lambda weighs the same-modality rows, as pairs and in the denominators:
+  l(i, j) = -z_ij + log sum_{k != i : d_ik >= d_ij} w_ik exp(z_ik), w_ik = lambda for k of i's modality and 1
+  across, averaged with the weights w_ij over the pairs (divided by 2N N + lambda 2N (N - 1)). lambda = 1 is the
+  joint form above; lambda = 0 leaves only the cross-modal pairs: the two-direction form (``joint=False``),
+  which computes it over N columns instead of 2N.
+
+  The label distance d is L1 (or squared L2) over the label columns, weighted by ``label_weights`` (L,) when
+  given. ``per_label=True`` instead sums one RNC term per label column (each ordered by that column alone),
+  weighted by ``label_weights`` / sum(``label_weights``) (equal weights when None); columns of weight 0 drop out.
 
   With ``mesh``, the rows are split over ``sharding.batch_axes(mesh)`` with ``jax.shard_map``: each shard
   ranks its own anchors (in the joint form, its speech and text rows) against the all-gathered candidates;
@@ -373,33 +438,37 @@ def cross_modal_rnc_loss(speech, text, labels, *, temperature, mesh: Mesh | None
 
   Raises:
     ValueError: bad shapes, a bad option, NaN labels or temperature (outside ``jit``), a batch the mesh does not
-      divide, or ``exclude_self`` with ``joint`` (the joint form always excludes self and keeps the partner).
+      divide, ``exclude_self`` with ``joint`` (the joint form always excludes self and keeps the partner), or
+      ``same_modality_weight`` other than 1 without ``joint``.
   """
   _check_choice("similarity", similarity, SIMILARITIES)
   _check_choice("label_distance", label_distance, _LABEL_DISTANCES)
   if joint and exclude_self:
     raise ValueError("exclude_self=True does not apply with joint=True: the joint form always excludes each row "
                      "itself and keeps its partner in the other modality")
+  lam = _check_same_modality_weight(same_modality_weight, joint)
   _check_pair(speech, text)
   n = speech.shape[0]
   y = _as_2d_labels("labels", labels, n)
+  terms = _rank_terms(y.shape[1], label_weights, per_label)
   _check_temperature(temperature)
   axes = _mesh_axes(mesh, n)
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
   s, t = _prepare(speech, similarity), _prepare(text, similarity)
-  kw = dict(similarity=similarity, label_distance=label_distance, row_block=row_block)
+  kw = dict(similarity=similarity, label_distance=label_distance, row_block=row_block, terms=terms)
 
   def local(s_loc, t_loc, y_loc, inv_t):
     s_all, t_all, y_all = _gather(s_loc, axes), _gather(t_loc, axes), _gather(y_loc, axes)
     rows = _row_ids(s_loc.shape[0], axes)
     if joint:
-      return _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t, **kw)
+      return _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t, same_modality_weight=lam,
+                         **kw)
     return _cross_modal_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t, full=not axes,
                              exclude_self=exclude_self, **kw)
 
   sums = _shard_rows(mesh, axes, local, (s, t, y), (inv_t,))
   # float counts: N^2 overflows int32 past N = 46,340
   if joint:
-    return sums[0] / float(2 * n * (2 * n - 1))
+    return sums[0] / (2.0 * n * n + lam * 2.0 * n * (n - 1))
   count = n * (n - 1) if exclude_self else n * n
   return 0.5 * (sums[0] + sums[1]) / float(count)

@@ -101,6 +101,26 @@ def _count_inversions(keys: np.ndarray, base_log2: int = 3) -> np.ndarray:
   return swaps
 
 
+# Rows this short are counted pair by pair (n (n - 1) / 2 vector comparisons): faster than sorting them, e.g. the
+# K levels of the retrieval tau's draws, hundreds of thousands of rows in its bootstrap.
+_PAIRWISE_MAX_N = 8
+
+
+def _kendall_pairwise(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(R, n) short rows -> (R,) concordant minus discordant pairs, pairs tied in x, pairs tied in y."""
+  xt, yt = np.ascontiguousarray(x.T), np.ascontiguousarray(y.T)  # one contiguous (R,) vector per position
+  r, n = x.shape
+  score, tied_x, tied_y = (np.zeros(r, np.int32) for _ in range(3))
+  for i in range(n - 1):
+    for j in range(i + 1, n):
+      cx = (xt[i] > xt[j]).astype(np.int8) - (xt[i] < xt[j])
+      cy = (yt[i] > yt[j]).astype(np.int8) - (yt[i] < yt[j])
+      score += cx * cy
+      tied_x += cx == 0
+      tied_y += cy == 0
+  return score, tied_x, tied_y
+
+
 def kendall_tau_b_rows(x, y) -> np.ndarray:
   """Kendall's tau-b between x[r] and y[r] for every row r (ties handled as in scipy.stats.kendalltau).
 
@@ -112,7 +132,7 @@ def kendall_tau_b_rows(x, y) -> np.ndarray:
 
   O(n log n) per row (Knight's algorithm): sort each row by (x, y), count the discordant pairs as the
   inversions of y in that order, and correct for ties: tau_b = (n0 - n1 - n2 + n3 - 2 swaps) /
-  sqrt((n0 - n1)(n0 - n2)).
+  sqrt((n0 - n1)(n0 - n2)). Rows of at most 8 values are counted pair by pair instead (the same integers).
   """
   x, y = np.asarray(x), np.asarray(y)
   if x.ndim == 1 and y.ndim == 1:
@@ -128,6 +148,12 @@ def kendall_tau_b_rows(x, y) -> np.ndarray:
   out = np.full(rows, np.nan)
   if n < 2:
     return out
+  if n <= _PAIRWISE_MAX_N:
+    score, n1, n2 = _kendall_pairwise(x, y)
+    n0 = n * (n - 1) // 2
+    denominator = np.sqrt((n0 - n1).astype(np.float64) * (n0 - n2).astype(np.float64))
+    valid = denominator > 0
+    return np.clip(np.where(valid, score / np.where(valid, denominator, 1.0), np.nan), -1.0, 1.0)
   for sl in _row_chunks(rows, n):
     kx, ky = _order_keys(np.ascontiguousarray(x[sl])), _order_keys(np.ascontiguousarray(y[sl]))
     packed = np.sort((kx.astype(np.uint64) << np.uint64(32)) | ky.astype(np.uint64), axis=1)
@@ -232,8 +258,49 @@ def prompt_ordinal_consistency(prompt_sim, prompt_levels, clip_values, *, top_fr
               top_clip_values=top_values, order_tau=order_tau, monotone=bool(np.all(np.diff(by_level) > 0)))
 
 
+def _retrieval_draws(level_of_query: np.ndarray, num_distinct: int, num_levels: int, num_draws: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """The draws of ``retrieval_kendall_tau``: (M, K) level ids (K distinct levels per draw) and (M, K) query ids
+  (one random wording per chosen level: queries grouped by level, a uniform offset inside the group)."""
+  chosen = np.argsort(rng.random((num_draws, num_distinct)), axis=1)[:, :num_levels]
+  by_level = np.argsort(level_of_query, kind="stable")
+  group_size = np.bincount(level_of_query, minlength=num_distinct)
+  group_start = np.concatenate([[0], np.cumsum(group_size)[:-1]])
+  offset = np.floor(rng.random(chosen.shape) * group_size[chosen]).astype(np.int64)
+  return chosen, by_level[group_start[chosen] + offset]
+
+
+def _resampled_top_k_means(order: np.ndarray, values: np.ndarray, k: int, counts: np.ndarray) -> np.ndarray:
+  """Each query's top-k mean value in resampled clip sets.
+
+  Args:
+    order: (Q, N) clip ids of each query, most similar first.
+    values: (N,) the clips' values.
+    k: how many clips (with their multiplicity) each query retrieves.
+    counts: (B, N) how many times each clip is in resample b.
+  Returns:
+    (B, Q): the mean value of the first k clips of ``order`` counted with their multiplicity in resample b.
+
+  A clip is missing from a resample with probability (1 - 1/N)^N ~ 0.37, so the first k retrieved copies lie
+  within a short prefix of ``order``: the prefix is tried first, the full order only for the (b, q) it leaves
+  short.
+  """
+  def take(c, v):  # c, v (..., T): counts and values along the order -> sum of the first k copies, copies seen
+    cum = np.cumsum(c, axis=-1)
+    used = np.clip(k - (cum - c), 0, c)
+    return np.sum(used * v, axis=-1), cum[..., -1]
+
+  prefix = min(order.shape[1], max(32, 4 * k))
+  sums, seen = take(counts[:, order[:, :prefix]], values[order[:, :prefix]][None])
+  short = np.nonzero(seen < k)
+  if short[0].size:
+    rows = order[short[1]]
+    sums[short] = take(counts[short[0][:, None], rows], values[rows])[0]
+  return sums / k
+
+
 def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: int = 5, num_draws: int = 200,
-                          top_k: int = 1, seed: int = 0) -> dict:
+                          top_k: int = 1, seed: int = 0, num_bootstrap: int = 0, confidence: float = 0.95) -> dict:
   """Retrieval Kendall tau: the paper's AOC (arousal) / VOC (valence), as far as its protocol is published.
 
   Args:
@@ -244,8 +311,13 @@ def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: i
     num_levels: K levels picked per draw (distinct, at most the number of distinct query values).
     num_draws: M random draws.
     top_k: each description's retrieved value is the mean true value of its top_k most similar clips.
-    seed: numpy seed of the draws.
-  Returns a dict: tau (mean over draws), tau_std, num_levels, num_draws, top_k, num_undefined.
+    seed: numpy seed of the draws (and of the bootstrap).
+    num_bootstrap: B > 0 adds a percentile bootstrap interval: each of B replicates resamples the N test clips
+      and the M draws with replacement (the queries retrieve from the resampled clips, copies counted in the
+      top_k) and recomputes the mean tau; 0 = none.
+    confidence: the interval's coverage (0.95: the 2.5 % and 97.5 % quantiles of the B replicates).
+  Returns a dict: tau (mean over draws), tau_std, num_levels, num_draws, top_k, num_undefined; with
+    ``num_bootstrap`` also ci_low, ci_high (the interval of tau), tau_se (the replicates' sd) and num_bootstrap.
     Each draw picks K distinct levels and one random wording per level, and computes Kendall's tau-b
     between the K levels and the K retrieved values. A draw whose retrieved values are all equal (the same
     clip retrieved every time) has no ordering information and counts as tau = 0; num_undefined says how
@@ -264,19 +336,53 @@ def retrieval_kendall_tau(query_sim, query_values, clip_values, *, num_levels: i
     raise ValueError(f"num_draws: must be >= 1, got {num_draws}")
   if not 1 <= top_k <= len(clip_values):
     raise ValueError(f"top_k: must be in [1, {len(clip_values)}] (the number of clips), got {top_k}")
+  if num_bootstrap < 0:
+    raise ValueError(f"num_bootstrap: must be >= 0, got {num_bootstrap}")
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence: must be in (0, 1), got {confidence}")
   retrieved = _top_k_mean(query_sim, clip_values, top_k)                       # (Q,)
-  rng = np.random.default_rng(seed)
-  chosen = np.argsort(rng.random((num_draws, len(levels))), axis=1)[:, :num_levels]  # (M, K) level ids
-  # One random wording per chosen level: queries grouped by level, a uniform offset inside the group.
-  by_level = np.argsort(level_of_query, kind="stable")
-  group_size = np.bincount(level_of_query, minlength=len(levels))
-  group_start = np.concatenate([[0], np.cumsum(group_size)[:-1]])
-  offset = np.floor(rng.random(chosen.shape) * group_size[chosen]).astype(np.int64)
-  queries = by_level[group_start[chosen] + offset]                               # (M, K) query ids
+  chosen, queries = _retrieval_draws(level_of_query, len(levels), num_levels, num_draws,
+                                     np.random.default_rng(seed))             # (M, K) level ids, query ids
   taus = kendall_tau_b_rows(levels[chosen], retrieved[queries])
   undefined = ~np.isfinite(taus)
   taus = np.where(undefined, 0.0, taus)
-  return dict(tau=float(taus.mean()), tau_std=float(taus.std()), num_levels=int(num_levels),
-              num_draws=int(num_draws), top_k=int(top_k), num_undefined=int(undefined.sum()))
+  out = dict(tau=float(taus.mean()), tau_std=float(taus.std()), num_levels=int(num_levels),
+             num_draws=int(num_draws), top_k=int(top_k), num_undefined=int(undefined.sum()))
+  if num_bootstrap:
+    replicates = _bootstrap_taus(query_sim, clip_values, levels[chosen], queries, top_k, num_bootstrap,
+                                 np.random.default_rng([seed, 1]))
+    low, high = np.quantile(replicates, [(1.0 - confidence) / 2, (1.0 + confidence) / 2])
+    out.update(ci_low=float(low), ci_high=float(high), tau_se=float(replicates.std()),
+               num_bootstrap=int(num_bootstrap))
+  return out
 
 
+def _bootstrap_taus(query_sim: np.ndarray, clip_values: np.ndarray, draw_levels: np.ndarray, draw_queries: np.ndarray,
+                    top_k: int, num_bootstrap: int, rng: np.random.Generator, chunk: int = 250) -> np.ndarray:
+  """(B,) bootstrap replicates of the retrieval tau (see ``retrieval_kendall_tau``).
+
+  Replicate b draws N clip ids and M draw ids with replacement (in this order, from ``rng``: clip ids (B, N),
+  then draw ids (B, M)); its value is the mean over its draws of tau-b(levels, retrieved values), every query
+  retrieving its top_k copies among the resampled clips. Vectorised over replicates, ``chunk`` at a time."""
+  n, (m, k) = len(clip_values), draw_levels.shape
+  clip_ids = rng.integers(n, size=(num_bootstrap, n))
+  draw_ids = rng.integers(m, size=(num_bootstrap, m))
+  # The most similar clips first, ties by clip id (the order _top_k_mean's argpartition breaks ties in is not
+  # defined; with continuous similarities there are none).
+  order = np.argsort(-query_sim, axis=1, kind="stable")
+  out = np.empty(num_bootstrap)
+  for start in range(0, num_bootstrap, chunk):
+    b = min(chunk, num_bootstrap - start)
+    counts = _row_counts(clip_ids[start:start + b], n)                             # (b, N)
+    retrieved = _resampled_top_k_means(order, clip_values, top_k, counts)         # (b, Q)
+    taus = kendall_tau_b_rows(np.broadcast_to(draw_levels, (b, m, k)).reshape(-1, k),
+                              retrieved[:, draw_queries].reshape(-1, k)).reshape(b, m)
+    taus = np.where(np.isfinite(taus), taus, 0.0)
+    out[start:start + b] = np.sum(_row_counts(draw_ids[start:start + b], m) * taus, axis=1) / m
+  return out
+
+
+def _row_counts(ids: np.ndarray, size: int) -> np.ndarray:
+  """(B, n) ids in [0, size) -> (B, size) how many times each id occurs in each row."""
+  b = ids.shape[0]
+  return np.bincount((ids + size * np.arange(b)[:, None]).ravel(), minlength=b * size).reshape(b, size)

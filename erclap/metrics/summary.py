@@ -38,9 +38,9 @@ def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperatur
 
 
 def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval_levels, retrieval_draws,
-                       retrieval_top_k, seed) -> dict[str, float]:
+                       retrieval_top_k, retrieval_bootstrap, seed) -> dict[str, float]:
   """The paper's ordinal consistency (``aoc``, ``voc``: the retrieval Kendall tau) per attribute with a query
-  pool, and ``aoc_voc_mean`` when both are there (see ``summarize``)."""
+  pool, its 95 % bootstrap interval, and ``aoc_voc_mean`` when both are there (see ``summarize``)."""
   out = {}
   for attribute, emb in query_embeddings.items():
     column = _attribute_column(attribute)
@@ -49,10 +49,14 @@ def _retrieval_metrics(speech, labels, query_embeddings, query_values, retrieval
     query_sim = l2_normalize(_as_2d(f"query_embeddings[{attribute!r}]", emb, np.float32)) @ speech.T
     num_levels = min(retrieval_levels, len(np.unique(query_values[attribute])))
     r = retrieval_kendall_tau(query_sim, query_values[attribute], labels[:, column], num_levels=num_levels,
-                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed)
+                              num_draws=retrieval_draws, top_k=min(retrieval_top_k, len(speech)), seed=seed,
+                              num_bootstrap=retrieval_bootstrap, confidence=0.95)
     name = ORDINAL_CONSISTENCY_NAMES[attribute]
     out[name] = r["tau"]
     out[f"{name}_std"] = r["tau_std"]
+    if retrieval_bootstrap:
+      out[f"{name}_ci95_low"], out[f"{name}_ci95_high"] = r["ci_low"], r["ci_high"]
+      out["aoc_voc_num_bootstrap"] = float(retrieval_bootstrap)
     out["aoc_voc_num_levels"] = float(r["num_levels"])
     out["aoc_voc_num_draws"] = float(r["num_draws"])
     out["aoc_voc_top_k"] = float(r["top_k"])
@@ -70,7 +74,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
               query_embeddings: Mapping[str, np.ndarray] | None = None,
               query_values: Mapping[str, np.ndarray] | None = None,
               train_speech=None, train_labels=None, retrieval_levels: int = 5, retrieval_draws: int = 200,
-              retrieval_top_k: int = 1, seed: int = 0, ndcg_k: int = 10, ndcg_sigma: float = 1.0,
+              retrieval_top_k: int = 1, retrieval_bootstrap: int = 1000, seed: int = 0, ndcg_k: int = 10,
+              ndcg_sigma: float = 1.0,
               probe_alpha: float = 1.0, zero_shot_temperature: float = 0.05,
               exact_wasserstein_max_n: int = 2048, descriptions: Sequence[str] | None = None) -> dict[str, float]:
   """Every metric of one split as a flat dict[str, float] with stable names.
@@ -87,6 +92,8 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
       (``descriptions.paraphrased_level_prompts``) -> the same metrics with ``paraphrase_`` before the attribute.
     query_embeddings / query_values: {attribute: (Q, D)} description pools and {attribute: (Q,)} their
       values -> the retrieval Kendall tau (``aoc`` / ``voc``).
+    retrieval_levels, retrieval_draws, retrieval_top_k: its K levels, M draws and top-k
+      (``metrics.retrieval_kendall_tau``); retrieval_bootstrap: the resamples of its 95 % interval (0 = none).
     train_speech, train_labels: (M, D), (M, 3) train split for the ridge probe.
     descriptions: N strings, the description of each row -> the per-description centroid gap.
   Keys: anchor_tau_A_s2t, anchor_tau_A_t2s, anchor_tau_A for A = arousal, valence (the anchor-wise Kendall
@@ -100,7 +107,9 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     ccc_zero_shot_fixed_A, prompt_tau_fixed_A, ...; with paraphrased prompts ccc_zero_shot_paraphrase_A, ...);
     with the train split: ccc_probe_A for the three attributes and ccc_probe_mean; per attribute A with a
     query pool (arousal, valence): the paper's ordinal consistency ``aoc`` / ``voc`` (the retrieval Kendall
-    tau) and ``aoc_std`` / ``voc_std``, ``aoc_voc_mean``, and the protocol's ``aoc_voc_num_levels`` /
+    tau) and ``aoc_std`` / ``voc_std``, with ``retrieval_bootstrap`` their 95 % percentile-bootstrap intervals
+    ``aoc_ci95_low`` / ``aoc_ci95_high`` / ``voc_ci95_low`` / ``voc_ci95_high`` (test clips and draws resampled)
+    and ``aoc_voc_num_bootstrap``, ``aoc_voc_mean``, and the protocol's ``aoc_voc_num_levels`` /
     ``aoc_voc_num_draws`` / ``aoc_voc_top_k``; num_clips.
   """
   speech = l2_normalize(_as_2d("speech", speech, np.float32))
@@ -136,6 +145,6 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
       out[f"ccc_probe_{attribute}"] = float(probe[column])
     out["ccc_probe_mean"] = float(np.mean(probe))
   out.update(_retrieval_metrics(speech, labels, query_embeddings or {}, query_values, retrieval_levels,
-                                retrieval_draws, retrieval_top_k, seed))
+                                retrieval_draws, retrieval_top_k, retrieval_bootstrap, seed))
   return {k: float(v) for k, v in out.items()}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from erclap import data, models, schema, sharding
-from erclap.data import builders, embedded
 from erclap.schema import LABEL_NAMES
 from erclap.speech_cache import store
 
@@ -34,17 +33,8 @@ def speech_representation_name(model_config) -> str:
 
 
 def corpus_identity(data_config) -> dict:
-  """The corpus the features belong to: name, builder version and builder config."""
-  name = data_config.name
-  cls = {"embedded": builders.ErclapEmbedded, "msp_podcast": builders.ErclapMspPodcast,
-         "iemocap": builders.ErclapIemocap}[name]
-  if name == "embedded":
-    variant = embedded.EmbeddedSpec.from_config(data_config).config_name()
-  elif name == "iemocap":
-    variant = f"test_session{int(data_config.iemocap_test_session)}"
-  else:
-    variant = ""
-  return dict(name=name, version=str(cls.VERSION), config=variant, data_dir=data.resolve_data_dir(data_config))
+  """The corpus the features belong to: name, builder version and variant (``data.CORPORA``), and data dir."""
+  return dict(data.corpora.get(data_config).identity(data_config), data_dir=data.resolve_data_dir(data_config))
 
 
 def config_fingerprint(config, *, params_digest: str = "", width: int = 0) -> dict:
