@@ -61,6 +61,10 @@ class CheckpointDamagedError(RuntimeError):
     self.certain = certain
 
 
+# ``config.checkpoint.best_mode``: keep the checkpoint whose ``best_metric`` is the largest or the smallest.
+BEST_MODES = ("max", "min")
+
+
 def checkpoint_dir(workdir: str) -> str:
   if "://" not in workdir:  # Orbax's OCDBT store rejects relative local paths
     workdir = os.path.abspath(workdir)

@@ -124,9 +124,9 @@ class EmotionRankEncoder:
   @classmethod
   def _from_workdir(cls, path: str, workdir: str, step: int, **kw) -> EmotionRankEncoder:
     config = resolve.for_inference(tower_init.read_workdir_config(workdir, step))
-    if stages.of(config) is not stages.SER:
-      raise ValueError(f"{path}: a '{config.stage}' stage checkpoint; EmotionRankEncoder.load reads a stage-1 "
-                       f"('ser') one (the cross-modal model: erclap.inference.ERCLAP.load)")
+    problem = stages.of(config).load_problem(path, "EmotionRankEncoder")
+    if problem:
+      raise ValueError(problem)
     mesh = runtime.make_mesh(config)
     model = runtime.build_model(config)
     _, params, _ = runtime.restore_params(config, workdir, model, mesh, step=step)

@@ -35,6 +35,7 @@ from safetensors import numpy as safetensors_np
 
 from erclap import data, descriptions, fileio, models, resolve, runtime, sharding, stages, state, tokenization, trees
 from erclap.schema import LABEL_NAMES
+from erclap.tensorflow_devices import hide_accelerators_from_tensorflow
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
 CONFIG_FILE = "config.json"
@@ -172,9 +173,10 @@ def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, sav
   """
   if "://" in model_dir:
     raise ValueError(f"export.model_dir={model_dir!r}: the model directory must be a local path")
-  if saved_model and not stages.of(config).cross_modal:
-    raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the cross-modal "
-                     f"(clap) stage (this model is '{config.stage}'); set export.saved_model=False")
+  stage = stages.of(config)
+  if saved_model and not stage.saved_model_signatures:
+    raise ValueError(f"export.saved_model=True: {stage.title} ('{stage.name}') has no SavedModel signatures; set "
+                     f"export.saved_model=False")
   remove_stale_exports(model_dir)
   with _atomic_dir(model_dir) as tmp:
     _write_contents(tmp, config, step, params, tokenizer)
@@ -192,18 +194,19 @@ def export_model(config, workdir: str) -> str:
   """--mode=export_model: the checkpoint ``config.export.step`` (-1 = latest) as a model directory.
 
   Writes ``model_dir_path(config, workdir)``, with a TF SavedModel in its ``saved_model/`` when
-  ``config.export.saved_model`` (default True; a few seconds more; skipped for the ser stage). Reads neither
-  the corpus nor any pre-trained tower (the checkpoint holds them). Process 0 writes.
+  ``config.export.saved_model`` (default True; a few seconds more; skipped for a stage without SavedModel
+  signatures, ``Stage.saved_model_signatures``). Reads neither the corpus nor any pre-trained tower (the
+  checkpoint holds them). Process 0 writes.
 
   Args:
-    config: the training config of the run in ``workdir``.
+    config: the training config of the run in ``workdir``, resolved for ``export_model`` (``erclap.resolve``).
     workdir: the run's directory.
 
   Returns:
     The model directory.
   """
-  config = resolve.ensure(config, workdir, "export_model")
-  runtime.hide_accelerators_from_tensorflow()
+  resolve.require(config, "export_model")
+  hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
                                            descriptions=config.data.descriptions)
@@ -213,7 +216,8 @@ def export_model(config, workdir: str) -> str:
   model_dir = model_dir_path(config, workdir)
   if jax.process_index() == 0:
     write_model_dir(model_dir, config, step, host_params, tokenizer,
-                    saved_model=bool(config.export.get("saved_model", True)) and stages.of(config).cross_modal)
+                    saved_model=bool(config.export.get("saved_model", True))
+                    and bool(stages.of(config).saved_model_signatures))
     print(f"[export_model] step {step} -> {model_dir}", flush=True)
   return model_dir
 
@@ -285,6 +289,12 @@ def input_shapes(config) -> tuple[int, int]:
   return int(round(data.eval_crop_seconds(config.data) * config.data.sample_rate)), int(config.data.max_text_tokens)
 
 
+# The inputs of each model method a SavedModel may serve (``Stage.saved_model_signatures``): their names, TF dtype
+# names, and which of ``input_shapes`` is their length.
+SIGNATURE_INPUTS = {"embed_audio": (("audio", "audio_mask"), ("float32", "bool"), 0),
+                    "embed_text": (("input_ids", "attention_mask"), ("int32", "int32"), 1)}
+
+
 def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda")) -> str:
   """A TF SavedModel of a clap-stage model's two embedding functions, for serving without JAX or ERCLAP.
 
@@ -312,10 +322,11 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
 
   loaded = load_model_dir(source) if isinstance(source, str | os.PathLike) else source
   config, model = loaded.config, loaded.model
-  if not stages.of(config).cross_modal:
-    raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the cross-modal "
-                     f"(clap) stage")
-  num_samples, num_tokens = input_shapes(config)
+  methods = stages.of(config).saved_model_signatures
+  if not methods:
+    raise ValueError(f"export_saved_model: a '{config.stage}' stage model has no SavedModel signatures (the "
+                     f"cross-modal (clap) stage has)")
+  lengths = input_shapes(config)
   params = jax.tree.map(np.asarray, sharding.to_host(loaded.params))
   variables = jax.tree.map(lambda x: tf.Variable(x, trainable=False), params)
 
@@ -331,11 +342,11 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
     return fn
 
   module = tf.Module()
-  module.embed_audio = serving("embed_audio", num_samples, ("audio", "audio_mask"), (tf.float32, tf.bool))
-  module.embed_text = serving("embed_text", num_tokens, ("input_ids", "attention_mask"), (tf.int32, tf.int32))
+  for method in methods:
+    names, dtypes, length = SIGNATURE_INPUTS[method]
+    setattr(module, method, serving(method, lengths[length], names, tuple(tf.as_dtype(d) for d in dtypes)))
   module.variables_list = tf.nest.flatten(variables)  # tracked, so that the SavedModel stores them
-  signatures = {"embed_audio": module.embed_audio.get_concrete_function(),
-                "embed_text": module.embed_text.get_concrete_function()}
+  signatures = {method: getattr(module, method).get_concrete_function() for method in methods}
   if "://" in str(out_dir):
     raise ValueError(f"{out_dir}: the SavedModel directory must be a local path")
   with _atomic_dir(str(out_dir)) as tmp:

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from erclap import config_lib
+from erclap import config_lib, validation
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
@@ -130,7 +130,7 @@ def validate_runs(sweep: Sweep, extra_keys: Sequence[str] = ()) -> None:
     where = f"sweep {sweep.name!r}, run {i} {overrides}"
     config = config_lib.apply_overrides(base, {**sweep.fixed, **overrides}, where)
     try:
-      config_lib.validate(config)
+      validation.validate(config)  # the program's validation, before the run's command line and devices exist
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"{where}: {e}") from None
 
