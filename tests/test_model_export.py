@@ -20,10 +20,10 @@ import train_helpers as th
 from erclap import (
   checkpointing,
   descriptions,
-  input_pipeline,
   model_export,
   optim,
   runtime,
+  speech_source,
   state,
   tokenization,
   trees,
@@ -72,7 +72,7 @@ def exported(tmp_path_factory):
   config = th.tiny_config(str(base / "no_corpus"), **{"export.model_dir": model_dir, "export.saved_model": True})
   params = _save_random_checkpoint(config, workdir)
   start = time.time()
-  assert model_export.export_model(config, workdir) == model_dir
+  assert model_export.export_model(th.resolved(config, workdir, "export_model"), workdir) == model_dir
   seconds = time.time() - start
   reference = ERCLAP.load(workdir)
   return dict(config=config, workdir=workdir, model_dir=model_dir, params=params, seconds=seconds,
@@ -239,7 +239,7 @@ print("LOADED", loaded)
 @pytest.mark.slow
 def test_saved_model_runs_in_tensorflow_alone(exported, tmp_path):
   ref = exported["reference"]
-  crops = [input_pipeline.crop_or_pad(w, ref.num_samples) for w in _waves()]
+  crops = [speech_source.crop_or_pad(w, ref.num_samples) for w in _waves()]
   tokens = ref.tokenizer(TEXTS)
   # Batch sizes 3 and 5: the SavedModel's batch dimension is free.
   np.savez(tmp_path / "inputs.npz", audio=np.stack([c[0] for c in crops]), audio_mask=np.stack([c[1] for c in crops]),

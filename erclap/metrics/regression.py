@@ -32,7 +32,7 @@ def ccc(x, y, axis: int = 0):
   xp, dtype = (jnp, jnp.float32) if traced else (np, np.float64)
   x, y = xp.asarray(x, dtype), xp.asarray(y, dtype)
   if x.shape != y.shape:
-    raise ValueError(f"ccc: x {x.shape} and y {y.shape} must have the same shape")
+    raise ValueError(f"ccc: x and y shapes differ ({x.shape} vs {y.shape})")
   if x.size == 0:
     raise ValueError("ccc: x and y are empty")
   mx, my = xp.mean(x, axis), xp.mean(y, axis)
