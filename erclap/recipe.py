@@ -9,9 +9,9 @@ one workdir holds the two stages of the paper's recipe, which ``run_train`` runs
      its config derived by ``resolve.stage1_config`` and resolved for ``train`` there;
   2. its frozen speech representation of every clip cached in ``<workdir>/speech_features/``
      (``speech_cache_mode.cache_speech_features``, with the checks of ``--mode=cache_speech``), when the
-     cross-modal config reads that cache (``speech_source.of(config)``). With ``model.train_speech_pooling`` the
-     pooling (and SER head) train on the frozen tower, so nothing of the speech path can be cached
-     (``erclap.trainable``): the cross-modal stage reads audio and there is no caching step;
+     cross-modal config reads that cache (``speech_source.of(config)``). When the pooling (and SER head) train on
+     the frozen tower, nothing of the speech path can be cached (``erclap.trainable``: ``Trainable.cached``): the
+     cross-modal stage reads audio and there is no caching step;
   3. the cross-modal stage (``<workdir>/checkpoints/`` ...), whose config ``erclap.resolve`` derived: its
      ``model.speech_init`` is the stage-1 workdir, its speech side frozen, its ``data.speech_features`` the cache.
 
