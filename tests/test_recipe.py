@@ -3,6 +3,7 @@ cached speech representation → cross-modal stage."""
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -13,6 +14,9 @@ import train_helpers as th
 from erclap import checkpointing, config_lib, configs, recipe, resolve, tower_init
 from erclap.configs import demo, ser_pretrain
 from erclap.speech_cache import store
+
+# One worker runs the module's slow tests: they share one two-stage run (the module-scoped fixture).
+pytestmark = pytest.mark.xdist_group("test_recipe")
 
 
 def test_named_configs_resolve_like_the_config_files():
@@ -148,15 +152,26 @@ def _mtimes(directory: str) -> dict[str, float]:
   return {name: os.path.getmtime(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
 
 
-@pytest.mark.slow
-def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
-  """Stage 1 trains, its representation is cached, the cross-modal stage trains on the cache with stage 1's
-  speech parameters untouched; a rerun retrains and recomputes nothing."""
-  workdir = str(tmp_path / "run")
-  config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
-                                       "train.num_steps": 2})
+# The two-stage runs below share one stage 1 (the pooling and SER head that the second one trains on its tower).
+TWO_STAGES = {"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2, "train.num_steps": 2,
+              "model.speech_pooling": "attentive_stats", "model.speech_representation": "ser_hidden"}
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(data_dir, tmp_path_factory):
+  """A two-stage run as --mode=train runs it: (config as given, its workdir, the resolved cross-modal config)."""
+  workdir = str(tmp_path_factory.mktemp("two_stages") / "run")
+  config = th.tiny_config(data_dir, **TWO_STAGES)
   cross = resolve.resolve(config, workdir, "train")
   recipe.run_train(cross, workdir)
+  return config, workdir, cross
+
+
+@pytest.mark.slow
+def test_two_stages_train_cache_and_resume(two_stage_run, devices):
+  """Stage 1 trains, its representation is cached, the cross-modal stage trains on the cache with stage 1's
+  speech parameters untouched; a rerun retrains and recomputes nothing."""
+  config, workdir, cross = two_stage_run
   stage1_step, stage1_params = tower_init.read_workdir_params(resolve.stage1_workdir(workdir))
   assert stage1_step == 2
   assert os.path.isfile(os.path.join(resolve.stage1_workdir(workdir), "config.train.json"))
@@ -168,9 +183,8 @@ def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
     assert store.split_is_cached(cache, split, fingerprint), split
   step, params = tower_init.read_workdir_params(workdir)
   assert step == 2
-  for part in ("speech_tower", "speech_pool"):
-    if part in stage1_params:
-      jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
+  for part in ("speech_tower", "speech_pool", "ser_head"):
+    jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
 
   # Resolved again: nothing is retrained or recomputed.
   recipe.run_train(resolve.resolve(config, workdir, "train"), workdir)
@@ -186,12 +200,16 @@ def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_stages_with_a_pooling_trained_on_the_frozen_tower_read_audio(data_dir, devices, tmp_path, capsys):
+def test_two_stages_with_a_pooling_trained_on_the_frozen_tower_read_audio(two_stage_run, devices, tmp_path,
+                                                                          capsys):
   """With model.train_speech_pooling the recipe makes no cache: the cross-modal stage reads audio through stage 1's
-  frozen tower (bit for bit), and trains the pooling and SER head it took from stage 1."""
+  frozen tower (bit for bit), and trains the pooling and SER head it took from stage 1 (the shared stage 1, whose
+  run is complete: it is not retrained)."""
+  given, shared, _ = two_stage_run
   workdir = str(tmp_path / "run")
-  config = th.tiny_config(data_dir, **POOLING, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
-                                                 "train.num_steps": 2})
+  shutil.copytree(resolve.stage1_workdir(shared), resolve.stage1_workdir(workdir))
+  config = config_lib.apply_overrides(given, {"model.train_speech_pooling": True})
+  capsys.readouterr()
   recipe.run_train(resolve.resolve(config, workdir, "train"), workdir)
   out = capsys.readouterr().out
   assert "[recipe] stage 1 done; no speech cache: config.model.train_speech_pooling=True" in out
