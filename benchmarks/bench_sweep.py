@@ -41,12 +41,12 @@ def _child(args: list[str], devices: int = 8) -> dict:
 
 
 def _config(size: str, cached: bool, batch: int, seconds: float):
-  from erclap import config_lib
+  from erclap import config_lib, validation
   from erclap.configs import demo
 
   overrides = {"model.freeze_speech": True, "train.global_batch_size": batch, "data.max_seconds": seconds,
                "data.speech_features": "/cached" if cached else "", **(BASE if size == "base" else {})}
-  return config_lib.validate(config_lib.apply_overrides(demo.get_config(), overrides))
+  return validation.validate(config_lib.apply_overrides(demo.get_config(), overrides))
 
 
 def _host_batch(config, model, vocab_size: int, batch: int):
@@ -75,7 +75,7 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
   import jax.numpy as jnp
   import numpy as np
 
-  from erclap import optim, runtime, schema, sharding, stages, state, step, tokenization
+  from erclap import optim, runtime, sharding, speech_source, stages, state, step, tokenization
 
   config = _config(size, cached, batch, seconds)
   mesh = runtime.make_mesh(config)
@@ -88,7 +88,7 @@ def child(size: str, cached: bool, batch: int, seconds: float, repeats: int, los
   result = {"devices": jax.device_count(), "batch": batch}
   with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
     arrays = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, host[k].ndim), host[k])
-              for k in schema.step_keys(config)}
+              for k in speech_source.of(config).step_keys}
     train_step = step.jit_train_step(model, config, mesh, optimizer, shardings)  # as the training loop
     holder = {"state": train_state}
 

@@ -35,7 +35,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
   import jax
   import numpy as np
 
-  from erclap import optim, runtime, sharding, stages, state, step, tokenization
+  from erclap import optim, runtime, sharding, speech_source, stages, state, step, tokenization
   from erclap.configs import demo
 
   config = demo.get_config("single_stage")
@@ -55,7 +55,7 @@ def child(kind: str, batch: int, repeats: int) -> dict:
               valid=np.ones(batch, bool))
   result = {"devices": jax.device_count(), "batch": batch}
   with sharding.use_mesh(mesh, config.mesh.logical_axis_rules):
-    batch_arrays = runtime.global_batch(host, mesh)
+    batch_arrays = runtime.global_batch(host, mesh, speech_source.AUDIO)
     if kind in ("step", "loss_share"):
       train_step = step.jit_train_step(model, config, mesh, optimizer, shardings)  # as the training loop
       holder = {"state": train_state}

@@ -33,12 +33,13 @@ def _cached(workdir: str):
 
 
 def run(config, workdir: str) -> dict[str, float]:
-  from erclap import config_lib, export, train
+  from erclap import export, resolve, train
 
   cached = _cached(workdir)
   if cached is not None:
     return cached
-  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  config = resolve.resolve(config, workdir, "all")
   train.train_and_evaluate(config, workdir)
   return export.export_embeddings(config, workdir)["test"]
 

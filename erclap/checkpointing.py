@@ -71,6 +71,10 @@ class CheckpointDamagedError(RuntimeError):
     self.certain = certain
 
 
+# ``config.checkpoint.best_mode``: keep the checkpoint whose ``best_metric`` is the largest or the smallest.
+BEST_MODES = ("max", "min")
+
+
 def workdir_of(manager: ocp.CheckpointManager) -> str:
   """The workdir whose ``checkpoints/`` the manager keeps."""
   return os.path.dirname(str(manager.directory).rstrip("/"))

@@ -1,13 +1,12 @@
-"""Config validation: a config that passes here has known keys and sensible values.
+"""Config mechanics: dotted keys and overrides, the generic value checks, and device arithmetic.
 
 Unknown keys are already refused by ``ml_collections`` (configs are locked, and command-line overrides of
-keys that do not exist fail while flags are parsed); this module checks values, and names the key.
-``validate`` checks the values on their own; ``validate_for_devices`` also checks them against the run's
-device and process counts (mesh shape, batch sizes), and that the required values (``REQUIRED``) are set,
-before any corpus or model is built. Both report every problem at once.
-
-A config file may leave a value to the command line: ``ml_collections.config_dict.placeholder(str)`` (None
-until set). Such a file still ``validate``s as a template; ``required_problems`` names what is missing.
+keys that do not exist fail while flags are parsed). Here: ``apply_overrides`` / ``override_flags`` (dotted
+keys, naming the key on a bad value), ``flat_items``, the numeric range checks (``value_problems``), the values a
+config file left to the command line (``required_problems``: ``ml_collections.config_dict.placeholder(str)`` is
+None until set), and whether the batches and the mesh fit a device count (``device_problems``). Nothing here
+knows ERCLAP's registries (stages, losses, architectures, corpora): the checks against them, and the one
+validation every caller runs, are ``erclap.validation``. No jax import.
 """
 
 from __future__ import annotations
@@ -18,24 +17,6 @@ from typing import Any
 
 import ml_collections
 
-from erclap.schema import LABEL_NAMES, renamed_metric_message
-
-CHOICES = {
-    "stage": ("clap", "ser"),
-    "loss": ("rnc", "infonce", "supcon"),
-    "loss_options.similarity": ("cosine", "neg_l2"),
-    "loss_options.label_distance": ("l1", "l2"),
-    "loss_options.rank_terms": ("combined", "per_label"),
-    "data.name": ("embedded", "espeak", "msp_podcast", "iemocap"),
-    "model.size": ("tiny", "base", "large"),
-    "model.speech_arch": ("wav2vec2", "hubert", "wavlm"),
-    "model.text_arch": ("bert", "roberta", "distilroberta"),
-    "model.speech_pooling": ("mean", "attentive_stats"),
-    "model.speech_representation": ("pooled", "ser_hidden", "ser_output"),
-    "model.text_pooling": ("cls", "mean"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "checkpoint.best_mode": ("max", "min"),
-}
 POSITIVE = (
     "data.sample_rate", "data.max_seconds", "data.max_text_tokens", "model.joint_dim", "train.num_steps",
     "train.global_batch_size", "train.learning_rate", "train.temperature_init", "train.log_every_steps",
@@ -55,11 +36,6 @@ REQUIRED = {
                          "ssl_type + model.safetensors) or an ERCLAP stage-1 workdir",
     "model.text_init": "the text tower: a local Hugging Face model directory (e.g. distilroberta-base)",
 }
-
-
-# The distinct template wordings of a level description (erclap.descriptions.NUM_VARIANTS, a module this one does
-# not import; a test keeps the two equal): more level-prompt wordings than this only repeat them.
-MAX_PROMPT_WORDINGS = 36
 
 
 class ConfigError(ValueError):
@@ -136,19 +112,10 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def value_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Every problem of the config's values on their own (no devices involved), one message per problem."""
-  problems = []
-  for key, choices in CHOICES.items():
-    value = get(config, key)
-    if value not in choices:
-      problems.append(f"config.{key}={value!r}: must be one of {choices}")
-  problems += [f"config.{key}={get(config, key)!r}: must be > 0" for key in POSITIVE if not get(config, key) > 0]
+  """Every problem of the config's numbers on their own (ranges, divisibility, lengths), one message each."""
+  problems = [f"config.{key}={get(config, key)!r}: must be > 0" for key in POSITIVE if not get(config, key) > 0]
   problems += [f"config.{key}={get(config, key)!r}: must be >= 0" for key in NON_NEGATIVE
                if not get(config, key) >= 0]
-  bad = [n for n in config.loss_options.rank_labels if n not in LABEL_NAMES]
-  if bad or not config.loss_options.rank_labels:
-    problems.append(f"config.loss_options.rank_labels={tuple(config.loss_options.rank_labels)!r}: "
-                    f"choose a non-empty subset of {LABEL_NAMES}")
   weights = tuple(config.loss_options.rank_label_weights)
   if weights and (len(weights) != len(config.loss_options.rank_labels) or min(weights) < 0 or max(weights) <= 0):
     problems.append(f"config.loss_options.rank_label_weights={weights!r}: one weight >= 0 per "
@@ -167,9 +134,6 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
   if t.micro_batch_size and t.global_batch_size % t.micro_batch_size:
     problems.append(f"config.train.micro_batch_size={t.micro_batch_size} must divide "
                     f"config.train.global_batch_size={t.global_batch_size}")
-  renamed = renamed_metric_message(config.checkpoint.best_metric)
-  if renamed:
-    problems.append(f"config.checkpoint.best_metric={config.checkpoint.best_metric!r}: {renamed}")
   if len(config.mesh.shape) != len(config.mesh.axes):
     problems.append(f"config.mesh.shape {tuple(config.mesh.shape)} and config.mesh.axes "
                     f"{tuple(config.mesh.axes)} differ in length")
@@ -180,8 +144,7 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"config.plan.topology={config.plan.topology!r}: must be a name like 'v4-8' or ''")
   if config.train.global_batch_size < 2:
     problems.append("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
-  problems += _eval_problems(config) + _data_problems(config)
-  return problems
+  return problems + _eval_problems(config)
 
 
 def flat_items(node, prefix: str = ""):
@@ -211,24 +174,9 @@ def _eval_problems(config) -> list[str]:
   for key in ("retrieval_draws", "retrieval_top_k"):
     if e[key] < 1:
       problems.append(f"config.eval.{key}={e[key]}: must be >= 1")
-  if e.prompt_wordings > MAX_PROMPT_WORDINGS or e.prompt_wordings != int(e.prompt_wordings):
-    problems.append(f"config.eval.prompt_wordings={e.prompt_wordings!r}: must be a whole number of at most "
-                    f"{MAX_PROMPT_WORDINGS} (the distinct template wordings of a level; more only repeat them)")
   if e.retrieval_bootstrap < 0 or 0 < e.retrieval_bootstrap < 100:
     problems.append(f"config.eval.retrieval_bootstrap={e.retrieval_bootstrap}: must be 0 (no interval) or >= 100 "
                     f"(fewer resamples do not resolve a 95 % interval)")
-  return problems
-
-
-def _data_problems(config) -> list[str]:
-  d = config.data
-  problems = []
-  if d.rebuild and d.name != "embedded" and not d.manual_dir:
-    problems.append(f"config.data.rebuild=True: rebuilding {d.name} needs config.data.manual_dir (the licensed "
-                    f"corpus to rebuild from)")
-  if d.speech_features and not config.model.freeze_speech:
-    problems.append(f"config.data.speech_features={d.speech_features!r} (cached speech features) needs "
-                    f"config.model.freeze_speech=True: a trained speech tower would leave the cache behind")
   return problems
 
 
@@ -240,30 +188,25 @@ def raise_problems(problems: list[str], title: str) -> None:
     raise ConfigError(f"{title}: {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks values; raises one ConfigError naming every offending key. Returns the config."""
-  raise_problems(value_problems(config), "invalid config")
-  return config
-
-
 # --------------------------------------------------------------------------- devices
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_MESH_AXES = ("data", "fsdp")  # the axes a batch is split over (erclap.sharding.BATCH_AXIS_NAMES)
 BATCH_SECTIONS = ("train", "eval", "export")  # their *batch_size keys are global batches split over devices
 
 
-def resolve_mesh_shape(shape, axes, device_count: int) -> tuple[tuple[int, ...] | None, list[str]]:
+def resolve_mesh_shape(shape, axes, device_count: int,
+                       known_axes: tuple[str, ...] | None = None) -> tuple[tuple[int, ...] | None, list[str]]:
   """``config.mesh.shape`` with its -1 filled for ``device_count`` devices, and the problems found.
 
-  The same rules as ``erclap.sharding.make_mesh``, without jax: at most one -1, the other entries >= 1,
-  the product equal to the device count. Returns (None, problems) when the shape cannot be resolved."""
+  The same rules as ``erclap.sharding.make_mesh``, without jax: distinct axis names (among ``known_axes`` when
+  given), at most one -1, the other entries >= 1, the product equal to the device count. Returns (None,
+  problems) when the shape cannot be resolved."""
   shape, axes = tuple(shape), tuple(axes)
   where = f"config.mesh.shape={shape}"
   problems = []
-  unknown = [a for a in axes if a not in MESH_AXES]
+  unknown = [a for a in axes if known_axes is not None and a not in known_axes]
   if unknown or len(set(axes)) != len(axes):
-    problems.append(f"config.mesh.axes={axes}: use distinct names among {MESH_AXES}")
+    among = f" among {known_axes}" if known_axes is not None else ""
+    problems.append(f"config.mesh.axes={axes}: use distinct names{among}")
   if len(shape) != len(axes):
     problems.append(f"config.mesh.shape {shape} and config.mesh.axes {axes} differ in length")
   bad = [s for s in shape if not isinstance(s, int) or isinstance(s, bool) or (s < 1 and s != -1)]
@@ -316,16 +259,21 @@ def _device_count_problems(config, device_count, process_count, local_device_cou
 
 
 def device_problems(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1,
-                    local_device_count: int | None = None) -> list[str]:
-  """The problems of running ``config`` on ``device_count`` devices in ``process_count`` processes."""
+                    local_device_count: int | None = None, *, mesh_axes: tuple[str, ...] | None = None,
+                    batch_axes: tuple[str, ...]) -> list[str]:
+  """The problems of running ``config`` on ``device_count`` devices in ``process_count`` processes.
+
+  Every global batch size (``batch_size_keys``) must be a multiple of the mesh's batch shards (the product of
+  its ``batch_axes``) and of ``process_count`` (each process reads its share), the micro-batch size a multiple
+  of the batch shards; ``mesh_axes``: the axis names a mesh may have (None: any)."""
   problems = _device_count_problems(config, device_count, process_count, local_device_count)
   if problems:
     return problems
-  shape, problems = resolve_mesh_shape(config.mesh.shape, config.mesh.axes, device_count)
+  shape, problems = resolve_mesh_shape(config.mesh.shape, config.mesh.axes, device_count, mesh_axes)
   if shape is None:
     return problems
   mesh = dict(zip(config.mesh.axes, shape, strict=True))
-  shards = math.prod(mesh.get(a, 1) for a in BATCH_MESH_AXES)
+  shards = math.prod(mesh.get(a, 1) for a in batch_axes)
   why = f"the {shards} batch shards of mesh {mesh} on {device_count} devices"
   divisor = math.lcm(shards, process_count)
   if process_count > 1:
@@ -340,29 +288,3 @@ def device_problems(config: ml_collections.ConfigDict, device_count: int, proces
     problems.append(f"config.train.micro_batch_size={micro} must be a multiple of {shards} (every micro-batch is "
                     f"split over {why.removeprefix('the ')}): {_multiple_hint(micro, shards)}")
   return problems
-
-
-def validate_for_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int = 1,
-                         local_device_count: int | None = None) -> ml_collections.ConfigDict:
-  """Everything checkable from the config and the device count, before any corpus or model is built.
-
-  Pure (no jax import): the caller passes ``jax.device_count()``, ``jax.process_count()`` and
-  ``jax.local_device_count()``. Checks the values (``validate``), that ``config.mesh.shape`` resolves
-  for ``device_count`` devices, and that every global batch size (``batch_size_keys``) is a multiple of
-  the mesh's batch shards (data x fsdp) and of ``process_count`` (each process reads its share), the
-  micro-batch size a multiple of the batch shards, and that no required value is left unset
-  (``required_problems``).
-
-  Args:
-    config: the run's config.
-    device_count: devices of the whole run.
-    process_count: processes of the run (hosts).
-    local_device_count: devices of this process (None: device_count / process_count).
-  Returns:
-    ``config``. Raises one ConfigError listing every problem, each naming its key, value and divisor.
-  """
-  problems = required_problems(config) + value_problems(config)
-  problems += [p for p in device_problems(config, device_count, process_count, local_device_count)
-               if p not in problems]
-  raise_problems(problems, f"config does not fit {device_count} device(s) in {process_count} process(es)")
-  return config

@@ -68,9 +68,10 @@ def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]
 
 
 def _check_ser(config, path: str) -> None:
-  if stages.of(config) is not stages.SER:
-    raise ValueError(f"{path}: a '{config.stage}' stage model; EmotionRankEncoder.load reads a stage-1 ('ser') one "
-                     f"(the cross-modal model: erclap.inference.ERCLAP.load)")
+  """ValueError unless the model at ``path`` (of ``config``) is one this class loads (``Stage.load_problem``)."""
+  problem = stages.of(config).load_problem(path, "EmotionRankEncoder")
+  if problem:
+    raise ValueError(problem)
 
 
 @dataclasses.dataclass

@@ -1,9 +1,10 @@
 """Evaluation: embed a split with a trained model and compute the metrics of its stage (``erclap.stages``).
 
 Used by the training loop (periodic evaluation), by ``--mode=eval`` and by export. Embeddings are computed
-batch by batch under ``jax.jit`` with the batch sharded over the mesh and gathered to every host. What is
-computed from them is the stage's ``evaluate``, which reads the split's outputs and embeds texts through a
-``SplitReader`` of the model.
+batch by batch under ``jax.jit`` with the batch sharded over the mesh and gathered to every host, from the run's
+speech source (``erclap.speech_source``: audio, or a speech-feature cache checked against the parameters first).
+``split_metrics`` embeds what the stage declares it needs (``Stage.eval_inputs``: the split with or without its
+descriptions, the probe's split, the prompt texts) and hands the arrays to the stage's pure ``metrics``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import fileio, input_pipeline, progress, resolve, runtime, sharding, stages
-from erclap.schema import uses_speech_cache
-from erclap.speech_cache import fingerprint as cache_fingerprint
+from erclap import fileio, input_pipeline, progress, resolve, runtime, sharding, speech_source, stages
+from erclap.speech_source import SpeechSource
 
 
 @dataclasses.dataclass
@@ -43,31 +43,24 @@ class SplitEmbeddings:
 class Embedder:
   """Jitted, mesh-sharded embedding functions of one model.
 
-  The speech side gives the stage's per-clip output (``Stage.speech_output_method``: joint-space embeddings,
-  or predicted attributes) from audio, or with a speech-feature cache (``config.data.speech_features``) from the
-  cached representation, to which only the projection is applied."""
+  The speech side reads the inputs of ``source`` (the config's speech source when not given): audio, or the
+  cached representation, to which only the projection is applied. ``speech`` gives the stage's per-clip output
+  (``Stage.speech_output``: joint-space embeddings or predicted attributes), ``representation`` (audio only)
+  what a speech-feature cache holds."""
 
-  def __init__(self, model, config, mesh, tokenizer=None):
+  def __init__(self, model, config, mesh, tokenizer=None, source: SpeechSource | None = None):
     self.model, self.config, self.mesh, self.tokenizer = model, config, mesh, tokenizer
+    self.source = speech_source.of(config) if source is None else source
     self.divisor = sharding.batch_size_divisor(mesh)
-    method = stages.of(config).speech_output_method
 
-    def audio_fn(params, audio, audio_mask):
-      return self.model.apply({"params": params}, audio, audio_mask, train=False, method=method)
+    def apply(method):
+      return jax.jit(lambda params, *inputs: self.model.apply({"params": params}, *inputs, train=False,
+                                                              method=method))
 
-    def features_fn(params, features):
-      return self.model.apply({"params": params}, features, train=False, method="embed_speech_features")
-
-    def representation_fn(params, audio, audio_mask):
-      return self.model.apply({"params": params}, audio, audio_mask, train=False, method="speech_feature")
-
-    def text_fn(params, input_ids, attention_mask):
-      return self.model.apply({"params": params}, input_ids, attention_mask, train=False, method="embed_text")
-
-    self._audio = jax.jit(audio_fn)
-    self._features = jax.jit(features_fn)
-    self._representation = jax.jit(representation_fn)
-    self._text = jax.jit(text_fn)
+    self._speech = apply(self.source.output_method(stages.of(config)))
+    method = self.source.representation_method
+    self._representation = apply(method) if method is not None else None
+    self._text = apply("embed_text")
 
   def _global(self, x):
     x = np.asarray(x)
@@ -76,24 +69,22 @@ class Embedder:
   def _gather(self, x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
-  def audio(self, params, audio, audio_mask) -> np.ndarray:
-    """(B, T) host-local waveforms -> (B_global, D) embeddings gathered on every host."""
+  def _run(self, fn, params, batch: dict) -> np.ndarray:
+    inputs = [self._global(batch[k]) for k in self.source.input_keys]
     with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
-      return self._gather(self._audio(params, self._global(audio), self._global(audio_mask)))
+      return self._gather(fn(params, *inputs))
 
   def speech(self, params, batch: dict) -> np.ndarray:
-    """A host-local eval batch -> (B_global, D) speech outputs (embeddings, or attributes) gathered on every
-    host, from its audio or its cached ``speech_features``."""
-    if "speech_features" not in batch:
-      return self.audio(params, batch["audio"], batch["audio_mask"])
-    with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
-      return self._gather(self._features(params, self._global(np.asarray(batch["speech_features"], np.float32))))
+    """A host-local batch (the source's ``input_keys``) -> (B_global, D) speech outputs (embeddings, or
+    attributes) gathered on every host."""
+    return self._run(self._speech, params, batch)
 
-  def representation(self, params, audio, audio_mask) -> np.ndarray:
-    """(B, T) host-local waveforms -> (B_global, F) speech representations (what the projection reads,
+  def representation(self, params, batch: dict) -> np.ndarray:
+    """A host-local audio batch -> (B_global, F) speech representations (what the projection reads,
     ``CLAPModel.speech_feature``) gathered on every host: the rows of a speech-feature cache."""
-    with sharding.use_mesh(self.mesh, self.config.mesh.logical_axis_rules):
-      return self._gather(self._representation(params, self._global(audio), self._global(audio_mask)))
+    if self._representation is None:
+      raise ValueError(f"the {self.source.name} speech source holds the representation already")
+    return self._run(self._representation, params, batch)
 
   def gather(self, host_rows) -> np.ndarray:
     """Host-local batch rows (numpy) -> the global batch's rows on every host (batch order)."""
@@ -132,32 +123,33 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
   the split, so a global batch is not a contiguous run of rows).
 
   Args:
-    embedder: the model's embedder.
+    embedder: the model's embedder (its speech source is the one read).
     params: the model parameters.
     config: the run's config.
     split: the split to embed.
     max_examples: keep the split's first ``max_examples`` rows (0: all).
-    with_text: embed the descriptions too (cross-modal stage); False leaves ``text`` None (the ridge probe's
-      train split needs only speech, and a pre-trained text tower such as MiniLM costs more than cached speech).
+    with_text: embed the descriptions too (a stage with a text tower); False leaves ``text`` None (the ridge
+      probe's train split needs only speech, and a pre-trained text tower such as MiniLM costs more than cached
+      speech).
 
   Returns:
-    The split's embeddings, labels, ids and descriptions.
+    The split's outputs (in the stage's ``speech_output`` field), labels, ids and descriptions.
   """
   divisor = math.lcm(embedder.divisor, jax.process_count())
   if config.eval.batch_size % divisor:
     raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} "
                      f"(the mesh's {embedder.divisor} batch shards and {jax.process_count()} processes)")
   per_process = config.eval.batch_size // jax.process_count()
-  if uses_speech_cache(config):  # before any batch: features of other weights are refused, not embedded
-    cache_fingerprint.check(config, params)
-  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process)
+  embedder.source.check(config, params)  # before any batch: features of other weights are refused, not embedded
+  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, batch_size=per_process,
+                                                 source=embedder.source)
   wanted = min(max_examples, len(iterator.source)) if max_examples else 0
-  cross_modal = stages.of(config).cross_modal
-  with_text = with_text and cross_modal
-  cols = {k: [] for k in ("audio", "text", "labels", "class_id", "valid", "row")}
+  stage = stages.of(config)
+  with_text = with_text and stage.has_text_tower
+  cols = {k: [] for k in ("speech", "text", "labels", "class_id", "valid", "row")}
   ids, texts = [], []
   for b, batch in enumerate(iterator):
-    cols["audio"].append(embedder.speech(params, batch))
+    cols["speech"].append(embedder.speech(params, batch))
     if with_text:
       with sharding.use_mesh(embedder.mesh, config.mesh.logical_axis_rules):
         t = embedder._text(params, embedder._global(batch["input_ids"]), embedder._global(batch["attention_mask"]))
@@ -171,16 +163,16 @@ def embed_split(embedder: Embedder, params, config, split: str, *, max_examples:
     rows = np.concatenate(cols["row"])[np.concatenate(cols["valid"]).astype(bool)]
     if wanted and np.sum(rows < wanted) >= wanted:  # the same verdict on every process: gathered data
       break
-  if not cols["audio"]:
+  if not cols["speech"]:
     raise ValueError(f"split {split!r} of {config.data.name!r} is empty")
   keep = np.flatnonzero(np.concatenate(cols["valid"]).astype(bool))
   keep = keep[np.argsort(np.concatenate(cols["row"])[keep], kind="stable")]
-  audio_out = np.concatenate(cols["audio"])[keep]
+  outputs = dict(speech=None, attributes=None)
+  outputs[stage.speech_output] = np.concatenate(cols["speech"])[keep]
   result = SplitEmbeddings(
-      speech=audio_out if cross_modal else None, text=np.concatenate(cols["text"])[keep] if cols["text"] else None,
+      text=np.concatenate(cols["text"])[keep] if cols["text"] else None,
       labels=np.concatenate(cols["labels"])[keep].astype(np.float32), class_id=np.concatenate(cols["class_id"])[keep],
-      ids=[ids[i] for i in keep], descriptions=[texts[i] for i in keep],
-      attributes=None if cross_modal else audio_out)
+      ids=[ids[i] for i in keep], descriptions=[texts[i] for i in keep], **outputs)
   return result.head(max_examples) if max_examples else result
 
 
@@ -196,25 +188,20 @@ def _gather_strings(embedder: Embedder, strings, width: int) -> list[str]:
   return [bytes(row).rstrip(b"\0").decode("utf-8", errors="ignore") for row in gathered]
 
 
-class SplitReader:
-  """What a stage's ``evaluate`` reads (``erclap.stages``): one model's outputs of a split, and text embeddings.
-
-  ``split(name, max_examples=, with_text=)``: ``embed_split`` of that split; ``texts(list[str]) -> (N, D)``."""
-
-  def __init__(self, embedder: Embedder, params, config):
-    self.embedder, self.params, self.config = embedder, params, config
-
-  def split(self, split: str, *, max_examples: int = 0, with_text: bool = True) -> SplitEmbeddings:
-    return embed_split(self.embedder, self.params, self.config, split, max_examples=max_examples,
-                       with_text=with_text)
-
-  def texts(self, texts: list[str]) -> np.ndarray:
-    return self.embedder.text(self.params, texts)
-
-
 def split_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[str, float], SplitEmbeddings]:
-  """The stage's metrics of ``params`` on ``split``, and the split's outputs (``Stage.evaluate``)."""
-  return stages.of(config).evaluate(SplitReader(embedder, params, config), config, split)
+  """The stage's metrics of ``params`` on ``split``, and the split's outputs.
+
+  Embeds what the stage's ``eval_inputs`` lists (the split, with its descriptions where the stage reads them; the
+  probe's split, speech only; the texts, one embedding call per tuple) and returns ``Stage.metrics`` of those
+  arrays. Every process must call it (the embeddings are gathered)."""
+  stage = stages.of(config)
+  needs = stage.eval_inputs(config)
+  emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples,
+                    with_text=needs.with_text)
+  probe = embed_split(embedder, params, config, needs.probe_split, max_examples=needs.probe_examples,
+                      with_text=False) if needs.probe_split else None
+  texts = [embedder.text(params, list(batch)) for batch in needs.texts]
+  return stage.metrics(config, emb, probe, texts), emb
 
 
 def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:
@@ -235,9 +222,13 @@ def format_table(metrics: dict[str, float], title: str = "", headline: tuple[str
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   """--mode=eval: metrics of a checkpoint (config.export.step, default latest) on the test split.
 
+  Args:
+    config: resolved for ``eval`` (``erclap.resolve``).
+    workdir: the run's directory.
+
   Writes ``workdir/eval/<split>_<step>.json`` and prints the table; returns the metrics."""
-  config = resolve.ensure(config, workdir, "eval")
-  mesh, tokenizer, model = runtime.setup(config, workdir)
+  resolve.require(config, "eval")
+  mesh, tokenizer, model = runtime.setup(config)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   split = config.data.test_split
   path = os.path.join(workdir, "eval", f"{split}_{step}.json")

@@ -1,15 +1,17 @@
 """--mode=export: embeddings, metrics and plots of a checkpoint, under ``workdir/export/``.
 
-Per split of the cross-modal stage (``erclap.stages``): ``<split>.parquet`` (id, split, arousal, valence, dominance,
-description, speech_embedding and text_embedding as fixed-size lists), ``<split>_speech.npy`` /
-``<split>_text.npy``, ``<split>_metrics.json`` and PNG plots (PCA of both modalities coloured by arousal and
-valence, similarity versus label distance, prompt-level ordering); then TensorBoard projector files of every split
-and ``report.html`` (``erclap.results.views``). For the SER stage the parquet holds the
-predicted attributes (``predicted_arousal``, ...) instead of embeddings, and ``<split>_attributes.npy``
-the (N, A) predictions. A cross-modal export also writes ``retrieval_queries.npz``, the query pools of AOC / VOC
+Per split, what the stage lists (``Stage.export_files``, ``erclap.stages``): for the cross-modal stage
+``<split>.parquet`` (id, split, arousal, valence, dominance, description, speech_embedding and text_embedding as
+fixed-size lists), ``<split>_speech.npy`` / ``<split>_text.npy``, ``<split>_metrics.json`` and PNG plots (PCA of
+both modalities coloured by arousal and valence, similarity versus label distance, prompt-level ordering). For the
+SER stage the parquet holds the predicted attributes (``predicted_arousal``, ...) instead of embeddings, and
+``<split>_attributes.npy`` the (N, A) predictions; no plots. Then, where the stage has them
+(``Stage.export_views``), TensorBoard projector files of every split and ``report.html``
+(``erclap.results.views``); and (``Stage.export_queries``) ``retrieval_queries.npz``, the query pools of AOC / VOC
 (``<attribute>_embeddings`` (Q, D), ``<attribute>_values`` (Q,)), so that they and their intervals recompute from
 the export alone. Every file is written under a temporary name and renamed when complete (``erclap.fileio``), so
-an interrupted export leaves no partial file. Embeddings are gathered from all hosts; process 0 writes.
+an interrupted export leaves no partial file. Embeddings are gathered from all hosts; process 0 writes. Each
+split's metrics table is printed once (``table_title``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import os
 import jax
 import numpy as np
 
-from erclap import evaluate, fileio, plots, progress, prompts, resolve, runtime, stages
+from erclap import evaluate, fileio, plots, progress, prompts, resolve, runtime, speech_source, stages, trainable
 from erclap.results import views
 from erclap.schema import LABEL_NAMES
 
-QUERIES_FILE = "retrieval_queries.npz"  # the query pools of AOC / VOC (cross-modal exports)
+QUERIES_FILE = "retrieval_queries.npz"  # the query pools of AOC / VOC (``Stage.export_queries``)
 
 
 def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
@@ -52,25 +54,30 @@ def write_parquet(path: str, split: str, emb: evaluate.SplitEmbeddings) -> None:
     pq.write_table(pa.table(columns), tmp)
 
 
-def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, level_prompts: dict) -> None:
-  plots.plot_embedding_pca(emb.speech, emb.text, emb.labels, os.path.join(out_dir, f"{split}_pca.png"))
-  sim = emb.speech @ emb.text.T
-  plots.plot_similarity_vs_distance(sim, emb.labels, os.path.join(out_dir, f"{split}_sim_vs_distance.png"))
-  for a, attribute in enumerate(("arousal", "valence")):
+def _plot(name: str, path: str, emb: evaluate.SplitEmbeddings, level_prompts: dict) -> None:
+  """Writes the export plot ``name`` (one of ``Stage.export_plots``) of a split's speech and text embeddings."""
+  if name == "pca":
+    plots.plot_embedding_pca(emb.speech, emb.text, emb.labels, path)
+  elif name == "sim_vs_distance":
+    plots.plot_similarity_vs_distance(emb.speech @ emb.text.T, emb.labels, path)
+  elif name.startswith("prompt_ordering_"):
+    attribute = name.removeprefix("prompt_ordering_")
     prompt_sim = level_prompts["prompts"][attribute] @ emb.speech.T
-    plots.plot_prompt_ordering(prompt_sim, level_prompts["prompt_levels"][attribute], emb.labels[:, a],
-                               os.path.join(out_dir, f"{split}_prompt_ordering_{attribute}.png"))
+    plots.plot_prompt_ordering(prompt_sim, level_prompts["prompt_levels"][attribute],
+                               emb.labels[:, LABEL_NAMES.index(attribute)], path)
+  else:
+    raise ValueError(f"no export plot {name!r}")
+
+
+def _write_plots(out_dir: str, split: str, emb: evaluate.SplitEmbeddings, level_prompts: dict,
+                 stage: stages.Stage) -> None:
+  for name in stage.export_plots:
+    _plot(name, os.path.join(out_dir, f"{split}_{name}.png"), emb, level_prompts)
 
 
 def _split_outputs(out_dir: str, split: str, stage: stages.Stage) -> list[str]:
-  """Every file the export of ``split`` writes (``_write_split`` and, cross-modal, ``_write_plots``)."""
-  names = [f"{split}.parquet", f"{split}_metrics.json"]
-  if not stage.cross_modal:
-    names += [f"{split}_attributes.npy"]
-  else:
-    names += [f"{split}_speech.npy", f"{split}_text.npy", f"{split}_pca.png", f"{split}_sim_vs_distance.png",
-              *(f"{split}_prompt_ordering_{a}.png" for a in ("arousal", "valence"))]
-  return [os.path.join(out_dir, name) for name in names]
+  """Every file the export of ``split`` writes (``Stage.export_files``)."""
+  return [os.path.join(out_dir, name) for name in stage.export_files(split)]
 
 
 def output_problems(out_dir: str, paths: list[str]) -> list[str]:
@@ -91,9 +98,12 @@ def _check_outputs(config, out_dir: str) -> None:
   """Process 0 checks every output path; every process stops if one cannot be written."""
   problem = None
   if jax.process_index() == 0:
-    paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, stages.of(config))]
-    if stages.of(config).cross_modal:
-      paths += [os.path.join(out_dir, QUERIES_FILE), *views.output_paths(out_dir, config.export.splits)]
+    stage = stages.of(config)
+    paths = [p for split in config.export.splits for p in _split_outputs(out_dir, split, stage)]
+    if stage.export_queries:
+      paths.append(os.path.join(out_dir, QUERIES_FILE))
+    if stage.export_views:
+      paths += views.output_paths(out_dir, config.export.splits)
     problems = output_problems(out_dir, paths)
     problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
   runtime.agree_or_raise(problem, OSError)
@@ -107,33 +117,45 @@ def _write_queries(out_dir: str, queries: dict) -> None:
     np.savez(f, **arrays)
 
 
-def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddings, metrics: dict) -> None:
+def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddings, metrics: dict,
+                 stage: stages.Stage) -> None:
   write_parquet(os.path.join(out_dir, f"{split}.parquet"), split, emb)
-  arrays = dict(speech=emb.speech, text=emb.text, attributes=emb.attributes)
-  for name, array in arrays.items():
-    if array is not None:
-      fileio.write_npy(os.path.join(out_dir, f"{split}_{name}.npy"), array.astype(np.float32))
+  for name in stage.export_arrays:
+    fileio.write_npy(os.path.join(out_dir, f"{split}_{name}.npy"), getattr(emb, name).astype(np.float32))
   # Last: the metrics file marks the split's export as complete.
   fileio.write_json(os.path.join(out_dir, f"{split}_metrics.json"), dict(step=step, split=split, metrics=metrics))
 
 
+def table_title(config, split: str, num_clips: int, out_dir: str) -> str:
+  """The title of a split's metrics table: stage, loss, corpus, split, where the speech model came from (a recipe
+  run: its stage 1, how it is held and read), and where the outputs are."""
+  stage = stages.of(config)
+  speech = ""
+  if config.recipe.stage1:
+    speech = (f", speech: {config.recipe.stage1} (stage 1, {trainable.of(config).summary}, "
+              f"{speech_source.of(config).name})")
+  return (f"ERCLAP {stage.name}/{stage.loss_label(config)} on {config.data.name}/{split}{speech}: {num_clips} clips"
+          f" — outputs in {out_dir}")
+
+
 def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
-  """Writes the export of ``config.export.splits`` for checkpoint ``config.export.step`` (-1 = latest).
+  """--mode=export: writes the export of ``config.export.splits`` for checkpoint ``config.export.step`` (-1 =
+  latest), and prints each split's metrics table.
 
   Every output path is checked first. Every process computes everything (embedding, gathering, metrics and
   prompts are collectives that all processes must enter); only process 0 writes.
 
   Args:
-    config: the run's config.
+    config: resolved for ``export`` (``erclap.resolve``; ``--mode=all`` passes its own).
     workdir: the run's directory; outputs go to ``workdir/export``.
 
   Returns:
     {split: metrics}.
   """
-  config = resolve.ensure(config, workdir, "export")
+  resolve.require(config, "export")
   out_dir = os.path.join(workdir, "export")
   _check_outputs(config, out_dir)
-  mesh, tokenizer, model = runtime.setup(config, workdir)
+  mesh, tokenizer, model = runtime.setup(config)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   embedder = evaluate.Embedder(model, config, mesh, tokenizer)
   chief = jax.process_index() == 0
@@ -143,8 +165,8 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
   stage = stages.of(config)
   # The plots' level prompts: embedding them is a collective, so every process does it.
   level_prompts = prompts.level_prompts(lambda texts: embedder.text(params, texts), config) \
-      if stage.cross_modal else None
-  if stage.cross_modal:
+      if stage.export_plots or stage.export_views else None
+  if stage.export_queries:
     queries = prompts.retrieval_queries(lambda texts: embedder.text(params, texts), config)
     if chief:
       _write_queries(out_dir, queries)
@@ -155,13 +177,13 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
     metrics, emb = evaluate.split_metrics(embedder, params, config, split)
     all_metrics[split] = metrics
     if chief:
-      _write_split(out_dir, split, step, emb, metrics)
-      if level_prompts is not None:
-        _write_plots(out_dir, split, emb, level_prompts)
+      _write_split(out_dir, split, step, emb, metrics, stage)
+      _write_plots(out_dir, split, emb, level_prompts, stage)
+      if stage.export_views:
         split_views.append(views.SplitView(split, emb.ids, emb.labels, emb.descriptions, emb.speech, emb.text,
                                            metrics, level_prompts))
-      progress.print_line(evaluate.format_table(metrics, f"[export] {split}: {len(emb.ids)} clips -> {out_dir}",
-                                                stage.headline_metrics))
+      progress.print_line("\n" + evaluate.format_table(metrics, table_title(config, split, len(emb.ids), out_dir),
+                                                       stage.headline_metrics))
   if split_views:  # the projector files and report.html of the exported splits
     views.write_views(out_dir, split_views, config, workdir, step)
   return all_metrics

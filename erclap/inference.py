@@ -46,11 +46,11 @@ from erclap.emotion_encoder import EmotionRankEncoder
 from erclap.schema import LABEL_NAMES
 
 
-def _check_cross_modal(config, path: str) -> None:
-  stage = stages.of(config)
-  if not stage.cross_modal:
-    raise ValueError(f"{path}: a model of {stage.title} ('{stage.name}'); ERCLAP.load needs the cross-modal "
-                     f"(clap) stage (stage-1 models: erclap.inference.EmotionRankEncoder)")
+def _check_stage(config, path: str) -> None:
+  """ValueError when ``path`` holds a model of a stage ``ERCLAP`` does not load (``Stage.api``)."""
+  problem = stages.of(config).load_problem(path, "ERCLAP")
+  if problem:
+    raise ValueError(problem)
 
 
 class ERCLAP:
@@ -74,13 +74,13 @@ class ERCLAP:
     float32); None: the training's."""
     if model_export.is_model_dir(workdir_or_checkpoint):
       m = model_export.load_model_dir(workdir_or_checkpoint, dtype=dtype)
-      _check_cross_modal(m.config, workdir_or_checkpoint)
+      _check_stage(m.config, workdir_or_checkpoint)
       return cls(m.config, m.model, m.params, m.tokenizer, m.mesh, m.step, batch_size=batch_size)
     workdir, step = tower_init.split_checkpoint_path(workdir_or_checkpoint)
     # The checkpoint holds the towers' weights; a tower directory still on this machine is kept because the
     # architecture is read from it (HF or Odyssey). A model to move between machines: --mode=export_model.
     config = resolve.for_inference(tower_init.read_workdir_config(workdir, step), dtype=dtype)
-    _check_cross_modal(config, workdir_or_checkpoint)
+    _check_stage(config, workdir_or_checkpoint)
     mesh = runtime.make_mesh(config)
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
                                              descriptions=config.data.descriptions)
@@ -116,7 +116,7 @@ class ERCLAP:
       mask = np.zeros((self.batch_size, windows.shape[1]), bool)
       mask[n:, 0] = True  # padding rows: one valid sample keeps pooling finite; they are dropped below
       batch[:n], mask[:n] = windows[start:start + n], masks[start:start + n]
-      out.append(self._embedder.audio(self.params, batch, mask)[:n])
+      out.append(self._embedder.speech(self.params, dict(audio=batch, audio_mask=mask))[:n])
     return np.concatenate(out)
 
   def embed_waveforms(self, waves: Sequence[np.ndarray], *, window_seconds: float | None = None,

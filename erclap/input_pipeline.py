@@ -12,12 +12,12 @@ naming them (``TrainIterator``).
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
-With a speech-feature cache (``config.data.speech_features``, see ``erclap.speech_cache``) both iterators
-read each clip from the cache alone (``speech_cache.store.CachedSpeechSource``: record i is cache row i,
-holding the id, the ``speech_cache.fingerprint.CACHED_COLUMNS`` and the cached speech representation), never the
-corpus records and their audio: batches carry ``speech_features`` in place of ``audio`` / ``audio_mask``
-(``erclap.schema.CACHED_STEP_KEYS``), and training sees the one crop the cache holds per clip (the evaluation
-crop) instead of random crops.
+Which records and how a record's speech is read is the speech source's (``erclap.speech_source``: the config's,
+or one given explicitly): from audio (a random crop for training, the centre crop for evaluation), or from a
+speech-feature cache alone (``speech_source.CACHED``: record i is cache row i, holding the id, the
+``speech_source.CACHED_COLUMNS`` and the cached speech representation), never the corpus records and their
+audio: batches then carry ``speech_features`` in place of ``audio`` / ``audio_mask``, and training sees the one
+crop the cache holds per clip (the evaluation crop) instead of random crops.
 
 Batches (host-local, B = global batch // process count; T = round(seconds * sample_rate); L =
 ``config.data.max_text_tokens``; D = the cached representation's width)::
@@ -30,7 +30,6 @@ Batches (host-local, B = global batch // process count; T = round(seconds * samp
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -41,41 +40,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import checkpointing, data
+from erclap import checkpointing, speech_source
 from erclap import descriptions as desc_lib
-from erclap.schema import LABEL_NAMES, uses_speech_cache
-from erclap.speech_cache import fingerprint as cache_fingerprint
-from erclap.speech_cache import store as cache_store
-
-
-def num_samples(seconds: float, sample_rate: int) -> int:
-  t = int(round(float(seconds) * int(sample_rate)))
-  if t < 1:
-    raise ValueError(f"crop length {seconds} s at {sample_rate} Hz is shorter than one sample")
-  return t
-
-
-def _to_float(audio: np.ndarray) -> np.ndarray:
-  audio = np.asarray(audio)
-  if audio.dtype == np.int16:
-    return audio.astype(np.float32) * (1.0 / 32768.0)
-  return audio.astype(np.float32)
-
-
-def crop_or_pad(audio: np.ndarray, length: int, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """(T0,) waveform -> ((length,) float32, (length,) bool valid-sample mask).
-
-  Longer clips are cut at ``start`` (centre when None); shorter ones are zero-padded at the end."""
-  wave = _to_float(audio)
-  n = wave.shape[0]
-  if n >= length:
-    s = (n - length) // 2 if start is None else int(start)
-    if not 0 <= s <= n - length:
-      raise ValueError(f"crop start {s} outside 0..{n - length}")
-    return np.ascontiguousarray(wave[s:s + length]), np.ones(length, bool)
-  out, mask = np.zeros(length, np.float32), np.zeros(length, bool)
-  out[:n], mask[:n] = wave, True
-  return out, mask
+from erclap.schema import LABEL_NAMES
+from erclap.speech_source import SpeechSource
 
 
 class DescriptionPicker:
@@ -117,7 +85,7 @@ class DescriptionPicker:
 
 
 def _example(record: dict, speech: dict, text: str, valid: bool = True) -> dict:
-  """``speech``: {"audio", "audio_mask"} or, from a speech-feature cache, {"speech_features"}."""
+  """``speech``: what the source's reader gives ({"audio", "audio_mask"} or {"speech_features"})."""
   return {
       **speech, "text": text,
       "labels": np.array([record[k] for k in LABEL_NAMES], np.float32),
@@ -149,27 +117,15 @@ def _process(process_index, process_count) -> tuple[int, int]:
 
 
 class _TrainExample(grain.transforms.RandomMap):
-  """RandomMap: record -> cropped audio, mask, labels and one description (Grain's per-record rng)."""
+  """RandomMap: record -> its speech (the source's reader: a random crop, or the cache row), labels and one
+  description (Grain's per-record rng: the crop first, then the description)."""
 
-  def __init__(self, length: int, picker: DescriptionPicker):
-    self.length, self.picker = length, picker
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    n = int(np.asarray(record["audio"]).shape[0])
-    start = int(rng.integers(0, n - self.length + 1)) if n > self.length else 0
-    audio, mask = crop_or_pad(record["audio"], self.length, start)
-    return _example(record, dict(audio=audio, audio_mask=mask), self.picker.pick(record, rng))
-
-
-class _CachedTrainExample(grain.transforms.RandomMap):
-  """RandomMap: record with cached ``speech_features`` -> example (the rng picks only the description)."""
-
-  def __init__(self, picker: DescriptionPicker):
-    self.picker = picker
+  def __init__(self, speech: Callable, picker: DescriptionPicker):
+    self.speech, self.picker = speech, picker
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    features = np.asarray(record["speech_features"], np.float32)
-    return _example(record, dict(speech_features=features), self.picker.pick(record, rng))
+    speech = self.speech(record, rng)
+    return _example(record, speech, self.picker.pick(record, rng))
 
 
 class _Tokenize(grain.transforms.Map):
@@ -180,41 +136,38 @@ class _Tokenize(grain.transforms.Map):
     return _tokenize_batch(batch, self.tokenizer, self.max_tokens)
 
 
-def create_train_iterator(config, tokenizer: Callable, *, process_index: int | None = None,
-                          process_count: int | None = None) -> TrainIterator:
+def create_train_iterator(config, tokenizer: Callable, *, source: SpeechSource | None = None,
+                          process_index: int | None = None, process_count: int | None = None) -> TrainIterator:
   """Infinite, seeded, per-process-sharded iterator of training batches (a ``TrainIterator`` around a Grain
-  DataLoader iterator, with get_state()/set_state()); batch size config.train.global_batch_size // process_count."""
+  DataLoader iterator, with get_state()/set_state()); batch size config.train.global_batch_size // process_count.
+  ``source``: where the speech comes from (None: ``speech_source.of(config)``)."""
   pi, pc = _process(process_index, process_count)
   d = config.data
   global_bs = int(config.train.global_batch_size)
   if global_bs % pc:
     raise ValueError(f"config.train.global_batch_size={global_bs} is not a multiple of process_count={pc}")
   local_bs = global_bs // pc
-  source = data.get_data_source(d, d.train_split)
-  if uses_speech_cache(config):
-    source = cache_store.CachedSpeechSource(source, cache_fingerprint.open_split(config, d.train_split))
-    example = _CachedTrainExample
-  else:
-    example = functools.partial(_TrainExample, num_samples(d.max_seconds, d.sample_rate))
-  if len(source) < pc:
-    raise ValueError(f"split {d.train_split!r} has {len(source)} examples, fewer than {pc} processes")
-  ids = source_ids(source) if d.descriptions != "templates" else None
+  source = speech_source.of(config) if source is None else source
+  records, speech = source.open(config, d.train_split, train=True)
+  if len(records) < pc:
+    raise ValueError(f"split {d.train_split!r} has {len(records)} examples, fewer than {pc} processes")
+  ids = source_ids(records) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{d.train_split}")
   if int(d.worker_count) > 0:
     if not flags.FLAGS.is_parsed():  # library use outside absl.app: Grain's workers read its flags
       flags.FLAGS.mark_as_parsed()
   sampler = GlobalBatchSlice(
-      grain.samplers.IndexSampler(num_records=len(source), shuffle=True, num_epochs=None, seed=int(config.seed),
+      grain.samplers.IndexSampler(num_records=len(records), shuffle=True, num_epochs=None, seed=int(config.seed),
                                   shard_options=grain.sharding.NoSharding()),
       global_batch_size=global_bs, process_index=pi, process_count=pc)
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[example(picker),
+      data_source=records, sampler=sampler,
+      operations=[_TrainExample(speech, picker),
                   grain.transforms.Batch(batch_size=local_bs, drop_remainder=True),
                   _Tokenize(tokenizer, int(d.max_text_tokens))],
       worker_count=int(d.worker_count), worker_buffer_size=max(1, int(d.prefetch_buffer_size)),
       read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=max(local_bs, 16)))
-  return TrainIterator(iter(loader), sampler=sampler, source=source, worker_count=int(d.worker_count))
+  return TrainIterator(iter(loader), sampler=sampler, source=records, worker_count=int(d.worker_count))
 
 
 # What each field of the sampler's repr (``GlobalBatchSlice`` around Grain's ``IndexSampler``) comes from.
@@ -335,12 +288,11 @@ class EvalIterator:
 
   Every process yields the same number of batches (collectives in the consumer stay in step)."""
 
-  def __init__(self, source, picker: DescriptionPicker, tokenizer: Callable, *, batch_size: int, length: int,
-               max_tokens: int, process_index: int, process_count: int, feature_width: int = 0):
-    """``feature_width`` > 0: ``source`` yields cached ``speech_features`` of that width instead of audio."""
-    self.source, self.picker, self.tokenizer = source, picker, tokenizer
-    self.batch_size, self.length, self.max_tokens = batch_size, length, max_tokens
-    self.feature_width = int(feature_width)
+  def __init__(self, source, speech: Callable, picker: DescriptionPicker, tokenizer: Callable, *, batch_size: int,
+               max_tokens: int, process_index: int, process_count: int):
+    """``speech``: the speech source's reader of ``source``'s records (``speech(record)``, ``speech.padding()``)."""
+    self.source, self.speech, self.picker, self.tokenizer = source, speech, picker, tokenizer
+    self.batch_size, self.max_tokens = batch_size, max_tokens
     n = len(source)
     per = math.ceil(n / process_count)
     self.start, self.stop = min(process_index * per, n), min((process_index + 1) * per, n)
@@ -359,11 +311,11 @@ class EvalIterator:
       for i in self.batch_rows(b).tolist():
         if i < self.stop:
           record = self.source[i]
-          rows.append(_example(record, self._speech(record), self.picker.pick(record, None)))
+          rows.append(_example(record, self.speech(record), self.picker.pick(record, None)))
           ids.append(record["id"])
         else:  # padding row: masked out everywhere
           blank = {**dict.fromkeys(LABEL_NAMES, 0.0), "class_id": -1}
-          rows.append(_example(blank, self._speech(None), "", valid=False))
+          rows.append(_example(blank, self.speech.padding(), "", valid=False))
           ids.append("")
         texts.append(rows[-1]["text"])
       batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "text"}
@@ -373,32 +325,20 @@ class EvalIterator:
       batch["description"] = texts
       yield batch
 
-  def _speech(self, record: dict | None) -> dict:
-    """The speech inputs of a record (centre crop, or its cached features); zeros for a padding row."""
-    if self.feature_width:
-      width = self.feature_width
-      return dict(speech_features=np.zeros(width, np.float32) if record is None
-                  else np.asarray(record["speech_features"], np.float32))
-    if record is None:
-      return dict(audio=np.zeros(self.length, np.float32), audio_mask=np.zeros(self.length, bool))
-    audio, mask = crop_or_pad(record["audio"], self.length)
-    return dict(audio=audio, audio_mask=mask)
 
 
 def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size: int,
-                         process_index: int | None = None, process_count: int | None = None) -> EvalIterator:
-  """Iterates ``split`` exactly once (this process's share) in batches of ``batch_size`` (per process)."""
+                         source: SpeechSource | None = None, process_index: int | None = None,
+                         process_count: int | None = None) -> EvalIterator:
+  """Iterates ``split`` exactly once (this process's share) in batches of ``batch_size`` (per process);
+  ``source``: where the speech comes from (None: ``speech_source.of(config)``)."""
   pi, pc = _process(process_index, process_count)
   if int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   d = config.data
-  source = data.get_data_source(d, split)
-  width = 0
-  if uses_speech_cache(config):
-    cached = cache_fingerprint.open_split(config, split)
-    source, width = cache_store.CachedSpeechSource(source, cached), cached.width
-  ids = source_ids(source) if d.descriptions != "templates" else None
+  source = speech_source.of(config) if source is None else source
+  records, speech = source.open(config, split, train=False)
+  ids = source_ids(records) if d.descriptions != "templates" else None
   picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
-  return EvalIterator(source, picker, tokenizer, batch_size=int(batch_size),
-                      length=num_samples(data.eval_crop_seconds(d), d.sample_rate), max_tokens=int(d.max_text_tokens),
-                      process_index=pi, process_count=pc, feature_width=width)
+  return EvalIterator(records, speech, picker, tokenizer, batch_size=int(batch_size),
+                      max_tokens=int(d.max_text_tokens), process_index=pi, process_count=pc)

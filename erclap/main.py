@@ -4,14 +4,20 @@ r"""ERCLAP command line: one program for every stage and mode.
   python -m erclap.main --config=configs/tpu_v4.py --workdir=gs://bucket/run1 \
       --config.train.global_batch_size=2048
 
-Modes: ``train`` (resumes from the workdir when it holds checkpoints), ``eval`` (evaluate a checkpoint
-on the test split), ``export`` (embeddings, metrics and plots under workdir/export), ``all`` (train, then
-evaluate and export: the demo), ``plan`` (compile the train step for ``config.plan.topology`` on simulated
-devices and report per-device memory, FLOPs and the step time a chip implies, without allocating anything).
-``config.stage`` picks the cross-modal stage (``clap``) or stage-1
-speech-emotion pre-training (``ser``) (``erclap.stages``); ``config.recipe.stage1`` makes one run of both
-(``erclap.recipe``: stage 1, its frozen speech features cached, the cross-modal stage on the cache), as
-configs/demo.py does.
+Modes (``_MODES``: mode -> the function it runs):
+
+* ``train`` (``recipe.run_train``): the config's stages in order, each resuming from the workdir;
+* ``eval`` (``evaluate.evaluate_checkpoint``): the metrics of a checkpoint on the test split;
+* ``export`` (``export.export_embeddings``): embeddings, metrics and plots under workdir/export;
+* ``all`` (``recipe.run_all``): train, then export and print the metrics table (the demo);
+* ``export_model`` (``model_export.export_model``): the portable model directory and its TF SavedModel;
+* ``plan`` (``plan.run_plan``): compile the train step for ``config.plan.topology`` on simulated devices and
+  report per-device memory, FLOPs and the step time a chip implies, without allocating anything;
+* ``cache_speech`` (``speech_cache_mode.cache_speech_features``): the frozen speech representation of every clip.
+
+``config.stage`` picks the cross-modal stage (``clap``) or stage-1 speech-emotion pre-training (``ser``)
+(``erclap.stages``); ``config.recipe.stage1`` makes one run of both (``erclap.recipe``: stage 1, its frozen
+speech features cached, the cross-modal stage on the cache), as configs/demo.py does.
 
 Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, so two runs never write one
 workdir, and runs on the config ``erclap.resolve`` makes of the given one (validated against the devices before
@@ -32,13 +38,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from erclap import (
-    cache_speech,
     checkpointing,
     config_lib,
     distributed,
     evaluate,
     export,
-    mode_all,
     model_export,
     plan,
     progress,
@@ -46,23 +50,25 @@ from erclap import (
     resolve,
     run_status,
     signals,
+    speech_cache_mode,
     workdir_lock,
 )
 
+# Every mode resolve.MODES knows, and the function it runs (on the config resolved for it).
 _MODES = {
-    "train": recipe.train_stages,
+    "train": recipe.run_train,
     "eval": evaluate.evaluate_checkpoint,
     "export": export.export_embeddings,
+    "all": recipe.run_all,
     "export_model": model_export.export_model,
-    "all": mode_all.run_all,
     "plan": plan.run_plan,
-    "cache_speech": cache_speech.cache_speech_features,
+    "cache_speech": speech_cache_mode.cache_speech_features,
 }
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, exports and logs.")
-flags.DEFINE_enum("mode", "train", list(_MODES), "What to run.")
+flags.DEFINE_enum("mode", "train", list(resolve.MODES), "What to run.")
 
 _HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 

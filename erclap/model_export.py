@@ -57,8 +57,10 @@ from erclap import (
     state,
     tokenization,
     trees,
+    validation,
 )
 from erclap.schema import LABEL_NAMES
+from erclap.tensorflow_devices import hide_accelerators_from_tensorflow
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
 CONFIG_FILE = "config.json"
@@ -70,7 +72,7 @@ PROMPTS_FILE = "level_prompts.json"
 SAVED_MODEL_DIR = "saved_model"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_ALGORITHM = "sha256"
-# The stored config's values the loaded model depends on (``config_lib.value_problems`` messages start so).
+# The stored config's values the loaded model depends on (``validation.problems`` messages start so).
 LOADED_VALUES = ("config.stage", "config.model.", "config.data.", "config.eval.")
 REEXPORT = "export the model again (--mode=export_model) or copy the whole directory again from where it was exported"
 
@@ -233,9 +235,10 @@ def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, sav
   """
   if "://" in model_dir:
     raise ValueError(f"export.model_dir={model_dir!r}: the model directory must be a local path")
-  if saved_model and not stages.of(config).cross_modal:
-    raise ValueError(f"export.saved_model=True: the SavedModel embeds audio and text, which needs the cross-modal "
-                     f"(clap) stage (this model is '{config.stage}'); set export.saved_model=False")
+  stage = stages.of(config)
+  if saved_model and not stage.saved_model_signatures:
+    raise ValueError(f"export.saved_model=True: {stage.title} ('{stage.name}') has no SavedModel signatures; set "
+                     f"export.saved_model=False")
   problem = target_problem(model_dir)
   if problem:
     raise FileExistsError(problem)
@@ -257,11 +260,12 @@ def export_model(config, workdir: str) -> str:
   """--mode=export_model: the checkpoint ``config.export.step`` (-1 = latest) as a model directory.
 
   Writes ``model_dir_path(config, workdir)``, with a TF SavedModel in its ``saved_model/`` when
-  ``config.export.saved_model`` (default True; a few seconds more; skipped for the ser stage). Reads neither
-  the corpus nor any pre-trained tower (the checkpoint holds them). Process 0 writes.
+  ``config.export.saved_model`` (default True; a few seconds more; skipped for a stage without SavedModel
+  signatures, ``Stage.saved_model_signatures``). Reads neither the corpus nor any pre-trained tower (the
+  checkpoint holds them). Process 0 writes.
 
   Args:
-    config: the training config of the run in ``workdir``.
+    config: the training config of the run in ``workdir``, resolved for ``export_model`` (``erclap.resolve``).
     workdir: the run's directory.
 
   Returns:
@@ -270,11 +274,11 @@ def export_model(config, workdir: str) -> str:
   Raises:
     config_lib.ConfigError: the target may not be written (``target_problem``), before any work.
   """
+  resolve.require(config, "export_model")
   # Process 0 writes, so its verdict counts; every process stops before the first collective.
   problem = target_problem(model_dir_path(config, workdir), workdir) if jax.process_index() == 0 else None
   runtime.agree_or_raise(problem, config_lib.ConfigError)
-  config = resolve.ensure(config, workdir, "export_model")
-  runtime.hide_accelerators_from_tensorflow()
+  hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
                                            descriptions=config.data.descriptions)
@@ -284,7 +288,8 @@ def export_model(config, workdir: str) -> str:
   model_dir = model_dir_path(config, workdir)
   if jax.process_index() == 0:
     write_model_dir(model_dir, config, step, host_params, tokenizer,
-                    saved_model=bool(config.export.get("saved_model", True)) and stages.of(config).cross_modal)
+                    saved_model=bool(config.export.get("saved_model", True))
+                    and bool(stages.of(config).saved_model_signatures))
     progress.print_line(f"[export_model] step {step} -> {model_dir}")
   return model_dir
 
@@ -402,7 +407,7 @@ def _read_stored(path: str) -> dict:
 def _check_values(config, where: str) -> None:
   """The stored values the loaded model depends on, through the config validation (``LOADED_VALUES``)."""
   try:
-    problems = [p for p in config_lib.value_problems(config) if p.startswith(LOADED_VALUES)]
+    problems = [p for p in validation.problems(config) if p.startswith(LOADED_VALUES)]
   except TypeError as e:  # a value of the wrong type (a string where a number belongs ...)
     raise ModelDirError(f"{where}: a stored value has the wrong type ({e}); {REEXPORT}") from None
   if problems:
@@ -476,6 +481,12 @@ def input_shapes(config) -> tuple[int, int]:
   return int(round(data.eval_crop_seconds(config.data) * config.data.sample_rate)), int(config.data.max_text_tokens)
 
 
+# The inputs of each model method a SavedModel may serve (``Stage.saved_model_signatures``): their names, TF dtype
+# names, and which of ``input_shapes`` is their length.
+SIGNATURE_INPUTS = {"embed_audio": (("audio", "audio_mask"), ("float32", "bool"), 0),
+                    "embed_text": (("input_ids", "attention_mask"), ("int32", "int32"), 1)}
+
+
 def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] = ("cpu", "cuda"),
                        verify: bool = True) -> str:
   """A TF SavedModel of a clap-stage model's two embedding functions, for serving without JAX or ERCLAP.
@@ -506,10 +517,11 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
 
   loaded = load_model_dir(source, verify=verify) if isinstance(source, str | os.PathLike) else source
   config, model = loaded.config, loaded.model
-  if not stages.of(config).cross_modal:
-    raise ValueError(f"export_saved_model: a '{config.stage}' stage model; the SavedModel needs the cross-modal "
-                     f"(clap) stage")
-  num_samples, num_tokens = input_shapes(config)
+  methods = stages.of(config).saved_model_signatures
+  if not methods:
+    raise ValueError(f"export_saved_model: a '{config.stage}' stage model has no SavedModel signatures (the "
+                     f"cross-modal (clap) stage has)")
+  lengths = input_shapes(config)
   params = jax.tree.map(np.asarray, sharding.to_host(loaded.params))
   variables = jax.tree.map(lambda x: tf.Variable(x, trainable=False), params)
 
@@ -525,11 +537,11 @@ def export_saved_model(source, out_dir: str, *, platforms: typing.Sequence[str] 
     return fn
 
   module = tf.Module()
-  module.embed_audio = serving("embed_audio", num_samples, ("audio", "audio_mask"), (tf.float32, tf.bool))
-  module.embed_text = serving("embed_text", num_tokens, ("input_ids", "attention_mask"), (tf.int32, tf.int32))
+  for method in methods:
+    names, dtypes, length = SIGNATURE_INPUTS[method]
+    setattr(module, method, serving(method, lengths[length], names, tuple(tf.as_dtype(d) for d in dtypes)))
   module.variables_list = tf.nest.flatten(variables)  # tracked, so that the SavedModel stores them
-  signatures = {"embed_audio": module.embed_audio.get_concrete_function(),
-                "embed_text": module.embed_text.get_concrete_function()}
+  signatures = {method: getattr(module, method).get_concrete_function() for method in methods}
   if "://" in str(out_dir):
     raise ValueError(f"{out_dir}: the SavedModel directory must be a local path")
   with _atomic_dir(str(out_dir)) as tmp:

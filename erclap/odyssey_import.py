@@ -87,8 +87,8 @@ class OdysseyCheckpoint(OdysseyConfig):
 
   def ser_model(self, dtype=jnp.float32) -> SERModel:
     """The SERModel these parameters belong to (inference: dropout off)."""
-    return SERModel(speech_arch=self.speech_arch, num_attributes=self.num_classes, head_hidden=self.hidden_size,
-                    head_layers=self.head_layers, dtype=dtype, speech_pooling="attentive_stats",
+    return SERModel(speech_arch=self.speech_arch, num_attributes=self.num_classes, ser_head_hidden=self.hidden_size,
+                    ser_head_layers=self.head_layers, dtype=dtype, speech_pooling="attentive_stats",
                     speech_input_mean=self.mean, speech_input_std=self.std)
 
   def label_indices(self, names: Sequence[str]) -> tuple[int, ...]:

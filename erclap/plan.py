@@ -4,15 +4,16 @@
 structs that carry their shardings: no parameter or batch is allocated) over as many simulated CPU devices
 as the topology has chips, and reports per device:
 
-* parameter, optimizer-state and gradient bytes, from the abstract shapes and ``sharding.shard_shape``;
+* parameter, optimizer-state and gradient bytes, from the abstract shapes and ``sharding.shard_shape``
+  (gradients of what trains only: ``erclap.trainable``);
 * argument, output, temporary (activation) bytes and the total, from XLA's ``compiled.memory_analysis()``;
 * FLOPs per step, from ``compiled.cost_analysis()["flops"]``. On an SPMD program that is the cost of ONE
   device's partitioned program (a (1024, 512) @ (512, 256) matmul split over 8 devices reports 1/8 of
   2·M·K·N), so the global figure is that times the device count. XLA counts what it executes, the forward
   passes that rematerialisation repeats included: the FLOPs the step time depends on;
-* the cross-modal loss's share: its loss and gradient alone on (N, D) embeddings over the same mesh. The RNC
-  loss sorts every row by label distance; comparisons are not FLOPs, so its share of the step time is larger
-  than its share of the FLOPs.
+* the loss's share: the stage's loss and its gradient alone on the (N, width) outputs it reads, over the same
+  mesh. The RNC loss sorts every row by label distance; comparisons are not FLOPs, so its share of the step time
+  is larger than its share of the FLOPs.
 
 Step time = FLOPs per device / (the chip's dense bf16 peak × ``plan.utilization``); communication is not
 modelled (it hides behind compute at a good utilisation, and is what a low utilisation stands for). The
@@ -20,7 +21,10 @@ verdict compares the total with ``plan.hbm_headroom`` × the chip's HBM. The mem
 buffer assignment of the same program: TPU and GPU compilers fuse and schedule differently (and XLA:CPU may
 compute bf16 matmuls in float32), so they are estimates to tens of percent; the headroom is for that.
 
-The chips, their peaks and the topology names are in ``erclap.chips``.
+The batch is the speech source's (``erclap.speech_source``): a config that reads audio with a speech path a cache
+could stand for is also planned on cached speech features (``--mode=cache_speech``, then
+``data.speech_features``), the variant asked for explicitly. The chips, their peaks and the topology names are in
+``erclap.chips``.
 """
 
 from __future__ import annotations
@@ -34,11 +38,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import config_lib, fileio, models, optim, progress, schema, sharding, stages, state, step, tokenization
+from erclap import (
+    fileio,
+    models,
+    optim,
+    progress,
+    sharding,
+    speech_source,
+    stages,
+    state,
+    step,
+    tokenization,
+    trainable,
+)
 from erclap.chips import CHIPS, GiB, chip_of_device, parse_topology
+from erclap.schema import LABEL_NAMES
+from erclap.speech_source import SpeechSource
 
-__all__ = ["CHIPS", "abstract_batch", "chip_of_device", "compile_train_step", "format_plan", "parse_topology",
-           "plan_config", "plan_loss", "plan_step", "prepare_devices", "run_plan", "state_bytes",
+__all__ = ["CHIPS", "abstract_batch", "cached_variant", "chip_of_device", "compile_train_step", "format_plan",
+           "parse_topology", "plan_config", "plan_loss", "plan_step", "prepare_devices", "run_plan", "state_bytes",
            "with_host_device_count"]
 
 
@@ -93,19 +111,13 @@ def _per_device_bytes(tree, shardings) -> int:
   return int(sum(jax.tree.leaves(sizes)))
 
 
-def _trainable(config, params) -> dict:
-  """The parameter groups that receive gradients (``optim.trainable_mask``: the optimizer's and the step's)."""
-  trained = optim.trainable_mask(config, params)
-  return {k: v for k, v in params.items() if trained[k]}
-
-
-def abstract_batch(config, mesh, params) -> dict:
-  """The global step batch as ShapeDtypeStructs sharded along the batch (nothing allocated); cached speech
-  features as wide as ``params``' speech projection reads."""
+def abstract_batch(config, mesh, params, source: SpeechSource) -> dict:
+  """The global step batch of ``source`` as ShapeDtypeStructs sharded along the batch (nothing allocated); cached
+  speech features as wide as ``params``' speech projection reads."""
   n = config.train.global_batch_size
-  one = schema.dummy_batch(config, 1, feature_width=models.speech_feature_width(params))
+  one = source.dummy_batch(config, 1, feature_width=models.speech_feature_width(params))
   return {k: jax.ShapeDtypeStruct((n,) + v.shape[1:], v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
-          for k, v in one.items() if k in schema.step_keys(config)}
+          for k, v in one.items() if k in source.step_keys}
 
 
 def compiled_cost(compiled) -> dict:
@@ -136,21 +148,24 @@ def check_batch(config, mesh) -> None:
                      f"multiple of the {shards} batch shards of mesh {dict(mesh.shape)}")
 
 
-def compile_train_step(config, mesh, model):
+def compile_train_step(config, mesh, model, source: SpeechSource | None = None):
   """The real train step, jitted with the run's shardings and donation, compiled for abstract inputs.
+
+  ``source``: where the batch's speech comes from (None: ``speech_source.of(config)``).
 
   Returns:
     (compiled, abstract state, state shardings, abstract batch, compile seconds); ``compiled(state, batch)``
     runs it on real arrays of those shapes and shardings.
   """
   check_batch(config, mesh)
+  source = speech_source.of(config) if source is None else source
   optimizer = optim.make_optimizer(config)
   args, shardings = state.abstract_sharded_state(model, config, mesh, optimizer)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-  batch = abstract_batch(config, mesh, abstract.params)
+  batch = abstract_batch(config, mesh, abstract.params, source)
   start = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = step.jit_train_step(model, config, mesh, optimizer, shardings).lower(args, batch).compile()
+    compiled = step.jit_train_step(model, config, mesh, optimizer, shardings, source).lower(args, batch).compile()
   return compiled, abstract, shardings, batch, time.perf_counter() - start
 
 
@@ -163,25 +178,26 @@ def step_figures(config, mesh, compiled, abstract, shardings) -> dict:
   return out
 
 
-def plan_step(config, mesh, model) -> dict:
+def plan_step(config, mesh, model, source: SpeechSource | None = None) -> dict:
   """Per-device memory and FLOPs of the compiled train step (abstract inputs: nothing is allocated).
 
   Args:
     config: the run config. mesh: the device mesh (as many devices as the target has chips).
     model: the model the run trains (``runtime.build_model``).
+    source: where the batch's speech comes from (None: ``speech_source.of(config)``).
   Returns:
     dict of per-device bytes (params, opt_state, grads, argument, output, alias, temp, total),
     ``flops_per_device``, ``flops_per_step`` (global), ``flops_per_example`` and ``compile_s``.
   """
-  compiled, abstract, shardings, _, seconds = compile_train_step(config, mesh, model)
+  compiled, abstract, shardings, _, seconds = compile_train_step(config, mesh, model, source)
   return dict(step_figures(config, mesh, compiled, abstract, shardings), compile_s=seconds)
 
 
 def _state_bytes(config, abstract, shardings) -> dict:
-  trainable = _trainable(config, abstract.params)
+  trained = trainable.of(config).trained(abstract.params)  # gradients reach these only (the step's frozen view)
   return dict(params_bytes=_per_device_bytes(abstract.params, shardings.params),
               opt_state_bytes=_per_device_bytes(abstract.opt_state, shardings.opt_state),
-              grads_bytes=_per_device_bytes(trainable, {k: shardings.params[k] for k in trainable}),
+              grads_bytes=_per_device_bytes(trained, {k: shardings.params[k] for k in trained}),
               param_count=int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))))
 
 
@@ -191,25 +207,23 @@ def state_bytes(config, mesh, model) -> dict:
   return _state_bytes(config, abstract, shardings)
 
 
-def plan_loss(config, mesh) -> dict | None:
-  """Per-device FLOPs and temporary bytes of the cross-modal loss + gradient alone on (N, D) embeddings.
-
-  None for a stage that is not cross-modal (stage 1's losses act on (N, 3) predictions: negligible)."""
-  if not stages.of(config).cross_modal:
-    return None
-  n, d = config.train.global_batch_size, config.model.joint_dim
+def plan_loss(config, mesh) -> dict:
+  """Per-device FLOPs and temporary bytes of the stage's loss + gradient alone, on the (N, width) outputs it reads
+  (``Stage.loss_output_widths``: the cross-modal stage's embeddings, stage 1's predicted attributes) and the
+  scalar parameters it reads (``Stage.loss_params``: the log temperature)."""
+  stage, n = stages.of(config), config.train.global_batch_size
   rows = lambda *shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
       shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
 
-  def loss(speech, text, log_temperature, batch):
-    return stages.clap_loss(config, mesh, {optim.LOG_TEMPERATURE: log_temperature}, dict(speech=speech, text=text),
-                            batch)[0]
+  def loss(outputs, params, batch):
+    return stage.loss(config, mesh, params, outputs, batch)[0]
 
-  batch = dict(labels=rows(n, len(schema.LABEL_NAMES)), class_id=rows(n, dtype=jnp.int32))
-  log_t = jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+  outputs = {key: rows(n, width) for key, width in stage.loss_output_widths(config).items()}
+  params = {name: jax.ShapeDtypeStruct((), jnp.float32, sharding=sharding.replicated(mesh))
+            for name in stage.loss_params}
+  batch = dict(labels=rows(n, len(LABEL_NAMES)), class_id=rows(n, dtype=jnp.int32))
   with jax.set_mesh(mesh):
-    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
-        rows(n, d), rows(n, d), log_t, batch).compile()
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(outputs, params, batch).compile()
   return dict(flops_per_device=float(compiled_cost(compiled).get("flops", float("nan"))),
               temp_bytes=_memory(compiled)["temp"])
 
@@ -258,7 +272,7 @@ def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
                          "(adds parameter all-gathers)"))
   n_local = config.train.global_batch_size // sharding.batch_size_divisor(mesh)
   block = config.loss_options.row_block or n_local
-  if stages.of(config).cross_modal and config.loss == "rnc" and block > 512 and n_local > 512:
+  if "row_block" in stages.of(config).loss_option_names(config) and block > 512 and n_local > 512:
     out.append(dict(knob="loss_options.row_block", value=512, total_bytes=int(total - loss_temp * (1 - 512 / block)),
                     note="the loss's (rows x N) matrices are built 512 rows at a time"))
   if config.model.dtype == "float32":
@@ -267,7 +281,8 @@ def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
   return out
 
 
-def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | None = None) -> dict:
+def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | None = None,
+                source: SpeechSource | None = None) -> dict:
   """The whole plan of ``config`` on ``mesh``: memory, FLOPs, the loss's share, speed and the verdict.
 
   Args:
@@ -275,14 +290,16 @@ def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | Non
     mesh: the mesh, with one device per chip of the target. model: the model the run trains.
     chip_key: a key of CHIPS (None: no chip figures; memory and FLOPs only).
     step_plan: ``plan_step``'s figures when the caller has compiled the step already.
+    source: where the batch's speech comes from (None: ``speech_source.of(config)``).
   Returns:
     A JSON-serialisable dict (see ``format_plan``).
   """
-  step_plan = plan_step(config, mesh, model) if step_plan is None else step_plan
+  step_plan = plan_step(config, mesh, model, source) if step_plan is None else step_plan
   loss_plan = plan_loss(config, mesh)
   n = config.train.global_batch_size
   result = dict(chip=None, devices=int(mesh.size), mesh={k: int(v) for k, v in mesh.shape.items()},
-                global_batch=n, micro_batch=int(config.train.micro_batch_size), loss=config.loss,
+                global_batch=n, micro_batch=int(config.train.micro_batch_size),
+                loss=stages.of(config).loss_label(config),
                 utilization=float(config.plan.utilization), hbm_headroom=float(config.plan.hbm_headroom),
                 step=step_plan, loss_plan=loss_plan,
                 loss_flops_share=(loss_plan["flops_per_device"] / step_plan["flops_per_device"]
@@ -349,7 +366,7 @@ def vocab_size(config) -> tuple[int | None, str]:
 
   The configured tokenizer's when it can be built here; else the text preset's (a tokenizer directory on the
   training machine only: the embedding table then has the preset's size, e.g. RoBERTa's 50265)."""
-  if not stages.of(config).cross_modal:
+  if not stages.of(config).has_text_tower:
     return None, "no text tower"
   try:
     tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
@@ -360,16 +377,10 @@ def vocab_size(config) -> tuple[int | None, str]:
     return preset.vocab_size, f"{config.model.text_arch} preset ({type(e).__name__}: tokenizer not available)"
 
 
-# data.speech_features of the cached variant: the plan reads no cache, it only traces the step on feature batches.
-PLANNED_CACHE = "<a speech-feature cache>"
-
-
-def feature_variant(config):
-  """The config on cached speech features (``--mode=cache_speech``), for a cross-modal config with a frozen speech
-  tower that reads audio; None otherwise."""
-  if not stages.of(config).cross_modal or not config.model.freeze_speech or schema.uses_speech_cache(config):
-    return None
-  return config_lib.apply_overrides(config, {"data.speech_features": PLANNED_CACHE})
+def cached_variant(config) -> bool:
+  """Whether the plan of ``config`` also plans the step on cached speech features: it reads audio, and a cache
+  could stand for its speech path (``trainable.of(config).cached``)."""
+  return speech_source.of(config) is speech_source.AUDIO and bool(trainable.of(config).cached)
 
 
 def target(config) -> tuple[str | None, str]:
@@ -385,11 +396,12 @@ def target(config) -> tuple[str | None, str]:
 
 
 def run_plan(config, workdir: str) -> dict:
-  """``--mode=plan``: prints the plan of ``config`` (and of its cached-feature variant) and writes
-  ``<workdir>/plan.json``.
+  """``--mode=plan``: prints the plan of ``config`` (and of its cached-feature variant, ``cached_variant``) and
+  writes ``<workdir>/plan.json``.
 
   Args:
-    config: the run config; ``config.plan`` names the topology, assumed utilisation and HBM headroom.
+    config: resolved for ``plan`` (``erclap.resolve``); ``config.plan`` names the topology, assumed utilisation and
+      HBM headroom.
     workdir: where plan.json goes (a remote workdir gets none: the printed table is the plan).
   Returns:
     The plan dict (``plan_config``'s, with ``topology``, ``vocab_size`` and ``variants``).
@@ -398,16 +410,16 @@ def run_plan(config, workdir: str) -> dict:
   # the data stack (grain / TFDS): imported here so that the measuring functions above need jax/flax/optax only.
   from erclap import resolve, runtime
 
-  config = resolve.ensure(config, workdir, "plan")
+  resolve.require(config, "plan")
   chip_key, where = target(config)
   mesh = runtime.make_mesh(config)
   vocab, vocab_from = vocab_size(config)
-  result = plan_config(config, mesh, runtime.build_model(config, vocab_size=vocab), chip_key)
+  model = runtime.build_model(config, vocab_size=vocab)
+  result = plan_config(config, mesh, model, chip_key)
   result.update(topology=where, vocab_size=vocab, vocab_from=vocab_from, variants={})
   progress.print_line(format_plan(result, f"plan (text vocabulary {vocab}: {vocab_from})"))
-  variant = feature_variant(config)
-  if variant is not None:
-    cached = plan_config(variant, mesh, runtime.build_model(variant, vocab_size=vocab), chip_key)
+  if cached_variant(config):
+    cached = plan_config(config, mesh, model, chip_key, source=speech_source.CACHED)
     cached.update(topology=where)
     result["variants"]["speech_features"] = cached
     progress.print_line(format_plan(cached, "plan on cached speech features (--mode=cache_speech, then "

@@ -12,12 +12,14 @@
   AOC / VOC.
 
 ``embed_texts(list[str]) -> (N, D)`` is whatever embeds text: the evaluation embedder on the mesh, or the
-inference API's.
+inference API's. Evaluation embeds the texts first and computes the metrics from arrays: ``text_batches`` lists
+the texts ``prompt_embeddings`` embeds, one list per call, and ``replay`` serves their embeddings back in that
+order (each list embedded as one call, as ``prompt_embeddings`` would have).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -68,3 +70,32 @@ def retrieval_queries(embed_texts: EmbedTexts, config) -> dict:
 def prompt_embeddings(embed_texts: EmbedTexts, config) -> dict:
   """``level_prompts`` and ``retrieval_queries`` in one dict (what ``metrics.summarize`` takes)."""
   return {**level_prompts(embed_texts, config), **retrieval_queries(embed_texts, config)}
+
+
+def text_batches(config) -> list[list[str]]:
+  """The texts ``prompt_embeddings(embed_texts, config)`` embeds, one list per ``embed_texts`` call, in order."""
+  calls = []
+
+  def record(texts: list[str]) -> np.ndarray:
+    calls.append(list(texts))
+    return np.ones((len(texts), 1), np.float32)  # a stand-in: only the texts are kept
+
+  prompt_embeddings(record, config)
+  return calls
+
+
+def replay(embeddings: Sequence[np.ndarray]) -> EmbedTexts:
+  """An ``embed_texts`` that returns ``embeddings`` one array per call, in order: the embedded ``text_batches``.
+
+  Raises ValueError when a call asks for another number of texts than the next array holds, or runs past them."""
+  remaining = list(embeddings)
+
+  def embed_texts(texts: list[str]) -> np.ndarray:
+    if not remaining:
+      raise ValueError(f"replay: {len(embeddings)} embedded text batches, and a further one was asked for")
+    array = np.asarray(remaining.pop(0))
+    if len(array) != len(texts):
+      raise ValueError(f"replay: {len(texts)} texts asked for, the next embedded batch has {len(array)} rows")
+    return array
+
+  return embed_texts

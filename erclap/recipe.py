@@ -1,29 +1,32 @@
-"""The two-stage recipe (``config.recipe.stage1``): train the speech emotion model, freeze it, cache it, then
-train the cross-modal stage on the cache.
+"""The training modes: ``--mode=train`` runs the config's stages in order, ``--mode=all`` trains, then exports.
 
   python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=all
 
-With ``config.recipe.stage1`` naming a stage-1 config (``"ser_pretrain:demo"``), one workdir holds the whole run:
+A one-stage config is its own run. With ``config.recipe.stage1`` naming a stage-1 config (``"ser_pretrain:demo"``),
+one workdir holds the two stages of the paper's recipe, which ``run_train`` runs top-down:
 
-  <workdir>/stage1/           stage 1: the SER run (speech tower + pooling + attribute head; CCC + ranking losses)
-  <workdir>/speech_features/  its frozen speech representation of every clip (``--mode=cache_speech``)
-  <workdir>/checkpoints/ ...  the cross-modal stage, trained on the cached features (the speech tower is never
-                              run while it trains)
+  1. stage 1 (``<workdir>/stage1/``): the SER run (speech tower + pooling + attribute head; CCC + ranking losses),
+     its config derived by ``resolve.stage1_config`` and resolved for ``train`` there;
+  2. its frozen speech representation of every clip cached in ``<workdir>/speech_features/``
+     (``speech_cache_mode.cache_speech_features``, with the checks of ``--mode=cache_speech``), when the
+     cross-modal config reads that cache (``speech_source.of(config)``). When the pooling (and SER head) train on
+     the frozen tower, nothing of the speech path can be cached (``erclap.trainable``: ``Trainable.cached``): the
+     cross-modal stage reads audio and there is no caching step;
+  3. the cross-modal stage (``<workdir>/checkpoints/`` ...), whose config ``erclap.resolve`` derived: its
+     ``model.speech_init`` is the stage-1 workdir, its speech side frozen, its ``data.speech_features`` the cache.
 
-Which configs: ``erclap.resolve`` derives both, for every mode: stage 1's (``resolve.stage1_config``) and the
-cross-modal stage's (its ``model.speech_init`` is the stage-1 workdir, its speech tower frozen, its
-``data.speech_features`` the cache), so ``eval`` / ``export`` / ``export_model`` of the workdir need no extra
-flags. Here the training modes (``train``, ``all``) run the stages in order, each resuming from what is already
-there: a finished stage 1 is not retrained, splits already cached are not recomputed, the cross-modal run resumes
-from its latest checkpoint. A cache made from other stage-1 weights (e.g. stage 1 retrained with other settings)
-is refused, naming what differs; delete ``<workdir>/speech_features`` to rebuild it.
+Each step resumes from what is already there: a finished stage 1 is not retrained, splits already cached are not
+recomputed, the cross-modal run resumes from its latest checkpoint. A cache made from other stage-1 weights (e.g.
+stage 1 retrained with other settings) is refused, naming what differs; delete ``<workdir>/speech_features`` to
+rebuild it. ``eval`` / ``export`` / ``export_model`` of the workdir need no extra flags: resolution derives the same
+cross-modal config for every mode.
 """
 
 from __future__ import annotations
 
 import jax
 
-from erclap import cache_speech, progress, resolve, train
+from erclap import export, progress, resolve, speech_cache_mode, speech_source, train, trainable
 
 
 def _say(message: str) -> None:
@@ -32,7 +35,8 @@ def _say(message: str) -> None:
 
 
 def prepare_stages(config, workdir: str) -> None:
-  """Stage 1 and its speech cache, brought up to date for a recipe run (nothing for a one-stage config).
+  """Steps 1 and 2 of a recipe run (see the module docstring): stage 1 and, when the config reads it, its speech
+  cache, brought up to date. Nothing for a one-stage config.
 
   Args:
     config: the cross-modal run's resolved config (``erclap.resolve``).
@@ -44,23 +48,43 @@ def prepare_stages(config, workdir: str) -> None:
   first = resolve.resolve(resolve.stage1_config(config), first_dir, "train")
   _say(f"stage 1/2: {config.recipe.stage1} (speech emotion model, {first.train.num_steps} steps) in {first_dir}")
   train.train_and_evaluate(first, first_dir)
-  _say(f"stage 1 done; its frozen speech representation -> {config.data.speech_features}")
-  cache_speech.cache_speech_features(config, workdir)
+  if speech_source.of(config) is speech_source.CACHED:
+    _say(f"stage 1 done; its frozen speech representation -> {config.data.speech_features}")
+    speech_cache_mode.cache_speech_features(config, workdir)
+  else:
+    _say(f"stage 1 done; no speech cache: {trainable.of(config).uncached_because}")
 
 
-def train_stages(config, workdir: str) -> dict[str, float]:
-  """``--mode=train``: stage 1 and its speech cache first when ``config`` is a recipe run (``prepare_stages``),
-  then the run itself.
+def run_train(config, workdir: str) -> dict[str, float]:
+  """``--mode=train``: the recipe's stage 1 and speech cache first (``prepare_stages``), then the run itself.
 
   Args:
-    config: the run's config (resolved for ``train`` here when it is not already).
+    config: resolved for ``train`` (or ``all``; ``erclap.resolve``).
     workdir: the run's directory.
 
   Returns:
     The last evaluation metrics of the run (``train.train_and_evaluate``).
   """
-  config = resolve.ensure(config, workdir, "train")
+  resolve.require(config, "train")
   prepare_stages(config, workdir)
   if config.recipe.stage1:
-    _say(f"stage 2/2: cross-modal training on the cached features ({config.train.num_steps} steps) in {workdir}")
+    source = speech_source.of(config)
+    what = "the cached features" if source is speech_source.CACHED else "audio through the frozen stage-1 tower"
+    _say(f"stage 2/2: cross-modal training on {what} ({config.train.num_steps} steps) in {workdir}")
   return train.train_and_evaluate(config, workdir)
+
+
+def run_all(config, workdir: str) -> dict[str, float]:
+  """``--mode=all``: the end-to-end run (the README's main command): ``run_train`` (a run that is already
+  complete is not retrained), then ``export.export_embeddings``, which prints each export split's metrics table.
+
+  Args:
+    config: resolved for ``all`` (``erclap.resolve``).
+    workdir: the run's directory.
+
+  Returns:
+    The metrics of the first export split.
+  """
+  resolve.require(config, "all")
+  run_train(config, workdir)
+  return export.export_embeddings(config, workdir)[config.export.splits[0]]

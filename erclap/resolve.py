@@ -5,20 +5,23 @@ into the config every part of the run reads:
 
 1. the two-stage recipe (``config.recipe.stage1``): the cross-modal stage reads its speech model from
    ``<workdir>/stage1`` (``model.speech_init``), frozen, from the speech-feature cache ``<workdir>/speech_features``
-   unless ``data.speech_features`` names another (``stage1_config`` derives stage 1's own config);
+   unless ``data.speech_features`` names another; when part of its speech path trains on the frozen tower
+   (``erclap.trainable``: nothing a cache could stand for) it reads audio instead. ``stage1_config`` derives stage
+   1's own config;
 2. an Odyssey SER directory as ``model.speech_init``: the settings the directory fixes (attentive statistics
    pooling, input mean / std, head layers and width, number of outputs, sample rate:
    ``OdysseyConfig.config_overrides``) replace the config's;
 3. ``--mode=cache_speech``: ``data.speech_features`` becomes where the cache is written
    (``speech_cache.directory``: ``<workdir>/speech_features`` when it is "");
-4. validation: values, the devices and processes of the run, values left to the command line, what the stage
-   (``erclap.stages``) and the mode cannot do, the recipe's stage-1 config: one ``ConfigError`` listing every
-   problem, before a corpus or model is built;
+4. validation (``erclap.validation``, with the run's devices and processes), what the mode cannot do
+   (``mode_problems``), the recipe's stage-1 config: one ``ConfigError`` listing every problem, before a corpus or
+   model is built;
 5. the result is written to ``<workdir>/config.<mode>.json`` (process 0; what resolution changed is listed
    there and printed) and returned as an immutable ``FrozenConfigDict``: nothing changes a config after this.
 
-Every mode function resolves what it is given unless it is resolved already (``ensure``), so library callers
-(``train.train_and_evaluate(config, workdir)``) get the same config as ``python -m erclap.main``.
+Mode functions take a resolved config and say which mode's (``require``): library callers resolve first
+(``train.train_and_evaluate(resolve.resolve(config, workdir, "train"), workdir)``) and get the same config as
+``python -m erclap.main``. A resolved config is never resolved again, nor changed.
 
 ``for_inference(stored)`` is the other resolution: the training config stored with a checkpoint or a model
 directory, rewritten to run that model on this machine's devices (``erclap.inference``,
@@ -37,7 +40,19 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from erclap import config_lib, configs, fileio, odyssey_import, progress, speech_cache, stages
+from erclap import (
+    config_lib,
+    configs,
+    fileio,
+    models,
+    odyssey_import,
+    progress,
+    speech_cache,
+    speech_source,
+    stages,
+    trainable,
+    validation,
+)
 
 STAGE1_DIR = "stage1"
 # The speech model's settings: the cross-modal config's values are stage 1's (same tower, pooling, head, inputs).
@@ -79,7 +94,10 @@ def stage1_config(config) -> ml_collections.ConfigDict:
   overrides.update({"seed": config.seed, "recipe.stage1": "", "data.speech_features": ""})
   if config.recipe.stage1_steps:
     overrides["train.num_steps"] = config.recipe.stage1_steps
-  return config_lib.validate(config_lib.apply_overrides(base, overrides, f"config.recipe.stage1={name!r}"))
+  first = config_lib.apply_overrides(base, overrides, f"config.recipe.stage1={name!r}")
+  config_lib.raise_problems([f"config.recipe.stage1={name!r}: {p}" for p in validation.problems(first)],
+                            f"config.recipe.stage1={name!r}")
+  return first
 
 
 def _recipe_overrides(config, workdir: str) -> tuple[dict, list[str]]:
@@ -94,8 +112,10 @@ def _recipe_overrides(config, workdir: str) -> tuple[dict, list[str]]:
     return {}, [f"config.recipe.stage1={config.recipe.stage1!r} trains the speech model in <workdir>/{STAGE1_DIR}, "
                 f"and config.model.speech_init={config.model.speech_init!r} names another: set one of them (for "
                 f"a one-stage run from that model: --config.recipe.stage1=)"]
-  return {"model.speech_init": stage1_workdir(workdir), "model.freeze_speech": True,
-          "data.speech_features": speech_cache.directory(config, workdir)}, []
+  overrides = {"model.speech_init": stage1_workdir(workdir), "model.freeze_speech": True}
+  if config.stage in stages.STAGES and trainable.of(config_lib.apply_overrides(config, overrides)).cached:
+    overrides["data.speech_features"] = speech_cache.directory(config, workdir)  # the frozen path, cached
+  return overrides, []
 
 
 def _odyssey_overrides(config) -> dict:
@@ -104,19 +124,29 @@ def _odyssey_overrides(config) -> dict:
   return odyssey_import.read_odyssey_config(path).config_overrides() if odyssey_import.is_odyssey_dir(path) else {}
 
 
-def _mode_problems(config, mode: str, stage: stages.Stage | None) -> list[str]:
+def mode_problems(config, mode: str) -> list[str]:
+  """What ``mode`` cannot do with ``config`` (besides ``validation.problems``); resolution and the mode function
+  check the same. ``--mode=cache_speech`` writes the cache ``config.data.speech_features`` names, which the config
+  must be able to read (``speech_source.CACHED``)."""
   if mode not in MODES:
     return [f"mode {mode!r}: must be one of {MODES}"]
-  if mode != "cache_speech":
+  if mode != "cache_speech" or config.stage not in stages.STAGES:
     return []
-  problems = []
-  if stage is not None and not stage.cross_modal:
-    problems.append(f"--mode=cache_speech caches the cross-modal stage's speech representation; "
-                    f"config.stage={config.stage!r}")
-  if not config.model.freeze_speech:
-    problems.append("--mode=cache_speech needs config.model.freeze_speech=True: only a frozen speech tower has "
-                    "one representation per clip for the whole run")
-  return problems
+  if speech_source.of(config) is not speech_source.CACHED:
+    return ["--mode=cache_speech writes the cache config.data.speech_features names, and it is empty (resolve the "
+            "config for --mode=cache_speech: it sets <workdir>/speech_features)"]
+  return speech_source.CACHED.problems(config)
+
+
+def require(config, mode: str) -> None:
+  """TypeError unless ``config`` is resolved (``resolve``); the mode functions call it with their own mode.
+
+  Args:
+    config: what a mode function was given.
+    mode: that function's ``--mode``, for the message."""
+  if not isinstance(config, ml_collections.FrozenConfigDict):
+    raise TypeError(f"--mode={mode} takes a resolved config: pass erclap.resolve.resolve(config, workdir, "
+                    f"{mode!r}) (got a {type(config).__name__})")
 
 
 def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,23 +176,20 @@ def resolve(config, workdir: str, mode: str = "train") -> ml_collections.FrozenC
     config_lib.ConfigError: one message listing every problem of the config (each naming its key).
   """
   if isinstance(config, ml_collections.FrozenConfigDict):
-    config = config.as_configdict()
+    raise TypeError("resolve: the config is resolved already (a resolved config is final; resolve the config it "
+                    "was made from)")
   given = dict(config_lib.flat_items(config))
   overrides, problems = _recipe_overrides(config, workdir)
-  if mode == "cache_speech" and not overrides:
-    overrides["data.speech_features"] = speech_cache.directory(config, workdir)
+  if mode == "cache_speech":  # the mode writes the cache: where the run reads it
+    overrides.setdefault("data.speech_features", speech_cache.directory(config, workdir))
   try:
     overrides.update(_odyssey_overrides(config))
   except (OSError, ValueError) as e:
     problems.append(f"config.model.speech_init={config.model.speech_init!r}: {e}")
   resolved = config_lib.apply_overrides(config, overrides, "resolve") if overrides else config
-  stage = stages.STAGES.get(resolved.stage)  # an unknown name is among the value problems
-  problems += _mode_problems(resolved, mode, stage) + (stage.problems(resolved) if stage else [])
-  problems += [p for p in config_lib.required_problems(resolved) + config_lib.value_problems(resolved)
-               + config_lib.device_problems(resolved, jax.device_count(), jax.process_count(),
-                                            jax.local_device_count()) if p not in problems]
-  config_lib.raise_problems(problems, f"config does not fit {jax.device_count()} device(s) in "
-                                      f"{jax.process_count()} process(es)")
+  devices = validation.Devices.current()
+  problems += mode_problems(resolved, mode) + validation.problems(resolved, devices)
+  config_lib.raise_problems(list(dict.fromkeys(problems)), validation.title(devices))
   changed = _changes(given, dict(config_lib.flat_items(resolved)))
   frozen = ml_collections.FrozenConfigDict(resolved)
   if jax.process_index() == 0:
@@ -172,13 +199,6 @@ def resolve(config, workdir: str, mode: str = "train") -> ml_collections.FrozenC
     progress.print_line(f"[config] --mode={mode}: {what}; resolved config -> {path}")
     logging.info("Resolved config for --mode=%s:\n%s", mode, resolved)
   return frozen
-
-
-def ensure(config, workdir: str, mode: str) -> ml_collections.FrozenConfigDict:
-  """``config`` when it is resolved already (a ``FrozenConfigDict``), else ``resolve(config, workdir, mode)``."""
-  if isinstance(config, ml_collections.FrozenConfigDict):
-    return config
-  return resolve(config, workdir, mode)
 
 
 # --------------------------------------------------------------------------- inference
@@ -219,9 +239,8 @@ def for_inference(stored, *, dtype: str | None = None, arch_dirs: Mapping[str, s
   Raises:
     ValueError: ``dtype`` is not a known dtype.
   """
-  dtypes = config_lib.CHOICES["model.dtype"]
-  if dtype is not None and dtype not in dtypes:
-    raise ValueError(f"dtype={dtype!r}: use one of {dtypes}")
+  if dtype is not None and dtype not in models.DTYPES:
+    raise ValueError(f"dtype={dtype!r}: use one of {models.DTYPES}")
   config = ml_collections.ConfigDict(stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored)
   _fill_defaults(config, configs.get("default"))
   config.mesh.shape, config.mesh.axes = (-1,), ("data",)

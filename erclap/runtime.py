@@ -1,4 +1,5 @@
-"""Run set-up shared by training, evaluation, export and inference: mesh, model, data, restored parameters."""
+"""Run set-up shared by training, evaluation, export and inference: mesh, model, data, restored parameters, and the
+agreement of processes on what process 0 alone can check."""
 
 from __future__ import annotations
 
@@ -7,20 +8,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import checkpointing, data, optim, schema, sharding, stages, state, tokenization, tower_init
-
-
-def hide_accelerators_from_tensorflow() -> None:
-  """clu's writers and TFDS import TensorFlow; keep it off the GPUs/TPUs that JAX owns."""
-  try:
-    import tensorflow as tf  # optional and heavy: only present when clu / TFDS are installed
-  except ImportError:
-    return
-  try:
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (RuntimeError, ValueError):
-    pass  # already initialised or no such device type
+from erclap import checkpointing, data, optim, sharding, stages, state, tokenization, tower_init
+from erclap.speech_source import SpeechSource
+from erclap.tensorflow_devices import hide_accelerators_from_tensorflow
 
 
 def make_mesh(config):
@@ -36,17 +26,15 @@ def build_model(config, vocab_size: int | None = None) -> nn.Module:
                                  config.train.temperature_init)
 
 
-def setup(config, workdir: str):
+def setup(config):
   """Everything the loop, evaluation and export share.
 
   Args:
     config: the run's resolved config (``erclap.resolve``: validated against the devices).
-    workdir: the run's directory (unused here; kept so every mode sets up the same way).
 
   Returns:
     ``(mesh, tokenizer, model)``; the corpus is built (once, by process 0) if it is not there yet.
   """
-  del workdir
   hide_accelerators_from_tensorflow()
   mesh = make_mesh(config)
   # Process 0 builds the corpus first (others would race on the same files), then everyone opens it.
@@ -92,24 +80,29 @@ def restore_params(config, workdir: str, model, mesh, step: int = -1):
   return got_step, restored.params, meta
 
 
-def global_batch(host_batch: dict, mesh) -> dict:
-  """Host-local numpy batch -> global jax arrays (its step keys, ``schema.step_keys_of``) sharded along the
+def global_batch(host_batch: dict, mesh, source: SpeechSource) -> dict:
+  """Host-local numpy batch -> global jax arrays of its train-step keys (``source.step_keys``) sharded along the
   batch."""
   out = {}
-  for k in schema.step_keys_of(host_batch):
+  for k in source.step_keys:
     x = np.asarray(host_batch[k])
     out[k] = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
   return out
 
 
+def agree(flag: bool) -> bool:
+  """Process 0's ``flag`` on every process: for what only process 0 can know (the files it alone writes), so
+  that all processes take the same branch and enter the same collectives."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def agree_or_raise(problem: str | None, error: type[Exception] = ValueError) -> None:
   """Process 0's verdict for every process: raises ``error`` everywhere if process 0 found ``problem``.
 
-  For checks that only process 0 can make (the files it alone writes): every process calls this at the
-  same point, so all of them stop together instead of the others waiting in the next collective.
+  Every process calls this at the same point, so all of them stop together instead of the others waiting in the
+  next collective.
   """
-  refused = problem is not None
-  if jax.process_count() > 1:
-    refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
-  if refused:
+  if agree(problem is not None):
     raise error(problem if problem is not None else "process 0 refused to go on (its log names the reason)")

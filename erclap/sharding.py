@@ -28,6 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+# The mesh axes the rule table below maps onto (``config.mesh.axes`` names some of them).
+MESH_AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
 # Mesh axes over which the global batch is split (in this order).
 BATCH_AXIS_NAMES: tuple[str, ...] = ("data", "fsdp")
 

@@ -3,23 +3,24 @@
 ``config.stage`` names one, ``of(config)`` returns it:
 
 * ``CLAP`` ("clap"), the cross-modal stage: speech and text towers, their projections into the joint space and
-  a learned temperature, trained with the contrastive loss ``config.loss`` (Rank-N-Contrast, InfoNCE, SupCon) on
-  (speech, description) pairs; evaluated by ``metrics.summarize`` (the paper's AOC / VOC, the modality gap,
-  retrieval, zero-shot and probe CCC).
+  a learned temperature, trained with the contrastive loss ``config.loss`` (Rank-N-Contrast, InfoNCE, SupCon:
+  ``losses.LOSSES``) on (speech, description) pairs; evaluated by ``metrics.summarize`` (the paper's AOC / VOC,
+  the modality gap, retrieval, zero-shot and probe CCC).
 * ``SER`` ("ser"), stage 1, the emotion rank encoder: the speech tower, its pooling and the SER head trained on the
   attributes with CCC + pairwise ranking losses; evaluated by CCC and ranking accuracy per attribute.
 
-A stage holds what the rest of the program asks about the objective: how its model is built, which inputs the
-model reads and which of its outputs the loss reads, the loss, which parameters ``model.freeze_speech`` freezes,
-how a split is evaluated and which metrics head the tables. Evaluation gets the split's outputs and the text
-embeddings through a ``reader`` it is handed (``erclap.evaluate``), so that this module stays below the
-evaluation machinery.
+A stage holds what the rest of the program asks about the objective: how its model is built and which inputs it
+reads besides the speech, which of its outputs the loss reads, the loss, its speech group (what a frozen speech
+side holds, ``erclap.trainable``), whether a speech-feature cache can stand for its speech path
+(``erclap.speech_source``), what its evaluation needs embedded and the pure function that turns those arrays into
+metrics (``erclap.evaluate`` embeds, the stage computes), what an export writes, which SavedModel signatures it
+has, which inference class loads it, and which metrics head the tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,11 +28,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from erclap import losses, metrics, models, prompts, schema
+from erclap.models import LOG_TEMPERATURE, SPEECH_PATH, SPEECH_TOWER
 from erclap.schema import LABEL_NAMES
 
-# Top-level parameter names (the model's ``setup`` attribute names).
-SPEECH_TOWER, TEXT_TOWER, LOG_TEMPERATURE = "speech_tower", "text_tower", "log_temperature"
-SPEECH_POOL, SER_HEAD = "speech_pool", "ser_head"
+
+@dataclasses.dataclass(frozen=True)
+class EvalInputs:
+  """What a stage's metrics of one split are computed from, embedded by ``erclap.evaluate``.
+
+  Attributes:
+    with_text: the split's descriptions are embedded too.
+    probe_split: another split whose speech outputs the metrics read ("" for none): the ridge probe's train split.
+    probe_examples: how many of its first clips (0: all).
+    texts: the texts to embed, one tuple per embedding call, in the order the stage's ``metrics`` reads them.
+  """
+  with_text: bool
+  probe_split: str = ""
+  probe_examples: int = 0
+  texts: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,46 +55,75 @@ class Stage:
   Attributes:
     name: its ``config.stage`` value.
     title: a short description for messages.
-    cross_modal: it has a text tower and a temperature, reads descriptions, and can train on cached speech
-      features (``data.speech_features``).
-    speech_group: top-level parameters that ``model.freeze_speech`` freezes and ``train.speech_lr_multiplier``
-      scales: the speech representation the cross-modal stage reads; in stage 1 the tower alone (its pooling and
-      head are what stage 1 trains).
+    text_input_keys: the batch keys its model reads besides the speech inputs (the text tower's, or none).
+    speech_group: the top-level parameters of the speech side that a frozen speech model holds, and that a
+      ``model.speech_init`` workdir provides: in the cross-modal stage the whole speech path (tower, pooling, SER
+      head), in stage 1 the tower alone (its pooling and head are what stage 1 trains).
+    reads_speech_cache: a speech-feature cache (its frozen speech representation per clip) can replace its audio.
     output_keys: the model outputs (rows first) the loss reads; gradient caching recomputes exactly these.
-    speech_output_method: the model method that maps audio to the per-clip output evaluation keeps
-      (joint-space embeddings, or predicted attributes).
+    speech_output_method: the model method that maps audio to the per-clip output evaluation keeps.
+    speech_output: the ``evaluate.SplitEmbeddings`` field that output fills ("speech" embeddings or
+      "attributes").
     build: ``build(model_config, vocab_size, speech_arch, temperature_init) -> flax module``.
     loss: ``loss(config, mesh, params, outputs, batch) -> (scalar, {name: term})``; ``params`` with the frozen
       parts behind ``stop_gradient``.
-    evaluate: ``evaluate(reader, config, split) -> (metrics, split outputs)`` (see ``erclap.evaluate``).
+    loss_params: the top-level parameters the loss reads besides the outputs.
+    loss_output_widths: ``loss_output_widths(config) -> {output key: width}`` of the (N, width) outputs the loss
+      reads (what ``erclap.plan`` compiles the loss alone on).
+    loss_option_names: ``loss_option_names(config) -> the config.loss_options keys`` the loss reads.
+    loss_label: ``loss_label(config) -> a short name of the loss`` for tables.
+    eval_inputs: ``eval_inputs(config) -> EvalInputs``.
+    metrics: ``metrics(config, split, probe, texts) -> {name: float}``, pure: ``split`` / ``probe`` are
+      ``evaluate.SplitEmbeddings`` (``probe`` None without a probe split), ``texts`` the embeddings of
+      ``EvalInputs.texts``, one array per tuple.
+    export_arrays: the ``SplitEmbeddings`` fields an export writes as ``<split>_<field>.npy``.
+    export_plots: the plots an export writes (``<split>_<name>.png``; they need speech and text embeddings).
+    export_views: an export also writes the TensorBoard projector files and ``report.html`` of its splits
+      (``erclap.results.views``; they need speech and text embeddings).
+    export_queries: an export also writes the query pools of AOC / VOC (``erclap.export.QUERIES_FILE``).
+    saved_model_signatures: the model methods a TF SavedModel of it serves (none: no SavedModel).
+    api: the ``erclap.inference`` class that loads its models.
     headline_metrics: the metrics printed first, in this order.
   """
   name: str
   title: str
-  cross_modal: bool
+  text_input_keys: tuple[str, ...]
   speech_group: tuple[str, ...]
+  reads_speech_cache: bool
   output_keys: tuple[str, ...]
   speech_output_method: str
+  speech_output: str
   build: Callable[..., Any]
   loss: Callable[..., tuple[jax.Array, dict]]
-  evaluate: Callable[..., tuple[dict[str, float], Any]]
+  loss_params: tuple[str, ...]
+  loss_output_widths: Callable[[Any], dict[str, int]]
+  loss_option_names: Callable[[Any], tuple[str, ...]]
+  loss_label: Callable[[Any], str]
+  eval_inputs: Callable[[Any], EvalInputs]
+  metrics: Callable[..., dict[str, float]]
+  export_arrays: tuple[str, ...]
+  export_plots: tuple[str, ...]
+  export_views: bool
+  export_queries: bool
+  saved_model_signatures: tuple[str, ...]
+  api: str
   headline_metrics: tuple[str, ...]
 
-  def input_keys(self, config) -> tuple[str, ...]:
-    """The batch keys the model reads: speech (audio and mask, or cached features), and text when cross-modal."""
-    speech = schema.speech_input_keys(config)
-    return speech + schema.TEXT_INPUT_KEYS if self.cross_modal else speech
+  @property
+  def has_text_tower(self) -> bool:
+    return bool(self.text_input_keys)
 
-  def model_inputs(self, config, batch: dict) -> dict:
-    """The model's keyword inputs of ``batch``."""
-    return {k: batch[k] for k in self.input_keys(config)}
+  def export_files(self, split: str) -> list[str]:
+    """The file names an export of ``split`` writes (``erclap.export``), the metrics file last."""
+    return [f"{split}.parquet", *(f"{split}_{name}.npy" for name in self.export_arrays),
+            *(f"{split}_{name}.png" for name in self.export_plots), f"{split}_metrics.json"]
 
-  def problems(self, config) -> list[str]:
-    """What this objective cannot do with ``config`` (one message per problem, naming the key)."""
-    if config.data.speech_features and not self.cross_modal:
-      return [f"config.data.speech_features={config.data.speech_features!r}: cached speech features feed the "
-              f"cross-modal (clap) stage; {self.title} trains the speech tower on audio"]
-    return []
+  def load_problem(self, path: str, api: str) -> str | None:
+    """Why the inference class ``api`` cannot load this stage's model at ``path`` (None: it can)."""
+    if api == self.api:
+      return None
+    return (f"{path}: a model of {self.title} ('{self.name}'); {api}.load reads another stage's models (this one: "
+            f"erclap.inference.{self.api}.load)")
 
 
 # --------------------------------------------------------------------------- the cross-modal stage
@@ -110,30 +153,41 @@ def clap_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
   return loss, {}
 
 
-def _clap_evaluate(reader, config, split: str):
-  """Every metric of ``metrics.summarize`` on ``split``: the ridge probe is fitted on the train split's speech
-  embeddings, the prompt metrics and AOC / VOC use ``prompts.prompt_embeddings``."""
-  emb = reader.split(split, max_examples=config.eval.max_examples)
-  train = reader.split(config.data.train_split, max_examples=config.eval.probe_train_examples, with_text=False)
-  texts = prompts.prompt_embeddings(reader.texts, config)
+def _clap_eval_inputs(config) -> EvalInputs:
+  return EvalInputs(with_text=True, probe_split=config.data.train_split,
+                    probe_examples=config.eval.probe_train_examples,
+                    texts=tuple(tuple(t) for t in prompts.text_batches(config)))
+
+
+def clap_metrics(config, split, probe, texts: Sequence[np.ndarray]) -> dict[str, float]:
+  """Every metric of ``metrics.summarize`` on a split's embeddings: the ridge probe is fitted on ``probe`` (the
+  train split's speech embeddings), the prompt metrics and AOC / VOC use the embedded prompt texts
+  (``prompts.prompt_embeddings``)."""
+  prompt = prompts.prompt_embeddings(prompts.replay(texts), config)
   result = metrics.summarize(
-      emb.speech, emb.text, emb.labels, descriptions=emb.descriptions,
-      prompt_embeddings=texts["prompts"], prompt_levels=texts["prompt_levels"],
-      fixed_prompt_embeddings=texts["fixed_prompts"], fixed_prompt_levels=texts["fixed_prompt_levels"],
-      paraphrase_prompt_embeddings=texts["paraphrase_prompts"],
-      paraphrase_prompt_levels=texts["paraphrase_prompt_levels"],
-      query_embeddings=texts["queries"], query_values=texts["query_values"],
-      train_speech=train.speech, train_labels=train.labels,
+      split.speech, split.text, split.labels, descriptions=split.descriptions,
+      prompt_embeddings=prompt["prompts"], prompt_levels=prompt["prompt_levels"],
+      fixed_prompt_embeddings=prompt["fixed_prompts"], fixed_prompt_levels=prompt["fixed_prompt_levels"],
+      paraphrase_prompt_embeddings=prompt["paraphrase_prompts"],
+      paraphrase_prompt_levels=prompt["paraphrase_prompt_levels"],
+      query_embeddings=prompt["queries"], query_values=prompt["query_values"],
+      train_speech=probe.speech, train_labels=probe.labels,
       retrieval_levels=config.eval.retrieval_levels, retrieval_draws=config.eval.retrieval_draws,
       retrieval_top_k=config.eval.retrieval_top_k, retrieval_bootstrap=config.eval.retrieval_bootstrap,
       seed=config.seed)
-  return {k: float(v) for k, v in result.items()}, emb
+  return {k: float(v) for k, v in result.items()}
 
 
 CLAP = Stage(
-    name="clap", title="the cross-modal stage", cross_modal=True,
-    speech_group=schema.SPEECH_REPRESENTATION, output_keys=("speech", "text"), speech_output_method="embed_audio",
-    build=_build_clap, loss=clap_loss, evaluate=_clap_evaluate,
+    name="clap", title="the cross-modal stage", text_input_keys=schema.TEXT_INPUT_KEYS, speech_group=SPEECH_PATH,
+    reads_speech_cache=True, output_keys=("speech", "text"), speech_output_method="embed_audio",
+    speech_output="speech", build=_build_clap, loss=clap_loss, loss_params=(LOG_TEMPERATURE,),
+    loss_output_widths=lambda config: dict(speech=config.model.joint_dim, text=config.model.joint_dim),
+    loss_option_names=lambda config: (*losses.COMMON_OPTIONS, *losses.LOSSES[config.loss].options),
+    loss_label=lambda config: config.loss,
+    eval_inputs=_clap_eval_inputs, metrics=clap_metrics, export_arrays=("speech", "text"),
+    export_plots=("pca", "sim_vs_distance", "prompt_ordering_arousal", "prompt_ordering_valence"),
+    export_views=True, export_queries=True, saved_model_signatures=("embed_audio", "embed_text"), api="ERCLAP",
     headline_metrics=("aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high",
                       "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein", "r1_s2t", "r1_t2s",
                       "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"))
@@ -145,6 +199,9 @@ CLAP = Stage(
 def _build_ser(model_config, vocab_size, speech_arch, temperature_init):
   del vocab_size, temperature_init  # no text tower, no temperature
   return models.build_ser_model(model_config, speech_arch=speech_arch)
+
+
+SER_LOSS_OPTIONS = ("ccc_weight", "rank_weight", "rank_margin", "rank_scale")
 
 
 def ser_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
@@ -187,15 +244,19 @@ def ser_split_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, 
   return result
 
 
-def _ser_evaluate(reader, config, split: str):
-  emb = reader.split(split, max_examples=config.eval.max_examples, with_text=False)
-  return ser_split_metrics(emb.attributes, emb.labels), emb
+def _ser_metrics(config, split, probe, texts) -> dict[str, float]:
+  del config, probe, texts  # stage 1 reads the split's predictions alone
+  return ser_split_metrics(split.attributes, split.labels)
 
 
 SER = Stage(
-    name="ser", title="stage 1 (the speech emotion model)", cross_modal=False,
-    speech_group=(SPEECH_TOWER,), output_keys=("attributes",), speech_output_method="predict_attributes",
-    build=_build_ser, loss=ser_loss, evaluate=_ser_evaluate,
+    name="ser", title="stage 1 (the speech emotion model)", text_input_keys=(), speech_group=(SPEECH_TOWER,),
+    reads_speech_cache=False, output_keys=("attributes",), speech_output_method="predict_attributes",
+    speech_output="attributes", build=_build_ser, loss=ser_loss, loss_params=(),
+    loss_output_widths=lambda config: dict(attributes=config.model.num_attributes),
+    loss_option_names=lambda config: SER_LOSS_OPTIONS, loss_label=lambda config: "ccc+ranking",
+    eval_inputs=lambda config: EvalInputs(with_text=False), metrics=_ser_metrics, export_arrays=("attributes",),
+    export_plots=(), export_views=False, export_queries=False, saved_model_signatures=(), api="EmotionRankEncoder",
     headline_metrics=("ser_ccc_arousal", "ser_ccc_valence", "ser_ccc_dominance", "ser_rank_accuracy"))
 
 STAGES = {stage.name: stage for stage in (CLAP, SER)}

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from erclap import schema, sharding, stages
+from erclap import sharding, speech_source, stages
 
 
 @flax.struct.dataclass
@@ -28,8 +28,10 @@ class TrainState:
 
 
 def init_params_fn(model, config) -> Callable[[jax.Array], Any]:
-  """``init(rng) -> boxed params``: the model's init on dummy inputs of the config's shapes."""
-  inputs = stages.of(config).model_inputs(config, schema.dummy_inputs(config))
+  """``init(rng) -> boxed params``: the model's init on dummy inputs of the config's shapes. Always from audio
+  (``speech_source.AUDIO``): the parameter tree is the same whatever the run's speech source."""
+  source = speech_source.AUDIO
+  inputs = source.model_inputs(stages.of(config), source.dummy_inputs(config))
 
   def init(rng):
     return model.init({"params": rng, "dropout": rng}, **inputs, train=False)["params"]

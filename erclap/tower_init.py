@@ -24,9 +24,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from erclap import checkpointing, hf_import, odyssey_import, sharding, stages, trees
-from erclap.models import SpeechArch
+from erclap.models import SPEECH_POOL, SPEECH_TOWER, TEXT_TOWER, SpeechArch
 
-TOWERS = (("speech_tower", "speech_init"), ("text_tower", "text_init"))
+TOWERS = ((SPEECH_TOWER, "speech_init"), (TEXT_TOWER, "text_init"))
 # Stage-1 settings the speech representation depends on without showing in its parameter shapes.
 INPUT_KEYS = ("speech_input_mean", "speech_input_std")
 
@@ -134,7 +134,7 @@ def _input_problems(config, stored_model, source: str) -> list[str]:
   problems = [f"  model.{k}: {source} has {stored_model.get(k, 0.0)!r}, this config {config.model[k]!r}"
               for k in INPUT_KEYS if float(stored_model.get(k, 0.0)) != float(config.model[k])]
   pooling = stored_model.get("speech_pooling", "mean")
-  if stages.SPEECH_POOL in stages.of(config).speech_group and pooling != config.model.speech_pooling:
+  if SPEECH_POOL in stages.of(config).speech_group and pooling != config.model.speech_pooling:
     problems.append(f"  model.speech_pooling: {source} has {stored_model.get('speech_pooling', 'mean')!r}, "
                     f"this config {config.model.speech_pooling!r}")
   return problems
@@ -143,7 +143,7 @@ def _input_problems(config, stored_model, source: str) -> list[str]:
 def _from_workdir(params: dict, config, tower: str, key: str, path: str) -> dict:
   step, source = read_workdir_params(path)
   where = f"config.model.{key}={path!r} (step {step})"
-  if tower != "speech_tower":
+  if tower != SPEECH_TOWER:
     return _copy_parts(params, source, (tower,), where)
   try:
     stored = read_workdir_config(path, step).model
@@ -181,7 +181,7 @@ def load_tower_weights(params: dict, config) -> dict:
       raise FileNotFoundError(f"config.model.{key}={path!r} does not exist")
     if is_erclap_workdir(path):
       params = _from_workdir(params, config, tower, key, path)
-    elif tower == "speech_tower" and odyssey_import.is_odyssey_dir(path):
+    elif tower == SPEECH_TOWER and odyssey_import.is_odyssey_dir(path):
       params = _from_odyssey(params, config, path)
     else:
       hf_needed = True

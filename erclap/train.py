@@ -28,16 +28,15 @@ from erclap import (
     progress,
     resolve,
     runtime,
-    schema,
     sharding,
     signals,
+    speech_source,
     stages,
     state,
     tower_init,
 )
 from erclap import step as step_lib
 from erclap.results import hparams
-from erclap.speech_cache import fingerprint as cache_fingerprint
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,6 +53,7 @@ class _Run:
   model: Any
   writer: Any
   manager: Any
+  source: Any
   train_iter: Any
   train_step: Any
   meta: dict
@@ -73,7 +73,8 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   """Set-up, a fresh (or resumed) state, and the jitted step."""
   from clu import metric_writers  # pulls in TensorFlow: heavy, and only the loop writes summaries
 
-  mesh, tokenizer, model = runtime.setup(config, workdir)
+  mesh, tokenizer, model = runtime.setup(config)
+  source = speech_source.of(config)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
   if is_chief:
@@ -82,18 +83,18 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
   load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
   train_state, shardings = state.create_train_state(model, config, mesh, optimizer, jax.random.key(config.seed),
                                                     load_towers=load_towers)
-  train_iter = input_pipeline.create_train_iterator(config, tokenizer)
+  train_iter = input_pipeline.create_train_iterator(config, tokenizer, source=source)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   restored = checkpointing.restore_latest(manager, state.with_shardings(train_state, shardings), data_iter=train_iter)
   if restored is not None:
     step0, train_state, _ = restored
     logging.info("Resumed from %s at step %d.", manager.directory, step0)
-  if schema.uses_speech_cache(config):  # features of other weights are refused before the first step
-    cache_fingerprint.check(config, train_state.params)
-  train_step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings)
+  source.check(config, train_state.params)  # cached features of other weights are refused before the first step
+  train_step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings, source)
   meta = dict(stage=config.stage, config=config.to_json_best_effort(), vocab_size=tokenizer.vocab_size)
   run = _Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, model=model, writer=writer,
-             manager=manager, train_iter=train_iter, train_step=train_step, meta=meta, is_chief=is_chief)
+             manager=manager, source=source, train_iter=train_iter, train_step=train_step, meta=meta,
+             is_chief=is_chief)
   return run, train_state
 
 
@@ -102,7 +103,8 @@ def _step(run: _Run, train_state, step: int):
   profile = tuple(run.config.train.profile_steps) if run.is_chief else ()
   if profile and step == profile[0]:
     jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
-  train_state, metrics = run.train_step(train_state, runtime.global_batch(next(run.train_iter), run.mesh))
+  batch = runtime.global_batch(next(run.train_iter), run.mesh, run.source)
+  train_state, metrics = run.train_step(train_state, batch)
   if profile and step + 1 == profile[-1]:
     jax.profiler.stop_trace()
   return train_state, metrics
@@ -215,16 +217,18 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains (resuming from ``workdir`` if it holds checkpoints).
+  """Trains one stage (resuming from ``workdir`` if it holds checkpoints): what ``--mode=train`` runs for each of
+  a recipe's stages (``erclap.recipe``).
 
   Args:
-    config: the run's config (resolved for ``train`` here when it is not already, ``erclap.resolve``).
+    config: resolved for ``train`` (``erclap.resolve``).
     workdir: directory for checkpoints, summaries and evaluation JSON.
 
   Returns:
     The last evaluation metrics ({} if the run was already complete or preempted before evaluating).
   """
-  run, train_state = _start(resolve.ensure(config, workdir, "train"), workdir)
+  resolve.require(config, "train")
+  run, train_state = _start(config, workdir)
   param_count = sum(x.size for x in jax.tree.leaves(train_state.params))
   logging.info("Model: %s parameters; mesh %s; global batch %d; steps %d -> %d.", f"{param_count:,}",
                dict(run.mesh.shape), config.train.global_batch_size, int(train_state.step), config.train.num_steps)

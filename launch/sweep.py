@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from erclap import config_lib
+from erclap import config_lib, validation
 from erclap.results import hparams as hparams_lib
 from erclap.results import runs as runs_lib
 from erclap.results import sweep as summary_lib
@@ -140,7 +140,7 @@ def validate_runs(sweep: Sweep, extra_keys: Sequence[str] = ()) -> None:
     where = f"sweep {sweep.name!r}, run {i} {overrides}"
     config = config_lib.apply_overrides(base, {**sweep.fixed, **overrides}, where)
     try:
-      config_lib.validate(config)
+      validation.validate(config)  # the program's validation, before the run's command line and devices exist
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"{where}: {e}") from None
 

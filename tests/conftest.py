@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import jax
 import pytest
-from train_helpers import TRAINED_STEPS, tiny_config
+from train_helpers import TRAINED_STEPS, resolved, tiny_config
 
 from erclap import data, train
 
@@ -85,6 +85,7 @@ def trained_workdir(data_dir, tmp_path_factory):
   with open(path.parent / "trained_workdir.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not done.exists():
-      train.train_and_evaluate(tiny_config(data_dir, **TRAINED_STEPS), str(path / "run"))
+      run = str(path / "run")
+      train.train_and_evaluate(resolved(tiny_config(data_dir, **TRAINED_STEPS), run), run)
       done.touch()
   return str(path / "run")

@@ -1,14 +1,17 @@
-"""config_lib.validate_for_devices: every problem a config has on a device count, found before any work."""
+"""erclap.validation: every problem a config has (on a device count), found before any work; the same function
+the program runs at resolution (erclap.resolve)."""
 
 import os
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
-from erclap import config_lib, sharding
+from erclap import config_lib, losses, resolve, sharding, validation
 from erclap.configs import default, demo, gpu, ser_pretrain, tpu_v4
+from erclap.validation import Devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,21 +20,25 @@ def _config(base=demo, **overrides):
   return config_lib.apply_overrides(base.get_config(), overrides)
 
 
+def _validate(config, device_count, process_count=1, local_device_count=None):
+  return validation.validate(config, Devices(device_count, process_count, local_device_count))
+
+
 def _problems(config, device_count, process_count=1, local_device_count=None) -> str:
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate_for_devices(config, device_count, process_count, local_device_count)
+    _validate(config, device_count, process_count, local_device_count)
   return str(info.value)
 
 
 def test_demo_runs_unchanged_on_1_and_8_devices():
   for devices in (1, 8):
     config = demo.get_config()
-    assert config_lib.validate_for_devices(config, devices, 1) is config
+    assert _validate(config, devices, 1) is config
 
 
 def test_eval_batch_of_100_on_8_devices_is_named_with_the_fix():
   config = _config(**{"eval.batch_size": 100})
-  config_lib.validate_for_devices(config, 1, 1)
+  _validate(config, 1, 1)
   message = _problems(config, 8)
   assert message.startswith("config.eval.batch_size=100 must be a multiple of 8 (the 8 batch shards of mesh "
                             "{'data': 8, 'fsdp': 1, 'tensor': 1} on 8 devices)")
@@ -55,7 +62,7 @@ def test_mesh_resolution_agrees_with_make_mesh(devices):
   axes = ("data", "fsdp", "tensor")
   for shape in [(-1, 1, 1), (1, -1, 1), (2, -1, 2), (2, 2, 2), (-1, 2, 1), (1, 1, -1), (3, -1, 1), (2, 2, 1),
                 (4, 4, -1), (8, 1, 1), (1, 8, 2)]:
-    got, problems = config_lib.resolve_mesh_shape(shape, axes, len(devices))
+    got, problems = config_lib.resolve_mesh_shape(shape, axes, len(devices), sharding.MESH_AXES)
     try:
       mesh = sharding.make_mesh(shape, axes, devices)
     except ValueError:
@@ -72,7 +79,7 @@ def test_fsdp_mesh_counts_its_shards_as_batch_shards():
          "{'data': 1, 'fsdp': 8, 'tensor': 1}" in _problems(config, 8)
   # Tensor parallelism does not split the batch: 4 batch shards on (2, 2, 2).
   config = _config(gpu, **{"mesh.shape": (2, 2, 2), "eval.batch_size": 12})
-  config_lib.validate_for_devices(config, 8)
+  _validate(config, 8)
 
 
 def test_processes_divide_the_batches():
@@ -92,15 +99,15 @@ def test_processes_divide_the_batches():
 
 def test_micro_batches_are_split_over_the_batch_shards():
   config = _config(**{"train.global_batch_size": 64, "train.micro_batch_size": 4})
-  config_lib.validate_for_devices(config, 4)
+  _validate(config, 4)
   message = _problems(config, 8)
   assert "config.train.micro_batch_size=4 must be a multiple of 8" in message
-  config_lib.validate_for_devices(_config(**{"train.global_batch_size": 64, "train.micro_batch_size": 64}), 8)
+  _validate(_config(**{"train.global_batch_size": 64, "train.micro_batch_size": 64}), 8)
 
 
 def test_ser_stage_micro_batches_like_the_clap_stage():
   # Gradient caching is exact for any batch-level loss of per-example outputs (tests/test_train.py).
-  config_lib.validate_for_devices(_config(ser_pretrain, **{"train.micro_batch_size": 8}), 8)
+  _validate(_config(ser_pretrain, **{"train.micro_batch_size": 8}), 8)
   assert "config.train.micro_batch_size=4 must be a multiple of 8" in _problems(
       _config(ser_pretrain, **{"train.micro_batch_size": 4}), 8)
 
@@ -114,8 +121,7 @@ def test_eval_and_probe_sizes():
                  "config.eval.retrieval_draws=0", "config.eval.retrieval_top_k=0",
                  "config.eval.retrieval_bootstrap=20: must be 0 (no interval) or >= 100"):
     assert needle in message
-  config_lib.validate_for_devices(_config(**{"eval.max_examples": 0, "eval.probe_train_examples": 0,
-                                             "eval.retrieval_bootstrap": 0}), 1)
+  _validate(_config(**{"eval.max_examples": 0, "eval.probe_train_examples": 0, "eval.retrieval_bootstrap": 0}), 1)
 
 
 def test_loss_option_ranges():
@@ -130,9 +136,8 @@ def test_loss_option_ranges():
   assert "rank_label_weights=(0.0, 0.0)" in _problems(_config(**{"loss_options.rank_label_weights": (0.0, 0.0)}), 1)
   assert "same_modality_weight=-0.5: must be >= 0" in _problems(
       _config(**{"loss_options.joint": True, "loss_options.same_modality_weight": -0.5}), 1)
-  config_lib.validate_for_devices(_config(**{"loss_options.rank_label_weights": (1.0, 0.0),
-                                             "loss_options.rank_terms": "per_label", "loss_options.joint": True,
-                                             "loss_options.same_modality_weight": 0.0}), 1)
+  _validate(_config(**{"loss_options.rank_label_weights": (1.0, 0.0), "loss_options.rank_terms": "per_label",
+                       "loss_options.joint": True, "loss_options.same_modality_weight": 0.0}), 1)
 
 
 def test_all_problems_are_listed_at_once():
@@ -156,7 +161,7 @@ def test_all_problems_are_listed_at_once():
 def test_validate_lists_every_value_problem():
   config = _config(**{"loss": "focal", "model.size": "huge"})
   with pytest.raises(config_lib.ConfigError, match=r"(?s)2 problems.*config.loss='focal'.*config.model.size"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 @pytest.mark.parametrize("old, new", [("aoc_mean", "anchor_tau_arousal"), ("voc_s2t", "anchor_tau_valence_s2t"),
@@ -164,18 +169,18 @@ def test_validate_lists_every_value_problem():
 def test_a_renamed_best_metric_is_named_with_its_new_name(old, new):
   with pytest.raises(config_lib.ConfigError, match=rf"config.checkpoint.best_metric='{old}': metric '{old}' was "
                                                    rf"renamed '{new}'"):
-    config_lib.validate(_config(**{"checkpoint.best_metric": old}))
+    validation.validate(_config(**{"checkpoint.best_metric": old}))
   with pytest.raises(config_lib.ConfigError, match=r"the paper's AOC, Kendall's tau of retrieval order, is 'aoc'"):
-    config_lib.validate(_config(**{"checkpoint.best_metric": "aoc_mean"}))
-  config_lib.validate(_config(**{"checkpoint.best_metric": new}))
+    validation.validate(_config(**{"checkpoint.best_metric": "aoc_mean"}))
+  validation.validate(_config(**{"checkpoint.best_metric": new}))
 
 
 def test_rebuild_needs_a_manual_dir():
   config = _config(**{"data.name": "msp_podcast", "data.rebuild": True})
   with pytest.raises(config_lib.ConfigError, match=r"config.data.rebuild=True: rebuilding msp_podcast needs "
                                                    r"config.data.manual_dir"):
-    config_lib.validate(config)
-  config_lib.validate(_config(**{"data.name": "msp_podcast", "data.rebuild": True, "data.manual_dir": "/x"}))
+    validation.validate(config)
+  validation.validate(_config(**{"data.name": "msp_podcast", "data.rebuild": True, "data.manual_dir": "/x"}))
 
 
 def test_batch_size_keys_cover_every_global_batch():
@@ -185,19 +190,55 @@ def test_batch_size_keys_cover_every_global_batch():
 @pytest.mark.parametrize("module", [default, demo, gpu, tpu_v4, ser_pretrain], ids=lambda m: m.__name__)
 def test_shipped_configs_fit_1_and_8_devices(module):
   for devices in (1, 8):
-    config_lib.validate_for_devices(module.get_config(), devices)
+    _validate(module.get_config(), devices)
 
 
 @pytest.mark.slow
-def test_validation_does_not_import_jax():
-  code = ("import sys; from erclap import config_lib; from erclap.configs import demo; "
-          "config_lib.validate_for_devices(demo.get_config(), 8, 1); "
-          "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))")
+def test_validation_starts_no_jax_backend():
+  """A sweep is validated on a login node: checking a config against a device count touches no device."""
+  code = ("from erclap import validation; from erclap.configs import demo; "
+          "validation.validate(demo.get_config(), validation.Devices(8, 1)); validation.validate(demo.get_config()); "
+          "from jax._src import xla_bridge; assert not xla_bridge.backends_are_initialized()")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
   assert result.returncode == 0, result.stderr
 
 
 def test_real_device_count_passes(devices):
-  config_lib.validate_for_devices(demo.get_config(), jax.device_count(), jax.process_count(),
-                                  jax.local_device_count())
+  assert Devices.current() == Devices(jax.device_count(), jax.process_count(), jax.local_device_count())
+  _validate(demo.get_config(), jax.device_count(), jax.process_count(), jax.local_device_count())
+
+
+def test_config_lib_holds_no_allowed_value_of_a_registry():
+  """The registries are the only source of allowed values: config_lib names none of them."""
+  with open(os.path.join(ROOT, "erclap", "config_lib.py")) as f:
+    source = f.read()
+  for values in (tuple(losses.LOSSES), losses.SIMILARITIES, ("msp_podcast", "iemocap"), ("wav2vec2", "hubert"),
+                 ("attentive_stats", "ser_hidden", "ser_output", "bfloat16", "distilroberta")):
+    for value in values:
+      assert f'"{value}"' not in source, value
+
+
+def _paired_mse(speech, text, batch, *, temperature, mesh=None, options=None):
+  """A loss registered by a test: the mean squared distance of the paired embeddings."""
+  del batch, temperature, mesh, options
+  return ((speech - text) ** 2).sum(-1).mean()
+
+
+def test_a_registered_loss_is_all_it_takes_to_validate(tmp_path):
+  name = "paired_mse_registered_by_a_test"
+  config = _config(**{"loss": name})
+  with pytest.raises(config_lib.ConfigError, match=rf"config.loss='{name}': must be one of \('rnc', 'infonce', "
+                                                   r"'supcon'"):
+    _validate(config, 8)
+  entry = losses.register(name, _paired_mse)
+  assert losses.LOSSES[name] is entry
+  _validate(config, 8)
+  resolved = resolve.resolve(config, str(tmp_path), "train")  # what --config.loss=<it> goes through
+  assert resolved.loss == name
+  s, t = np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32)
+  assert float(losses.get_clap_loss(name)(s, t, {}, temperature=1.0)) == 2.0
+  with pytest.raises(ValueError, match="registered already"):
+    losses.register(name, _paired_mse)
+  with pytest.raises(TypeError):
+    losses.LOSSES[name + "_2"] = entry  # read only: register is the way in

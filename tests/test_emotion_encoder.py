@@ -22,16 +22,17 @@ from erclap import (
     checkpointing,
     config_lib,
     model_export,
+    models,
     odyssey_import,
     optim,
     resolve,
     runtime,
-    schema,
-    stages,
     state,
     tokenization,
     tower_init,
     train,
+    trainable,
+    validation,
 )
 from erclap.configs import paper, ser_pretrain
 from erclap.data import audio as audio_io
@@ -201,7 +202,7 @@ def test_cross_modal_stage_takes_the_stage1_representation(ser_workdir):
                                                "model.speech_representation": "ser_hidden"})
   _, params = _clap_params(config)
   loaded = tower_init.load_tower_weights(params, config)
-  for name in schema.SPEECH_REPRESENTATION:
+  for name in models.SPEECH_PATH:
     for a, b in zip(jax.tree.leaves(source[name]), jax.tree.leaves(loaded[name]), strict=True):
       np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(loaded["speech_proj"]["out"]["dense"]["kernel"], 0)  # the rest untouched
@@ -218,20 +219,28 @@ def test_cross_modal_stage_takes_the_stage1_representation(ser_workdir):
 
 
 def test_freeze_groups_follow_the_stage():
-  for name in schema.SPEECH_REPRESENTATION:
-    assert optim.param_group(name, stages.CLAP) == "speech"
-  assert optim.param_group("speech_pool", stages.SER) == "head"
-  assert optim.param_group("ser_head", stages.SER) == "head"
-  assert optim.param_group("speech_tower", stages.SER) == "speech"
-  assert optim.param_group("speech_proj", stages.CLAP) == "head"
+  clap, ser = trainable.of(th.tiny_config("unused")), trainable.of(_ser_config())
+  for name in models.SPEECH_PATH:
+    assert clap.group(name) == "speech"
+  assert ser.group("speech_pool") == "head"
+  assert ser.group("ser_head") == "head"
+  assert ser.group("speech_tower") == "speech"
+  assert clap.group("speech_proj") == "head"
   names = ("speech_tower", "speech_pool", "ser_head", "speech_proj", "text_tower", "text_proj", "log_temperature")
   frozen = th.tiny_config("unused", **{"model.freeze_speech": True, "train.learn_temperature": False})
-  assert optim.trainable_mask(frozen, names) == dict(speech_tower=False, speech_pool=False, ser_head=False,
-                                                     speech_proj=True, text_tower=True, text_proj=True,
-                                                     log_temperature=False)
+  assert trainable.of(frozen).mask(names) == dict(speech_tower=False, speech_pool=False, ser_head=False,
+                                                  speech_proj=True, text_tower=True, text_proj=True,
+                                                  log_temperature=False)
   ser = _ser_config(**{"model.freeze_speech": True})
-  assert optim.trainable_mask(ser, ("speech_tower", "speech_pool", "ser_head")) == dict(
+  assert trainable.of(ser).mask(("speech_tower", "speech_pool", "ser_head")) == dict(
       speech_tower=False, speech_pool=True, ser_head=True)
+  # The pooling (and SER head) on a frozen tower: the tower alone is frozen, and nothing can come from a cache.
+  pooling = trainable.of(th.tiny_config("unused", **{
+      "model.freeze_speech": True, "model.train_speech_pooling": True, "model.speech_pooling": "attentive_stats",
+      "model.speech_representation": "ser_hidden"}))
+  assert pooling.mask(names[:3]) == dict(speech_tower=False, speech_pool=True, ser_head=True)
+  assert pooling.cached == () and "speech_pool and ser_head train" in pooling.uncached_because
+  assert trainable.of(frozen).cached == ("speech_tower",)  # mean pooling, pooled: the tower is the whole path
 
 
 # --------------------------------------------------------------------------- the paper's recipe
@@ -244,9 +253,9 @@ def _paper_config(speech_init, data_dir="unused", **overrides):
 
 def test_paper_config_requires_the_speech_model(odyssey):
   config = paper.get_config()
-  config_lib.validate(config)  # a template with its required values left to the command line
+  validation.validate(config)  # a template with its required values left to the command line
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate_for_devices(config, 8)
+    validation.validate(config, validation.Devices(8))
   assert "config.model.speech_init is required" in str(e.value) and "Odyssey" in str(e.value)
   assert "config.model.text_init is required" in str(e.value)
   assert config.model.freeze_speech and config.model.joint_dim == 512 and config.loss == "rnc"
@@ -271,7 +280,7 @@ def test_odyssey_directory_completes_the_config_and_lands(odyssey, tmp_path):
   assert (config.model.ser_head_layers, config.model.ser_head_hidden, config.model.num_attributes) == (
       replica.HEAD_LAYERS, replica.HIDDEN, replica.CLASSES)
   loaded = tower_init.load_tower_weights(params, config)
-  for name in schema.SPEECH_REPRESENTATION:
+  for name in models.SPEECH_PATH:
     for a, b in zip(jax.tree.leaves(ckpt.params[name]), jax.tree.leaves(loaded[name]), strict=True):
       np.testing.assert_array_equal(a, b)
   with pytest.raises(tower_init.TowerMismatchError, match="speech_input_std: the Odyssey model has 0.4"):
@@ -289,7 +298,7 @@ def test_paper_recipe_trains_with_a_frozen_speech_representation(odyssey, data_d
   step, params = tower_init.read_workdir_params(workdir)
   assert step == 3
   before = odyssey_import.import_odyssey(path).params
-  for name in schema.SPEECH_REPRESENTATION:
+  for name in models.SPEECH_PATH:
     for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(params[name]), strict=True):
       np.testing.assert_array_equal(a, b)
   vocab_size = tokenization.build_tokenizer(config.model, config.data.max_text_tokens).vocab_size

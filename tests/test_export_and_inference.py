@@ -38,7 +38,7 @@ def trained(data_dir, trained_workdir, tmp_path_factory):
 
 def test_export_writes_complete_files(trained):
   config, workdir = trained
-  results = export.export_embeddings(config, workdir)
+  results = export.export_embeddings(th.resolved(config, workdir, "export"), workdir)
   out = os.path.join(workdir, "export")
   frame = pd.read_parquet(os.path.join(out, "test.parquet"))
   assert len(frame) == config.data.embedded.num_test
@@ -112,7 +112,7 @@ def test_interrupted_export_leaves_only_complete_files(trained, tmp_path):
 
 def test_eval_mode_writes_test_metrics(trained, capsys):
   config, workdir = trained
-  result = evaluate.evaluate_checkpoint(config, workdir)
+  result = evaluate.evaluate_checkpoint(th.resolved(config, workdir, "eval"), workdir)
   assert os.path.exists(os.path.join(workdir, "eval", f"test_{th.TRAINED_STEPS['train.num_steps']}.json"))
   assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
   for name in ("aoc", "voc"):  # the bootstrap interval of each, the table's first rows after it

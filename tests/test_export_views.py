@@ -109,7 +109,7 @@ def exported(data_dir, trained_workdir, tmp_path_factory):
   """(export dir, its test split as a DataFrame): one export of a copy of the suite's trained workdir."""
   workdir = str(tmp_path_factory.mktemp("views") / "run")
   shutil.copytree(os.path.join(trained_workdir, "checkpoints"), os.path.join(workdir, "checkpoints"))
-  export.export_embeddings(th.tiny_config(data_dir, **th.TRAINED_STEPS), workdir)
+  export.export_embeddings(th.resolved(th.tiny_config(data_dir, **th.TRAINED_STEPS), workdir, "export"), workdir)
   out = os.path.join(workdir, "export")
   return out, pd.read_parquet(os.path.join(out, "test.parquet"))
 

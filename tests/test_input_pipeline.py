@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from erclap import data, input_pipeline, tokenization
+from erclap import data, input_pipeline, speech_source, tokenization
 from erclap import descriptions as d
 
 BATCH = 8
@@ -55,7 +55,7 @@ def test_train_batch_contents(setup):
   config, tokenizer, inverse, records = setup
   it = input_pipeline.create_train_iterator(config, tokenizer, process_index=0, process_count=1)
   lookup = _by_labels(records["train"])
-  t = input_pipeline.num_samples(config.data.max_seconds, 16000)
+  t = speech_source.num_samples(config.data.max_seconds, 16000)
   saw_crop = saw_pad = False
   for batch in _take(it, 3):
     assert batch["audio"].shape == (BATCH, t) and batch["audio"].dtype == np.float32
@@ -145,7 +145,7 @@ def test_shards_per_process(setup):
 def test_eval_iterates_once_with_padding(setup):
   config, tokenizer, inverse, records = setup
   config.data.eval_max_seconds = 0.6
-  t = input_pipeline.num_samples(0.6, 16000)
+  t = speech_source.num_samples(0.6, 16000)
   by_id = {r["id"]: r for r in records["test"]}
   n, size = len(by_id), 6
   assert n % size, "the last batch must need padding"
@@ -232,15 +232,15 @@ def test_worker_processes(setup):
 
 def test_crop_or_pad_reference():
   x = (np.arange(10) * 1000).astype(np.int16)
-  audio, mask = input_pipeline.crop_or_pad(x, 4)
+  audio, mask = speech_source.crop_or_pad(x, 4)
   np.testing.assert_array_equal(audio * 32768, [3000, 4000, 5000, 6000])  # centre crop
   np.testing.assert_array_equal(mask, [True] * 4)
-  audio, mask = input_pipeline.crop_or_pad(x, 4, start=6)
+  audio, mask = speech_source.crop_or_pad(x, 4, start=6)
   np.testing.assert_array_equal(audio * 32768, [6000, 7000, 8000, 9000])
   np.testing.assert_array_equal(mask, [True] * 4)
-  audio, mask = input_pipeline.crop_or_pad(x[:3], 5)
+  audio, mask = speech_source.crop_or_pad(x[:3], 5)
   np.testing.assert_array_equal(audio * 32768, [0, 1000, 2000, 0, 0])
   np.testing.assert_array_equal(mask, [True, True, True, False, False])
   assert audio.dtype == np.float32 and mask.dtype == bool
   with pytest.raises(ValueError, match="crop start"):
-    input_pipeline.crop_or_pad(x, 4, start=7)
+    speech_source.crop_or_pad(x, 4, start=7)

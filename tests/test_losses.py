@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from erclap import losses, sharding
+from erclap import losses, metrics, sharding
 from erclap.configs import default as default_config
 from erclap.losses import rnc
 
@@ -687,18 +687,27 @@ def test_pairwise_ranking_loss():
                              naive_rank_loss(f[:, :1], y[:, :1], 0, 1), rtol=1e-5)
 
 
-def test_ccc_against_definition():
+def test_ccc_loss_is_one_minus_the_metric_ccc():
+  """Stage 1's CCC loss and the CCC metric are one definition (erclap.metrics.ccc): the loss, traced in float32,
+  is the mean over attributes of 1 - the metric's float64 CCC, constant columns included."""
   rng = np.random.default_rng(1)
   x, y = rng.normal(size=(50, 3)), rng.normal(size=(50, 3)) + 0.5
   for a in range(3):
     mx, my = x[:, a].mean(), y[:, a].mean()
     ref = 2 * np.mean((x[:, a] - mx) * (y[:, a] - my)) / (x[:, a].var() + y[:, a].var() + (mx - my) ** 2)
-    np.testing.assert_allclose(float(losses.ccc(x[:, a], y[:, a])), ref, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics.ccc(jnp.asarray(x[:, a]), jnp.asarray(y[:, a]))), ref, rtol=1e-5)
   assert float(losses.ccc_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
   assert float(losses.ccc_loss(x, y)) > 0.1
   assert float(losses.ccc_loss(x, 2 * x)) > 0.0      # perfectly correlated but not concordant
-  ref = np.mean([1 - float(losses.ccc(x[:, a], y[:, a])) for a in range(3)])
-  np.testing.assert_allclose(float(losses.ccc_loss(x, y)), ref, rtol=1e-6)
+  ref = np.mean([1 - metrics.ccc(x[:, a], y[:, a]) for a in range(3)])
+  np.testing.assert_allclose(float(jax.jit(losses.ccc_loss)(x, y)), ref, rtol=1e-6)
+  # A column of equal constants agrees perfectly (CCC 1, loss term 0); a constant against a varying column is 0.
+  const = np.stack([np.full(50, 4.0), np.full(50, 4.0), x[:, 2]], 1)
+  other = np.stack([np.full(50, 4.0), y[:, 1], y[:, 2]], 1)
+  assert float(losses.ccc_loss(const, other)) == pytest.approx(np.mean([0.0, 1.0, 1 - metrics.ccc(x[:, 2], y[:, 2])]),
+                                                                rel=1e-5)
+  grad = jax.grad(lambda p: losses.ccc_loss(p, other))(jnp.asarray(const, jnp.float32))
+  assert np.all(np.isfinite(np.asarray(grad)))
 
 
 # --------------------------------------------------------------------------- bad input

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import pytest
 
-from erclap import config_lib, sharding
+from erclap import config_lib, losses, models, resolve, sharding, validation
 from erclap.schema import LABEL_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,16 +45,24 @@ KEY_TYPES = {
 def test_config_files_load_and_validate(path):
   config = _load(path)
   assert isinstance(config, ml_collections.ConfigDict)
-  assert config_lib.validate(config) is config
+  assert validation.validate(config) is config
   for key, kind in KEY_TYPES.items():
     value = config_lib.get(config, key)
     assert isinstance(value, kind) and not isinstance(value, bool), (key, value)
-  assert config.loss in config_lib.CHOICES["loss"] and config.model.size in config_lib.CHOICES["model.size"]
+  assert config.loss in losses.LOSSES and config.model.size in models.SIZES
   assert 0 < config.train.learning_rate < 1 and 0 < config.train.temperature_init <= 1
   assert config.train.global_batch_size >= 2 and config.train.num_steps >= config.train.warmup_steps
   assert len(config.mesh.shape) == len(config.mesh.axes) and list(config.mesh.shape).count(-1) <= 1
   assert set(config.mesh.axes) <= {"data", "fsdp", "tensor"}
   assert set(config.loss_options.rank_labels) <= set(LABEL_NAMES)
+
+
+def test_every_mode_runs_its_function_and_the_docstring_names_it():
+  from erclap import main
+
+  assert tuple(main._MODES) == resolve.MODES
+  for mode, function in main._MODES.items():
+    assert f"``{mode}`` (``{function.__module__.removeprefix('erclap.')}.{function.__name__}``)" in main.__doc__
 
 
 def test_expected_config_files_exist():
@@ -81,14 +89,14 @@ def test_validate_names_bad_key(key, value, needle):
                                                         key.rsplit(".", 1)[1])
   parent[leaf] = value
   with pytest.raises(config_lib.ConfigError, match=needle.replace(".", r"\.")):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 def test_micro_batch_must_divide_global_batch():
   config = _load(os.path.join(ROOT, "configs", "default.py"))
   config.train.global_batch_size, config.train.micro_batch_size = 64, 24
   with pytest.raises(config_lib.ConfigError, match="micro_batch_size"):
-    config_lib.validate(config)
+    validation.validate(config)
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@ import json
 import math
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import optimize, stats
@@ -534,12 +536,30 @@ def test_ccc_hand_cases():
   x = np.array([1.0, 2.0, 3.0, 4.0])
   assert metrics.ccc(x, x) == pytest.approx(1.0)
   assert metrics.ccc(x, -x + 5) == pytest.approx(-1.0)
-  v = x.var()
+  v = x.var()                                                            # 1.25
   assert metrics.ccc(x, x + 1) == pytest.approx(2 * v / (2 * v + 1))    # shift: cov v, bias term 1
+  assert metrics.ccc(x, 2 * x) == pytest.approx(2 * 2 * v / (v + 4 * v + 2.5 ** 2))  # cov 2v, means 2.5 and 5
   both = metrics.ccc(np.stack([x, x], 1), np.stack([x, x + 1], 1))
   np.testing.assert_allclose(both, [1.0, 2 * v / (2 * v + 1)])
   with pytest.raises(ValueError, match="shapes"):
     metrics.ccc(x, x[:3])
+  with pytest.raises(ValueError, match="empty"):
+    metrics.ccc(x[:0], x[:0])
+
+
+def test_ccc_of_constant_inputs():
+  """The documented constant-input behaviour: one constant side has no covariance (CCC 0); two equal constants
+  agree perfectly (0/0 is taken as 1, the limit of CCC(x, x)); two different constants have a bias term (0)."""
+  x, three = np.array([1.0, 2.0, 3.0, 4.0]), np.full(4, 3.0)
+  assert metrics.ccc(three, three) == 1.0
+  assert metrics.ccc(x, three) == 0.0 and metrics.ccc(three, x) == 0.0
+  assert metrics.ccc(three, three + 1) == 0.0                           # cov 0, denominator (3 - 4)^2 = 1
+  np.testing.assert_array_equal(metrics.ccc(np.stack([three, x], 1), np.stack([three, three], 1)), [1.0, 0.0])
+  # The same definition on JAX arrays, also traced, with a finite gradient at 0/0.
+  for a, b, want in ((three, three, 1.0), (x, three, 0.0), (x, x + 1, 2 * 1.25 / 3.5)):
+    assert float(jax.jit(metrics.ccc)(jnp.asarray(a), jnp.asarray(b))) == pytest.approx(want, rel=1e-6)
+  grad = jax.grad(lambda a: metrics.ccc(a, jnp.asarray(three)))(jnp.asarray(three))
+  assert np.all(np.isfinite(np.asarray(grad)))
 
 
 def test_zero_shot_attribute_prediction():

@@ -23,10 +23,10 @@ from erclap import (
   checkpointing,
   config_lib,
   descriptions,
-  input_pipeline,
   model_export,
   optim,
   runtime,
+  speech_source,
   state,
   tokenization,
   trees,
@@ -75,7 +75,7 @@ def exported(tmp_path_factory):
   config = th.tiny_config(str(base / "no_corpus"), **{"export.model_dir": model_dir, "export.saved_model": True})
   params = _save_random_checkpoint(config, workdir)
   start = time.time()
-  assert model_export.export_model(config, workdir) == model_dir
+  assert model_export.export_model(th.resolved(config, workdir, "export_model"), workdir) == model_dir
   seconds = time.time() - start
   reference = ERCLAP.load(workdir)
   return dict(config=config, workdir=workdir, model_dir=model_dir, params=params, seconds=seconds,
@@ -249,13 +249,12 @@ def test_stored_config_values_are_validated(exported, tmp_path):
     model_export.load_model_dir(crafted)
   model_export.write_manifest(crafted)  # checksums made to match: the values themselves are refused
   with pytest.raises(model_export.ModelDirError, match=r"config.eval.prompt_wordings=1000000.0: must be a whole "
-                                                       r"number of at most 36"):
+                                                       rf"number of at most {descriptions.NUM_VARIANTS} "):
     ERCLAP.load(crafted)
   _edit_config(crafted, lambda c: c["eval"].update(prompt_wordings=8) or c["data"].update(max_seconds=-1.0))
   model_export.write_manifest(crafted)
   with pytest.raises(model_export.ModelDirError, match=r"config.data.max_seconds=-1.0: must be > 0"):
     model_export.read_model_config(crafted)
-  assert config_lib.MAX_PROMPT_WORDINGS == descriptions.NUM_VARIANTS
 
 
 def test_model_dir_without_manifest_loads_with_one_warning(exported, tmp_path, caplog):
@@ -271,19 +270,20 @@ def test_model_dir_without_manifest_loads_with_one_warning(exported, tmp_path, c
 def test_export_refuses_a_target_that_is_not_a_model_dir_before_any_work(exported, tmp_path):
   workdir = exported["workdir"]
   checkpoints = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  record = os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns  # from the fixture's export
   notes = tmp_path / "notes"
   notes.mkdir()
   (notes / "paper.tex").write_text("draft")
   for target, says in ((str(notes), "not an ERCLAP model directory"), (workdir, "is the workdir"),
                        (os.path.dirname(workdir), "is an ancestor of the workdir"),
                        (os.path.join(workdir, "checkpoints", "model"), "inside the run's checkpoints")):
-    config = config_lib.apply_overrides(exported["config"], {"export.model_dir": target})
+    config = th.resolved(config_lib.apply_overrides(exported["config"], {"export.model_dir": target}), workdir,
+                         "export_model")
+    record = os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns  # as resolution wrote it
     with pytest.raises(config_lib.ConfigError, match=f"export.model_dir=.*{says}.*--config.export.model_dir"):
       model_export.export_model(config, workdir)
+    assert os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns == record  # refused before work
   assert (notes / "paper.tex").read_text() == "draft" and sorted(os.listdir(notes)) == ["paper.tex"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints
-  assert os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns == record  # refused before resolving
   with pytest.raises(FileExistsError, match="not an ERCLAP model directory"):
     loaded = model_export.load_model_dir(exported["model_dir"])
     model_export.write_model_dir(str(notes), loaded.config, 1, loaded.params, loaded.tokenizer)
@@ -368,7 +368,7 @@ print("LOADED", loaded)
 @pytest.mark.slow
 def test_saved_model_runs_in_tensorflow_alone(exported, tmp_path):
   ref = exported["reference"]
-  crops = [input_pipeline.crop_or_pad(w, ref.num_samples) for w in _waves()]
+  crops = [speech_source.crop_or_pad(w, ref.num_samples) for w in _waves()]
   tokens = ref.tokenizer(TEXTS)
   # Batch sizes 3 and 5: the SavedModel's batch dimension is free.
   np.savez(tmp_path / "inputs.npz", audio=np.stack([c[0] for c in crops]), audio_mask=np.stack([c[1] for c in crops]),

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import train_helpers as th
 
-from erclap import config_lib, evaluate, export, fileio, signals, tower_init, workdir_lock
+from erclap import evaluate, export, fileio, signals, tower_init, validation, workdir_lock
 from erclap.configs import demo
 
 # One worker runs the whole module: its module-scoped fixtures are built once.
@@ -40,8 +40,8 @@ def trained(data_dir, trained_workdir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   shutil.copytree(os.path.join(trained_workdir, "checkpoints"), os.path.join(workdir, "checkpoints"))
   config = th.tiny_config(data_dir, **TRAIN)
-  export.export_embeddings(config, workdir)
-  evaluate.evaluate_checkpoint(config, workdir)
+  export.export_embeddings(th.resolved(config, workdir, "export"), workdir)
+  evaluate.evaluate_checkpoint(th.resolved(config, workdir, "eval"), workdir)
   os.rename(os.path.join(workdir, "export"), os.path.join(workdir, "export_single"))
   os.rename(os.path.join(workdir, "eval"), os.path.join(workdir, "eval_single"))
   return workdir
@@ -163,7 +163,7 @@ def test_export_refuses_a_directory_in_the_way_before_any_work(tmp_path):
   config = th.tiny_config(str(empty_data_dir))
   started = time.time()
   with pytest.raises(OSError, match="test_speech.npy: a directory is in the way") as raised:
-    export.export_embeddings(config, str(workdir))
+    export.export_embeddings(th.resolved(config, workdir, "export"), str(workdir))
   assert "test_metrics.json" in str(raised.value)
   assert time.time() - started < 5
   assert os.listdir(empty_data_dir) == []  # no corpus built, no model run
@@ -198,7 +198,7 @@ def test_locked_workdir_is_refused_before_it_is_touched(tmp_path, mode):
 
 @pytest.mark.parametrize("processes", [1, 2, 4, 8])
 def test_demo_config_fits_8_devices(processes):
-  config_lib.validate_for_devices(demo.get_config(), 8, processes, 8 // processes)
+  validation.validate(demo.get_config(), validation.Devices(8, processes, 8 // processes))
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as torch_save_file
 
-from erclap import config_lib, models, odyssey_import
+from erclap import config_lib, models, odyssey_import, validation
 from erclap.configs import default
 
 # One worker runs the whole module: its module-scoped fixtures are built once.
@@ -141,10 +141,10 @@ def test_imported_model_matches_pytorch_replica_on_a_padded_batch(odyssey):
 
   # Built from config (the keys the checkpoint names), the same parameters give the same scores.
   config = config_lib.apply_overrides(default.get_config(), ckpt.config_overrides())
-  config_lib.validate(config)
+  validation.validate(config)
   built = models.build_ser_model(config.model, speech_arch=ckpt.speech_arch)
-  fields = ("speech_arch", "num_attributes", "head_hidden", "head_layers", "speech_pooling", "speech_input_mean",
-            "speech_input_std", "dtype")
+  fields = ("speech_arch", "num_attributes", "ser_head_hidden", "ser_head_layers", "speech_pooling",
+            "speech_input_mean", "speech_input_std", "dtype")
   assert [getattr(built, f) for f in fields] == [getattr(model, f) for f in fields]
 
 
@@ -240,14 +240,14 @@ def test_attentive_pooling_sees_only_valid_frames():
 def test_config_keys_validate():
   config = default.get_config()
   config.model.speech_pooling = "attentive_stats"
-  config_lib.validate(config)
+  validation.validate(config)
   for key, value, match in [("model.speech_pooling", "max", "speech_pooling"),
                             ("model.speech_representation", "cls", "speech_representation"),
                             ("model.ser_head_layers", 0, "ser_head_layers"),
                             ("model.speech_input_std", -1.0, "speech_input_std"),
                             ("model.speech_input_mean", 0.5, "speech_input_mean")]:
     with pytest.raises(config_lib.ConfigError, match=match):
-      config_lib.validate(config_lib.apply_overrides(config, {key: value}))
+      validation.validate(config_lib.apply_overrides(config, {key: value}))
 
 
 def test_mean_pooling_ser_model_keeps_its_tree():

@@ -11,8 +11,8 @@ import sys
 import jax
 import pytest
 
-from erclap import config_lib, optim, plan, runtime, sharding, state
-from erclap.configs import default
+from erclap import config_lib, optim, plan, resolve, runtime, sharding, state, validation
+from erclap.configs import default, ser_pretrain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GiB = 2 ** 30
@@ -60,10 +60,10 @@ def test_host_device_count_replaces_only_its_own_flag(flags, want):
 
 
 def test_plan_keys_are_validated():
-  config_lib.validate(_config(**{"plan.utilization": 0.5, "plan.hbm_headroom": 1.0}))
+  validation.validate(_config(**{"plan.utilization": 0.5, "plan.hbm_headroom": 1.0}))
   for key, value in (("plan.utilization", 0.0), ("plan.utilization", 1.5), ("plan.hbm_headroom", -0.1)):
     with pytest.raises(config_lib.ConfigError, match=key):
-      config_lib.validate(_config(**{key: value}))
+      validation.validate(_config(**{key: value}))
 
 
 def test_device_kinds_map_to_chips():
@@ -100,6 +100,16 @@ def test_loss_flops_per_device_against_hand_count(devices):
   assert 12 * n * n * d <= one["flops_per_device"] <= 1.25 * 12 * n * n * d
   # cost_analysis of an SPMD program is one device's share: four devices together do the same work.
   assert abs(4 * four["flops_per_device"] / one["flops_per_device"] - 1) < 0.05
+
+
+def test_stage1_loss_is_planned_on_its_predicted_attributes(devices):
+  # Stage 1's losses act on (N, 3) predictions: CCC is O(N) and the pairwise ranking loss O(N²), far below the
+  # cross-modal loss on (N, D) embeddings.
+  n = 256
+  ser = config_lib.apply_overrides(ser_pretrain.get_config("demo"), {"train.global_batch_size": n})
+  clap = _config(**{"loss": "infonce", "train.global_batch_size": n, "model.joint_dim": 64})
+  ser_plan, clap_plan = (plan.plan_loss(c, _mesh(c, 1)) for c in (ser, clap))
+  assert 0 < ser_plan["flops_per_device"] < clap_plan["flops_per_device"] / 4
 
 
 def test_knobs_estimates_by_hand(devices):
@@ -186,7 +196,8 @@ def test_run_plan_writes_plan_json_and_plans_the_cached_step_of_a_frozen_tower(d
   parameters, no tower FLOPs); a config already on a cache plans that step (no cache needs to exist)."""
   config = _config(**{"model.freeze_speech": True, "plan.topology": "v5e-8", "mesh.shape": (2, 4, 1)})
   assert plan.prepare_devices(config) == 8
-  result = plan.run_plan(config, str(tmp_path / "audio"))
+  workdir = str(tmp_path / "audio")
+  result = plan.run_plan(resolve.resolve(config, workdir, "plan"), workdir)
   with open(tmp_path / "audio" / "plan.json") as f:
     assert json.load(f) == json.loads(json.dumps(result))
   assert result["verdict"] == "FITS" and result["chip"] == "TPU v5e" and result["devices"] == 8
@@ -198,8 +209,10 @@ def test_run_plan_writes_plan_json_and_plans_the_cached_step_of_a_frozen_tower(d
   cached = result["variants"]["speech_features"]
   assert cached["step"]["params_bytes"] == result["step"]["params_bytes"]
   assert cached["step"]["flops_per_example"] < result["step"]["flops_per_example"]
-  on_cache = plan.run_plan(config_lib.apply_overrides(config, {"data.speech_features": str(tmp_path / "none")}),
-                           str(tmp_path / "cached"))
+  workdir = str(tmp_path / "cached")
+  on_cache = plan.run_plan(resolve.resolve(config_lib.apply_overrides(
+      config, {"data.speech_features": str(tmp_path / "none")}), workdir, "plan"), workdir)
   assert on_cache["variants"] == {}
   assert on_cache["step"]["flops_per_example"] == pytest.approx(cached["step"]["flops_per_example"])
-  assert plan.feature_variant(config_lib.apply_overrides(config, {"model.freeze_speech": False})) is None
+  assert plan.cached_variant(config) and not plan.cached_variant(config_lib.apply_overrides(
+      config, {"model.freeze_speech": False}))

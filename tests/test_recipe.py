@@ -3,6 +3,7 @@ cached speech representation → cross-modal stage."""
 
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -13,6 +14,9 @@ import train_helpers as th
 from erclap import checkpointing, config_lib, configs, recipe, resolve, tower_init
 from erclap.configs import demo, ser_pretrain
 from erclap.speech_cache import store
+
+# One worker runs the module's slow tests: they share one two-stage run (the module-scoped fixture).
+pytestmark = pytest.mark.xdist_group("test_recipe")
 
 
 def test_named_configs_resolve_like_the_config_files():
@@ -33,7 +37,12 @@ def test_a_one_stage_config_resolves_to_itself_frozen_and_written(tmp_path):
   record = json.loads((tmp_path / "config.train.json").read_text())
   assert record["mode"] == "train" and record["changed_by_resolution"] == {}
   assert record["config"] == json.loads(resolved.to_json_best_effort())
-  assert resolve.ensure(resolved, "/elsewhere", "eval") is resolved  # resolved already: passed through
+  with pytest.raises(TypeError, match="resolved already"):  # nothing resolves (or un-resolves) it again
+    resolve.resolve(resolved, "/elsewhere", "eval")
+  resolve.require(resolved, "eval")
+  with pytest.raises(TypeError, match=r"--mode=export takes a resolved config: pass erclap.resolve.resolve\(config, "
+                                      r"workdir, 'export'\)"):
+    resolve.require(single, "export")
   assert ser_pretrain.get_config("demo").recipe.stage1 == ""           # stage 1 itself is one stage
 
 
@@ -72,13 +81,48 @@ def test_a_recipe_run_reads_stage1_frozen_from_the_cache(tmp_path):
 
 def test_the_cache_mode_writes_where_the_run_reads(tmp_path):
   frozen = config_lib.apply_overrides(demo.get_config("single_stage"), {"model.freeze_speech": True})
-  assert resolve.resolve(frozen, str(tmp_path), "cache_speech").data.speech_features == \
-      str(tmp_path / "speech_features")
-  with pytest.raises(config_lib.ConfigError, match="--mode=cache_speech needs config.model.freeze_speech=True"):
+  resolved = resolve.resolve(frozen, str(tmp_path), "cache_speech")
+  assert resolved.data.speech_features == str(tmp_path / "speech_features")
+  assert resolve.mode_problems(resolved, "cache_speech") == []
+  with pytest.raises(config_lib.ConfigError, match=r"speech_features=.*a speech-feature cache stands for a frozen "
+                                                   r"speech path, but config.model.freeze_speech=False"):
     resolve.resolve(demo.get_config("single_stage"), str(tmp_path), "cache_speech")
-  with pytest.raises(config_lib.ConfigError, match="cache_speech caches the cross-modal stage's"):
+  with pytest.raises(config_lib.ConfigError, match=r"stage 1 \(the speech emotion model\) reads audio"):
     resolve.resolve(config_lib.apply_overrides(ser_pretrain.get_config("demo"), {"model.freeze_speech": True}),
                     str(tmp_path), "cache_speech")
+  # A config resolved for another mode, without a cache to write, is refused by the mode itself.
+  plain = resolve.resolve(frozen, str(tmp_path), "train")
+  assert "it is empty" in resolve.mode_problems(plain, "cache_speech")[0]
+
+
+POOLING = {"model.train_speech_pooling": True, "model.speech_pooling": "attentive_stats",
+           "model.speech_representation": "ser_hidden"}
+
+
+def test_a_pooling_that_trains_on_the_frozen_tower_refuses_every_cache(tmp_path):
+  single = config_lib.apply_overrides(demo.get_config("single_stage"), {**POOLING, "model.freeze_speech": True})
+  resolve.resolve(single, str(tmp_path / "a"), "train")  # on audio: valid
+  for config, mode in [(config_lib.apply_overrides(single, {"data.speech_features": "/a/cache"}), "train"),
+                       (single, "cache_speech")]:
+    with pytest.raises(config_lib.ConfigError) as e:
+      resolve.resolve(config, str(tmp_path / "b"), mode)
+    assert "config.data.speech_features=" in str(e.value)
+    assert "config.model.train_speech_pooling=True: speech_pool and ser_head train on the frozen tower" in str(e.value)
+  # The two-stage recipe with it: stage 1 frozen, no cache; the cross-modal stage reads audio.
+  workdir = str(tmp_path / "c")
+  cross = resolve.resolve(config_lib.apply_overrides(demo.get_config(), POOLING), workdir, "train")
+  assert cross.model.speech_init == f"{workdir}/stage1" and cross.model.freeze_speech
+  assert cross.data.speech_features == ""
+  with pytest.raises(config_lib.ConfigError, match="train_speech_pooling"):
+    resolve.resolve(config_lib.apply_overrides(demo.get_config(), POOLING), workdir, "cache_speech")
+  for bad, needle in [({"model.freeze_speech": False}, "set config.model.freeze_speech=True too"),
+                      ({"model.speech_pooling": "mean", "model.speech_representation": "pooled"},
+                       "nothing after the tower has parameters")]:
+    with pytest.raises(config_lib.ConfigError, match=needle):
+      resolve.resolve(config_lib.apply_overrides(single, bad), str(tmp_path / "d"), "train")
+  with pytest.raises(config_lib.ConfigError, match="always trains its pooling and head"):
+    resolve.resolve(config_lib.apply_overrides(ser_pretrain.get_config("demo"), {
+        "model.freeze_speech": True, "model.train_speech_pooling": True}), str(tmp_path / "e"), "train")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -108,15 +152,26 @@ def _mtimes(directory: str) -> dict[str, float]:
   return {name: os.path.getmtime(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
 
 
+# The two-stage runs below share one stage 1 (the pooling and SER head that the second one trains on its tower).
+TWO_STAGES = {"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2, "train.num_steps": 2,
+              "model.speech_pooling": "attentive_stats", "model.speech_representation": "ser_hidden"}
+
+
+@pytest.fixture(scope="module")
+def two_stage_run(data_dir, tmp_path_factory):
+  """A two-stage run as --mode=train runs it: (config as given, its workdir, the resolved cross-modal config)."""
+  workdir = str(tmp_path_factory.mktemp("two_stages") / "run")
+  config = th.tiny_config(data_dir, **TWO_STAGES)
+  cross = resolve.resolve(config, workdir, "train")
+  recipe.run_train(cross, workdir)
+  return config, workdir, cross
+
+
 @pytest.mark.slow
-def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
+def test_two_stages_train_cache_and_resume(two_stage_run, devices):
   """Stage 1 trains, its representation is cached, the cross-modal stage trains on the cache with stage 1's
   speech parameters untouched; a rerun retrains and recomputes nothing."""
-  workdir = str(tmp_path / "run")
-  config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
-                                       "train.num_steps": 2})
-  cross = resolve.resolve(config, workdir, "train")
-  recipe.train_stages(cross, workdir)
+  config, workdir, cross = two_stage_run
   stage1_step, stage1_params = tower_init.read_workdir_params(resolve.stage1_workdir(workdir))
   assert stage1_step == 2
   assert os.path.isfile(os.path.join(resolve.stage1_workdir(workdir), "config.train.json"))
@@ -128,11 +183,11 @@ def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
     assert store.split_is_cached(cache, split, fingerprint), split
   step, params = tower_init.read_workdir_params(workdir)
   assert step == 2
-  for part in ("speech_tower", "speech_pool"):
-    if part in stage1_params:
-      jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
+  for part in ("speech_tower", "speech_pool", "ser_head"):
+    jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
 
-  recipe.train_stages(config, workdir)  # the given config, resolved again: nothing is retrained or recomputed
+  # Resolved again: nothing is retrained or recomputed.
+  recipe.run_train(resolve.resolve(config, workdir, "train"), workdir)
   assert tower_init.read_workdir_params(resolve.stage1_workdir(workdir))[0] == 2
   assert tower_init.read_workdir_params(workdir)[0] == 2
   assert _mtimes(cache) == written
@@ -142,3 +197,27 @@ def test_two_stages_train_cache_and_resume(data_dir, devices, tmp_path):
     assert list(manager.all_steps()) == [2]
   finally:
     manager.close()
+
+
+@pytest.mark.slow
+def test_two_stages_with_a_pooling_trained_on_the_frozen_tower_read_audio(two_stage_run, devices, tmp_path,
+                                                                          capsys):
+  """With model.train_speech_pooling the recipe makes no cache: the cross-modal stage reads audio through stage 1's
+  frozen tower (bit for bit), and trains the pooling and SER head it took from stage 1 (the shared stage 1, whose
+  run is complete: it is not retrained)."""
+  given, shared, _ = two_stage_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(resolve.stage1_workdir(shared), resolve.stage1_workdir(workdir))
+  config = config_lib.apply_overrides(given, {"model.train_speech_pooling": True})
+  capsys.readouterr()
+  recipe.run_train(resolve.resolve(config, workdir, "train"), workdir)
+  out = capsys.readouterr().out
+  assert "[recipe] stage 1 done; no speech cache: config.model.train_speech_pooling=True" in out
+  assert "stage 2/2: cross-modal training on audio through the frozen stage-1 tower" in out
+  assert not os.path.exists(os.path.join(workdir, "speech_features"))
+  _, stage1_params = tower_init.read_workdir_params(resolve.stage1_workdir(workdir))
+  _, params = tower_init.read_workdir_params(workdir)
+  jax.tree.map(np.testing.assert_array_equal, params["speech_tower"], stage1_params["speech_tower"])
+  for part in ("speech_pool", "ser_head"):
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), params[part], stage1_params[part]))
+    assert any(moved), part

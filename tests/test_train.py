@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import optim, runtime, tokenization, tower_init, train
+from erclap import optim, plan, runtime, tokenization, tower_init, train
 from erclap import state as state_lib
 from erclap import step as step_lib
+from erclap.speech_source import AUDIO
 
 
 def _random_batch(config, vocab_size, n, seed=0):
@@ -53,7 +54,7 @@ def test_gradient_caching_equals_one_shot(devices, stage, loss):
   config = th.tiny_config("unused", **overrides)
   mesh, tokenizer, model = _setup(config)
   params = state_lib.init_params(model, config, mesh, jax.random.key(0))
-  batch = runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh)
+  batch = runtime.global_batch(_random_batch(config, tokenizer.vocab_size, 16), mesh, AUDIO)
   one_shot = step_lib.make_loss_and_grads(model, config, mesh)
   cached_config = th.tiny_config("unused", **overrides, **{"train.micro_batch_size": 8})
   cached = step_lib.make_loss_and_grads(model, cached_config, mesh)
@@ -83,7 +84,7 @@ def test_loss_and_gradient_same_on_fsdp_tensor_mesh_as_data_parallel(devices):
     host_batch = _random_batch(config, tokenizer.vocab_size, 16)
     loss_and_grads = jax.jit(step_lib.make_loss_and_grads(model, config, mesh))
     with jax.set_mesh(mesh):
-      loss, _, grads = loss_and_grads(params, runtime.global_batch(host_batch, mesh), jax.random.key(3))
+      loss, _, grads = loss_and_grads(params, runtime.global_batch(host_batch, mesh, AUDIO), jax.random.key(3))
     results.append((float(loss), jax.device_get(grads)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
   # Gradients, not Adam-updated parameters: Adam's first step is ~lr * sign(g), so a gradient entry that is
@@ -109,7 +110,7 @@ def test_frozen_speech_tower_does_not_move_and_the_loss_falls(devices, loss):
   losses = []
   with jax.set_mesh(mesh):
     for _ in range(8):  # the warmup schedule's learning rate is 0 at step 0
-      state, metrics = step(state, runtime.global_batch(host_batch, mesh))
+      state, metrics = step(state, runtime.global_batch(host_batch, mesh, AUDIO))
       losses.append(float(metrics["loss"]))
   after = jax.device_get(state.params)
   for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
@@ -121,10 +122,47 @@ def test_frozen_speech_tower_does_not_move_and_the_loss_falls(devices, loss):
 
 
 @pytest.mark.slow
+def test_a_pooling_trained_on_the_frozen_tower_moves_alone(devices):
+  """model.train_speech_pooling: the pooling and SER head learn, the tower stays bit for bit, the optimizer keeps no
+  moments for the tower, and the plan counts gradient bytes for what trains only."""
+  config = th.tiny_config("unused", **{"model.freeze_speech": True, "model.train_speech_pooling": True,
+                                       "model.speech_pooling": "attentive_stats",
+                                       "model.speech_representation": "ser_hidden", "train.learning_rate": 3e-3})
+  mesh, tokenizer, model = _setup(config)
+  optimizer = optim.make_optimizer(config)
+  state, shardings = state_lib.create_train_state(model, config, mesh, optimizer, jax.random.key(0))
+  before = jax.device_get(state.params)
+  # Adam moments: one mu and one nu per trained leaf, none for the tower (its group's transform keeps no state).
+  moments = [path for path, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
+             if any(getattr(k, "name", None) in ("mu", "nu") for k in path)]
+  tower_leaves = len(jax.tree.leaves(before["speech_tower"]))
+  assert not [p for p in moments if "speech_tower" in jax.tree_util.keystr(p)]
+  trained = {k: v for k, v in before.items() if k != "speech_tower"}
+  assert len(moments) == 2 * len(jax.tree.leaves(trained)) and tower_leaves > 0
+  step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings)
+  host_batch = _random_batch(config, tokenizer.vocab_size, 16)
+  with jax.set_mesh(mesh):
+    for _ in range(3):  # the warmup schedule's learning rate is 0 at step 0
+      state, _ = step(state, runtime.global_batch(host_batch, mesh, AUDIO))
+  after = jax.device_get(state.params)
+  for a, b in zip(jax.tree.leaves(before["speech_tower"]), jax.tree.leaves(after["speech_tower"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for part in ("speech_pool", "ser_head", "speech_proj", "text_tower"):
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[part]), jax.tree.leaves(after[part]),
+                                                      strict=True)]
+    assert any(moved), part
+  figures = plan.state_bytes(config, mesh, model)
+  param_bytes = lambda tree: sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
+  # 8 data-parallel devices: every parameter whole on each; gradients of everything but the tower.
+  assert figures["params_bytes"] == param_bytes(before)
+  assert figures["grads_bytes"] == param_bytes(trained) == figures["params_bytes"] - param_bytes(before["speech_tower"])
+
+
+@pytest.mark.slow
 def test_training_lowers_the_loss(data_dir, tmp_path, capsys):
   steps = 24
   config = th.tiny_config(data_dir, **{"train.num_steps": steps, "checkpoint.every_steps": 1000})
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  train.train_and_evaluate(th.resolved(config, tmp_path / "run"), str(tmp_path / "run"))
   curve = th.loss_curve(capsys.readouterr().out)
   assert sorted(curve) == list(range(1, steps + 1))
   values = np.array([curve[s] for s in sorted(curve)])
@@ -141,7 +179,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(data_dir, tmp_path):
                                        "train.warmup_steps": 0, "train.num_steps": 20,
                                        "checkpoint.every_steps": 1})
   with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    train.train_and_evaluate(th.resolved(config, tmp_path / "run"), str(tmp_path / "run"))
   step, params = tower_init.read_workdir_params(str(tmp_path / "run"))
   assert step >= 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
@@ -160,7 +198,7 @@ def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_pa
       parent = parent[part]
     parent[leaf] = value
   ser_dir = str(tmp_path / "ser")
-  metrics = train.train_and_evaluate(ser_config, ser_dir)
+  metrics = train.train_and_evaluate(th.resolved(ser_config, ser_dir), ser_dir)
   assert {"ser_ccc_arousal", "ser_rank_accuracy"} <= set(metrics)
   curve = th.loss_curve(capsys.readouterr().out)
   values = np.array([curve[s] for s in sorted(curve)])

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from erclap import config_lib, plan
+from erclap import config_lib, plan, resolve
 from erclap.configs import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +62,11 @@ def tiny_overrides(data_dir: str, **overrides) -> dict:
 def tiny_config(data_dir: str, **overrides):
   """configs/demo.py made tiny, reading the tiny corpus from ``data_dir`` (a locked ConfigDict)."""
   return config_lib.apply_overrides(demo.get_config(), tiny_overrides(data_dir, **overrides), "tiny_config")
+
+
+def resolved(config, workdir: str, mode: str = "train"):
+  """``config`` resolved for ``mode`` in ``workdir``, as ``erclap.main`` resolves it: what mode functions take."""
+  return resolve.resolve(config, str(workdir), mode)
 
 
 def tiny_data_config(data_dir: str, **corpus_overrides):

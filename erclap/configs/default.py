@@ -1,7 +1,8 @@
 """Base configuration: every key any part of ERCLAP reads is declared here (others are errors).
 
 Other config files start from ``default.get_config()`` and change values; command-line overrides
-(``--config.train.global_batch_size=512``) can only touch keys that exist here.
+(``--config.train.global_batch_size=512``) can only touch keys that exist here. The allowed values of a key with
+a fixed set of them are the registries the comments name (``erclap/validation.py`` checks against them).
 """
 
 import ml_collections
@@ -10,8 +11,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.stage = "clap"       # "clap": cross-modal stage; "ser": stage-1 speech-emotion pre-training
-  c.loss = "rnc"         # "rnc" | "infonce" | "supcon" (clap stage)
+  c.stage = "clap"       # "clap": cross-modal stage; "ser": stage-1 speech-emotion pre-training (erclap.stages)
+  c.loss = "rnc"         # "rnc" | "infonce" | "supcon" | any losses.register-ed name (clap stage)
   _loss_options(c)
   _data(c)
   _model(c)
@@ -119,6 +120,10 @@ def _model(c: ml_collections.ConfigDict) -> None:
   c.model.text_init = ""              # "" (random) | HF model dir
   c.model.tokenizer = "descriptions"  # "descriptions" (word-level over the template vocabulary) | HF dir
   c.model.freeze_speech = False       # the paper freezes its (pre-trained) speech model
+  # With freeze_speech=True: freeze the speech tower only, and train the pooling (and the SER head, when
+  # speech_representation reads it) on its output. The speech path then trains, so it runs on audio every step
+  # (no speech-feature cache); the tower's backward pass and optimizer moments are dropped. erclap/trainable.py.
+  c.model.train_speech_pooling = False
   c.model.freeze_text = False
   c.model.speech_pooling = "mean"     # "mean" | "attentive_stats" ([mean || std], attention-weighted) over valid frames
   c.model.speech_input_mean = 0.0     # speech_input_std > 0: the waveform is standardised as (x - mean) /

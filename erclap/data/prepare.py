@@ -16,25 +16,14 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 import time
 
 from erclap import fileio, progress
 from erclap.data import builders, corpora
 from erclap.data.corpora import resolve_data_dir
+from erclap.tensorflow_devices import hide_accelerators_from_tensorflow
 
 SOURCE_RECORD = "erclap_source.json"  # beside a built licensed corpus: what it was built from
-
-
-def _hide_accelerators_from_tensorflow():
-  """If TensorFlow is already imported (clu writers), keep it off the accelerators JAX owns.
-
-  Building and reading ArrayRecord through TFDS never imports TensorFlow, so it is not imported here."""
-  tf = sys.modules.get("tensorflow")
-  if tf is not None:
-    with contextlib.suppress(Exception):  # already initialised, or no such device type
-      tf.config.set_visible_devices([], "GPU")
-      tf.config.set_visible_devices([], "TPU")
 
 
 def _check_name(data_config) -> str:
@@ -140,7 +129,7 @@ def ensure_dataset(data_config) -> str:
 
 def _build_locked(data_config, data_dir: str, manual_dir: str | None, fingerprint: dict | None) -> None:
   """Builds under the corpus' file lock, unless another process built it (from this source) meanwhile."""
-  _hide_accelerators_from_tensorflow()
+  hide_accelerators_from_tensorflow(import_tensorflow=False)  # only if clu's writers imported it
   with _file_lock(os.path.join(data_dir, f".erclap-{data_config.name}.lock")):
     builder = _builder(data_config, data_dir)
     if _is_prepared(builder):

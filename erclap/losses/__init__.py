@@ -1,20 +1,26 @@
-"""ERCLAP's losses, and ``get_clap_loss``, the dispatcher of the training loop's cross-modal loss.
+"""ERCLAP's losses, and ``LOSSES``, the registry of the cross-modal losses ``config.loss`` names.
 
 * ``rnc``: the Rank-N-Contrast loss (``rnc_loss``, ``cross_modal_rnc_loss``);
 * ``contrastive``: the baselines ``infonce_loss`` (CLAP's SCE / NT-Xent) and ``supcon_loss``, and
   ``classes_from_labels`` (SupCon classes from the attribute labels);
-* ``ser``: the stage-1 losses ``ccc``, ``ccc_loss`` and ``pairwise_ranking_loss``;
+* ``ser``: the stage-1 losses ``ccc_loss`` (1 - ``metrics.ccc``) and ``pairwise_ranking_loss``;
 * ``_core``: validation, similarities and the row sharding they share.
 
-``get_clap_loss(name)`` reads ``config.loss_options``: ``similarity`` ("cosine" | "neg_l2") for every loss,
-``joint`` (the joint 2N form of every loss: speech and text rows form one set of anchors, each against the
-other 2N - 1 rows) and ``same_modality_weight`` (the joint form's weight lambda of the same-modality rows: 1 =
-the joint form, 0 = the two-direction form), and per loss ``label_distance``, ``rank_labels``,
-``rank_label_weights``, ``rank_terms``, ``row_block`` (rnc) and ``supcon_bins`` (supcon).
+A cross-modal loss is ``fn(speech, text, batch, *, temperature, mesh, options) -> scalar`` (``batch`` holds
+"labels" (N, 3) and optionally "class_id" (N,); ``options`` is ``config.loss_options``), registered under its
+``config.loss`` name with ``register``; ``LOSSES`` (read only) is what the config is validated against and
+``get_clap_loss(name)`` what the training step calls. Every loss reads ``similarity`` (``SIMILARITIES``),
+``joint`` (the joint 2N form: speech and text rows form one set of anchors, each against the other 2N - 1
+rows) and ``same_modality_weight`` (the joint form's weight lambda of the same-modality rows: 1 = the joint form,
+0 = the two-direction form); each entry lists the other options it reads (rnc: ``label_distance``
+(``LABEL_DISTANCES``), ``rank_labels``, ``rank_label_weights``, ``rank_terms`` (``RANK_TERMS``), ``row_block``;
+supcon: ``supcon_bins``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,19 +28,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from erclap.losses._core import SIMILARITIES
 from erclap.losses.contrastive import classes_from_labels, infonce_loss, supcon_loss
+from erclap.losses.rnc import _LABEL_DISTANCES as LABEL_DISTANCES
 from erclap.losses.rnc import cross_modal_rnc_loss, rnc_loss
-from erclap.losses.ser import ccc, ccc_loss, pairwise_ranking_loss
+from erclap.losses.ser import ccc_loss, pairwise_ranking_loss
 from erclap.schema import LABEL_NAMES
 
 __all__ = [
-    "ccc",
+    "COMMON_OPTIONS",
+    "LABEL_DISTANCES",
+    "LOSSES",
+    "RANK_TERMS",
+    "SIMILARITIES",
     "ccc_loss",
     "classes_from_labels",
     "cross_modal_rnc_loss",
     "get_clap_loss",
     "infonce_loss",
     "pairwise_ranking_loss",
+    "register",
     "rnc_loss",
     "supcon_loss",
 ]
@@ -57,6 +70,9 @@ def _flag(options, name: str) -> bool:
   if not isinstance(value, bool | np.bool_):
     raise ValueError(f"loss_options.{name} must be True or False, got {value!r}")
   return bool(value)
+
+
+COMMON_OPTIONS = ("similarity", "joint", "same_modality_weight")  # the loss_options every cross-modal loss reads
 
 
 def _common(options) -> dict[str, Any]:
@@ -127,13 +143,53 @@ def _clap_supcon(speech, text, batch, *, temperature, mesh=None, options=None):
   return supcon_loss(speech, text, ids, temperature=temperature, mesh=mesh, **_common(options))
 
 
-_CLAP_LOSSES = {"rnc": _clap_rnc, "infonce": _clap_infonce, "supcon": _clap_supcon}
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossModalLoss:
+  """A registered cross-modal loss: its ``config.loss`` name, the function, and the ``config.loss_options`` it
+  reads besides ``COMMON_OPTIONS`` (which every loss reads)."""
+  name: str
+  fn: Callable[..., jax.Array]
+  options: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, CrossModalLoss] = {}
+LOSSES: Mapping[str, CrossModalLoss] = types.MappingProxyType(_REGISTRY)  # read only: ``register`` adds
+
+
+def register(name: str, fn: Callable[..., jax.Array], *, options: tuple[str, ...] = ()) -> CrossModalLoss:
+  """Registers ``fn`` as the cross-modal loss ``config.loss=name``: all it takes for a config to name it.
+
+  Args:
+    name: the ``config.loss`` value.
+    fn: ``fn(speech, text, batch, *, temperature, mesh, options) -> scalar`` (see the module docstring).
+    options: the ``config.loss_options`` keys it reads besides ``COMMON_OPTIONS``.
+
+  Returns:
+    The registry entry.
+
+  Raises:
+    ValueError: ``name`` is not an identifier or is registered already.
+  """
+  if not isinstance(name, str) or not name.isidentifier():
+    raise ValueError(f"loss name {name!r}: must be an identifier (it is a config value)")
+  if name in _REGISTRY:
+    raise ValueError(f"loss {name!r} is registered already")
+  _REGISTRY[name] = entry = CrossModalLoss(name, fn, tuple(options))
+  return entry
+
+
+register("rnc", _clap_rnc,
+         options=("label_distance", "rank_labels", "rank_label_weights", "rank_terms", "row_block"))
+register("infonce", _clap_infonce)
+register("supcon", _clap_supcon, options=("supcon_bins",))
 
 
 def get_clap_loss(name: str) -> Callable[..., jax.Array]:
-  """The cross-modal loss ``name`` in {"rnc", "infonce", "supcon"} as
-  ``fn(speech, text, batch, *, temperature, mesh, options) -> scalar``; batch has "labels" (N, 3) and
-  optionally "class_id" (N,) int32 (-1 = none); options is ``config.loss_options``."""
-  if name not in _CLAP_LOSSES:
-    raise ValueError(f"loss must be one of {tuple(_CLAP_LOSSES)}, got {name!r}")
-  return _CLAP_LOSSES[name]
+  """The function of the registered cross-modal loss ``name`` (``LOSSES``); ValueError naming the registered
+  ones."""
+  if name not in _REGISTRY:
+    raise ValueError(f"loss must be one of {tuple(_REGISTRY)}, got {name!r}")
+  return _REGISTRY[name].fn

@@ -1,5 +1,6 @@
-"""Stage-1 (SER) losses on predicted attributes: the concordance correlation coefficient ``ccc``, ``ccc_loss``
-(mean 1 - CCC) and the RankNet ``pairwise_ranking_loss`` over in-batch pairs."""
+"""Stage-1 (SER) losses on predicted attributes: ``ccc_loss`` (mean 1 - CCC, the concordance correlation of
+``erclap.metrics.ccc``: the metric and the loss share one definition) and the RankNet ``pairwise_ranking_loss``
+over in-batch pairs."""
 
 from __future__ import annotations
 
@@ -9,20 +10,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from erclap.losses._core import _check_batch, _gather, _is_concrete, _mesh_axes, _shard_rows
-
-
-def ccc(x, y, axis: int = 0):
-  """Concordance correlation coefficient 2 cov / (var_x + var_y + (mean_x - mean_y)^2) (population
-  moments) along ``axis``; x and y of the same shape."""
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
-  if x.shape != y.shape:
-    raise ValueError(f"ccc: x {x.shape} and y {y.shape} must have the same shape")
-  mx, my = jnp.mean(x, axis), jnp.mean(y, axis)
-  xc, yc = x - jnp.expand_dims(mx, axis), y - jnp.expand_dims(my, axis)
-  cov = jnp.mean(xc * yc, axis)
-  denom = jnp.mean(xc * xc, axis) + jnp.mean(yc * yc, axis) + (mx - my) ** 2
-  return 2.0 * cov / jnp.maximum(denom, 1e-12)
+from erclap.metrics.regression import ccc
 
 
 def ccc_loss(pred, target):

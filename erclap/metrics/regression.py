@@ -1,29 +1,48 @@
-"""Emotion recognition from embeddings: the concordance correlation (``ccc``), pairwise ranking accuracy,
-zero-shot attribute prediction from level prompts, and a closed-form ridge probe (``ridge_fit`` /
+"""Emotion recognition from embeddings: the concordance correlation (``ccc``, also stage 1's loss), pairwise
+ranking accuracy, zero-shot attribute prediction from level prompts, and a closed-form ridge probe (``ridge_fit`` /
 ``ridge_probe``)."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from erclap.metrics.arrays import _as_1d, _as_2d, _labels_2d
 
 
 def ccc(x, y, axis: int = 0):
-  """Concordance correlation coefficient 2 cov(x, y) / (var x + var y + (mean x - mean y)^2).
+  """Lin's concordance correlation coefficient 2 cov(x, y) / (var x + var y + (mean x - mean y)^2).
 
-  Population (biased) moments. x, y: (N,) -> float, or (N, A) -> (A,) along ``axis``. 0/0 (both
-  constant and equal) gives 1.0 (perfect agreement)."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  The one definition of ERCLAP's CCC: the metrics and stage 1's ``losses.ccc_loss`` (1 - CCC) both use it.
+  Population (biased) moments along ``axis``. x, y of the same shape: (N,) -> a scalar, (N, A) -> (A,) with
+  ``axis=0``.
+
+  Constant inputs: when one side is constant the covariance is 0, so CCC is 0 (no agreement in how the values
+  move), except when both sides are the same constant: the denominator is then 0 and CCC is 1.0 (x == y, perfect
+  agreement: the limit of CCC(x, x) = 1). Two different constants give 0 (their squared mean difference is > 0).
+
+  NumPy inputs are computed in float64 and give a Python float (or a float64 array); JAX arrays (also traced,
+  inside ``jax.jit`` or ``jax.grad``) in float32, giving a JAX array with a finite gradient everywhere.
+
+  Raises:
+    ValueError: the shapes differ, or the inputs are empty.
+  """
+  traced = isinstance(x, jax.Array) or isinstance(y, jax.Array)
+  xp, dtype = (jnp, jnp.float32) if traced else (np, np.float64)
+  x, y = xp.asarray(x, dtype), xp.asarray(y, dtype)
   if x.shape != y.shape:
-    raise ValueError(f"x, y: shapes differ ({x.shape} vs {y.shape})")
+    raise ValueError(f"ccc: x and y shapes differ ({x.shape} vs {y.shape})")
   if x.size == 0:
-    raise ValueError("x, y: empty")
-  mx, my = x.mean(axis, keepdims=True), y.mean(axis, keepdims=True)
-  cov = ((x - mx) * (y - my)).mean(axis)
-  denominator = x.var(axis) + y.var(axis) + np.squeeze((mx - my) ** 2, axis)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    value = np.where(denominator > 0, 2.0 * cov / np.where(denominator > 0, denominator, 1.0), 1.0)
+    raise ValueError("ccc: x and y are empty")
+  mx, my = xp.mean(x, axis), xp.mean(y, axis)
+  xc, yc = x - xp.expand_dims(mx, axis), y - xp.expand_dims(my, axis)
+  cov = xp.mean(xc * yc, axis)
+  denominator = xp.mean(xc * xc, axis) + xp.mean(yc * yc, axis) + (mx - my) ** 2
+  # 0 only for two equal constants (see above); the clamp keeps the unselected branch (and its gradient) finite.
+  value = xp.where(denominator > 0, 2.0 * cov / xp.maximum(denominator, 1e-12), 1.0)
+  if traced:
+    return value
   return float(value) if value.ndim == 0 else value
 
 

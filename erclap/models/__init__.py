@@ -1,6 +1,9 @@
 """Flax speech (wav2vec2 / HuBERT / WavLM) and text (BERT / RoBERTa) encoders and the CLAP / SER models."""
 
 from erclap.models.arch import (
+    SIZES,
+    SPEECH_TYPES,
+    TEXT_ARCHS,
     SpeechArch,
     TextArch,
     arch_from_hf_config,
@@ -10,7 +13,17 @@ from erclap.models.arch import (
     text_preset,
 )
 from erclap.models.clap import (
+    DTYPES,
+    LOG_TEMPERATURE,
+    SER_HEAD,
+    SPEECH_PATH,
+    SPEECH_POOL,
+    SPEECH_PROJ,
     SPEECH_REPRESENTATIONS,
+    SPEECH_TOWER,
+    TEXT_POOLINGS,
+    TEXT_PROJ,
+    TEXT_TOWER,
     CLAPModel,
     ProjectionHead,
     SERModel,
@@ -24,6 +37,7 @@ from erclap.models.clap import (
 from erclap.models.layers import masked_mean
 from erclap.models.pooling import (
     POOLINGS,
+    TRAINABLE_POOLINGS,
     AttentiveStatisticsPooling,
     MeanPooling,
     make_pooling,
@@ -36,6 +50,8 @@ from erclap.models.text import TextEncoder, padded_vocab_size
 
 __all__ = [
     "speech_feature_width",
+    "DTYPES", "LOG_TEMPERATURE", "SER_HEAD", "SPEECH_PATH", "SPEECH_POOL", "SPEECH_PROJ", "SPEECH_TOWER",
+    "TEXT_POOLINGS", "TEXT_PROJ", "TEXT_TOWER", "TRAINABLE_POOLINGS", "SIZES", "SPEECH_TYPES", "TEXT_ARCHS",
     "POOLINGS", "SPEECH_REPRESENTATIONS", "AttentiveStatisticsPooling", "MeanPooling", "SERHead",
     "make_pooling", "pooled_size", "standardize_waveform",
     "CLAPModel", "ProjectionHead", "SERModel", "SpeechArch", "SpeechEncoder", "TextArch", "TextEncoder",

@@ -151,7 +151,7 @@ def _check_activation(file: str, key: str, value) -> str:
 def arch_from_hf_config(cfg: dict, path: str = "config.json") -> SpeechArch | TextArch:
   """A SpeechArch or TextArch from a parsed HF ``config.json`` (``path`` only names it in errors)."""
   model_type = cfg.get("model_type")
-  if model_type in ("wav2vec2", "hubert", "wavlm"):
+  if model_type in SPEECH_TYPES:
     if cfg.get("add_adapter"):
       raise ValueError(f"{path}: add_adapter=True is not supported")
     if cfg.get("conv_pos_batch_norm"):
@@ -181,7 +181,7 @@ def arch_from_hf_config(cfg: dict, path: str = "config.json") -> SpeechArch | Te
         max_bucket_distance=int(cfg.get("max_bucket_distance", 800)),
         # The HF processor, not the model, normalises; large (stable-LN) checkpoints expect it.
         normalize_waveform=bool(cfg.get("do_stable_layer_norm", False)))
-  if model_type in ("bert", "roberta"):
+  if model_type in TEXT_TYPES:
     pos_type = cfg.get("position_embedding_type", "absolute")
     if pos_type != "absolute":
       raise ValueError(f"{path}: position_embedding_type={pos_type!r}: only 'absolute' is supported")

@@ -1,10 +1,14 @@
 """The CLAP model (speech tower + text tower + projections + learnable temperature) and the SER model.
 
-Parameter tree (top level): ``speech_tower``, ``speech_proj``, ``text_tower``, ``text_proj``,
+Parameter tree (top level, the names below): ``speech_tower``, ``speech_proj``, ``text_tower``, ``text_proj``,
 ``log_temperature`` (SER: ``speech_tower``, ``ser_head``); with ``speech_pooling="attentive_stats"`` also
-``speech_pool``, and a CLAP model fed by the SER head (``speech_representation``) also ``ser_head``. The trainer
-freezes towers and sets learning rates by these names; a SER (stage 1) ``speech_tower`` / ``speech_pool`` / ``ser_head``
+``speech_pool``, and a CLAP model fed by the SER head (``speech_representation``) also ``ser_head``. What trains
+is decided by these names (``erclap.trainable``); a SER (stage 1) ``speech_tower`` / ``speech_pool`` / ``ser_head``
 drop straight into the CLAP model.
+
+The speech side has two entries: from audio (``__call__``, ``embed_audio``; ``speech_feature`` is the
+representation the projection reads) and from that representation precomputed (``from_speech_features``,
+``embed_speech_features``: a speech-feature cache, ``erclap.speech_source``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ from erclap.models.ser_head import SERHead
 from erclap.models.speech import SpeechEncoder, normalize_waveform
 from erclap.models.text import TextEncoder
 
-# What the CLAP speech projection reads: the pooled tower output, or the SER head's last hidden block / scores.
+# Top-level parameter names (the models' ``setup`` attribute names; checkpoints are stored under them).
+SPEECH_TOWER, SPEECH_POOL, SER_HEAD, SPEECH_PROJ = "speech_tower", "speech_pool", "ser_head", "speech_proj"
+TEXT_TOWER, TEXT_PROJ, LOG_TEMPERATURE = "text_tower", "text_proj", "log_temperature"
+# The speech path from audio to the representation the speech projection reads, in order (those the model has).
+SPEECH_PATH: tuple[str, ...] = (SPEECH_TOWER, SPEECH_POOL, SER_HEAD)
+
+# What the CLAP speech projection reads (``model.speech_representation``): the pooled tower output, or the SER
+# head's last hidden block / scores.
 SPEECH_REPRESENTATIONS = ("pooled", "ser_hidden", "ser_output")
-_INIT_SAMPLES = 16000  # the silent clip that initialises the speech path of a model fed cached features (1 s)
+TEXT_POOLINGS = ("cls", "mean")                    # ``model.text_pooling``
+DTYPES = ("float32", "bfloat16", "float16")        # ``model.dtype``: the compute dtype (parameters stay float32)
 
 
 def speech_feature_width(params) -> int:
   """Width of the speech representation the CLAP model's projection reads (a speech-feature cache row): the
   input width of ``speech_proj``'s first kernel. ``params``: arrays or ShapeDtypeStructs."""
-  kernels = [leaf for leaf in jax.tree.leaves(params["speech_proj"]) if len(leaf.shape) == 2]
+  kernels = [leaf for leaf in jax.tree.leaves(params[SPEECH_PROJ]) if len(leaf.shape) == 2]
   return int(kernels[0].shape[0])
 
 
@@ -60,7 +72,7 @@ def _pool_text(hidden, attention_mask, pooling: str):
     return hidden[:, 0].astype(jnp.float32)
   if pooling == "mean":
     return layers.masked_mean(hidden, attention_mask.astype(bool))
-  raise ValueError(f"model.text_pooling={pooling!r}: use 'cls' or 'mean'")
+  raise ValueError(f"model.text_pooling={pooling!r}: use one of {TEXT_POOLINGS}")
 
 
 def _speech_embedding(model, audio, audio_mask, train):
@@ -139,33 +151,32 @@ class CLAPModel(nn.Module):
     pooled = _pool_text(hidden, attention_mask, self.text_pooling)
     return l2_normalize(self.text_proj(pooled, train=train))
 
-  def embed_speech_features(self, features, *, train: bool = False):
-    """A precomputed speech representation (B, F) float32 (what ``speech_feature`` returns; the speech-feature
-    cache, ``erclap.speech_features``) -> L2-normalised (B, D) float32: the projection only, no tower."""
-    return l2_normalize(self.speech_proj(features.astype(jnp.float32), train=train))
+  def embed_speech_features(self, speech_features, *, train: bool = False):
+    """A precomputed speech representation (B, F) float32 (what ``speech_feature`` returns: a speech-feature
+    cache row) -> L2-normalised (B, D) float32: the projection only, no tower."""
+    return l2_normalize(self.speech_proj(speech_features.astype(jnp.float32), train=train))
 
-  def __call__(self, audio=None, audio_mask=None, input_ids=None, attention_mask=None, *, speech_features=None,
-               train: bool = False):
-    """Speech from ``audio`` / ``audio_mask``, or from cached ``speech_features`` (B, F) when given."""
-    if speech_features is None:
-      speech = self.embed_audio(audio, audio_mask, train=train)
-    elif self.is_initializing():
-      # The cached path must build the uncached model's parameter tree (checkpoints serve both paths): the
-      # tower, pooling and projection are created from a short silent clip, whatever width is passed here.
-      silent = jnp.zeros((speech_features.shape[0], _INIT_SAMPLES), jnp.float32)
-      speech = self.embed_audio(silent, jnp.ones(silent.shape, bool), train=train)
-    else:
-      speech = self.embed_speech_features(speech_features, train=train)
+  def _outputs(self, speech, input_ids, attention_mask, train):
     return dict(speech=speech, text=self.embed_text(input_ids, attention_mask, train=train),
                 temperature=jnp.exp(self.log_temperature))
+
+  def __call__(self, audio, audio_mask, input_ids, attention_mask, *, train: bool = False):
+    """Speech from ``audio`` / ``audio_mask`` -> dict(speech=(B, D), text=(B, D), temperature=())."""
+    return self._outputs(self.embed_audio(audio, audio_mask, train=train), input_ids, attention_mask, train)
+
+  def from_speech_features(self, speech_features, input_ids, attention_mask, *, train: bool = False):
+    """``__call__`` from the precomputed speech representation (B, F) instead of audio (the projection only).
+
+    Parameters are always initialised through ``__call__`` (from audio): the tree is the same for both."""
+    return self._outputs(self.embed_speech_features(speech_features, train=train), input_ids, attention_mask, train)
 
 
 class SERModel(nn.Module):
   """Stage 1 (or an imported Odyssey SER model): speech tower + pooling + the SER head's ``num_attributes`` scores."""
   speech_arch: SpeechArch
   num_attributes: int = 3
-  head_hidden: int = 0                  # 0: the speech tower's hidden size (the Odyssey head's width)
-  head_layers: int = 1
+  ser_head_hidden: int = 0              # 0: the speech tower's hidden size (the Odyssey head's width)
+  ser_head_layers: int = 1
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
@@ -177,7 +188,7 @@ class SERModel(nn.Module):
     self.speech_tower = SpeechEncoder(self.speech_arch, dtype=self.dtype, dropout=self.dropout,
                                       remat=self.remat)
     self.speech_pool = make_pooling(self.speech_pooling, self.dtype)
-    self.ser_head = _ser_head(self, self.num_attributes, self.head_hidden, self.head_layers)
+    self.ser_head = _ser_head(self, self.num_attributes, self.ser_head_hidden, self.ser_head_layers)
 
   def __call__(self, audio, audio_mask, *, train: bool = False):
     """-> dict(attributes=(B, A) float32 scores, embedding=(B, H or 2H) float32 pooled tower output)."""
@@ -194,8 +205,8 @@ class SERModel(nn.Module):
 
 
 def _dtype(name: str):
-  if name not in ("float32", "bfloat16", "float16"):
-    raise ValueError(f"model.dtype={name!r}: use 'float32', 'bfloat16' or 'float16'")
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype={name!r}: use one of {DTYPES}")
   return jnp.dtype(name)
 
 
@@ -252,6 +263,7 @@ def build_ser_model(model_config, *, speech_arch: SpeechArch | None = None) -> S
   """Stage-1 SER model on the speech tower that ``config.model`` describes (``speech_arch``: as for CLAP)."""
   return SERModel(
       speech_arch=speech_arch or speech_arch_for(model_config), num_attributes=int(model_config.num_attributes),
-      head_hidden=int(model_config.get("ser_head_hidden", 0)), head_layers=int(model_config.get("ser_head_layers", 1)),
+      ser_head_hidden=int(model_config.get("ser_head_hidden", 0)),
+      ser_head_layers=int(model_config.get("ser_head_layers", 1)),
       dropout=float(model_config.dropout), dtype=_dtype(model_config.dtype), remat=bool(model_config.remat),
       speech_pooling=model_config.speech_pooling, **_speech_head_fields(model_config))

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from erclap.models import layers
 
-POOLINGS = ("mean", "attentive_stats")
+POOLINGS = ("mean", "attentive_stats")         # ``model.speech_pooling``
+TRAINABLE_POOLINGS = ("attentive_stats",)       # the poolings with parameters (erclap.trainable trains them)
 VAR_FLOOR = 1e-5   # variance floor of attentive statistics pooling (the Odyssey SER baseline's clamp)
 INPUT_STD_EPS = 1e-6
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from erclap import fileio, metrics, plots, stages
+from erclap import fileio, metrics, plots, speech_source, stages, trainable
 from erclap.results import paper
 from erclap.schema import LABEL_NAMES
 
@@ -68,11 +68,11 @@ def run_identity(config, workdir: str, step: int) -> dict[str, str]:
   """What identifies an exported run, as {label: text}: workdir, stage, loss, data, speech side, step, seed."""
   stage = stages.of(config)
   loss = config.loss + (" (joint 2N form)" if config.loss_options.get("joint", False) else "")
+  held = trainable.of(config).summary  # frozen / tower frozen, pooling trained / trained
   if config.recipe.stage1:
-    cached = ", cached" if config.data.speech_features else ""
-    speech = f"stage 1 {config.recipe.stage1} in {config.model.speech_init} (frozen{cached})"
+    speech = f"stage 1 {config.recipe.stage1} in {config.model.speech_init} ({held}, {speech_source.of(config).name})"
   elif config.model.speech_init:
-    speech = f"{config.model.speech_init}" + (" (frozen)" if config.model.freeze_speech else " (fine-tuned)")
+    speech = f"{config.model.speech_init} ({'fine-tuned' if held == 'trained' else held})"
   else:
     speech = "none: the speech tower was trained from random initialisation"
   return {

@@ -1,12 +1,12 @@
 """The speech-feature cache's on-disk format: one directory, written atomically, read by random access.
 
-``--mode=cache_speech`` (``erclap.cache_speech``) writes it; training, evaluation and export with
-``--config.data.speech_features=<dir>`` read it instead of the corpus records, and the model applies only the
-projection (``CLAPModel.embed_speech_features``).
+``--mode=cache_speech`` (``erclap.speech_cache_mode``) writes it; training, evaluation and export with
+``--config.data.speech_features=<dir>`` read it instead of the corpus records (``erclap.speech_source.CACHED``),
+and the model applies only the projection (``CLAPModel.embed_speech_features``).
 
 Layout of a cache directory (row i of every per-split file is record i of the corpus split)::
 
-  fingerprint.json       what the features were computed from (``make_fingerprint``)
+  fingerprint.json       what the features were computed from (``fingerprint.make_fingerprint``)
   <split>.npy            float32 (N, D) features, one row per clip (memory-mapped on read)
   <split>_columns.npy    (N,) structured array, one field per column: the per-clip values the pipelines read
                          besides the audio (labels, class), so they never read the corpus (memory-mapped)
@@ -23,8 +23,7 @@ What the cache gives up (augmentation): every clip has one fixed crop, the evalu
 the cache therefore loses the random training crops of the uncached pipeline (and the tower's dropout noise
 when ``model.dropout > 0``); the text side (description sampling, text dropout) is unchanged.
 
-Only numpy and ``erclap.fileio`` here: the model-side fingerprint (parameter digest, corpus identity) is
-assembled by ``erclap.speech_cache.fingerprint``.
+What a fingerprint holds, and how two are compared, is ``erclap.speech_cache.fingerprint``.
 """
 
 from __future__ import annotations
@@ -37,83 +36,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from erclap import fileio
+from erclap.speech_cache.fingerprint import FORMAT_VERSION, fingerprint_differences, fingerprint_digest
 
-# 2: per-split columns (labels, class) beside the features, rows in corpus order.
-FORMAT_VERSION = 2
 FINGERPRINT_FILE = "fingerprint.json"
-# Fields of a fingerprint, in the order a difference is reported.
-FINGERPRINT_FIELDS = ("format_version", "params_digest", "representation", "speech_pooling", "speech_arch",
-                      "speech_input", "dtype", "crop_seconds", "sample_rate", "corpus", "width")
 
 
 class SpeechCacheError(ValueError):
   """A speech-feature cache is missing, incomplete, or does not match the current model / config."""
 
 
-# ----------------------------------------------------------------------------- fingerprint
-
-
-def params_digest(tree) -> str:
-  """sha256 of a nested dict of arrays: every leaf's path, dtype, shape and bytes (in sorted path order)."""
-  digest = hashlib.sha256()
-
-  def visit(prefix: str, node):
-    if isinstance(node, Mapping):
-      for key in sorted(node, key=str):
-        visit(f"{prefix}/{key}", node[key])
-      return
-    leaf = np.ascontiguousarray(np.asarray(node))
-    digest.update(f"{prefix}|{leaf.dtype.str}|{leaf.shape}\n".encode())
-    digest.update(leaf.tobytes())
-
-  visit("", tree)
-  return digest.hexdigest()
-
-
-def make_fingerprint(*, params_digest: str, representation: str, speech_pooling: str, speech_arch: str,
-                     speech_input: tuple[float, float], dtype: str, crop_seconds: float, sample_rate: int,
-                     corpus: Mapping, width: int) -> dict:
-  """Everything the cached features depend on, as a JSON-able dict (``FINGERPRINT_FIELDS``).
-
-  Args:
-    params_digest: ``params_digest`` of the representation's parameters (tower, pooling, SER head).
-    representation: what the projection reads ("pooled", "ser_hidden", "ser_output").
-    speech_pooling: the pooling ("mean", "attentive_stats").
-    speech_arch: a description of the tower's architecture (its dataclass repr).
-    speech_input: (mean, std) of the waveform standardisation (std 0: off).
-    dtype: the compute dtype.
-    crop_seconds: length of the centre crop the features were computed on.
-    sample_rate: audio sample rate.
-    corpus: the corpus identity (name, builder version, builder config).
-    width: D, the feature width.
-  """
-  return dict(format_version=FORMAT_VERSION, params_digest=str(params_digest), representation=str(representation),
-              speech_pooling=str(speech_pooling), speech_arch=str(speech_arch),
-              speech_input=[float(x) for x in speech_input], dtype=str(dtype), crop_seconds=float(crop_seconds),
-              sample_rate=int(sample_rate), corpus={str(k): corpus[k] for k in sorted(corpus)}, width=int(width))
-
-
-def fingerprint_differences(recorded: Mapping, current: Mapping, *, ignore: tuple[str, ...] = ()) -> list[str]:
-  """One line per field that differs between a recorded and a current fingerprint ([] if they match)."""
-  lines = []
-  for key in FINGERPRINT_FIELDS:
-    if key in ignore:
-      continue
-    old, new = recorded.get(key), current.get(key)
-    if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
-      what = "the speech representation's parameters (tower / pooling / SER head weights)" \
-          if key == "params_digest" else key
-      lines.append(f"{what}: cache {_short(old)} vs now {_short(new)}")
-  return lines
-
-
-def _short(value) -> str:
-  text = json.dumps(value, sort_keys=True)
-  return text if len(text) <= 120 else text[:117] + "..."
-
-
-def fingerprint_digest(fingerprint: Mapping) -> str:
-  return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+# ----------------------------------------------------------------------------- the directory
 
 
 def read_fingerprint(directory: str) -> dict | None:

@@ -1,11 +1,7 @@
 """--mode=cache_speech: compute the frozen speech representation of every clip once (``erclap.speech_cache``).
 
-  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo --mode=cache_speech \
-      --config.model.freeze_speech=True
-  python -m erclap.main --config=configs/demo.py:single_stage --workdir=workdirs/demo_cached --mode=train \
-      --config.model.freeze_speech=True --config.data.speech_features=workdirs/demo/speech_features
-
-(``configs/demo.py`` itself runs this as part of its two-stage recipe, ``erclap.recipe``.)
+A cache stands for a wholly frozen speech path (``erclap.trainable``; the commands: docs/speech_cache.md);
+``configs/demo.py`` runs this mode as a step of its two-stage recipe (``erclap.recipe``), with the same checks.
 
 Which weights: the workdir's latest checkpoint when it has one (e.g. to export a trained model through the
 cache); otherwise the parameters a training run of this config starts from at step 0 (``config.seed``, with
@@ -16,11 +12,12 @@ inference mode, on the evaluation crop (centre crop of ``data.eval_max_seconds``
 that is 0), for the train, eval, test and export splits. Where: ``config.data.speech_features``, or
 ``<workdir>/speech_features`` when that is "" (``erclap.speech_cache.directory``).
 
-Batches are sharded over the mesh like evaluation; every process computes its rows, all take part in every
-gather, process 0 writes each row at its record index (cache row i = corpus record i, with any process count),
-with the record's labels and class beside it (``fingerprint.CACHED_COLUMNS``): training and evaluation on the
-cache then never read the corpus records. A split is written under temporary names and renamed when complete;
-a rerun skips the splits already complete for the same fingerprint, and a directory made for another
+The features are computed from audio (``speech_source.AUDIO``, asked for explicitly: the config names the cache
+being written). Batches are sharded over the mesh like evaluation; every process computes its rows, all take part
+in every gather, process 0 writes each row at its record index (cache row i = corpus record i, with any process
+count), with the record's labels and class beside it (``speech_source.CACHED_COLUMNS``): training and evaluation
+on the cache then never read the corpus records. A split is written under temporary names and renamed when
+complete; a rerun skips the splits already complete for the same fingerprint, and a directory made for another
 fingerprint is refused.
 """
 
@@ -45,6 +42,7 @@ from erclap import (
     progress,
     resolve,
     runtime,
+    speech_source,
     state,
     tower_init,
 )
@@ -87,9 +85,9 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
   """Computes and writes the representation of every clip of ``split``; returns the clip count.
 
   Args:
-    embedder: the Embedder of the (uncached) model.
+    embedder: the model's Embedder reading audio (``source=speech_source.AUDIO``).
     params: its parameters.
-    config: the run's config without a speech cache (audio batches).
+    config: the run's config.
     split: the split to cache.
     directory: the cache directory (``store.prepare_directory`` done).
     fingerprint: the directory's fingerprint.
@@ -102,24 +100,23 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
   if config.eval.batch_size % divisor:
     raise ValueError(f"config.eval.batch_size={config.eval.batch_size} must be a multiple of {divisor} (the mesh's "
                      f"{embedder.divisor} batch shards and {jax.process_count()} processes)")
-  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split,
+  iterator = input_pipeline.create_eval_iterator(config, embedder.tokenizer, split, source=embedder.source,
                                                  batch_size=config.eval.batch_size // jax.process_count())
   total = len(iterator.source)
   chief = jax.process_index() == 0
-  writer = store.SplitWriter(directory, split, fingerprint, total, cache_fingerprint.CACHED_COLUMNS) \
-      if chief else None
+  writer = store.SplitWriter(directory, split, fingerprint, total, speech_source.CACHED_COLUMNS) if chief else None
   start = last_print = time.time()
   done = 0
   try:
     for b, batch in enumerate(iterator):
-      rows = embedder.representation(params, batch["audio"], batch["audio_mask"])
+      rows = embedder.representation(params, batch)
       keep = embedder.gather(np.asarray(batch["valid"])).astype(bool)
       ids = [i for i, k in zip(embedder.gather_strings(batch["id"]), keep, strict=True) if k]
       # Each process reads a contiguous slice of the split: a gathered batch is not a contiguous run of
       # records, so every row is written at its record index (cache row i = corpus record i).
       at = embedder.gather(iterator.batch_rows(b))[keep]
-      columns = cache_fingerprint.cache_columns(embedder.gather(np.asarray(batch["labels"]))[keep],
-                                             embedder.gather(np.asarray(batch["class_id"]))[keep])
+      columns = speech_source.cache_columns(embedder.gather(np.asarray(batch["labels"]))[keep],
+                                            embedder.gather(np.asarray(batch["class_id"]))[keep])
       if writer is not None:
         writer.write(rows[keep], ids, columns, at=at)
       done += len(ids)
@@ -140,27 +137,21 @@ def cache_split(embedder: evaluate.Embedder, params, config, split: str, directo
   return done
 
 
-def _agreed(flag: bool) -> bool:
-  """Process 0's answer on every process (they must enter the same collectives)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
 def cache_speech_features(config, workdir: str) -> str:
   """--mode=cache_speech: writes the speech-feature cache of ``splits_to_cache(config)``; returns its directory.
 
   Args:
-    config: the run's config; resolved for this mode (``erclap.resolve``) when it is not already: its
-      ``data.speech_features`` is then the cache to write (``speech_cache.directory``).
+    config: resolved for ``cache_speech`` (``erclap.resolve``: ``data.speech_features`` is the cache to write), or
+      a recipe run's config that reads the cache this writes; either way it passes the mode's checks
+      (``resolve.mode_problems``: a cache must be able to stand for its speech path).
     workdir: the run's directory (its latest checkpoint, if any, gives the weights).
   """
-  config = resolve.ensure(config, workdir, "cache_speech")
+  resolve.require(config, "cache_speech")
+  config_lib.raise_problems(resolve.mode_problems(config, "cache_speech"), "--mode=cache_speech")
   directory = config.data.speech_features
-  plain = config_lib.apply_overrides(config, {"data.speech_features": ""})  # audio batches, the uncached model
-  mesh, tokenizer, model = runtime.setup(plain, workdir)
-  params, source = representation_params(plain, workdir, model, mesh)
-  fingerprint = cache_fingerprint.representation_fingerprint(plain, params)
+  mesh, tokenizer, model = runtime.setup(config)
+  params, source = representation_params(config, workdir, model, mesh)
+  fingerprint = cache_fingerprint.representation_fingerprint(config, params)
   chief = jax.process_index() == 0
   if chief:
     store.prepare_directory(directory, fingerprint)
@@ -169,13 +160,13 @@ def cache_speech_features(config, workdir: str) -> str:
                         f"centre crops -> {directory}")
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-speech-cache-ready")
-  embedder = evaluate.Embedder(model, plain, mesh, tokenizer)
+  embedder = evaluate.Embedder(model, config, mesh, tokenizer, source=speech_source.AUDIO)
   for split in splits_to_cache(config):
-    if _agreed(chief and store.split_is_cached(directory, split, fingerprint)):
+    if runtime.agree(chief and store.split_is_cached(directory, split, fingerprint)):
       if chief:
         progress.print_line(f"[cache_speech] {split}: already cached, skipped")
       continue
-    cache_split(embedder, params, plain, split, directory, fingerprint)
+    cache_split(embedder, params, config, split, directory, fingerprint)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("erclap-speech-cache-written")
   if chief:

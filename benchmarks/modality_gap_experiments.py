@@ -21,7 +21,8 @@ measure of ``docs/metrics.md``):
   batch16       (e) global batch 16
   batch256      (e) global batch 256 (64 is the base)
 
-  python benchmarks/modality_gap.py --workdir_root=workdirs/modality_gap [--variants=base,joint] [--losses=rnc]
+  python benchmarks/modality_gap_experiments.py --workdir_root=workdirs/modality_gap \
+      [--variants=base,joint] [--losses=rnc]
 
 Every run keeps its workdir (``<root>/<variant>/<loss>``); a finished run is not retrained. The table goes to
 ``<root>/table.md`` and ``<root>/results.json``; it also lists the final temperature of each run.
