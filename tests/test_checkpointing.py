@@ -422,14 +422,14 @@ def test_moved_two_stage_workdir_resumes(data_dir, tmp_path, capsys):
   config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
                                        "train.num_steps": 2})
   first = str(tmp_path / "first")
-  recipe.train_stages(config, first)
+  recipe.run_train(th.resolved(config, first, "train"), first)
   moved = str(tmp_path / "moved")
   os.rename(first, moved)
   stored = [p for p in glob.glob(os.path.join(moved, "**", "checkpoints", "*", "*", "*"), recursive=True)
             if os.path.isfile(p) and not p.endswith("commit_success.txt")]  # Orbax's marker text, never read
   assert [p for p in stored if first.encode() in open(p, "rb").read()] == []
   capsys.readouterr()
-  recipe.train_stages(config_lib.apply_overrides(config, {"train.num_steps": 4}), moved)
+  recipe.run_train(th.resolved(config_lib.apply_overrides(config, {"train.num_steps": 4}), moved, "train"), moved)
   out = capsys.readouterr().out
   assert "[train] step 3/4" in out and "[train] step 1/4" not in out  # resumed after step 2
   assert sorted(os.listdir(os.path.join(moved, "checkpoints"))) == ["2", "4"]

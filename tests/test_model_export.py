@@ -25,6 +25,7 @@ from erclap import (
   descriptions,
   model_export,
   optim,
+  run_status,
   runtime,
   speech_source,
   state,
@@ -294,13 +295,16 @@ def test_export_refuses_a_target_that_is_not_a_model_dir_before_any_work(exporte
 @pytest.mark.slow
 def test_export_model_command_refuses_the_workdir_as_model_dir(exported):
   workdir = exported["workdir"]
+  records = lambda n: n.startswith("config.") or n == run_status.STATUS_NAME  # the run's own records of itself
   listing = lambda: sorted(os.path.relpath(os.path.join(r, n), workdir) for r, _, ns in os.walk(workdir) for n in ns
-                           if not n.startswith("config."))  # the resolved-config records aside
+                           if not records(n))
   before = listing()
   result = th.run_main(workdir, exported["config"].data.data_dir, "export_model", **{"export.model_dir": workdir})
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert f"FATAL export.model_dir={workdir!r} is the workdir" in result.stderr
   assert listing() == before  # every checkpoint file kept
+  status = run_status.read(workdir)
+  assert status["state"] == run_status.FAILED and "is the workdir" in status["error"]
 
 
 @pytest.mark.slow
