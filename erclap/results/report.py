@@ -290,9 +290,10 @@ def build_report(views: Sequence, identity: dict[str, Any], config_json: str = "
           + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_report(path: str, views: Sequence, identity: dict[str, Any], config_json: str = "") -> str:
+def write_report(path: str, views: Sequence, identity: dict[str, Any], config_json: str = "",
+                 headline: Sequence[str] | None = None) -> str:
   """Writes ``build_report`` to ``path`` atomically; returns ``path``."""
-  page = build_report(views, identity, config_json)
+  page = build_report(views, identity, config_json, headline)
   with fileio.atomic_open(path, "w", encoding="utf-8") as f:
     f.write(page)
   return path

@@ -1,5 +1,5 @@
-"""The exported views of an export (``--mode=export``, cross-modal stage): TensorBoard projector files and the
-report page, written from the splits' embeddings after the export's own files.
+"""The exported views of an export (``--mode=export`` of a stage with ``Stage.export_views``: the cross-modal one):
+TensorBoard projector files and the report page, written from the splits' embeddings after the export's own files.
 
 ``write_views`` is the one entry point ``erclap.export`` calls; ``output_paths`` lists what it writes, so that
 the export checks every path before any work.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from erclap import stages
 from erclap.results import projector, report
 
 
@@ -51,10 +52,10 @@ def write_views(out_dir: str, views: Sequence[SplitView], config, workdir: str, 
   Args:
     out_dir: the export directory.
     views: the exported splits.
-    config: the run's resolved config (the page's identity, and its config folded).
+    config: the run's resolved config (the page's identity, its stage's headline metrics, and its config folded).
     workdir: the run's directory.
     step: the exported checkpoint's step.
   """
   projector.write_projector(out_dir, views)
   report.write_report(os.path.join(out_dir, report.REPORT_NAME), views, report.run_identity(config, workdir, step),
-                      report.config_text(config))
+                      report.config_text(config), stages.of(config).headline_metrics)
