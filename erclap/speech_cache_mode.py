@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from erclap import (
     checkpointing,
     config_lib,
+    distributed,
     evaluate,
     input_pipeline,
     optim,
@@ -169,7 +170,7 @@ def cache_speech_features(config, workdir: str) -> str:
     multihost_utils.sync_global_devices("erclap-speech-cache-ready")
   embedder = evaluate.Embedder(model, config, mesh, tokenizer, source=speech_source.AUDIO)
   for split in splits_to_cache(config):
-    if runtime.agree(chief and store.split_is_cached(directory, split, fingerprint)):
+    if distributed.agree(chief and store.split_is_cached(directory, split, fingerprint)):
       if chief:
         progress.print_line(f"[cache_speech] {split}: already cached, skipped")
       continue
