@@ -111,18 +111,34 @@ def override_flags(overrides: Mapping[str, Any]) -> list[str]:
   return [f"--config.{key}={format_value(value)}" for key, value in overrides.items()]
 
 
+def _non_finite(value) -> bool:
+  """A float (or a sequence holding one) that is NaN or infinite."""
+  if isinstance(value, list | tuple):
+    return any(_non_finite(v) for v in value)
+  return isinstance(value, float) and not math.isfinite(value)
+
+
 def value_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Every problem of the config's numbers on their own (ranges, divisibility, lengths), one message each."""
-  problems = [f"config.{key}={get(config, key)!r}: must be > 0" for key in POSITIVE if not get(config, key) > 0]
+  """Every problem of the config's numbers on their own (finite, ranges, divisibility, lengths), one message each.
+
+  No key takes NaN or an infinity (``--config.data.max_seconds=inf`` parses as a float): each is refused here, not
+  where it would first overflow, after a corpus is built."""
+  non_finite = [key for key, value in flat_items(config) if _non_finite(value)]
+  problems = [f"config.{key}={get(config, key)!r}: must be a finite number" for key in non_finite]
+  problems += [f"config.{key}={get(config, key)!r}: must be > 0" for key in POSITIVE
+               if key not in non_finite and not get(config, key) > 0]
   problems += [f"config.{key}={get(config, key)!r}: must be >= 0" for key in NON_NEGATIVE
-               if not get(config, key) >= 0]
+               if key not in non_finite and not get(config, key) >= 0]
   weights = tuple(config.loss_options.rank_label_weights)
-  if weights and (len(weights) != len(config.loss_options.rank_labels) or min(weights) < 0 or max(weights) <= 0):
+  if weights and "loss_options.rank_label_weights" not in non_finite and (
+      len(weights) != len(config.loss_options.rank_labels) or min(weights) < 0 or max(weights) <= 0):
     problems.append(f"config.loss_options.rank_label_weights={weights!r}: one weight >= 0 per "
                     f"config.loss_options.rank_labels entry ({len(config.loss_options.rank_labels)}), not all 0; "
                     f"or () for equal weights")
   lam = config.loss_options.same_modality_weight
-  if not lam >= 0:
+  if "loss_options.same_modality_weight" in non_finite:
+    pass  # named above
+  elif not lam >= 0:
     problems.append(f"config.loss_options.same_modality_weight={lam!r}: must be >= 0")
   elif lam != 1 and not config.loss_options.joint:
     problems.append(f"config.loss_options.same_modality_weight={lam!r} weighs the same-modality rows of the joint "

@@ -1,11 +1,14 @@
-"""Multi-host start-up: ``jax.distributed.initialize`` driven by config or the cluster's environment."""
+"""Multi-host: ``jax.distributed.initialize`` driven by config or the cluster's environment, and the processes
+agreeing on what process 0 alone can check (``agree``, ``agree_or_raise``)."""
 
 from __future__ import annotations
 
 import os
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 def _cluster_env_is_multihost() -> bool:
@@ -41,3 +44,21 @@ def initialize(dist_config) -> None:
     return
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's ``flag`` on every process: for what only process 0 can know (the files it alone writes), so
+  that all processes take the same branch and enter the same collectives."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def agree_or_raise(problem: str | None, error: type[Exception] = ValueError) -> None:
+  """Process 0's verdict for every process: raises ``error`` everywhere if process 0 found ``problem``.
+
+  Every process calls this at the same point, so all of them stop together instead of the others waiting in the
+  next collective.
+  """
+  if agree(problem is not None):
+    raise error(problem if problem is not None else "process 0 refused to go on (its log names the reason)")

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from erclap import model_export, odyssey_import, resolve, runtime, sharding, stages, tower_init
+from erclap import model_export, model_files, odyssey_import, resolve, runtime, sharding, stages, tower_init
 from erclap.data import audio as audio_io
 from erclap.schema import LABEL_NAMES
 
@@ -116,7 +116,7 @@ class EmotionRankEncoder:
     path = os.fspath(path)
     if odyssey_import.is_odyssey_dir(path):
       return cls._from_odyssey(path, batch_size=batch_size, max_seconds=max_seconds)
-    if model_export.is_model_dir(path):
+    if model_files.is_model_dir(path):
       return cls._from_model_dir(path, batch_size=batch_size, max_seconds=max_seconds)
     workdir, step = tower_init.split_checkpoint_path(path)
     if tower_init.is_erclap_workdir(workdir):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import fileio, input_pipeline, progress, resolve, runtime, sharding, speech_source, stages
+from erclap import distributed, fileio, input_pipeline, progress, resolve, runtime, sharding, speech_source, stages
 from erclap.speech_source import SpeechSource
 
 
@@ -234,7 +234,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   path = os.path.join(workdir, "eval", f"{split}_{step}.json")
   chief = jax.process_index() == 0
   # Checked before the embeddings are computed; every process stops together if process 0 cannot write.
-  runtime.agree_or_raise(f"{path}: a directory is in the way of this output file (move it and rerun)"
+  distributed.agree_or_raise(f"{path}: a directory is in the way of this output file (move it and rerun)"
                          if chief and os.path.isdir(path) else None, IsADirectoryError)
   if chief:
     progress.print_line(f"[eval] {split}: embedding with the checkpoint of step {step}")

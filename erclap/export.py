@@ -21,7 +21,19 @@ import os
 import jax
 import numpy as np
 
-from erclap import evaluate, fileio, plots, progress, prompts, resolve, runtime, speech_source, stages, trainable
+from erclap import (
+    distributed,
+    evaluate,
+    fileio,
+    plots,
+    progress,
+    prompts,
+    resolve,
+    runtime,
+    speech_source,
+    stages,
+    trainable,
+)
 from erclap.results import views
 from erclap.schema import LABEL_NAMES
 
@@ -106,7 +118,7 @@ def _check_outputs(config, out_dir: str) -> None:
       paths += views.output_paths(out_dir, config.export.splits)
     problems = output_problems(out_dir, paths)
     problem = f"export cannot write its outputs: {'; '.join(problems)}" if problems else None
-  runtime.agree_or_raise(problem, OSError)
+  distributed.agree_or_raise(problem, OSError)
 
 
 def _write_queries(out_dir: str, queries: dict) -> None:

@@ -33,6 +33,7 @@ from erclap import (
     evaluate,
     metrics,
     model_export,
+    model_files,
     prompts,
     resolve,
     runtime,
@@ -72,7 +73,7 @@ class ERCLAP:
     """A workdir (its latest checkpoint), ``<workdir>/checkpoints/<step>`` or a model directory
     (``--mode=export_model``), on all local devices. ``dtype``: compute dtype ("bfloat16"; parameters stay
     float32); None: the training's."""
-    if model_export.is_model_dir(workdir_or_checkpoint):
+    if model_files.is_model_dir(workdir_or_checkpoint):
       m = model_export.load_model_dir(workdir_or_checkpoint, dtype=dtype)
       _check_stage(m.config, workdir_or_checkpoint)
       return cls(m.config, m.model, m.params, m.tokenizer, m.mesh, m.step, batch_size=batch_size)

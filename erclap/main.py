@@ -23,8 +23,10 @@ Every mode holds the workdir lock (``erclap.workdir_lock``) for its whole run, s
 workdir, and runs on the config ``erclap.resolve`` makes of the given one (validated against the devices before
 any corpus or model is built, written to ``<workdir>/config.<mode>.json``), and records its state in
 ``<workdir>/status.json`` (``erclap.run_status``: running, then finished, failed or preempted). SIGTERM / SIGINT
-end a run at once (status 128 + signal; outputs are written atomically, so only complete files remain), except that
-the training loop checkpoints on SIGTERM first and then exits (``erclap.signals``).
+end a run at once (outputs are written atomically, so only complete files remain), except that the training loop
+of any stage checkpoints on SIGTERM first; either way the whole run stops there (no next stage, no export), with
+exit status 128 + signal (143 for SIGTERM) and ``preempted`` in status.json, and the same command resumes it
+(``erclap.signals``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from erclap import (
     speech_cache_mode,
     workdir_lock,
 )
+from erclap.speech_cache import store
 
 # Every mode resolve.MODES knows, and the function it runs (on the config resolved for it).
 _MODES = {
@@ -132,11 +135,12 @@ def main(argv):
       stack.enter_context(lock)  # before anything touches the workdir (it creates a missing one)
       stack.enter_context(run_status.recorded(workdir, mode, config))  # status.json: running, then how it ended
       _MODES[mode](resolve.resolve(config, workdir, mode), workdir)
-    except (workdir_lock.WorkdirLockedError, config_lib.ConfigError, checkpointing.CheckpointMismatchError) as e:
+    except (workdir_lock.WorkdirLockedError, config_lib.ConfigError, checkpointing.CheckpointMismatchError,
+            store.SpeechCacheError) as e:
       sys.exit(f"FATAL {e}")  # each names the input at fault and the fix: no traceback
     except signals.StopRequested as e:
       progress.print_line(f"[{mode}] {e}.", file=sys.stderr)
-      sys.exit(128 + e.signum)
+      sys.exit(signals.exit_status(e))
 
 
 def run():

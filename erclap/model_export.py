@@ -59,18 +59,16 @@ from erclap import (
     trees,
     validation,
 )
+from erclap.model_files import CONFIG_FILE, MANIFEST_FILE, PARAMS_FILE, is_model_dir, model_dir_path, target_problem
 from erclap.schema import LABEL_NAMES
 from erclap.tensorflow_devices import hide_accelerators_from_tensorflow
 
 MODEL_FORMAT = 1  # bump when the directory's layout or the meaning of a file changes
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "params.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ARCH_DIRS = {"speech_init": os.path.join("arch", "speech"), "text_init": os.path.join("arch", "text")}
 ARCH_FILES = ("config.json", "preprocessor_config.json")  # what erclap.models.hf_arch reads
 PROMPTS_FILE = "level_prompts.json"
 SAVED_MODEL_DIR = "saved_model"
-MANIFEST_FILE = "manifest.json"
 MANIFEST_ALGORITHM = "sha256"
 # The stored config's values the loaded model depends on (``validation.problems`` messages start so).
 LOADED_VALUES = ("config.stage", "config.model.", "config.data.", "config.eval.")
@@ -155,33 +153,6 @@ def remove_stale_exports(target: str) -> int:
   return removed
 
 
-def target_problem(model_dir: str, workdir: str | None = None) -> str | None:
-  """Why ``model_dir`` must not be (re)written as a model directory, or None when it may.
-
-  It may when it does not exist, is an empty directory, or is a model directory (``is_model_dir``: replaced
-  whole once the new one is complete). Refused: a file; any other existing directory (its files would be
-  deleted); and, given the run's ``workdir``, the workdir itself, an ancestor of it, or a path inside its
-  checkpoints.
-  """
-  target = os.path.abspath(model_dir)
-  fix = "set --config.export.model_dir to a new path (or leave it empty for <workdir>/model)"
-  if workdir is not None and "://" not in workdir:
-    workdir = os.path.abspath(workdir)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if target == workdir or workdir.startswith(target.rstrip(os.sep) + os.sep):
-      what = "the workdir" if target == workdir else f"an ancestor of the workdir {workdir}"
-      return f"export.model_dir={model_dir!r} is {what}: exporting there would replace the run's files; {fix}"
-    if target == checkpoints or target.startswith(checkpoints + os.sep):
-      return f"export.model_dir={model_dir!r} is inside the run's checkpoints ({checkpoints}); {fix}"
-  if os.path.exists(target) and not os.path.isdir(target):
-    return f"export.model_dir={model_dir!r} is a file: move it away, or {fix}"
-  if os.path.isdir(target) and os.listdir(target) and not is_model_dir(target):
-    return (f"export.model_dir={model_dir!r} is an existing directory that is not an ERCLAP model directory (no "
-            f"{CONFIG_FILE} naming erclap_model_format, no {MANIFEST_FILE}): exporting there would delete its files, "
-            f"so nothing was written; {fix}, or move that directory away")
-  return None
-
-
 @contextlib.contextmanager
 def _atomic_dir(target: str):
   """Yields a fresh temporary directory; on success it replaces ``target`` (a directory, if any), on failure
@@ -251,11 +222,6 @@ def write_model_dir(model_dir: str, config, step: int, params, tokenizer, *, sav
   return model_dir
 
 
-def model_dir_path(config, workdir: str) -> str:
-  """Where ``--mode=export_model`` writes: ``config.export.model_dir``, else ``<workdir>/model``."""
-  return config.export.get("model_dir", "") or os.path.join(workdir, "model")
-
-
 def export_model(config, workdir: str) -> str:
   """--mode=export_model: the checkpoint ``config.export.step`` (-1 = latest) as a model directory.
 
@@ -272,12 +238,11 @@ def export_model(config, workdir: str) -> str:
     The model directory.
 
   Raises:
-    config_lib.ConfigError: the target may not be written (``target_problem``), before any work.
+    config_lib.ConfigError: the target may not be written (``model_files.target_problem``; resolution refuses it
+      first), before any work.
   """
   resolve.require(config, "export_model")
-  # Process 0 writes, so its verdict counts; every process stops before the first collective.
-  problem = target_problem(model_dir_path(config, workdir), workdir) if jax.process_index() == 0 else None
-  runtime.agree_or_raise(problem, config_lib.ConfigError)
+  config_lib.raise_problems(resolve.mode_problems(config, "export_model", workdir), "--mode=export_model")
   hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
@@ -295,22 +260,6 @@ def export_model(config, workdir: str) -> str:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def is_model_dir(path) -> bool:
-  """Whether ``path`` is a directory ``write_model_dir`` wrote, intact or not: its ``config.json`` names
-  ``erclap_model_format``, or it holds the manifest or ``params.safetensors``."""
-  path = str(path)
-  if os.path.isfile(os.path.join(path, MANIFEST_FILE)) or os.path.isfile(os.path.join(path, PARAMS_FILE)):
-    return True
-  file = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(file):
-    return False
-  try:
-    with open(file) as f:
-      return "erclap_model_format" in json.load(f)
-  except (OSError, ValueError, TypeError):  # unreadable, not JSON, not an object
-    return False
 
 
 def _files(directory: str) -> list[str]:

@@ -27,7 +27,9 @@ from erclap import descriptions, metrics
 from erclap.schema import LABEL_NAMES
 
 EmbedTexts = Callable[[list[str]], np.ndarray]
-# The attributes with a retrieval query pool (the paper's AOC and VOC).
+# The attributes with level prompts (every prompt set), and those with a retrieval query pool (the paper's AOC and
+# VOC).
+PROMPT_ATTRIBUTES = LABEL_NAMES
 QUERY_ATTRIBUTES = ("arousal", "valence")
 
 
@@ -41,7 +43,7 @@ def level_prompts(embed_texts: EmbedTexts, config) -> dict:
   """
   out = {k: {} for k in ("prompts", "prompt_levels", "fixed_prompts", "fixed_prompt_levels", "paraphrase_prompts",
                          "paraphrase_prompt_levels")}
-  for attribute in LABEL_NAMES:
+  for attribute in PROMPT_ATTRIBUTES:
     levels, texts = descriptions.level_descriptions(attribute, num_wordings=config.eval.prompt_wordings,
                                                     seed=config.seed)
     out["prompt_levels"][attribute], out["prompts"][attribute] = metrics.mean_by_level(embed_texts(texts), levels)

@@ -16,10 +16,16 @@ one workdir holds the two stages of the paper's recipe, which ``run_train`` runs
      ``model.speech_init`` is the stage-1 workdir, its speech side frozen, its ``data.speech_features`` the cache.
 
 Each step resumes from what is already there: a finished stage 1 is not retrained, splits already cached are not
-recomputed, the cross-modal run resumes from its latest checkpoint. A cache made from other stage-1 weights (e.g.
-stage 1 retrained with other settings) is refused, naming what differs; delete ``<workdir>/speech_features`` to
-rebuild it. ``eval`` / ``export`` / ``export_model`` of the workdir need no extra flags: resolution derives the same
-cross-modal config for every mode.
+recomputed, the cross-modal run resumes from its latest checkpoint. Nothing uses stage 1 before it is complete
+(``erclap.tower_init``). When stage 1 has changed since the cross-modal stage started from it (retrained with other
+settings or more steps), the cache and the cross-modal checkpoints made from the old stage 1 are refused, naming
+what differs, and nothing is moved: move ``<workdir>/speech_features`` and ``<workdir>/checkpoints`` aside to cache
+the new stage 1 and train the cross-modal stage on it afresh. ``eval`` / ``export`` / ``export_model`` of the workdir
+need no extra flags: resolution derives the same cross-modal config for every mode.
+
+SIGTERM stops the whole run wherever it comes: a stage's training loop checkpoints first (``signals.Preempted``),
+a cache split being written is left out; no later step (caching, the next stage, ``--mode=all``'s export) runs, and
+the same command resumes.
 """
 
 from __future__ import annotations

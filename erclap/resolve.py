@@ -14,8 +14,8 @@ into the config every part of the run reads:
 3. ``--mode=cache_speech``: ``data.speech_features`` becomes where the cache is written
    (``speech_cache.directory``: ``<workdir>/speech_features`` when it is "");
 4. validation (``erclap.validation``, with the run's devices and processes), what the mode cannot do
-   (``mode_problems``), the recipe's stage-1 config: one ``ConfigError`` listing every problem, before a corpus or
-   model is built;
+   (``mode_problems``: e.g. an ``export.model_dir`` that is not a model directory), the recipe's stage-1 config:
+   one ``ConfigError`` listing every problem, before a corpus or model is built or anything is written;
 5. the result is written to ``<workdir>/config.<mode>.json`` (process 0; what resolution changed is listed
    there and printed) and returned as an immutable ``FrozenConfigDict``: nothing changes a config after this.
 
@@ -43,7 +43,9 @@ from etils import epath
 from erclap import (
     config_lib,
     configs,
+    distributed,
     fileio,
+    model_files,
     models,
     odyssey_import,
     progress,
@@ -124,12 +126,20 @@ def _odyssey_overrides(config) -> dict:
   return odyssey_import.read_odyssey_config(path).config_overrides() if odyssey_import.is_odyssey_dir(path) else {}
 
 
-def mode_problems(config, mode: str) -> list[str]:
+def mode_problems(config, mode: str, workdir: str | None = None) -> list[str]:
   """What ``mode`` cannot do with ``config`` (besides ``validation.problems``); resolution and the mode function
   check the same. ``--mode=cache_speech`` writes the cache ``config.data.speech_features`` names, which the config
-  must be able to read (``speech_source.CACHED``)."""
+  must be able to read (``speech_source.CACHED``). ``--mode=export_model`` replaces its target directory, which
+  must be a model directory or nothing (``model_files.target_problem``; checked with ``workdir`` only, by process 0
+  for every process: a collective when there are several)."""
   if mode not in MODES:
     return [f"mode {mode!r}: must be one of {MODES}"]
+  if mode == "export_model" and workdir is not None:
+    problem = model_files.target_problem(model_files.model_dir_path(config, workdir), workdir) \
+        if jax.process_index() == 0 else None
+    if distributed.agree(problem is not None):  # process 0 writes the directory: its verdict counts
+      return [problem or "config.export.model_dir: refused by process 0 (its log names the reason)"]
+    return []
   if mode != "cache_speech" or config.stage not in stages.STAGES:
     return []
   if speech_source.of(config) is not speech_source.CACHED:
@@ -188,7 +198,7 @@ def resolve(config, workdir: str, mode: str = "train") -> ml_collections.FrozenC
     problems.append(f"config.model.speech_init={config.model.speech_init!r}: {e}")
   resolved = config_lib.apply_overrides(config, overrides, "resolve") if overrides else config
   devices = validation.Devices.current()
-  problems += mode_problems(resolved, mode) + validation.problems(resolved, devices)
+  problems += mode_problems(resolved, mode, workdir) + validation.problems(resolved, devices)
   config_lib.raise_problems(list(dict.fromkeys(problems)), validation.title(devices))
   changed = _changes(given, dict(config_lib.flat_items(resolved)))
   frozen = ml_collections.FrozenConfigDict(resolved)

@@ -1,5 +1,4 @@
-"""Run set-up shared by training, evaluation, export and inference: mesh, model, data, restored parameters, and the
-agreement of processes on what process 0 alone can check."""
+"""Run set-up shared by training, evaluation, export and inference: mesh, model, data, restored parameters."""
 
 from __future__ import annotations
 
@@ -88,21 +87,3 @@ def global_batch(host_batch: dict, mesh, source: SpeechSource) -> dict:
     x = np.asarray(host_batch[k])
     out[k] = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
   return out
-
-
-def agree(flag: bool) -> bool:
-  """Process 0's ``flag`` on every process: for what only process 0 can know (the files it alone writes), so
-  that all processes take the same branch and enter the same collectives."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-def agree_or_raise(problem: str | None, error: type[Exception] = ValueError) -> None:
-  """Process 0's verdict for every process: raises ``error`` everywhere if process 0 found ``problem``.
-
-  Every process calls this at the same point, so all of them stop together instead of the others waiting in the
-  next collective.
-  """
-  if agree(problem is not None):
-    raise error(problem if problem is not None else "process 0 refused to go on (its log names the reason)")

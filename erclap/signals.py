@@ -5,8 +5,13 @@
   or absent; a watchdog ends the process if the main thread is stuck in native code, and a second signal ends it
   at once.
 * ``Preemption``: inside the training loop, SIGTERM only sets a flag that the loop polls between steps, so that
-  it writes a checkpoint before it exits (``erclap.train``). It takes SIGTERM over from ``stop_on_signals``
-  while the loop runs and gives it back after.
+  it writes a checkpoint first (``erclap.train``); the loop then raises ``Preempted``, which stops the whole run
+  (no next stage of a recipe, no export) like any ``StopRequested``. It takes SIGTERM over from
+  ``stop_on_signals`` while the loop runs and gives it back after.
+
+A run stopped either way exits with ``exit_status``: 128 + the signal (143 for SIGTERM, 130 for SIGINT), the status
+of a process ended by that signal, which schedulers (SLURM, Kubernetes, a shell's ``$?``) report as such; its
+``status.json`` says ``preempted`` (``erclap.run_status``). Rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,22 @@ class StopRequested(BaseException):
   def __init__(self, what: str, signum: int):
     super().__init__(f"{what} stopped by {signal.Signals(signum).name}; only complete outputs are kept")
     self.signum = signum
+
+
+class Preempted(StopRequested):
+  """The training loop wrote a checkpoint on SIGTERM (or on the checkpoint manager's preemption notice) and
+  stopped: the run stops there, whatever would have come next (a recipe's next stage, an export)."""
+
+  def __init__(self, what: str, step: int, directory: str):
+    BaseException.__init__(self, f"{what} preempted: checkpoint at step {step} saved in {directory}; the run stops "
+                                 f"here (rerun the same command to resume)")
+    self.signum = signal.SIGTERM
+    self.step = step
+
+
+def exit_status(error: StopRequested) -> int:
+  """The exit status of a run that ``error`` stopped: 128 + its signal, as for a process the signal ended."""
+  return 128 + int(error.signum)
 
 
 # Seconds the main thread gets to unwind after SIGTERM/SIGINT before the process is ended from outside

@@ -6,7 +6,9 @@ A cache stands for a wholly frozen speech path (``erclap.trainable``; the comman
 Which weights: the workdir's latest checkpoint when it has one (e.g. to export a trained model through the
 cache); otherwise the parameters a training run of this config starts from at step 0 (``config.seed``, with
 ``model.speech_init`` loaded: a Hugging Face WavLM / Odyssey directory or a stage-1 workdir), so that a run
-started from this config trains on exactly these features. What is cached: everything the CLAP model computes
+started from this config trains on exactly these features. Either way they are what ``model.speech_init`` gives
+now: a checkpoint trained on another model from there (a two-stage run's stage 1 trained again since) is refused,
+and so is a stage 1 that has not finished (``erclap.tower_init``). What is cached: everything the CLAP model computes
 from audio before its projection (tower -> pooling -> SER head for ``ser_hidden`` / ``ser_output``), in
 inference mode, on the evaluation crop (centre crop of ``data.eval_max_seconds``, or ``data.max_seconds`` when
 that is 0), for the train, eval, test and export splits. Where: ``config.data.speech_features``, or
@@ -36,6 +38,7 @@ from jax.experimental import multihost_utils
 from erclap import (
     checkpointing,
     config_lib,
+    distributed,
     evaluate,
     input_pipeline,
     optim,
@@ -61,9 +64,15 @@ def splits_to_cache(config) -> list[str]:
 def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]:
   """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0.
 
+  A checkpoint's frozen parts must be what ``model.speech_init`` gives now (``tower_init.check_loaded_unchanged``:
+  a two-stage run's stage 1 trained again since is refused, never cached from the old weights).
+
   Returns:
     ``(params, description of where they come from)``.
   """
+  load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
+  train_state, _ = state.create_train_state(model, config, mesh, optim.make_optimizer(config),
+                                            jax.random.key(config.seed), load_towers=load_towers)
   if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
     manager = checkpointing.make_manager(workdir, config.checkpoint, with_data_iter=False, read_only=True)
     try:
@@ -72,10 +81,9 @@ def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]
       manager.close()
     if has_steps:
       step, params, _ = runtime.restore_params(config, workdir, model, mesh)
+      tower_init.check_loaded_unchanged(config, train_state.params, params, step=step,
+                                        directory=checkpointing.checkpoint_dir(workdir))
       return params, f"the checkpoint of {workdir} at step {step}"
-  load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
-  train_state, _ = state.create_train_state(model, config, mesh, optim.make_optimizer(config),
-                                            jax.random.key(config.seed), load_towers=load_towers)
   source = f"model.speech_init={config.model.speech_init!r}" if config.model.speech_init else "random init"
   return train_state.params, f"the step-0 parameters of this config ({source}, seed {config.seed})"
 
@@ -162,7 +170,7 @@ def cache_speech_features(config, workdir: str) -> str:
     multihost_utils.sync_global_devices("erclap-speech-cache-ready")
   embedder = evaluate.Embedder(model, config, mesh, tokenizer, source=speech_source.AUDIO)
   for split in splits_to_cache(config):
-    if runtime.agree(chief and store.split_is_cached(directory, split, fingerprint)):
+    if distributed.agree(chief and store.split_is_cached(directory, split, fingerprint)):
       if chief:
         progress.print_line(f"[cache_speech] {split}: already cached, skipped")
       continue

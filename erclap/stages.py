@@ -76,6 +76,8 @@ class Stage:
     metrics: ``metrics(config, split, probe, texts) -> {name: float}``, pure: ``split`` / ``probe`` are
       ``evaluate.SplitEmbeddings`` (``probe`` None without a probe split), ``texts`` the embeddings of
       ``EvalInputs.texts``, one array per tuple.
+    metric_names: ``metric_names(config) -> the names metrics(config, ...) returns``, known before any run (what
+      ``checkpoint.best_metric`` is checked against, ``erclap.validation``).
     export_arrays: the ``SplitEmbeddings`` fields an export writes as ``<split>_<field>.npy``.
     export_plots: the plots an export writes (``<split>_<name>.png``; they need speech and text embeddings).
     export_views: an export also writes the TensorBoard projector files and ``report.html`` of its splits
@@ -101,6 +103,7 @@ class Stage:
   loss_label: Callable[[Any], str]
   eval_inputs: Callable[[Any], EvalInputs]
   metrics: Callable[..., dict[str, float]]
+  metric_names: Callable[[Any], tuple[str, ...]]
   export_arrays: tuple[str, ...]
   export_plots: tuple[str, ...]
   export_views: bool
@@ -178,6 +181,16 @@ def clap_metrics(config, split, probe, texts: Sequence[np.ndarray]) -> dict[str,
   return {k: float(v) for k, v in result.items()}
 
 
+def clap_metric_names(config) -> tuple[str, ...]:
+  """The names ``clap_metrics`` returns under ``config``: every input of ``metrics.summarize`` it passes (the level,
+  fixed and paraphrased prompts of every attribute, the query pools, the probe, the descriptions), and the
+  bootstrap interval when ``eval.retrieval_bootstrap`` > 0."""
+  return metrics.summary_names(
+      prompt_attributes=prompts.PROMPT_ATTRIBUTES, fixed_prompt_attributes=prompts.PROMPT_ATTRIBUTES,
+      paraphrase_prompt_attributes=prompts.PROMPT_ATTRIBUTES, query_attributes=prompts.QUERY_ATTRIBUTES, probe=True,
+      bootstrap=config.eval.retrieval_bootstrap > 0, descriptions=True)
+
+
 CLAP = Stage(
     name="clap", title="the cross-modal stage", text_input_keys=schema.TEXT_INPUT_KEYS, speech_group=SPEECH_PATH,
     reads_speech_cache=True, output_keys=("speech", "text"), speech_output_method="embed_audio",
@@ -185,7 +198,8 @@ CLAP = Stage(
     loss_output_widths=lambda config: dict(speech=config.model.joint_dim, text=config.model.joint_dim),
     loss_option_names=lambda config: (*losses.COMMON_OPTIONS, *losses.LOSSES[config.loss].options),
     loss_label=lambda config: config.loss,
-    eval_inputs=_clap_eval_inputs, metrics=clap_metrics, export_arrays=("speech", "text"),
+    eval_inputs=_clap_eval_inputs, metrics=clap_metrics, metric_names=clap_metric_names,
+    export_arrays=("speech", "text"),
     export_plots=("pca", "sim_vs_distance", "prompt_ordering_arousal", "prompt_ordering_valence"),
     export_views=True, export_queries=True, saved_model_signatures=("embed_audio", "embed_text"), api="ERCLAP",
     headline_metrics=("aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high",
@@ -244,6 +258,13 @@ def ser_split_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, 
   return result
 
 
+def ser_metric_names(config) -> tuple[str, ...]:
+  """The names ``ser_split_metrics`` returns for the predictions of ``config.model.num_attributes`` attributes."""
+  names = LABEL_NAMES[: config.model.num_attributes]
+  return (*(f"ser_{m}_{name}" for name in names for m in ("ccc", "rank_accuracy")), "ser_ccc_mean",
+          "ser_rank_accuracy")
+
+
 def _ser_metrics(config, split, probe, texts) -> dict[str, float]:
   del config, probe, texts  # stage 1 reads the split's predictions alone
   return ser_split_metrics(split.attributes, split.labels)
@@ -255,7 +276,8 @@ SER = Stage(
     speech_output="attributes", build=_build_ser, loss=ser_loss, loss_params=(),
     loss_output_widths=lambda config: dict(attributes=config.model.num_attributes),
     loss_option_names=lambda config: SER_LOSS_OPTIONS, loss_label=lambda config: "ccc+ranking",
-    eval_inputs=lambda config: EvalInputs(with_text=False), metrics=_ser_metrics, export_arrays=("attributes",),
+    eval_inputs=lambda config: EvalInputs(with_text=False), metrics=_ser_metrics, metric_names=ser_metric_names,
+    export_arrays=("attributes",),
     export_plots=(), export_views=False, export_queries=False, saved_model_signatures=(), api="EmotionRankEncoder",
     headline_metrics=("ser_ccc_arousal", "ser_ccc_valence", "ser_ccc_dominance", "ser_rank_accuracy"))
 

@@ -11,6 +11,12 @@
   * a Hugging Face model directory (``config.json`` + safetensors): the tower alone, by ``erclap.hf_import``.
 ``config.model.text_init``: an ERCLAP workdir or a Hugging Face directory.
 Shapes must match what the current config builds; otherwise one error lists every difference.
+
+A two-stage run's stage 1 (``config.recipe.stage1``: ``model.speech_init`` is ``<workdir>/stage1``) is loaded only
+once it is complete (its latest checkpoint at stage 1's ``train.num_steps``): a stage 1 stopped half-way is never
+cached or trained on. A run resumed from a checkpoint keeps the frozen parts it loaded when it started; they must
+still be what these directories give (``check_loaded_unchanged``), or the checkpoint was trained on another model
+(e.g. stage 1 trained again since) and is refused.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from erclap import checkpointing, hf_import, odyssey_import, sharding, stages, trees
+from erclap import checkpointing, hf_import, odyssey_import, resolve, sharding, stages, trainable, trees
 from erclap.models import SPEECH_POOL, SPEECH_TOWER, TEXT_TOWER, SpeechArch
 
 TOWERS = ((SPEECH_TOWER, "speech_init"), (TEXT_TOWER, "text_init"))
@@ -140,9 +147,24 @@ def _input_problems(config, stored_model, source: str) -> list[str]:
   return problems
 
 
+def _unfinished_stage1(config, step: int, where: str) -> str | None:
+  """Why a two-stage run's stage 1 at ``step`` may not be used yet (None: it is complete)."""
+  if not config.recipe.get("stage1", ""):
+    return None
+  wanted = resolve.stage1_config(config).train.num_steps
+  if step >= wanted:
+    return None
+  return (f"{where}: stage 1 of this run stopped at step {step} of {wanted} (it was preempted or killed, or "
+          f"config.recipe.stage1_steps grew since): nothing is cached from it or trained on it before it is complete; "
+          f"run --mode=train (or --mode=all), which finishes stage 1 first")
+
+
 def _from_workdir(params: dict, config, tower: str, key: str, path: str) -> dict:
   step, source = read_workdir_params(path)
   where = f"config.model.{key}={path!r} (step {step})"
+  unfinished = _unfinished_stage1(config, step, where) if tower == SPEECH_TOWER else None
+  if unfinished:
+    raise checkpointing.CheckpointMismatchError(unfinished)
   if tower != SPEECH_TOWER:
     return _copy_parts(params, source, (tower,), where)
   try:
@@ -191,6 +213,68 @@ def load_tower_weights(params: dict, config) -> dict:
   if hf_needed:
     params = hf_import.init_from_pretrained(params, hf_model_config)
   return params
+
+
+def loaded_parts(config, names) -> tuple[str, ...]:
+  """The top-level parameters (of ``names``, those the model has) that ``load_tower_weights`` takes from
+  ``model.speech_init`` / ``model.text_init``."""
+  parts = []
+  path = config.model.speech_init
+  if path and (is_erclap_workdir(path) or odyssey_import.is_odyssey_dir(path)):
+    parts += stages.of(config).speech_group
+  elif path:
+    parts.append(SPEECH_TOWER)  # a Hugging Face directory holds the tower alone
+  if config.model.text_init:
+    parts.append(TEXT_TOWER)
+  return tuple(name for name in parts if name in names)
+
+
+def _init_key(name: str) -> str:
+  return "text_init" if name == TEXT_TOWER else "speech_init"
+
+
+def check_loaded_unchanged(config, initial: dict, restored: dict, *, step: int, directory: str) -> None:
+  """Refuses a checkpoint whose frozen, loaded parameters differ from those the init directories give now.
+
+  Frozen parameters never change in training, so a checkpoint of this config holds exactly what
+  ``model.speech_init`` / ``model.text_init`` gave when the run started. When they differ, those directories hold
+  another model now (a two-stage run's stage 1 trained further or again, a replaced directory), and resuming would
+  go on training on the old one (and on a speech-feature cache made from it).
+
+  Args:
+    config: the run's config.
+    initial: the parameters the config starts from (``load_pretrained_towers`` done), global or host arrays.
+    restored: the checkpoint's parameters.
+    step: the checkpoint's step, for the message.
+    directory: the checkpoints' directory, for the message.
+
+  Raises:
+    checkpointing.CheckpointMismatchError: naming the differing parts, their source, and the fix; nothing is moved.
+  """
+  what = trainable.of(config)
+  frozen = [name for name in loaded_parts(config, initial) if not what.trains(name) and name in restored]
+  differing = [name for name in frozen if not _same_values(initial[name], restored[name])]
+  if not differing:
+    return
+  sources = dict.fromkeys(f"config.model.{_init_key(n)}={config.model[_init_key(n)]!r}" for n in differing)
+  workdir = os.path.dirname(str(directory).rstrip("/"))
+  aside = [str(directory)]
+  if config.data.get("speech_features", ""):
+    aside.append(f"the speech-feature cache {config.data.speech_features}")
+  why = ("stage 1 of this run was trained further or again since" if config.recipe.get("stage1", "")
+         else "that directory holds another model now")
+  raise checkpointing.CheckpointMismatchError(
+      f"the checkpoint at step {step} in {directory} was trained with frozen {', '.join(differing)} other than "
+      f"{' and '.join(sources)} gives now ({why}); resuming would go on training on the old ones. To train on the "
+      f"current ones, start afresh: move {' and '.join(aside)} aside (or use another --workdir than {workdir}); "
+      f"nothing was changed")
+
+
+def _same_values(a, b) -> bool:
+  """Whether two trees of arrays (global or host) hold the same values, bit for bit; every process must call it."""
+  equal = jax.tree.map(lambda x, y: jnp.array_equal(x, y), a, b)
+  return all(bool(np.asarray(jax.device_get(e.addressable_data(0) if isinstance(e, jax.Array) else e)))
+             for e in jax.tree.leaves(equal))
 
 
 def load_pretrained_towers(params, shardings, *, config):

@@ -3,7 +3,7 @@
 Set-up comes from ``erclap.runtime``, the state from ``erclap.state``, the jitted step from ``erclap.step``.
 The loop resumes from the workdir's latest checkpoint (state and data-iterator position), logs a window of
 steps at a time, evaluates and checkpoints periodically, stops on a non-finite loss, and on SIGTERM
-(preemption) writes a checkpoint and exits cleanly.
+(preemption) writes a checkpoint and raises ``signals.Preempted``, which stops the whole run.
 """
 
 from __future__ import annotations
@@ -85,10 +85,14 @@ def _start(config, workdir: str) -> tuple[_Run, state.TrainState]:
                                                     load_towers=load_towers)
   train_iter = input_pipeline.create_train_iterator(config, tokenizer, source=source)
   manager = checkpointing.make_manager(workdir, config.checkpoint)
+  # What model.speech_init / text_init gave: a resumed checkpoint must hold the same frozen parts.
+  initial = {k: train_state.params[k] for k in tower_init.loaded_parts(config, train_state.params)}
   restored = checkpointing.restore_latest(manager, state.with_shardings(train_state, shardings), data_iter=train_iter)
   if restored is not None:
     step0, train_state, _ = restored
+    tower_init.check_loaded_unchanged(config, initial, train_state.params, step=step0, directory=manager.directory)
     logging.info("Resumed from %s at step %d.", manager.directory, step0)
+  del initial
   source.check(config, train_state.params)  # cached features of other weights are refused before the first step
   train_step = step_lib.jit_train_step(model, config, mesh, optimizer, shardings, source)
   meta = dict(stage=config.stage, config=config.to_json_best_effort(), vocab_size=tokenizer.vocab_size)
@@ -182,7 +186,8 @@ def _stop_requested(run: _Run, preemption: signals.Preemption, step: int, at_syn
 
 
 def _loop(run: _Run, train_state) -> dict[str, float]:
-  """Steps until ``train.num_steps`` (or preemption); returns the last evaluation metrics."""
+  """Steps until ``train.num_steps``; returns the last evaluation metrics. On preemption it checkpoints and raises
+  ``signals.Preempted``."""
   t, config = run.config.train, run.config
   step = int(train_state.step)
   clock, pending, last_eval = _Clock(run_start_step=step), [], {}
@@ -210,9 +215,10 @@ def _loop(run: _Run, train_state) -> dict[str, float]:
       if do_ckpt or preempted:
         _save(run, step, train_state, eval_metrics)
       if preempted:
-        logging.warning("Preemption requested: checkpoint at step %d written, exiting.", step)
+        logging.warning("Preemption requested: checkpoint at step %d written, stopping the run.", step)
         progress.print_line(f"[train] preempted: checkpoint at step {step} saved; rerun the same command to resume.")
-        break
+        # Raised, not returned: what would come next (a recipe's next stage, an export) must not run on this state.
+        raise signals.Preempted(stages.of(config).title, step, run.manager.directory)
   return last_eval
 
 
@@ -225,7 +231,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     workdir: directory for checkpoints, summaries and evaluation JSON.
 
   Returns:
-    The last evaluation metrics ({} if the run was already complete or preempted before evaluating).
+    The last evaluation metrics ({} if the run was already complete).
+
+  Raises:
+    signals.Preempted: SIGTERM (or the checkpoint manager's preemption notice) came; a checkpoint of the step
+      reached was written, and nothing after this stage may run.
   """
   resolve.require(config, "train")
   run, train_state = _start(config, workdir)

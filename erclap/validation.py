@@ -5,8 +5,9 @@
   stages, registered losses, similarities and label distances, corpora, architectures and sizes, poolings,
   speech representations, dtypes, checkpoint modes), read when called, so a loss registered with
   ``losses.register`` validates like the built-in ones;
-* the numbers (``config_lib.value_problems``), the label names, renamed metric names, the level-prompt wordings
-  (at most the distinct wordings of ``erclap.descriptions``), a rebuild without its source;
+* the numbers (``config_lib.value_problems``: finite, in range), the label names, ``checkpoint.best_metric`` (a
+  renamed metric, or one the stage's evaluation does not give under the config: ``Stage.metric_names``), the
+  level-prompt wordings (at most the distinct wordings of ``erclap.descriptions``), a rebuild without its source;
 * what trains (``trainable.problems``) and where the speech comes from (``speech_source.of(config).problems``);
 * with ``devices`` (a run: ``Devices.current()``): the values a config file left to the command line
   (``config_lib.required_problems``) and whether the mesh and the batch sizes fit the devices and processes
@@ -20,6 +21,7 @@ before its command line and its machine are known (``launch/sweep.py``, ``erclap
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import jax
 import ml_collections
@@ -93,6 +95,8 @@ def _named_value_problems(config) -> list[str]:
   renamed = renamed_metric_message(config.checkpoint.best_metric)
   if renamed:
     problems.append(f"config.checkpoint.best_metric={config.checkpoint.best_metric!r}: {renamed}")
+  elif config.checkpoint.best_metric and config.stage in stages.STAGES:  # an unknown stage is named elsewhere
+    problems += _best_metric_problems(config)
   wordings = config.eval.prompt_wordings
   if wordings > descriptions.NUM_VARIANTS or wordings != int(wordings):  # more would only repeat wordings
     problems.append(f"config.eval.prompt_wordings={wordings!r}: must be a whole number of at most "
@@ -103,6 +107,24 @@ def _named_value_problems(config) -> list[str]:
     problems.append(f"config.data.rebuild=True: rebuilding {d.name} needs config.data.manual_dir (the licensed "
                     f"corpus to rebuild from)")
   return problems
+
+
+def _best_metric_problems(config) -> list[str]:
+  """``checkpoint.best_metric`` against the names the stage's evaluation gives under ``config``
+  (``Stage.metric_names``), so that a bad name stops the run before it trains, not at its first evaluation."""
+  stage, best = stages.of(config), config.checkpoint.best_metric
+  names = stage.metric_names(config)
+  if best in names:
+    return []
+  close = difflib.get_close_matches(best, names, n=3, cutoff=0.6)
+  hint = f"did you mean {' or '.join(repr(n) for n in close)}? " if close else ""
+  if len(names) <= 12:
+    known = f"they are {', '.join(names)}"
+  else:
+    known = f"e.g. {', '.join([n for n in stage.headline_metrics if n in names and '_ci95_' not in n][:6])}; all of " \
+            f"them: docs/metrics.md#every-metric"
+  return [f"config.checkpoint.best_metric={best!r}: not among the {len(names)} metrics the evaluation of "
+          f"{stage.title} gives with this config; {hint}{known}"]
 
 
 def problems(config: ml_collections.ConfigDict, devices: Devices | None = None) -> list[str]:

@@ -175,6 +175,33 @@ def test_a_renamed_best_metric_is_named_with_its_new_name(old, new):
   validation.validate(_config(**{"checkpoint.best_metric": new}))
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", ["data.max_seconds", "data.eval_max_seconds", "train.learning_rate",
+                                 "loss_options.same_modality_weight", "data.embedded.min_seconds"])
+def test_non_finite_values_are_refused_once_naming_the_key(key, value):
+  assert validation.problems(_config(**{key: value})) == [f"config.{key}={value!r}: must be a finite number"]
+  assert validation.problems(_config(**{"loss_options.rank_label_weights": (1.0, value)})) == [
+      f"config.loss_options.rank_label_weights=(1.0, {value!r}): must be a finite number"]
+
+
+def test_best_metric_is_one_the_stage_evaluation_gives(tmp_path):
+  """checkpoint.best_metric against the stage's metric names under the config (Stage.metric_names, tested against
+  the evaluation's output in test_export_and_inference.py / test_train.py), before any work."""
+  with pytest.raises(config_lib.ConfigError, match=r"best_metric='no_such_metric': not among the 90 metrics the "
+                                                   r"evaluation of the cross-modal stage gives with this config; e.g. "
+                                                   r"aoc, voc, anchor_tau_arousal"):
+    resolve.resolve(_config(**{"checkpoint.best_metric": "no_such_metric"}), str(tmp_path), "train")
+  assert not os.listdir(tmp_path)  # refused before anything is written
+  assert "did you mean 'aoc_voc_mean'" in _problems(_config(**{"checkpoint.best_metric": "aoc_voc_men"}), 8)
+  validation.validate(_config(**{"checkpoint.best_metric": "aoc_ci95_low"}))
+  assert "not among the 85 metrics" in _problems(_config(**{"checkpoint.best_metric": "aoc_ci95_low",
+                                                            "eval.retrieval_bootstrap": 0}), 8)
+  ser = _config(ser_pretrain, **{"checkpoint.best_metric": "aoc"})
+  assert ("best_metric='aoc': not among the 8 metrics the evaluation of stage 1 (the speech emotion model) gives "
+          "with this config; they are ser_ccc_arousal, ser_rank_accuracy_arousal") in _problems(ser, 8)
+  validation.validate(_config(ser_pretrain, **{"checkpoint.best_metric": "ser_rank_accuracy_valence"}))
+
+
 def test_rebuild_needs_a_manual_dir():
   config = _config(**{"data.name": "msp_podcast", "data.rebuild": True})
   with pytest.raises(config_lib.ConfigError, match=r"config.data.rebuild=True: rebuilding msp_podcast needs "

@@ -15,7 +15,7 @@ import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, metrics, resolve
+from erclap import data, descriptions, evaluate, export, metrics, resolve, stages
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
@@ -115,6 +115,7 @@ def test_eval_mode_writes_test_metrics(trained, capsys):
   result = evaluate.evaluate_checkpoint(th.resolved(config, workdir, "eval"), workdir)
   assert os.path.exists(os.path.join(workdir, "eval", f"test_{th.TRAINED_STEPS['train.num_steps']}.json"))
   assert np.isfinite(result["aoc"]) and np.isfinite(result["anchor_tau_arousal"])
+  assert sorted(result) == sorted(stages.CLAP.metric_names(config))  # what checkpoint.best_metric is checked against
   for name in ("aoc", "voc"):  # the bootstrap interval of each, the table's first rows after it
     assert result[f"{name}_ci95_low"] <= result[f"{name}_ci95_high"]
   rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]

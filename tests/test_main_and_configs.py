@@ -132,6 +132,19 @@ def test_bad_override_value_is_named(tmp_path):
 
 
 @pytest.mark.slow
+def test_non_finite_values_and_unknown_best_metrics_are_refused_before_any_work(tmp_path):
+  data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
+  data_dir.mkdir()
+  result = _main("--config=configs/demo.py", f"--workdir={workdir}", "--mode=all", f"--config.data.data_dir={data_dir}",
+                 "--config.data.max_seconds=inf", "--config.checkpoint.best_metric=no_such_metric")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "config.data.max_seconds=inf: must be a finite number" in result.stderr
+  assert "config.checkpoint.best_metric='no_such_metric': not among the 90 metrics" in result.stderr
+  assert os.listdir(data_dir) == []  # no corpus built
+  assert not (workdir / "config.all.json").exists() and not (workdir / "stage1").exists()
+
+
+@pytest.mark.slow
 def test_config_path_works_from_another_directory(tmp_path):
   result = _main(f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path}", "--config.loss=focal",
                  cwd=str(tmp_path))

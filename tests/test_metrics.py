@@ -739,6 +739,36 @@ def test_summarize_paraphrase_prompts_hand_built():
     metrics.summarize(speech, speech, labels, paraphrase_prompt_embeddings={"arousal": prompts})
 
 
+@pytest.mark.parametrize("bootstrap", [0, 100])
+@pytest.mark.parametrize("full", [False, True], ids=["minimal", "everything"])
+def test_summary_names_are_the_names_summarize_returns(full, bootstrap):
+  """``summary_names`` (what a config is checked against before a run) names exactly what ``summarize`` returns,
+  with and without each optional input."""
+  rng = np.random.default_rng(11)
+  n, d = 24, 6
+  labels = rng.uniform(1, 7, (n, 3))
+  speech, text = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  levels = np.arange(1.0, 8.0)
+  prompt_sets = {"": ("arousal", "valence", "dominance"), "fixed_": ("valence",), "paraphrase_": ("dominance",)}
+  queries = ("arousal", "valence") if full else ("valence",)
+  kwargs = dict(query_embeddings={a: rng.normal(size=(14, d)) for a in queries},
+                query_values={a: np.repeat(levels, 2) for a in queries}, retrieval_draws=5,
+                retrieval_bootstrap=bootstrap)
+  if full:
+    for tag, attributes in prompt_sets.items():  # the keyword arguments prompt_*, fixed_prompt_*, paraphrase_prompt_*
+      kwargs[f"{tag}prompt_embeddings"] = {a: rng.normal(size=(7, d)) for a in attributes}
+      kwargs[f"{tag}prompt_levels"] = {a: levels for a in attributes}
+    kwargs.update(train_speech=rng.normal(size=(30, d)), train_labels=rng.uniform(1, 7, (30, 3)),
+                  descriptions=[f"d{i % 4}" for i in range(n)])
+  out = metrics.summarize(speech, text, labels, **kwargs)
+  names = metrics.summary_names(
+      prompt_attributes=prompt_sets[""] if full else (), fixed_prompt_attributes=prompt_sets["fixed_"] if full else (),
+      paraphrase_prompt_attributes=prompt_sets["paraphrase_"] if full else (), query_attributes=queries,
+      probe=full, bootstrap=bootstrap > 0, descriptions=full)
+  assert len(names) == len(set(names))
+  assert set(names) == set(out)
+
+
 def test_normalized_mean_and_mean_by_level():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(6, 5))

@@ -24,6 +24,7 @@ from erclap import (
   config_lib,
   descriptions,
   model_export,
+  model_files,
   optim,
   run_status,
   runtime,
@@ -161,7 +162,7 @@ def test_failed_write_leaves_the_previous_model_dir(exported, tmp_path, monkeypa
 def test_load_model_dir_names_bad_directories(exported, tmp_path):
   with pytest.raises(FileNotFoundError, match="not an ERCLAP model directory"):
     model_export.load_model_dir(exported["workdir"])
-  assert not model_export.is_model_dir(exported["workdir"])
+  assert not model_files.is_model_dir(exported["workdir"])
   copy = _copy(exported, tmp_path)
   os.remove(os.path.join(copy, "manifest.json"))  # crafted files the manifest would refuse first
   stored = _edit_config(copy, lambda c: c["model"].update(joint_dim=48))
@@ -274,22 +275,31 @@ def test_export_refuses_a_target_that_is_not_a_model_dir_before_any_work(exporte
   notes = tmp_path / "notes"
   notes.mkdir()
   (notes / "paper.tex").write_text("draft")
+  record = lambda: os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns
+  written = record()  # by the fixture's export
   for target, says in ((str(notes), "not an ERCLAP model directory"), (workdir, "is the workdir"),
                        (os.path.dirname(workdir), "is an ancestor of the workdir"),
                        (os.path.join(workdir, "checkpoints", "model"), "inside the run's checkpoints")):
-    config = th.resolved(config_lib.apply_overrides(exported["config"], {"export.model_dir": target}), workdir,
-                         "export_model")
-    record = os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns  # as resolution wrote it
     with pytest.raises(config_lib.ConfigError, match=f"export.model_dir=.*{says}.*--config.export.model_dir"):
-      model_export.export_model(config, workdir)
-    assert os.stat(os.path.join(workdir, "config.export_model.json")).st_mtime_ns == record  # refused before work
+      th.resolved(config_lib.apply_overrides(exported["config"], {"export.model_dir": target}), workdir,
+                  "export_model")
+    assert record() == written  # refused at resolution, before its config.export_model.json is written
+  # The mode checks again before it writes: a target that became another directory since resolution.
+  later = tmp_path / "later"
+  config = th.resolved(config_lib.apply_overrides(exported["config"], {"export.model_dir": str(later)}), workdir,
+                       "export_model")
+  later.mkdir()
+  (later / "data.csv").write_text("1,2")
+  with pytest.raises(config_lib.ConfigError, match="not an ERCLAP model directory"):
+    model_export.export_model(config, workdir)
+  assert sorted(os.listdir(later)) == ["data.csv"]
   assert (notes / "paper.tex").read_text() == "draft" and sorted(os.listdir(notes)) == ["paper.tex"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == checkpoints
   with pytest.raises(FileExistsError, match="not an ERCLAP model directory"):
     loaded = model_export.load_model_dir(exported["model_dir"])
     model_export.write_model_dir(str(notes), loaded.config, 1, loaded.params, loaded.tokenizer)
   (tmp_path / "empty").mkdir()  # an empty directory, like one made for the export, is fine
-  assert model_export.target_problem(str(tmp_path / "empty"), workdir) is None
+  assert model_files.target_problem(str(tmp_path / "empty"), workdir) is None
 
 
 @pytest.mark.slow
@@ -299,10 +309,13 @@ def test_export_model_command_refuses_the_workdir_as_model_dir(exported):
   listing = lambda: sorted(os.path.relpath(os.path.join(r, n), workdir) for r, _, ns in os.walk(workdir) for n in ns
                            if not records(n))
   before = listing()
+  record = os.path.join(workdir, "config.export_model.json")
+  written = os.stat(record).st_mtime_ns
   result = th.run_main(workdir, exported["config"].data.data_dir, "export_model", **{"export.model_dir": workdir})
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert f"FATAL export.model_dir={workdir!r} is the workdir" in result.stderr
   assert listing() == before  # every checkpoint file kept
+  assert os.stat(record).st_mtime_ns == written  # refused at resolution, before its resolved config is written
   status = run_status.read(workdir)
   assert status["state"] == run_status.FAILED and "is the workdir" in status["error"]
 

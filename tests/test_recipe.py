@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import checkpointing, config_lib, configs, recipe, resolve, tower_init
+from erclap import checkpointing, config_lib, configs, recipe, resolve, speech_cache_mode, tower_init, train
 from erclap.configs import demo, ser_pretrain
 from erclap.speech_cache import store
 
@@ -221,3 +221,44 @@ def test_two_stages_with_a_pooling_trained_on_the_frozen_tower_read_audio(two_st
   for part in ("speech_pool", "ser_head"):
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), params[part], stage1_params[part]))
     assert any(moved), part
+
+
+@pytest.mark.slow
+def test_a_stage1_trained_further_is_never_used_through_the_old_cache_or_checkpoints(two_stage_run, devices, tmp_path):
+  """Stage 1 retrained with more steps: an unfinished stage 1 is not cached; once it is finished, the cache and the
+  cross-modal checkpoint made from the old one are refused (caching, --mode=cache_speech, training), naming the
+  parts and the fix, and nothing is moved; with both moved aside, the cache is rebuilt and the cross-modal stage
+  trains afresh on the new stage 1."""
+  given, shared, _ = two_stage_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(shared, workdir)  # a copy resumes like the original
+  cache, checkpoints = os.path.join(workdir, "speech_features"), os.path.join(workdir, "checkpoints")
+  written = _mtimes(cache)
+  more = config_lib.apply_overrides(given, {"recipe.stage1_steps": 3, "train.num_steps": 3})
+
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r"stage 1 of this run stopped at step 2 of 3"):
+    speech_cache_mode.cache_speech_features(resolve.resolve(more, workdir, "cache_speech"), workdir)
+
+  with pytest.raises(checkpointing.CheckpointMismatchError) as e:
+    recipe.run_train(resolve.resolve(more, workdir, "train"), workdir)  # stage 1 goes on to step 3, then caching
+  message = str(e.value)
+  assert f"the checkpoint at step 2 in {checkpoints} was trained with frozen speech_tower, speech_pool, ser_head " \
+         f"other than config.model.speech_init='{workdir}/stage1' gives now" in message
+  assert f"move {checkpoints} and the speech-feature cache {cache} aside" in message
+  assert tower_init.read_workdir_params(resolve.stage1_workdir(workdir))[0] == 3
+  for refused in (lambda: speech_cache_mode.cache_speech_features(resolve.resolve(more, workdir, "cache_speech"),
+                                                                  workdir),
+                  lambda: train.train_and_evaluate(resolve.resolve(more, workdir, "train"), workdir)):
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="frozen speech_tower, speech_pool, ser_head"):
+      refused()
+  assert _mtimes(cache) == written and sorted(os.listdir(checkpoints)) == ["2"]  # nothing moved or rewritten
+
+  os.rename(cache, cache + ".old")
+  os.rename(checkpoints, checkpoints + ".old")
+  recipe.run_train(resolve.resolve(more, workdir, "train"), workdir)
+  _, stage1_params = tower_init.read_workdir_params(resolve.stage1_workdir(workdir))
+  step, params = tower_init.read_workdir_params(workdir)
+  assert step == 3
+  for part in ("speech_tower", "speech_pool", "ser_head"):
+    jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
+  assert store.read_fingerprint(cache) != store.read_fingerprint(cache + ".old")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import optim, plan, runtime, tokenization, tower_init, train
+from erclap import optim, plan, runtime, stages, tokenization, tower_init, train
 from erclap import state as state_lib
 from erclap import step as step_lib
 from erclap.speech_source import AUDIO
@@ -200,6 +200,7 @@ def test_ser_stage_trains_and_initialises_the_clap_speech_tower(data_dir, tmp_pa
   ser_dir = str(tmp_path / "ser")
   metrics = train.train_and_evaluate(th.resolved(ser_config, ser_dir), ser_dir)
   assert {"ser_ccc_arousal", "ser_rank_accuracy"} <= set(metrics)
+  assert sorted(metrics) == sorted(stages.SER.metric_names(ser_config))  # what checkpoint.best_metric is checked on
   curve = th.loss_curve(capsys.readouterr().out)
   values = np.array([curve[s] for s in sorted(curve)])
   assert values[-3:].mean() < values[:3].mean(), values

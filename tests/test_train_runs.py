@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import tower_init
+from erclap import run_status, tower_init
 
 # One worker runs the whole module: its module-scoped fixtures are built once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_train_runs")]
@@ -79,8 +79,9 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits(data_dir, tmp_path):
       break
   rest, _ = proc.communicate(timeout=300)
   output = "".join(lines) + rest
-  assert proc.returncode == 0, output[-3000:]
+  assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]  # what a scheduler reads as ended by SIGTERM
   assert "preempted" in output
+  assert run_status.read(workdir)["state"] == "preempted"
   step, params = tower_init.read_workdir_params(workdir)
   # Honoured after the step in flight when the signal came (step 4 at most), not a step later.
   assert 3 <= step <= 4, output[-3000:]
@@ -98,3 +99,57 @@ def test_two_processes_match_one_process(data_dir, reference_run, tmp_path):
   steps = list(range(1, REFERENCE["train.num_steps"] + 1))
   assert sorted(curve_single) == sorted(curve_multi) == steps
   np.testing.assert_allclose([curve_multi[s] for s in steps], [curve_single[s] for s in steps], rtol=1e-4)
+
+
+# A two-stage run of the tiny config. Stage 1 (ser_pretrain:demo's own training settings: a progress line every 25
+# steps) prints "step 25/30", the cross-modal stage "step k/10": the signal is sent in the stage named.
+TWO_STAGES = {"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 30, "train.num_steps": 10,
+              "train.global_batch_size": 32, "eval.every_steps": 1000}
+
+
+def _sigterm_at(command, line_start: str) -> tuple[int, str]:
+  """Runs ``command``, sends SIGTERM once a line starts with ``line_start``; (exit status, all output)."""
+  proc = subprocess.Popen(command, cwd=th.ROOT, env=th.subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(line_start):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=300)
+  return proc.returncode, "".join(lines) + rest
+
+
+def test_sigterm_stops_a_two_stage_run_in_every_stage_and_the_same_command_resumes(data_dir, tmp_path):
+  """--mode=all of a two-stage run: SIGTERM in stage 1 checkpoints it and stops the run (no cache, no cross-modal
+  stage, no export); SIGTERM in the cross-modal stage stops it before the export and its table; each time the
+  status is 143 and status.json says preempted, and the same command resumes and finishes."""
+  workdir = str(tmp_path / "run")
+  stage1 = os.path.join(workdir, "stage1")
+  command = th.main_command(workdir, data_dir, "all", **TWO_STAGES)
+
+  status, output = _sigterm_at(command, "[train] step 25/30")
+  assert status == 128 + signal.SIGTERM, output[-3000:]
+  first_step, _ = tower_init.read_workdir_params(stage1)
+  assert 25 <= first_step <= 26 and "stage 1 (the speech emotion model) preempted" in output, output[-3000:]
+  for later in ("speech_features", "checkpoints", "export"):  # nothing after stage 1 ran on its half-trained state
+    assert not os.path.exists(os.path.join(workdir, later)), later
+  assert run_status.read(workdir)["state"] == "preempted"
+
+  status, output = _sigterm_at(command, "[train] step 3/10")
+  assert status == 128 + signal.SIGTERM, output[-3000:]
+  assert f"Resumed from {stage1}/checkpoints at step {first_step}" in output
+  assert tower_init.read_workdir_params(stage1)[0] == 30
+  assert 3 <= tower_init.read_workdir_params(workdir)[0] <= 4, output[-3000:]
+  assert "the cross-modal stage preempted" in output
+  assert not os.path.exists(os.path.join(workdir, "export")) and "aoc" not in output  # no export, no table
+  assert run_status.read(workdir)["state"] == "preempted"
+
+  finished = th.run_main(workdir, data_dir, "all", **TWO_STAGES)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert f"Resumed from {workdir}/checkpoints" in finished.stderr
+  assert "[cache_speech] train: already cached, skipped" in finished.stdout  # the same stage 1, the same cache
+  assert sorted(int(s) for s in os.listdir(os.path.join(stage1, "checkpoints")) if s.isdigit())[-1] == 30
+  assert os.path.isfile(os.path.join(workdir, "export", "test_metrics.json"))
+  assert run_status.read(workdir)["state"] == "finished"

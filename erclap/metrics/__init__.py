@@ -28,7 +28,8 @@ their formulas, in docs/metrics.md.
 Modules, each importing only ``arrays`` (and ``summary`` the four others): ``arrays`` (input checks, L2
 normalisation, mean directions), ``ranking`` (Kendall's tau-b, anchor-wise tau, prompt ordinality, AOC / VOC),
 ``distribution`` (the modality gap), ``retrieval`` (recall@k, nDCG@k), ``regression`` (CCC, ranking
-accuracy, zero-shot prediction, ridge probe), ``summary`` (``summarize``: everything at once). Every public
+accuracy, zero-shot prediction, ridge probe), ``summary`` (``summarize``: everything at once; ``summary_names``:
+the names it returns for given inputs). Every public
 name is importable from ``erclap.metrics`` itself.
 """
 
@@ -66,7 +67,7 @@ from erclap.metrics.regression import (
     zero_shot_attribute_prediction,
 )
 from erclap.metrics.retrieval import ndcg_at_k, recall_at_k
-from erclap.metrics.summary import summarize
+from erclap.metrics.summary import summarize, summary_names
 from erclap.schema import METRIC_RENAMES
 
 __all__ = [
@@ -74,7 +75,8 @@ __all__ = [
     "description_centroid_gap", "kendall_tau_b_rows", "l2_normalize", "mean_by_level", "mean_paired_cosine",
     "median_heuristic_bandwidth", "mmd", "mmd_linear", "modality_gap_metrics", "ndcg_at_k", "normalized_mean",
     "pairwise_ranking_accuracy", "prompt_ordinal_consistency", "read_metrics_file", "recall_at_k",
-    "retrieval_kendall_tau", "ridge_fit", "ridge_probe", "sliced_scale", "summarize", "upgrade_metric_names",
+    "retrieval_kendall_tau", "ridge_fit", "ridge_probe", "sliced_scale", "summarize", "summary_names",
+    "upgrade_metric_names",
     "wasserstein", "wasserstein_centered", "zero_shot_attribute_prediction",
 ]
 

@@ -14,6 +14,13 @@ from erclap.metrics.regression import ccc, ridge_probe, zero_shot_attribute_pred
 from erclap.metrics.retrieval import ndcg_at_k, recall_at_k
 from erclap.schema import LABEL_NAMES, ORDINAL_CONSISTENCY_NAMES
 
+# The gap measures ``_unit_rows_gap`` returns, and those it adds with descriptions.
+_GAP_NAMES = ("mmd", "wasserstein", "wasserstein_num_points", "wasserstein_sliced", "mmd_fixed", "mmd_linear",
+              "centroid_distance", "paired_cosine", "wasserstein_centered")
+_DESCRIPTION_GAP_NAMES = ("description_centroid_distance", "description_centroid_cosine", "num_descriptions")
+_PROMPT_NAMES = ("ccc_zero_shot", "prompt_tau", "prompt_distance_tau", "prompt_order_tau", "prompt_monotone")
+_RECALL_KS = (1, 5, 10)
+
 
 def _prompt_metrics(speech, labels, prompt_embeddings, prompt_levels, temperature,
                     tag: str = "") -> dict[str, float]:
@@ -130,7 +137,7 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
     out[f"{name}_t2s"] = anchor_kendall_tau(np.ascontiguousarray(sim.T), y, y)
     out[name] = 0.5 * (out[f"{name}_s2t"] + out[f"{name}_t2s"])
   out.update(_unit_rows_gap(speech, text, descriptions, seed=seed, exact_wasserstein_max_n=exact_wasserstein_max_n))
-  out.update(recall_at_k(sim, (1, 5, 10)))
+  out.update(recall_at_k(sim, _RECALL_KS))
   out[f"ndcg{ndcg_k}_s2t"] = ndcg_at_k(sim, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_t2s"] = ndcg_at_k(sim.T, labels, labels, k=ndcg_k, sigma=ndcg_sigma)
   out[f"ndcg{ndcg_k}_mean"] = 0.5 * (out[f"ndcg{ndcg_k}_s2t"] + out[f"ndcg{ndcg_k}_t2s"])
@@ -148,3 +155,45 @@ def summarize(speech, text, labels, *, prompt_embeddings: Mapping[str, np.ndarra
                                 retrieval_draws, retrieval_top_k, retrieval_bootstrap, seed))
   return {k: float(v) for k, v in out.items()}
 
+
+
+
+def summary_names(*, prompt_attributes: Sequence[str] = (), fixed_prompt_attributes: Sequence[str] = (),
+                  paraphrase_prompt_attributes: Sequence[str] = (), query_attributes: Sequence[str] = (),
+                  probe: bool = False, bootstrap: bool = False, descriptions: bool = False,
+                  ndcg_k: int = 10) -> tuple[str, ...]:
+  """The names ``summarize`` returns for such inputs, without computing anything (e.g. to check a
+  ``checkpoint.best_metric`` before a run starts).
+
+  Args:
+    prompt_attributes, fixed_prompt_attributes, paraphrase_prompt_attributes: the attributes of
+      ``prompt_embeddings``, ``fixed_prompt_embeddings``, ``paraphrase_prompt_embeddings``.
+    query_attributes: the attributes of ``query_embeddings``.
+    probe: ``train_speech`` / ``train_labels`` are given.
+    bootstrap: ``retrieval_bootstrap`` > 0.
+    descriptions: ``descriptions`` are given.
+    ndcg_k: as given to ``summarize``.
+
+  Returns:
+    The names, each once.
+  """
+  names = ["num_clips"]
+  for attribute in ("arousal", "valence"):
+    names += [f"anchor_tau_{attribute}_s2t", f"anchor_tau_{attribute}_t2s", f"anchor_tau_{attribute}"]
+  names += [*_GAP_NAMES, *(_DESCRIPTION_GAP_NAMES if descriptions else ())]
+  names += [f"r{k}_{direction}" for direction in ("s2t", "t2s") for k in _RECALL_KS]
+  names += [f"ndcg{ndcg_k}_s2t", f"ndcg{ndcg_k}_t2s", f"ndcg{ndcg_k}_mean"]
+  for tag, attributes in (("", prompt_attributes), ("fixed_", fixed_prompt_attributes),
+                          ("paraphrase_", paraphrase_prompt_attributes)):
+    names += [f"{name}_{tag}{attribute}" for attribute in attributes for name in _PROMPT_NAMES]
+  if probe:
+    names += [*(f"ccc_probe_{attribute}" for attribute in LABEL_NAMES), "ccc_probe_mean"]
+  for attribute in query_attributes:
+    name = ORDINAL_CONSISTENCY_NAMES[attribute]
+    names += [name, f"{name}_std", *((f"{name}_ci95_low", f"{name}_ci95_high") if bootstrap else ())]
+  if query_attributes:
+    names += [*(("aoc_voc_num_bootstrap",) if bootstrap else ()), "aoc_voc_num_levels", "aoc_voc_num_draws",
+              "aoc_voc_top_k"]
+  if {"arousal", "valence"} <= set(query_attributes):
+    names.append("aoc_voc_mean")
+  return tuple(names)
