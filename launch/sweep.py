@@ -152,13 +152,14 @@ def load_sweep(sweep: str) -> Sweep:
 
 
 def load_base_config(base_config: str):
-  """The base config (an ml_collections.ConfigDict) of a sweep, from a path relative to the repo root."""
-  path = base_config.split(":", 1)[0]
+  """The base config (an ml_collections.ConfigDict) of a sweep, from a path relative to the repo root, with its
+  argument as the program reads it (``configs/demo.py:single_stage``)."""
+  path, _, argument = base_config.partition(":")
   path = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
   module = _load_module(path, "base config")
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"base config {base_config!r}: has no get_config()")
-  return module.get_config()
+  return module.get_config(argument) if argument else module.get_config()
 
 
 # ---------------------------------------------------------------- validation

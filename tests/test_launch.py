@@ -358,6 +358,10 @@ def test_a_swept_stage1_setting_gives_each_value_its_shared_stage1(sweep_file, t
 def test_sweeps_without_the_recipe_and_modes_after_training_prepare_nothing(sweep_file, tmp_path):
   out = _sweep(sweep_file(TINY), f"--root={tmp_path}", "--dry-run")
   assert out.returncode == 0 and "prepare_speech" not in out.stdout and "recipe.stage1" not in out.stdout
+  # A base config's argument is read as the program reads it: the one-stage demo shares nothing.
+  assert sweep_lib.load_base_config("configs/demo.py:single_stage").recipe.stage1 == ""
+  out = _sweep(sweep_file(TWO_STAGE), f"--root={tmp_path}", "--dry-run", "--base-config=configs/demo.py:single_stage")
+  assert out.returncode == 0 and "prepare_speech" not in out.stdout and "recipe.stage1" not in out.stdout
   out = _sweep(sweep_file(TWO_STAGE), f"--root={tmp_path}", "--dry-run", "--mode=export")
   assert out.returncode == 0, out.stderr
   cmds = _commands(out.stdout)
