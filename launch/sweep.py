@@ -144,7 +144,7 @@ def load_sweep(sweep: str) -> Sweep:
     raise ValueError(f"sweep file {path!r}: get_sweep() must return a non-empty list of dicts, got {runs!r}")
   fixed = dict(getattr(module, "fixed", {}) or {})
   summary_metrics = getattr(module, "summary_metrics", ())
-  if isinstance(summary_metrics, str) or not all(isinstance(m, str) and m for m in summary_metrics):
+  if not isinstance(summary_metrics, tuple | list) or not all(isinstance(m, str) and m for m in summary_metrics):
     raise ValueError(f"sweep file {path!r}: `summary_metrics` must be a tuple of metric names, got "
                      f"{summary_metrics!r}")
   return Sweep(name=os.path.splitext(os.path.basename(path))[0], base_config=base_config,
