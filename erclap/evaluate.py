@@ -193,7 +193,8 @@ def split_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[
 
   Embeds what the stage's ``eval_inputs`` lists (the split, with its descriptions where the stage reads them; the
   probe's split, speech only; the texts, one embedding call per tuple) and returns ``Stage.metrics`` of those
-  arrays. Every process must call it (the embeddings are gathered)."""
+  arrays, with what the parameters the loss reads say of themselves (``Stage.parameter_metrics``: the learned
+  temperature). Every process must call it (the embeddings are gathered)."""
   stage = stages.of(config)
   needs = stage.eval_inputs(config)
   emb = embed_split(embedder, params, config, split, max_examples=config.eval.max_examples,
@@ -201,7 +202,9 @@ def split_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[
   probe = embed_split(embedder, params, config, needs.probe_split, max_examples=needs.probe_examples,
                       with_text=False) if needs.probe_split else None
   texts = [embedder.text(params, list(batch)) for batch in needs.texts]
-  return stage.metrics(config, emb, probe, texts), emb
+  result = stage.metrics(config, emb, probe, texts)
+  result.update(stage.parameter_metrics(sharding.to_host({k: params[k] for k in stage.loss_params if k in params})))
+  return result, emb
 
 
 def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:

@@ -140,12 +140,15 @@ def _write_split(out_dir: str, split: str, step: int, emb: evaluate.SplitEmbeddi
 
 def table_title(config, split: str, num_clips: int, out_dir: str) -> str:
   """The title of a split's metrics table: stage, loss, corpus, split, where the speech model came from (a recipe
-  run: its stage 1, how it is held and read), and where the outputs are."""
+  run: its stage 1; a run started from another model, e.g. a sweep's shared stage 1: that model), how it is held
+  and read, and where the outputs are."""
   stage = stages.of(config)
   speech = ""
   if config.recipe.stage1:
     speech = (f", speech: {config.recipe.stage1} (stage 1, {trainable.of(config).summary}, "
               f"{speech_source.of(config).name})")
+  elif config.model.speech_init:
+    speech = f", speech: {config.model.speech_init} ({trainable.of(config).summary}, {speech_source.of(config).name})"
   return (f"ERCLAP {stage.name}/{stage.loss_label(config)} on {config.data.name}/{split}{speech}: {num_clips} clips"
           f" — outputs in {out_dir}")
 

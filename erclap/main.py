@@ -13,7 +13,9 @@ Modes (``_MODES``: mode -> the function it runs):
 * ``export_model`` (``model_export.export_model``): the portable model directory and its TF SavedModel;
 * ``plan`` (``plan.run_plan``): compile the train step for ``config.plan.topology`` on simulated devices and
   report per-device memory, FLOPs and the step time a chip implies, without allocating anything;
-* ``cache_speech`` (``speech_cache_mode.cache_speech_features``): the frozen speech representation of every clip.
+* ``cache_speech`` (``speech_cache_mode.cache_speech_features``): the frozen speech representation of every clip;
+* ``prepare_speech`` (``recipe.run_prepare_speech``): a two-stage config's stage 1 and its speech cache, without
+  the cross-modal stage (what the runs of a sweep share, ``launch/sweep.py``).
 
 ``config.stage`` picks the cross-modal stage (``clap``) or stage-1 speech-emotion pre-training (``ser``)
 (``erclap.stages``); ``config.recipe.stage1`` makes one run of both (``erclap.recipe``: stage 1, its frozen
@@ -66,6 +68,7 @@ _MODES = {
     "export_model": model_export.export_model,
     "plan": plan.run_plan,
     "cache_speech": speech_cache_mode.cache_speech_features,
+    "prepare_speech": recipe.run_prepare_speech,
 }
 
 FLAGS = flags.FLAGS

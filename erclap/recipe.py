@@ -1,4 +1,5 @@
-"""The training modes: ``--mode=train`` runs the config's stages in order, ``--mode=all`` trains, then exports.
+"""The training modes: ``--mode=train`` runs the config's stages in order, ``--mode=all`` trains, then exports;
+``--mode=prepare_speech`` makes a two-stage config's speech side alone (stage 1 and its cache).
 
   python -m erclap.main --config=configs/demo.py --workdir=workdirs/demo --mode=all
 
@@ -14,6 +15,11 @@ one workdir holds the two stages of the paper's recipe, which ``run_train`` runs
      cross-modal stage reads audio and there is no caching step;
   3. the cross-modal stage (``<workdir>/checkpoints/`` ...), whose config ``erclap.resolve`` derived: its
      ``model.speech_init`` is the stage-1 workdir, its speech side frozen, its ``data.speech_features`` the cache.
+
+Stage 1 is seeded by ``recipe.stage1_seed``, not by the run's ``seed``: runs that differ only in their seed train
+the same stage 1, so a finished one serves them all. ``--mode=prepare_speech`` runs steps 1 and 2 only: a sweep
+prepares one stage 1 and cache that way for all its runs (``launch/sweep.py``), which then read it with the recipe
+off (``resolve.stage1_overrides``).
 
 Each step resumes from what is already there: a finished stage 1 is not retrained, splits already cached are not
 recomputed, the cross-modal run resumes from its latest checkpoint. Nothing uses stage 1 before it is complete
@@ -32,7 +38,17 @@ from __future__ import annotations
 
 import jax
 
-from erclap import export, progress, resolve, speech_cache_mode, speech_source, train, trainable
+from erclap import (
+    checkpointing,
+    config_lib,
+    export,
+    progress,
+    resolve,
+    speech_cache_mode,
+    speech_source,
+    train,
+    trainable,
+)
 
 
 def _say(message: str) -> None:
@@ -52,8 +68,15 @@ def prepare_stages(config, workdir: str) -> None:
     return
   first_dir = resolve.stage1_workdir(workdir)
   first = resolve.resolve(resolve.stage1_config(config), first_dir, "train")
-  _say(f"stage 1/2: {config.recipe.stage1} (speech emotion model, {first.train.num_steps} steps) in {first_dir}")
-  train.train_and_evaluate(first, first_dir)
+  _say(f"stage 1/2: {config.recipe.stage1} (speech emotion model, {first.train.num_steps} steps, seed "
+       f"{first.seed}) in {first_dir}")
+  try:
+    train.train_and_evaluate(first, first_dir)
+  except checkpointing.CheckpointMismatchError as e:
+    raise checkpointing.CheckpointMismatchError(
+        f"stage 1 in {first_dir}: {e}\nStage 1's settings are derived from this config (erclap.resolve."
+        f"stage1_config); its seed is config.recipe.stage1_seed={config.recipe.stage1_seed}, not config.seed. A "
+        f"stage 1 trained under another seed resumes with --config.recipe.stage1_seed=<that seed>.") from None
   if speech_source.of(config) is speech_source.CACHED:
     _say(f"stage 1 done; its frozen speech representation -> {config.data.speech_features}")
     speech_cache_mode.cache_speech_features(config, workdir)
@@ -94,3 +117,19 @@ def run_all(config, workdir: str) -> dict[str, float]:
   resolve.require(config, "all")
   run_train(config, workdir)
   return export.export_embeddings(config, workdir)[config.export.splits[0]]
+
+
+def run_prepare_speech(config, workdir: str) -> None:
+  """``--mode=prepare_speech``: a two-stage config's speech side alone (``prepare_stages``: stage 1 in
+  ``<workdir>/stage1``, trained or resumed, and its speech cache when the cross-modal stage reads one); the
+  cross-modal stage is not trained. A sweep prepares the stage 1 its runs share this way.
+
+  Args:
+    config: resolved for ``prepare_speech`` (``erclap.resolve``; a two-stage config).
+    workdir: the directory that holds them.
+  """
+  resolve.require(config, "prepare_speech")
+  prepare_stages(config, workdir)
+  _say(f"speech side ready in {workdir}: cross-modal runs read it with --config.recipe.stage1= "
+       + " ".join(config_lib.override_flags(resolve.stage1_overrides(
+           config, resolve.stage1_workdir(workdir), config.data.speech_features))))

@@ -6,8 +6,9 @@ into the config every part of the run reads:
 1. the two-stage recipe (``config.recipe.stage1``): the cross-modal stage reads its speech model from
    ``<workdir>/stage1`` (``model.speech_init``), frozen, from the speech-feature cache ``<workdir>/speech_features``
    unless ``data.speech_features`` names another; when part of its speech path trains on the frozen tower
-   (``erclap.trainable``: nothing a cache could stand for) it reads audio instead. ``stage1_config`` derives stage
-   1's own config;
+   (``erclap.trainable``: nothing a cache could stand for) it reads audio instead (``stage1_overrides``, which a
+   sweep also applies to point its runs at one shared stage 1). ``stage1_config`` derives stage 1's own config,
+   seeded by ``recipe.stage1_seed``: the run's ``seed`` is the cross-modal stage's alone;
 2. an Odyssey SER directory as ``model.speech_init``: the settings the directory fixes (attentive statistics
    pooling, input mean / std, head layers and width, number of outputs, sample rate:
    ``OdysseyConfig.config_overrides``) replace the config's;
@@ -61,7 +62,9 @@ STAGE1_DIR = "stage1"
 STAGE1_MODEL_KEYS = ("size", "speech_arch", "speech_pooling", "speech_input_mean", "speech_input_std",
                      "ser_head_layers", "ser_head_hidden", "num_attributes", "dtype", "remat")
 STAGE1_SECTIONS = ("data", "mesh", "distributed")
-MODES = ("train", "eval", "export", "all", "export_model", "plan", "cache_speech")
+# What only the text side reads: stage 1 keeps its own config's values (nothing of stage 1 depends on them).
+STAGE1_TEXT_DATA_KEYS = ("descriptions", "descriptions_per_example", "max_text_tokens")
+MODES = ("train", "eval", "export", "all", "export_model", "plan", "cache_speech", "prepare_speech")
 
 
 def record_path(workdir: str, mode: str) -> str:
@@ -75,9 +78,11 @@ def stage1_workdir(workdir: str) -> str:
 
 def stage1_config(config) -> ml_collections.ConfigDict:
   """The stage-1 (SER) config of a recipe run: ``config.recipe.stage1`` with the settings of ``config`` the two
-  stages must share: the corpus (``data``, without the cache), the devices (``mesh``, ``distributed``), ``seed``
-  and the speech model's settings (``STAGE1_MODEL_KEYS``), so that the tower stage 1 trains is the one the
-  cross-modal stage loads. ``recipe.stage1_steps`` > 0 replaces its step count.
+  stages must share: the corpus (``data``, without the cache and the description settings only text reads), the
+  devices (``mesh``, ``distributed``) and the speech model's settings (``STAGE1_MODEL_KEYS``), so that the tower
+  stage 1 trains is the one the cross-modal stage loads. Its seed is ``recipe.stage1_seed``, never the run's
+  ``seed``: runs that differ only in their seed share one stage 1 (and one speech cache). ``recipe.stage1_steps``
+  > 0 replaces its step count.
 
   Raises:
     config_lib.ConfigError: the name is not a config, or not a stage-1 (``stage="ser"``) config.
@@ -90,16 +95,36 @@ def stage1_config(config) -> ml_collections.ConfigDict:
   if stages.of(base) is not stages.SER:
     raise config_lib.ConfigError(f"config.recipe.stage1={name!r}: has stage={base.stage!r}; stage 1 must be a "
                                  f"speech-emotion (stage='ser') config such as 'ser_pretrain:demo'")
+  text_keys = {f"data.{key}" for key in STAGE1_TEXT_DATA_KEYS}
   overrides = {f"{section}.{key}": value for section in STAGE1_SECTIONS
-               for key, value in config_lib.flat_items(config[section])}
+               for key, value in config_lib.flat_items(config[section]) if f"{section}.{key}" not in text_keys}
   overrides.update({f"model.{key}": config.model[key] for key in STAGE1_MODEL_KEYS})
-  overrides.update({"seed": config.seed, "recipe.stage1": "", "data.speech_features": ""})
+  overrides.update({"seed": config.recipe.stage1_seed, "recipe.stage1": "", "data.speech_features": ""})
   if config.recipe.stage1_steps:
     overrides["train.num_steps"] = config.recipe.stage1_steps
   first = config_lib.apply_overrides(base, overrides, f"config.recipe.stage1={name!r}")
   config_lib.raise_problems([f"config.recipe.stage1={name!r}: {p}" for p in validation.problems(first)],
                             f"config.recipe.stage1={name!r}")
   return first
+
+
+def stage1_overrides(config, stage1_dir: str, cache_dir: str) -> dict[str, Any]:
+  """What makes the cross-modal stage of a two-stage config read the stage 1 trained in ``stage1_dir``: its speech
+  model from there (``model.speech_init``), frozen, and from the cache ``cache_dir`` (``data.speech_features``)
+  when nothing of its speech path trains (``erclap.trainable``); otherwise it reads audio.
+
+  Args:
+    config: a config whose ``recipe.stage1`` names stage 1.
+    stage1_dir: the stage-1 workdir (``<workdir>/stage1`` in a recipe run; a sweep's shared one).
+    cache_dir: the speech-feature cache of that stage 1.
+
+  Returns:
+    Dotted overrides.
+  """
+  overrides = {"model.speech_init": stage1_dir, "model.freeze_speech": True}
+  if config.stage in stages.STAGES and trainable.of(config_lib.apply_overrides(config, overrides)).cached:
+    overrides["data.speech_features"] = cache_dir  # the frozen path, cached
+  return overrides
 
 
 def _recipe_overrides(config, workdir: str) -> tuple[dict, list[str]]:
@@ -114,10 +139,7 @@ def _recipe_overrides(config, workdir: str) -> tuple[dict, list[str]]:
     return {}, [f"config.recipe.stage1={config.recipe.stage1!r} trains the speech model in <workdir>/{STAGE1_DIR}, "
                 f"and config.model.speech_init={config.model.speech_init!r} names another: set one of them (for "
                 f"a one-stage run from that model: --config.recipe.stage1=)"]
-  overrides = {"model.speech_init": stage1_workdir(workdir), "model.freeze_speech": True}
-  if config.stage in stages.STAGES and trainable.of(config_lib.apply_overrides(config, overrides)).cached:
-    overrides["data.speech_features"] = speech_cache.directory(config, workdir)  # the frozen path, cached
-  return overrides, []
+  return stage1_overrides(config, stage1_workdir(workdir), speech_cache.directory(config, workdir)), []
 
 
 def _odyssey_overrides(config) -> dict:
@@ -129,11 +151,16 @@ def _odyssey_overrides(config) -> dict:
 def mode_problems(config, mode: str, workdir: str | None = None) -> list[str]:
   """What ``mode`` cannot do with ``config`` (besides ``validation.problems``); resolution and the mode function
   check the same. ``--mode=cache_speech`` writes the cache ``config.data.speech_features`` names, which the config
-  must be able to read (``speech_source.CACHED``). ``--mode=export_model`` replaces its target directory, which
-  must be a model directory or nothing (``model_files.target_problem``; checked with ``workdir`` only, by process 0
-  for every process: a collective when there are several)."""
+  must be able to read (``speech_source.CACHED``); ``--mode=prepare_speech`` needs a two-stage config.
+  ``--mode=export_model`` replaces its target directory, which must be a model directory or nothing
+  (``model_files.target_problem``; checked with ``workdir`` only, by process 0 for every process: a collective when
+  there are several)."""
   if mode not in MODES:
     return [f"mode {mode!r}: must be one of {MODES}"]
+  if mode == "prepare_speech" and not config.recipe.stage1:
+    return ["--mode=prepare_speech trains the stage 1 of a two-stage config and caches its speech representation, "
+            "and config.recipe.stage1 is empty (a one-stage config has no stage 1: --mode=cache_speech caches its "
+            "frozen speech path)"]
   if mode == "export_model" and workdir is not None:
     problem = model_files.target_problem(model_files.model_dir_path(config, workdir), workdir) \
         if jax.process_index() == 0 else None

@@ -86,6 +86,9 @@ class Stage:
     saved_model_signatures: the model methods a TF SavedModel of it serves (none: no SavedModel).
     api: the ``erclap.inference`` class that loads its models.
     headline_metrics: the metrics printed first, in this order.
+    parameter_metrics: ``parameter_metrics(params) -> {name: float}``: what the evaluated parameters say of
+      themselves, recorded beside the metrics (the cross-modal stage's learned temperature); ``params`` holds the
+      ``loss_params`` as numpy arrays.
   """
   name: str
   title: str
@@ -111,6 +114,7 @@ class Stage:
   saved_model_signatures: tuple[str, ...]
   api: str
   headline_metrics: tuple[str, ...]
+  parameter_metrics: Callable[[dict], dict[str, float]] = lambda params: {}
 
   @property
   def has_text_tower(self) -> bool:
@@ -204,7 +208,8 @@ CLAP = Stage(
     export_views=True, export_queries=True, saved_model_signatures=("embed_audio", "embed_text"), api="ERCLAP",
     headline_metrics=("aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high",
                       "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein", "r1_s2t", "r1_t2s",
-                      "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"))
+                      "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"),
+    parameter_metrics=lambda params: {"temperature": float(np.exp(np.asarray(params[LOG_TEMPERATURE])))})
 
 
 # --------------------------------------------------------------------------- stage 1: the emotion rank encoder

@@ -13,6 +13,11 @@ config before anything is submitted, and each run's config is validated as the p
 ``--dry-run`` prints the commands and runs nothing. Launching also writes the TensorBoard HParams experiment
 config into ``<root>/<sweep>`` (the swept keys and the headline metrics).
 
+Runs of the two-stage recipe (``recipe.stage1``) that share their speech side (the same stage-1 config and
+speech representation: ``speech_side``) share one stage 1 and one speech cache, ``<root>/<sweep>/_shared/<name>``,
+prepared once (``--mode=prepare_speech``) before them: locally and on a TPU slice first, on SLURM as a job the
+runs depend on. The runs read it with the recipe off (``erclap.resolve.stage1_overrides``).
+
   python launch/sweep.py demo_smoke --root=workdirs/sweeps --summarize
 
 ``--summarize`` trains nothing: it reads what the runs left and writes ``summary.csv``, ``summary_groups.csv``
@@ -63,6 +68,10 @@ ABBREVIATIONS = {
 }
 
 
+SHARED_DIR = "_shared"      # <root>/<sweep>/_shared/<name>: a stage 1 and speech cache that runs share
+PREPARE_MODES = ("train", "all")  # the modes that need the shared speech side prepared first
+
+
 @dataclass(frozen=True)
 class Run:
   """One run of a sweep: its name (the last part of its workdir), workdir and program arguments."""
@@ -70,6 +79,25 @@ class Run:
   workdir: str
   overrides: dict[str, Any]
   args: list[str] = field(default_factory=list)  # arguments of `python -m erclap.main`
+  shared: str = ""  # the name of the shared speech side it reads (``SharedSpeech``), "" for none
+
+  @property
+  def tag(self) -> str:  # in job and log names
+    return self.name
+
+
+@dataclass(frozen=True)
+class SharedSpeech:
+  """A stage 1 and its speech cache that runs of a sweep share, in ``<root>/<sweep>/_shared/<name>``: made once by
+  ``python -m erclap.main ... --mode=prepare_speech`` before the runs that read it."""
+  name: str
+  workdir: str
+  args: list[str]   # arguments of `python -m erclap.main` (--mode=prepare_speech)
+  runs: list[str]   # the runs that read it
+
+  @property
+  def tag(self) -> str:
+    return f"{SHARED_DIR}.{self.name}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,7 @@ class Sweep:
   base_config: str                # relative to the repository root, e.g. "configs/tpu_v4.py"
   runs: list[dict[str, Any]]      # overrides that vary (they name the workdirs)
   fixed: dict[str, Any]           # overrides applied to every run (not in the names)
+  summary_metrics: tuple[str, ...] = ()  # summary.md's and HParams' metrics; () = the stage's headline metrics
 
 
 # ---------------------------------------------------------------- loading
@@ -114,18 +143,23 @@ def load_sweep(sweep: str) -> Sweep:
   if not isinstance(runs, list) or not runs or not all(isinstance(r, Mapping) for r in runs):
     raise ValueError(f"sweep file {path!r}: get_sweep() must return a non-empty list of dicts, got {runs!r}")
   fixed = dict(getattr(module, "fixed", {}) or {})
+  summary_metrics = getattr(module, "summary_metrics", ())
+  if not isinstance(summary_metrics, tuple | list) or not all(isinstance(m, str) and m for m in summary_metrics):
+    raise ValueError(f"sweep file {path!r}: `summary_metrics` must be a tuple of metric names, got "
+                     f"{summary_metrics!r}")
   return Sweep(name=os.path.splitext(os.path.basename(path))[0], base_config=base_config,
-               runs=[dict(r) for r in runs], fixed=fixed)
+               runs=[dict(r) for r in runs], fixed=fixed, summary_metrics=tuple(summary_metrics))
 
 
 def load_base_config(base_config: str):
-  """The base config (an ml_collections.ConfigDict) of a sweep, from a path relative to the repo root."""
-  path = base_config.split(":", 1)[0]
+  """The base config (an ml_collections.ConfigDict) of a sweep, from a path relative to the repo root, with its
+  argument as the program reads it (``configs/demo.py:single_stage``)."""
+  path, _, argument = base_config.partition(":")
   path = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
   module = _load_module(path, "base config")
   if not callable(getattr(module, "get_config", None)):
     raise ValueError(f"base config {base_config!r}: has no get_config()")
-  return module.get_config()
+  return module.get_config(argument) if argument else module.get_config()
 
 
 # ---------------------------------------------------------------- validation
@@ -213,8 +247,11 @@ def extra_config_keys(extra_args: Sequence[str]) -> list[str]:
   return keys
 
 
-def command_for(run: Run, sweep: Sweep, backend: str, opts: argparse.Namespace) -> list[str]:
-  """The command that submits (or, locally, runs) one run."""
+def command_for(run: Run | SharedSpeech, sweep: Sweep, backend: str, opts: argparse.Namespace,
+                after: str = "") -> list[str]:
+  """The command that submits (or, locally, runs) one run, or prepares a shared speech side.
+
+  ``after``: slurm: the job id the run waits for (its shared speech side's job)."""
   program = ["-m", "erclap.main", *run.args]
   if backend == "local":
     return [opts.python or sys.executable, *program]
@@ -222,15 +259,109 @@ def command_for(run: Run, sweep: Sweep, backend: str, opts: argparse.Namespace) 
     cmd = ["bash", "launch/tpu_vm.sh", "run", "--name", opts.tpu_name, "--zone", opts.zone]
     if opts.project:
       cmd += ["--project", opts.project]
-    return [*cmd, "--log-name", f"{sweep.name}.{run.name}", "--", "python", *program]
+    return [*cmd, "--log-name", f"{sweep.name}.{run.tag}", "--", "python", *program]
   if backend == "slurm":
-    cmd = ["sbatch", f"--job-name=erclap.{sweep.name}.{run.name}"]
+    cmd = ["sbatch", f"--job-name=erclap.{sweep.name}.{run.tag}"]
+    if isinstance(run, SharedSpeech):
+      cmd.append("--parsable")  # prints the job id the runs depend on
+    if after:  # a failed preparation cancels the runs instead of leaving them pending
+      cmd += [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"]
     if not run.workdir.startswith("gs://"):
       cmd.append(f"--output={run.workdir}/slurm-%j.out")
     if opts.python:
       cmd.append(f"--export=ALL,ERCLAP_PYTHON={opts.python}")
     return [*cmd, *opts.sbatch_arg, "launch/slurm.sbatch", *run.args]
   raise ValueError(f"--backend={backend!r}: choose one of {BACKENDS}")
+
+
+# ---------------------------------------------------------------- the shared speech side
+def with_extra_args(config, extra_args: Sequence[str]):
+  """``config`` with the ``--config.KEY=VALUE`` arguments passed through after ``--`` applied, parsed as the
+  program's own flag parser (ml_collections' config flags) reads them."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = ["sweep.py", *(a for a in extra_args if a.startswith("--config."))]
+  if len(argv) == 1:
+    return config
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_dict("config", config_lib.apply_overrides(config, {}), flag_values=values,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def speech_side(config) -> dict[str, str] | None:
+  """What a two-stage run's speech side is made of: stage 1's config (``erclap.resolve.stage1_config``, seeded by
+  ``recipe.stage1_seed``) and what the cross-modal stage reads of it (its representation, whether cached, the
+  cache's splits); runs with equal speech sides can read one stage 1 and one cache. None for a run without the
+  recipe (one stage, or ``model.speech_init`` given). Values as their repr, by dotted key."""
+  from erclap import resolve  # the models and losses behind it: only two-stage sweeps need it
+
+  if not config.recipe.stage1 or config.model.speech_init:
+    return None
+  side = {f"stage1 {k}": repr(v) for k, v in config_lib.flat_items(resolve.stage1_config(config))}
+  cross = config_lib.apply_overrides(config, resolve.stage1_overrides(config, "stage1", "cache"))
+  side.update({"cached": repr(bool(cross.data.speech_features)), "cache": config.data.speech_features,
+               "model.speech_representation": repr(config.model.get("speech_representation", "")),
+               "splits": repr([config.data.train_split, config.data.eval_split, config.data.test_split,
+                               *config.export.splits])})
+  return side
+
+
+def _shared_name(stage1: str, corpus: str, members: Sequence[Mapping[str, Any]],
+                 others: Sequence[Sequence[Mapping[str, Any]]]) -> str:
+  """The directory name of a shared speech side: stage 1's config and the corpus (``ser_pretrain-demo_embedded``),
+  then the swept values its runs have in common and other shared sides do not (``stage1seed1``)."""
+  common = {k: v for k, v in members[0].items() if all(k in m and m[k] == v for m in members)}
+  own = {k: v for k, v in common.items() if any(any(m.get(k) != v for m in group) for group in others)}
+  prefix = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stage1}_{corpus}")
+  return prefix + ("_" + run_name(own) if own else "")
+
+
+def share_speech(sweep: Sweep, runs: Sequence[Run], root: str, extra_args: Sequence[str] = ()
+                 ) -> tuple[list[Run], list[SharedSpeech]]:
+  """The runs with the recipe's stage 1 replaced by the shared speech side they read, and those sides.
+
+  Runs whose ``speech_side`` is equal share one: ``<root>/<sweep>/_shared/<name>`` (``_shared_name``), prepared by
+  ``--mode=prepare_speech`` with the first such run's settings; each run's arguments end with
+  ``--config.recipe.stage1=`` and ``erclap.resolve.stage1_overrides`` of that directory (its ``stage1`` and
+  ``speech_features``). Runs without the recipe are returned as they are.
+
+  """
+  base = load_base_config(sweep.base_config)
+  sides: dict[str, tuple[dict, list[int]]] = {}
+  configs = []
+  for i, run in enumerate(runs):
+    config = with_extra_args(config_lib.apply_overrides(base, {**sweep.fixed, **run.overrides}), extra_args)
+    configs.append(config)
+    side = speech_side(config)
+    if side is not None:
+      sides.setdefault(repr(sorted(side.items())), (side, []))[1].append(i)
+  if not sides:
+    return list(runs), []
+  from erclap import resolve
+
+  groups = [members for _, members in sides.values()]
+  out, shared, names = list(runs), [], {}
+  for members in groups:
+    first = configs[members[0]]
+    others = [[runs[i].overrides for i in g] for g in groups if g is not members]
+    name = _shared_name(first.recipe.stage1, first.data.name, [runs[i].overrides for i in members], others)
+    if name in names:  # stage 1 changes with a combination of swept values: named by its settings' digest
+      key = next(k for k, (_, m) in sides.items() if m is members)
+      name = f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    names[name] = runs[members[0]].name
+    workdir = join_path(root, sweep.name, SHARED_DIR, name)
+    prepare = [f"--config={sweep.base_config}", f"--workdir={workdir}", "--mode=prepare_speech",
+               *config_lib.override_flags({**sweep.fixed, **runs[members[0]].overrides}), *extra_args]
+    shared.append(SharedSpeech(name, workdir, prepare, [runs[i].name for i in members]))
+    for i in members:
+      cache = configs[i].data.speech_features or join_path(workdir, "speech_features")
+      reads = {"recipe.stage1": "", **resolve.stage1_overrides(configs[i], join_path(workdir, resolve.STAGE1_DIR),
+                                                                cache)}
+      out[i] = dataclasses.replace(runs[i], args=[*runs[i].args, *config_lib.override_flags(reads)], shared=name)
+  return out, shared
 
 
 # ---------------------------------------------------------------- results
@@ -247,11 +378,13 @@ def swept_values(sweep: Sweep, runs: Sequence[Run]) -> tuple[list[str], list[sum
 
 
 def _stage_settings(sweep: Sweep) -> tuple[tuple[str, ...], str, str]:
-  """(headline metrics of the sweep's stage, checkpoint.best_metric, checkpoint.best_mode) of its base config."""
+  """(the sweep's headline metrics: its ``summary_metrics``, else those of its stage; checkpoint.best_metric,
+  checkpoint.best_mode) of its base config."""
   from erclap import stages  # the models and losses behind it: only results need the headline metrics
 
   base = config_lib.apply_overrides(load_base_config(sweep.base_config), sweep.fixed, f"sweep {sweep.name!r}")
-  return stages.of(base).headline_metrics, base.checkpoint.best_metric, base.checkpoint.best_mode
+  return (sweep.summary_metrics or stages.of(base).headline_metrics, base.checkpoint.best_metric,
+          base.checkpoint.best_mode)
 
 
 def write_hparams_experiment(sweep: Sweep, runs: Sequence[Run], root: str) -> str:
@@ -278,6 +411,9 @@ def summarize(sweep: Sweep, runs: Sequence[Run], root: str) -> int:
           f"started (no workdir in {sweep_dir} holds a run's outputs; start it with: {start})", file=sys.stderr)
     return 1
   headline, best_metric, best_mode = _stage_settings(sweep)
+  missing = [m for m in sweep.summary_metrics if not any(m in r.metrics for r in results)]
+  if missing:
+    print(f"sweep.py: warning: summary_metrics {', '.join(missing)}: in no run's metrics (yet)", file=sys.stderr)
   files = summary_lib.write_summary(sweep_dir, sweep.name, sweep_runs, results, keys, headline, best_metric,
                                     best_mode)
   experiment = hparams_lib.write_experiment(sweep_dir, {k: [r.values[k] for r in sweep_runs] for k in keys},
@@ -288,6 +424,28 @@ def summarize(sweep: Sweep, runs: Sequence[Run], root: str) -> int:
         f"{len(files.plots)} plot(s); TensorBoard HParams: {experiment} (tensorboard --logdir {sweep_dir})",
         flush=True)
   return 0
+
+
+def _submit(cmd: list[str], run: Run | SharedSpeech, backend: str) -> tuple[int, str]:
+  """Runs (local, tpu) or submits (slurm) one command from the repository root: (exit status, slurm job id)."""
+  if backend in ("local", "slurm") and not run.workdir.startswith("gs://"):
+    os.makedirs(run.workdir, exist_ok=True)  # sbatch writes its --output file there
+  parsable = isinstance(run, SharedSpeech) and backend == "slurm"
+  try:
+    done = subprocess.run(cmd, cwd=REPO_ROOT, check=False, text=True, capture_output=parsable)
+  except FileNotFoundError as e:
+    print(f"sweep.py: error: {run.tag}: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
+    return 127, ""
+  if not parsable:
+    return done.returncode, ""
+  sys.stderr.write(done.stderr)
+  job = done.stdout.strip().split(";")[0]  # --parsable: "<job id>[;<cluster>]"
+  if done.returncode == 0 and not job:
+    print(f"sweep.py: error: sbatch printed no job id for {run.tag}", file=sys.stderr)
+    return 1, ""
+  if job:
+    print(f"# submitted job {job}", flush=True)
+  return done.returncode, job
 
 
 # ---------------------------------------------------------------- command line
@@ -344,6 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"first (gsutil -m rsync -r ...) and pass that as --root", file=sys.stderr)
       return 2
     return summarize(sweep, runs, root)
+  try:
+    runs, shared = share_speech(sweep, runs, root, extra)
+  except ValueError as e:  # config_lib.ConfigError: a run's stage-1 config
+    print(f"sweep.py: error: {e}", file=sys.stderr)
+    return 2
   if opts.only:
     unknown = sorted(set(opts.only) - {r.name for r in runs})
     if unknown:
@@ -351,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(runs: {', '.join(r.name for r in runs)})", file=sys.stderr)
       return 2
     runs = [r for r in runs if r.name in opts.only]
+  shared = [s for s in shared if set(s.runs) & {r.name for r in runs}]
   if opts.backend == "tpu" and not opts.root.startswith("gs://"):
     print("sweep.py: warning: on a multi-host TPU slice every worker must see the same workdir: use "
           "--root=gs://BUCKET/...", file=sys.stderr)
@@ -363,20 +527,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the runs matter more than their TensorBoard table (object stores raise their own)
       print(f"sweep.py: warning: the TensorBoard HParams experiment config was not written ({e}); "
             f"--summarize writes it later", file=sys.stderr)
-  failed = []
-  for i, run in enumerate(runs):
-    cmd = command_for(run, sweep, opts.backend, opts)
-    print(f"# [{i + 1}/{len(runs)}] {run.name}", flush=True)
+  failed, jobs, unprepared = [], {}, set()
+  if opts.mode not in PREPARE_MODES:
+    shared = []  # the runs were trained: their shared speech side exists
+  for i, side in enumerate(shared):
+    cmd = command_for(side, sweep, opts.backend, opts)
+    print(f"# [shared {i + 1}/{len(shared)}] {SHARED_DIR}/{side.name}: stage 1 and speech cache of "
+          f"{len(side.runs)} run(s), prepared once before them", flush=True)
     print(shlex.join(cmd), flush=True)
     if opts.dry_run:
+      jobs[side.name] = f"<job id of {side.tag}>"
       continue
-    if opts.backend in ("local", "slurm") and not run.workdir.startswith("gs://"):
-      os.makedirs(run.workdir, exist_ok=True)  # sbatch writes its --output file there
-    try:
-      rc = subprocess.run(cmd, cwd=REPO_ROOT, check=False).returncode
-    except FileNotFoundError as e:
-      print(f"sweep.py: error: run {run.name}: cannot start {cmd[0]!r}: {e}", file=sys.stderr)
-      return 127
+    rc, job = _submit(cmd, side, opts.backend)
+    if rc == 127:
+      return rc
+    if rc != 0:
+      print(f"sweep.py: the shared speech side {side.name} failed (exit status {rc}): its run(s) "
+            f"{', '.join(side.runs)} cannot start", file=sys.stderr, flush=True)
+      if not opts.keep_going:
+        return rc
+      unprepared.add(side.name)
+      failed += [r for r in side.runs if r in {run.name for run in runs}]
+    jobs[side.name] = job
+  for i, run in enumerate(runs):
+    cmd = command_for(run, sweep, opts.backend, opts, after=jobs.get(run.shared, ""))
+    print(f"# [{i + 1}/{len(runs)}] {run.name}" + (f" (reads {SHARED_DIR}/{run.shared})" if run.shared else ""),
+          flush=True)
+    print(shlex.join(cmd), flush=True)
+    if opts.dry_run or run.shared in unprepared:
+      continue
+    rc, _ = _submit(cmd, run, opts.backend)
+    if rc == 127:
+      return rc
     if rc != 0:
       failed.append(run.name)
       print(f"sweep.py: run {run.name} failed (exit status {rc})", file=sys.stderr, flush=True)

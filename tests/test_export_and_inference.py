@@ -15,7 +15,7 @@ import pytest
 import train_helpers as th
 from scipy import signal as scipy_signal
 
-from erclap import data, descriptions, evaluate, export, metrics, resolve, stages
+from erclap import data, descriptions, evaluate, export, metrics, resolve, stages, tower_init
 from erclap.configs import default as default_config
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
@@ -120,6 +120,10 @@ def test_eval_mode_writes_test_metrics(trained, capsys):
     assert result[f"{name}_ci95_low"] <= result[f"{name}_ci95_high"]
   rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
   assert rows[:6] == ["aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high"]
+  # Beside the metrics, the temperature the loss had at that step (learned: moved from its initial value).
+  _, params = tower_init.read_workdir_params(workdir)
+  assert result["temperature"] == pytest.approx(float(np.exp(params["log_temperature"])), rel=1e-6)
+  assert result["temperature"] != pytest.approx(config.train.temperature_init, rel=1e-4)
   for attribute in LABEL_NAMES:  # level prompts from the description templates; the fixed and paraphrased apart
     assert f"ccc_zero_shot_{attribute}" in result and f"ccc_zero_shot_fixed_{attribute}" in result
     assert f"ccc_zero_shot_paraphrase_{attribute}" in result and f"prompt_monotone_paraphrase_{attribute}" in result

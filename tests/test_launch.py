@@ -271,6 +271,178 @@ def test_tpu_backend_dry_run_chains_into_tpu_vm_dry_run(sweep_file):
   assert missing.returncode == 2 and "--tpu-name" in missing.stderr
 
 
+# ---------------------------------------------------------------- the shared speech side of two-stage sweeps
+TWO_STAGE = """
+from erclap.configs.sweeps import product
+
+base_config = "configs/demo.py"
+
+
+def get_sweep():
+  return product({"loss": ("rnc", "infonce"), "seed": (0, 1)})
+"""
+
+SHARED_FLAGS = ("--config.recipe.stage1", "--config.model.speech_init", "--config.model.freeze_speech",
+                "--config.data.speech_features")
+
+
+def _program_config(cmd):
+  """The config `erclap.main` builds from a printed command (its own flag parser)."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  start = cmd.index("erclap.main") + 1
+  args = ["prog", *(a.replace("--config=configs/", f"--config={ROOT}/configs/") for a in cmd[start:]
+                    if not a.startswith(("--workdir", "--mode")))]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=values, lock_config=True, sys_argv=args)
+  values(args)
+  return values.config
+
+
+def test_two_stage_runs_share_one_stage1_prepared_before_them(sweep_file, tmp_path):
+  """Runs that differ in loss and seed share one stage 1 and cache: one --mode=prepare_speech first, in
+  <root>/<sweep>/_shared/<name>, with the first run's settings; every run reads it with the recipe off, and
+  resolves to the stage 1 and cache that the preparation writes."""
+  from erclap import resolve
+
+  root = tmp_path / "sweeps"
+  out = _sweep(sweep_file(TWO_STAGE), f"--root={root}", "--dry-run", "--", "--config.data.max_seconds=2.5")
+  assert out.returncode == 0, out.stderr
+  prepare, *runs = _commands(out.stdout)
+  assert len(runs) == 4
+  shared = f"{root}/tiny/_shared/ser_pretrain-demo_embedded"
+  assert "# [shared 1/1] _shared/ser_pretrain-demo_embedded: stage 1 and speech cache of 4 run(s)" in out.stdout
+  assert prepare[:3] == [sys.executable, "-m", "erclap.main"]
+  assert _flag(prepare, "--workdir") == shared and _flag(prepare, "--mode") == "prepare_speech"
+  assert "--config.data.max_seconds=2.5" in prepare and _flag(prepare, "--config.loss") == "rnc"
+  prepared = resolve.resolve(_program_config(prepare), str(tmp_path / "shared"), "prepare_speech")
+  first = resolve.stage1_config(_program_config(prepare))
+  for cmd, (loss, seed) in zip(runs, [("rnc", 0), ("rnc", 1), ("infonce", 0), ("infonce", 1)], strict=True):
+    assert _flag(cmd, "--workdir") == f"{root}/tiny/loss-{loss}_seed{seed}" and _flag(cmd, "--mode") == "train"
+    assert [a.split("=", 1)[0] for a in cmd[-4:]] == list(SHARED_FLAGS)  # last: they win over the rest
+    assert _flag(cmd, "--config.recipe.stage1") == "" and _flag(cmd, "--config.model.freeze_speech") == "True"
+    assert _flag(cmd, "--config.model.speech_init") == f"{shared}/stage1"
+    assert _flag(cmd, "--config.data.speech_features") == f"{shared}/speech_features"
+    # Without the shared side, the run would train the very stage 1 that is prepared (its seed is not stage 1's).
+    assert resolve.stage1_config(_program_config(cmd[:-4])).to_dict() == first.to_dict()
+    run = resolve.resolve(_program_config(cmd), str(tmp_path / "run"), "train")
+    assert run.recipe.stage1 == "" and run.seed == seed and run.model.freeze_speech
+    # ... and reads it where the preparation writes it (relative to the prepared workdir).
+    assert run.model.speech_init.replace(shared, str(tmp_path / "shared")) == prepared.model.speech_init
+    assert run.data.speech_features.replace(shared, str(tmp_path / "shared")) == prepared.data.speech_features
+  assert not root.exists()
+
+
+def test_a_swept_stage1_setting_gives_each_value_its_shared_stage1(sweep_file, tmp_path):
+  path = sweep_file("""
+    from erclap.configs.sweeps import product
+    base_config = "configs/demo.py"
+    def get_sweep():
+      return product({"recipe.stage1_seed": (0, 1), "seed": (0, 1, 2)})
+    """)
+  out = _sweep(path, f"--root={tmp_path}", "--dry-run")
+  assert out.returncode == 0, out.stderr
+  cmds = _commands(out.stdout)
+  prepares = [c for c in cmds if _flag(c, "--mode") == "prepare_speech"]
+  runs = [c for c in cmds if _flag(c, "--mode") == "train"]
+  assert len(prepares) == 2 and len(runs) == 6
+  assert cmds.index(prepares[-1]) < cmds.index(runs[0])  # every preparation before the first run
+  names = {int(_flag(c, "--config.recipe.stage1_seed")): _flag(c, "--workdir") for c in prepares}
+  assert names == {s: f"{tmp_path}/tiny/_shared/ser_pretrain-demo_embedded_stage1seed{s}" for s in (0, 1)}
+  for cmd in runs:
+    reads = names[int(_flag(cmd, "--config.recipe.stage1_seed"))]
+    assert _flag(cmd, "--config.model.speech_init") == f"{reads}/stage1"
+
+
+def test_sweeps_without_the_recipe_and_modes_after_training_prepare_nothing(sweep_file, tmp_path):
+  out = _sweep(sweep_file(TINY), f"--root={tmp_path}", "--dry-run")
+  assert out.returncode == 0 and "prepare_speech" not in out.stdout and "recipe.stage1" not in out.stdout
+  # A base config's argument is read as the program reads it: the one-stage demo shares nothing.
+  assert sweep_lib.load_base_config("configs/demo.py:single_stage").recipe.stage1 == ""
+  out = _sweep(sweep_file(TWO_STAGE), f"--root={tmp_path}", "--dry-run", "--base-config=configs/demo.py:single_stage")
+  assert out.returncode == 0 and "prepare_speech" not in out.stdout and "recipe.stage1" not in out.stdout
+  out = _sweep(sweep_file(TWO_STAGE), f"--root={tmp_path}", "--dry-run", "--mode=export")
+  assert out.returncode == 0, out.stderr
+  cmds = _commands(out.stdout)
+  assert len(cmds) == 4 and all(_flag(c, "--mode") == "export" for c in cmds)  # trained: nothing to prepare
+  assert all(_flag(c, "--config.model.speech_init").endswith("_shared/ser_pretrain-demo_embedded/stage1")
+             for c in cmds)  # and the runs resolve as they trained
+
+
+def test_slurm_runs_wait_for_their_shared_stage1(sweep_file, tmp_path):
+  out = _sweep(sweep_file(TWO_STAGE), "--backend=slurm", f"--root={tmp_path}/s", "--dry-run")
+  assert out.returncode == 0, out.stderr
+  prepare, *runs = _commands(out.stdout)
+  assert prepare[0] == "sbatch" and "--parsable" in prepare and "--dependency" not in " ".join(prepare)
+  assert _flag(prepare, "--job-name") == "erclap.tiny._shared.ser_pretrain-demo_embedded"
+  for cmd in runs:
+    assert _flag(cmd, "--dependency") == "afterok:<job id of _shared.ser_pretrain-demo_embedded>"
+    assert "--kill-on-invalid-dep=yes" in cmd and "--parsable" not in cmd
+  # Submitted: the runs depend on the job id sbatch printed for the preparation.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  calls = tmp_path / "sbatch_calls.txt"
+  (bin_dir / "sbatch").write_text(textwrap.dedent(f"""\
+      #!/bin/sh
+      echo "$*" >> {calls}
+      case "$*" in *--parsable*) echo "4242;cluster" ;; *) echo "Submitted batch job 7" ;; esac
+      """))
+  (bin_dir / "sbatch").chmod(0o755)
+  out = _sweep(sweep_file(TWO_STAGE), "--backend=slurm", f"--root={tmp_path}/s",
+               env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+  assert out.returncode == 0, out.stderr
+  assert "# submitted job 4242" in out.stdout
+  submitted = calls.read_text().splitlines()
+  assert len(submitted) == 5 and "--mode=prepare_speech" in submitted[0]
+  assert all("--dependency=afterok:4242 " in line for line in submitted[1:])
+
+
+def test_local_runs_follow_their_prepared_stage1_and_a_failed_one_starts_none(sweep_file, tmp_path):
+  record = tmp_path / "calls.txt"
+  fake = tmp_path / "fake_python"
+  fake.write_text(textwrap.dedent(f"""\
+      #!/bin/sh
+      echo "$*" >> {record}
+      case "$*" in *prepare_speech*) exit ${{PREPARE_STATUS:-0}} ;; esac
+      """))
+  fake.chmod(0o755)
+  path = sweep_file(TWO_STAGE)
+  out = _sweep(path, f"--root={tmp_path}/r", f"--python={fake}", "--only=loss-infonce_seed1")
+  assert out.returncode == 0, out.stderr
+  calls = record.read_text().splitlines()
+  assert len(calls) == 2 and "--mode=prepare_speech" in calls[0] and "loss-infonce_seed1" in calls[1]
+  record.unlink()
+  out = _sweep(path, f"--root={tmp_path}/r", f"--python={fake}", env={"PREPARE_STATUS": "4"})
+  assert out.returncode == 4 and "the shared speech side ser_pretrain-demo_embedded failed (exit status 4)" in \
+      out.stderr
+  assert len(record.read_text().splitlines()) == 1  # no run started
+  record.unlink()
+  out = _sweep(path, f"--root={tmp_path}/r", f"--python={fake}", "--keep-going", env={"PREPARE_STATUS": "4"})
+  assert out.returncode == 1 and "4 run(s) failed" in out.stderr
+  assert len(record.read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_the_shared_stage1_is_never_trained_by_two_processes(sweep_file, tmp_path, data_dir):
+  """While one process holds the shared speech side's workdir (the workdir lock), the sweep's preparation stops
+  naming the holder, trains nothing, and starts no run."""
+  import train_helpers as th
+
+  from erclap import workdir_lock
+
+  root = tmp_path / "r"
+  shared = root / "tiny" / "_shared" / "ser_pretrain-demo_embedded"
+  flags = th.override_flags(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2})
+  with workdir_lock.WorkdirLock(str(shared)):
+    out = _sweep(sweep_file(TWO_STAGE), f"--root={root}", "--", *flags, env=th.subprocess_env(num_devices=1))
+  assert out.returncode != 0
+  assert "is in use by another run" in out.stderr and f"pid {os.getpid()}" in out.stderr, out.stderr[-2000:]
+  assert "the shared speech side ser_pretrain-demo_embedded failed" in out.stderr
+  assert not (shared / "stage1").exists()
+  assert not [p for p in (root / "tiny").iterdir() if p.name != "_shared" and p.is_dir()]  # no run started
+
+
 # ---------------------------------------------------------------- tpu_vm.sh
 def _remote_program(remote):
   """The program words inside a `run` remote command (between the venv activation and the tee)."""

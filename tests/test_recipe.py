@@ -46,15 +46,15 @@ def test_a_one_stage_config_resolves_to_itself_frozen_and_written(tmp_path):
   assert ser_pretrain.get_config("demo").recipe.stage1 == ""           # stage 1 itself is one stage
 
 
-def test_stage1_takes_the_corpus_devices_seed_and_speech_model_of_the_run():
+def test_stage1_takes_the_corpus_devices_and_speech_model_of_the_run_and_its_own_seed():
   run = config_lib.apply_overrides(demo.get_config(), {
-      "seed": 7, "data.max_seconds": 2.0, "data.embedded.num_train": 123, "data.speech_features": "/elsewhere",
-      "model.speech_pooling": "attentive_stats", "model.ser_head_layers": 2, "mesh.shape": (4, 2, 1),
-      "recipe.stage1_steps": 5, "train.learning_rate": 3e-3})
+      "seed": 7, "recipe.stage1_seed": 3, "data.max_seconds": 2.0, "data.embedded.num_train": 123,
+      "data.speech_features": "/elsewhere", "model.speech_pooling": "attentive_stats", "model.ser_head_layers": 2,
+      "mesh.shape": (4, 2, 1), "recipe.stage1_steps": 5, "train.learning_rate": 3e-3})
   first = resolve.stage1_config(run)
   own = ser_pretrain.get_config("demo")
   assert first.stage == "ser" and first.recipe.stage1 == "" and first.data.speech_features == ""
-  assert first.seed == 7 and first.train.num_steps == 5
+  assert first.seed == 3 and first.train.num_steps == 5
   assert first.data.max_seconds == 2.0 and first.data.embedded.num_train == 123 and tuple(first.mesh.shape) == (4, 2, 1)
   assert first.model.speech_pooling == "attentive_stats" and first.model.ser_head_layers == 2
   # Stage 1's own training settings and losses stay its own.
@@ -63,6 +63,37 @@ def test_stage1_takes_the_corpus_devices_seed_and_speech_model_of_the_run():
   assert first.checkpoint.best_metric == own.checkpoint.best_metric
   assert resolve.stage1_config(config_lib.apply_overrides(run, {"recipe.stage1_steps": 0})).train.num_steps == \
       own.train.num_steps
+
+
+def test_runs_that_differ_in_seed_or_descriptions_derive_one_stage1():
+  """The run's seed is the cross-modal stage's: stage 1 is the same for every seed (and for every setting only the
+  text side reads), and changes with recipe.stage1_seed."""
+  given = demo.get_config()
+  first = resolve.stage1_config(given).to_dict()
+  assert resolve.stage1_config(given).seed == given.recipe.stage1_seed == 0
+  for overrides in ({"seed": 5}, {"data.descriptions": "/some/llm.jsonl", "data.descriptions_per_example": 2,
+                                  "data.max_text_tokens": 40}):
+    assert resolve.stage1_config(config_lib.apply_overrides(given, overrides)).to_dict() == first, overrides
+  other = resolve.stage1_config(config_lib.apply_overrides(given, {"recipe.stage1_seed": 1}))
+  assert other.seed == 1 and {**other.to_dict(), "seed": 0} == first
+
+
+def test_prepare_speech_needs_a_two_stage_config_and_writes_where_the_runs_read(tmp_path):
+  prepared = resolve.resolve(demo.get_config(), str(tmp_path / "shared"), "prepare_speech")
+  run = resolve.resolve(demo.get_config(), str(tmp_path / "shared"), "train")
+  assert prepared.to_dict() == run.to_dict()  # the same stage 1 and cache as the recipe's training run
+  with pytest.raises(config_lib.ConfigError, match=r"--mode=prepare_speech .* config.recipe.stage1 is empty"):
+    resolve.resolve(demo.get_config("single_stage"), str(tmp_path / "one"), "prepare_speech")
+  # A run pointed at a stage 1 elsewhere (a sweep's shared one), with the recipe off, reads it as the recipe would.
+  elsewhere = config_lib.apply_overrides(demo.get_config(), {
+      "recipe.stage1": "", **resolve.stage1_overrides(demo.get_config(), f"{tmp_path}/shared/stage1",
+                                                      f"{tmp_path}/shared/speech_features")})
+  pointed = resolve.resolve(elsewhere, str(tmp_path / "run"), "train")
+  for key in ("model.speech_init", "model.freeze_speech", "data.speech_features"):
+    assert config_lib.get(pointed, key) == config_lib.get(run, key), key
+  pooling = config_lib.apply_overrides(demo.get_config(), POOLING)
+  assert resolve.stage1_overrides(pooling, "/s/stage1", "/s/cache") == {"model.speech_init": "/s/stage1",
+                                                                        "model.freeze_speech": True}
 
 
 def test_a_recipe_run_reads_stage1_frozen_from_the_cache(tmp_path):
@@ -262,3 +293,47 @@ def test_a_stage1_trained_further_is_never_used_through_the_old_cache_or_checkpo
   for part in ("speech_tower", "speech_pool", "ser_head"):
     jax.tree.map(np.testing.assert_array_equal, params[part], stage1_params[part])
   assert store.read_fingerprint(cache) != store.read_fingerprint(cache + ".old")
+
+
+@pytest.mark.slow
+def test_a_finished_stage1_and_its_cache_serve_another_seed(two_stage_run, devices, tmp_path, capsys):
+  """The cross-modal stage under another --config.seed reuses stage 1 and its cache as they are (neither is
+  retrained nor recomputed) and trains with its own seed."""
+  given, shared, _ = two_stage_run
+  workdir = str(tmp_path / "run")
+  for part in (resolve.STAGE1_DIR, "speech_features"):
+    shutil.copytree(os.path.join(shared, part), os.path.join(workdir, part))
+  stage1_checkpoints = os.path.join(resolve.stage1_workdir(workdir), "checkpoints")
+  stage1_files, cache_files = _mtimes(stage1_checkpoints), _mtimes(os.path.join(workdir, "speech_features"))
+  config = config_lib.apply_overrides(given, {"seed": 1})
+  capsys.readouterr()
+  recipe.run_train(resolve.resolve(config, workdir, "train"), workdir)
+  out = capsys.readouterr().out
+  assert "speech emotion model, 2 steps, seed 0)" in out
+  assert _mtimes(os.path.join(workdir, "speech_features")) == cache_files
+  assert _mtimes(stage1_checkpoints) == stage1_files
+  assert tower_init.read_workdir_params(workdir)[0] == 2
+  assert json.loads(open(os.path.join(workdir, "config.train.json")).read())["config"]["seed"] == 1
+
+
+@pytest.mark.slow
+def test_a_stage1_trained_under_the_runs_seed_by_an_earlier_release_resumes(data_dir, devices, tmp_path):
+  """Earlier releases gave stage 1 the run's seed and text settings: a stage 1 so trained under seed 0 resumes
+  as it is (the derivation's seed is recipe.stage1_seed, 0); one trained under another seed is refused naming the
+  key that resumes it."""
+  config = th.tiny_config(data_dir, **TWO_STAGES)
+  stage1_dir = resolve.stage1_workdir(str(tmp_path / "run"))
+  earlier = config_lib.apply_overrides(resolve.stage1_config(config), {
+      "seed": config.seed, **{f"data.{k}": config.data[k] for k in resolve.STAGE1_TEXT_DATA_KEYS}})
+  assert earlier.data.max_text_tokens != resolve.stage1_config(config).data.max_text_tokens  # recorded otherwise
+  train.train_and_evaluate(resolve.resolve(earlier, stage1_dir, "train"), stage1_dir)
+  written = _mtimes(os.path.join(stage1_dir, "checkpoints"))
+  train.train_and_evaluate(resolve.resolve(resolve.stage1_config(config), stage1_dir, "train"), stage1_dir)
+  assert _mtimes(os.path.join(stage1_dir, "checkpoints")) == written
+  with pytest.raises(checkpointing.CheckpointMismatchError) as e:
+    recipe.prepare_stages(resolve.resolve(config_lib.apply_overrides(config, {"recipe.stage1_seed": 3}),
+                                          str(tmp_path / "run"), "train"), str(tmp_path / "run"))
+  message = str(e.value)
+  assert f"stage 1 in {stage1_dir}" in message and "config.seed (the shuffling seed): checkpoint 0, this run 3" in \
+      message and "--config.recipe.stage1_seed=<that seed>" in message
+  assert _mtimes(os.path.join(stage1_dir, "checkpoints")) == written

@@ -264,6 +264,11 @@ def test_summarize_writes_every_run_and_seed_intervals(summarized, capsys):
   # Best first by checkpoint.best_metric (aoc, max): temperature 0.1 (mean 0.63) leads.
   assert table[1].startswith("| 0.1 | 0 | 2/3 | 0.6300 ± 0.0283 [")
   assert "1 not started" in text and names[(0.1, 2)] in text.split("## Runs not finished")[1]
+  # The paper's Table 1 figures of the table's metrics it reports, for reference, after the table.
+  paper_table = text.split("The paper's figures for reference")[1].split("## Runs not finished")[0]
+  assert "| the paper (Table 1) | AOC | VOC | MMD |" in paper_table
+  assert "| RNC (EmotionRankCLAP) | 0.552 | 0.616 | 0.087 |" in paper_table
+  assert "| SCE (InfoNCE) | 0.492 | 0.505 | 0.096 |" in paper_table
   assert os.path.isfile(os.path.join(out_dir, "summary_aoc.png"))
   assert "summary.csv" in capsys.readouterr().out
   # The HParams experiment: the swept keys only, each with its values.
@@ -345,3 +350,38 @@ def test_experiment_config_lists_only_the_swept_keys():
   assert list(infos["train.global_batch_size"].domain_discrete) == [64.0, 128.0]
   assert [m.name.tag for m in data.experiment.metric_infos] == ["eval/aoc", "eval/voc"]
   assert [m.display_name for m in data.experiment.metric_infos] == ["AOC", "VOC"]
+
+
+def test_a_sweep_names_its_summary_metrics(summarized, capsys):
+  """``summary_metrics`` in a sweep file: summary.md's columns and plots and the HParams metrics, in its order;
+  a name no run has is said so; stage-1 metrics get no paper figures."""
+  from tensorboard.compat.proto import event_pb2
+  from tensorboard.plugins.hparams import plugin_data_pb2
+
+  path, root, _ = summarized
+  with open(path, "a") as f:
+    f.write('summary_metrics = ("mmd", "aoc", "no_such_metric")\n')
+  assert sweep_lib.load_sweep(path).summary_metrics == ("mmd", "aoc", "no_such_metric")
+  assert sweep_lib.main([path, f"--root={root}", "--summarize"]) == 0
+  assert "summary_metrics no_such_metric: in no run's metrics" in capsys.readouterr().err
+  out_dir = os.path.join(root, "study")
+  text = open(os.path.join(out_dir, "summary.md")).read()
+  header = next(line for line in text.splitlines() if line.startswith("| train.temperature_init"))
+  assert header == "| train.temperature_init | train.micro_batch_size | n | MMD | AOC |"
+  assert "| the paper (Table 1) | MMD | AOC |" in text
+  assert sorted(f for f in os.listdir(out_dir) if f.endswith(".png")) == ["summary_aoc.png", "summary_mmd.png"]
+  with open(os.path.join(out_dir, hparams.EXPERIMENT_FILE), "rb") as f:
+    raw = f.read()
+  event = event_pb2.Event()
+  offset = 0
+  while offset < len(raw):  # TFRecord framing: length (8), its crc (4), the record, its crc (4)
+    length = int.from_bytes(raw[offset:offset + 8], "little")
+    event.ParseFromString(raw[offset + 12:offset + 12 + length])
+    offset += 16 + length
+  data = plugin_data_pb2.HParamsPluginData.FromString(event.summary.value[0].metadata.plugin_data.content)
+  assert [m.name.tag for m in data.experiment.metric_infos] == ["eval/mmd", "eval/aoc", "eval/no_such_metric"]
+  assert summary.paper_rows(["ser_ccc_arousal", "ser_ccc_valence"]) == ([], [])
+  with open(path, "a") as f:
+    f.write('summary_metrics = "aoc"\n')
+  with pytest.raises(ValueError, match="summary_metrics"):
+    sweep_lib.load_sweep(path)

@@ -1,8 +1,10 @@
 """A sweep launched for real, part-finished, summarised and served by the real TensorBoard.
 
-Two of a three-run sweep are trained by `launch/sweep.py` (each run one `erclap.main` process of the tiny config,
-which records its status); `--summarize` then lists all three, and `tensorboard --logdir <root>/<sweep>` shows the
-two trained runs in its HParams table with only the swept key as a column, their values and their metrics.
+Two of a three-run sweep of the tiny two-stage config are trained by `launch/sweep.py`: one `erclap.main` process
+prepares the stage 1 and speech cache they share (``--mode=prepare_speech``), then each run is one process, which
+records its status; `--summarize` then lists all three, and `tensorboard --logdir <root>/<sweep>` shows the two
+trained runs in its HParams table with only the swept key as a column, their values and their metrics (beside the
+shared stage 1's own session).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ TEMPERATURES = (0.05, 0.1, 0.2)
 
 @pytest.fixture(scope="module")
 def sweep(data_dir, tmp_path_factory):
-  """(sweep dir, {run: eval metrics}): runs tau0.05 and tau0.1 trained (2 steps, evaluated at the end); tau0.2
-  not started; then summarised."""
+  """(sweep dir, {run: eval metrics}): runs tau0.05 and tau0.1 trained (2 steps, evaluated at the end) on one
+  shared stage 1 (2 steps); tau0.2 not started; then summarised."""
   base = tmp_path_factory.mktemp("sweep")
   fixed = th.tiny_overrides(data_dir, **{"train.num_steps": 2, "eval.every_steps": 2, "checkpoint.every_steps": 2,
-                                         "checkpoint.best_metric": "aoc_voc_mean"})
+                                         "checkpoint.best_metric": "aoc_voc_mean", "recipe.stage1": "ser_pretrain:demo",
+                                         "recipe.stage1_steps": 2})
   path = base / "tb_study.py"
   path.write_text(textwrap.dedent(f"""
       base_config = "configs/demo.py"
@@ -57,12 +60,25 @@ def sweep(data_dir, tmp_path_factory):
   return str(sweep_dir), metrics
 
 
+SHARED = os.path.join("_shared", "ser_pretrain-demo_embedded")
+
+
 def test_runs_record_their_status_and_the_summary_lists_every_run(sweep):
   sweep_dir, metrics = sweep
+  with open(os.path.join(sweep_dir, SHARED, "status.json")) as f:
+    assert json.load(f)["mode"] == "prepare_speech"
+  assert os.listdir(os.path.join(sweep_dir, SHARED, "stage1", "checkpoints")) == ["2"]
   for run in metrics:
     with open(os.path.join(sweep_dir, run, "status.json")) as f:
       record = json.load(f)
     assert (record["mode"], record["state"], record["step"], record["num_steps"]) == ("train", "finished", 2, 2)
+    # The run read the shared stage 1 and cache, and trained none of its own.
+    assert not os.path.exists(os.path.join(sweep_dir, run, "stage1"))
+    with open(os.path.join(sweep_dir, run, "config.train.json")) as f:
+      config = json.load(f)["config"]
+    assert config["recipe"]["stage1"] == "" and config["model"]["freeze_speech"]
+    assert config["model"]["speech_init"] == os.path.join(sweep_dir, SHARED, "stage1")
+    assert config["data"]["speech_features"] == os.path.join(sweep_dir, SHARED, "speech_features")
   with open(os.path.join(sweep_dir, "summary.csv"), newline="") as f:
     rows = {r["run"]: r for r in csv.DictReader(f)}
   assert set(rows) == {"tau0.05", "tau0.1", "tau0.2"}
@@ -84,11 +100,15 @@ def test_tensorboard_hparams_lists_the_runs_with_the_swept_values_and_metrics(sw
     request = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
                                                           "STATUS_RUNNING"], "colParams": [], "startIndex": 0,
                "sliceSize": 100}
+    runs = lambda g: [s for s in g.get("sessionGroups", []) if not s["sessions"][0]["name"].startswith("_shared")]
     groups = vh.poll(lambda: vh.post_json(f"{url}/data/plugin/hparams/session_groups", request),
-                     lambda g: len(g.get("sessionGroups", [])) == 2 and all(
-                         len(s["metricValues"]) == len(headline) for s in g["sessionGroups"]), what="two sessions")
-  by_run = {g["sessions"][0]["name"]: g for g in groups["sessionGroups"]}
+                     lambda g: len(runs(g)) == 2 and all(len(s["metricValues"]) == len(headline) for s in runs(g)),
+                     what="two sessions")
+  by_run = {g["sessions"][0]["name"]: g for g in runs(groups)}
   assert set(by_run) == {"tau0.05", "tau0.1"}
+  # Besides them, one session: the stage 1 both runs read.
+  assert [g["sessions"][0]["name"] for g in groups["sessionGroups"] if g not in runs(groups)] == [
+      os.path.join(SHARED, "stage1")]
   types = {}
   for run, group in by_run.items():
     assert group["hparams"]["train.temperature_init"] == float(run[3:])

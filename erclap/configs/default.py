@@ -223,3 +223,6 @@ def _recipe(c: ml_collections.ConfigDict) -> None:
   # model.speech_init, model.freeze_speech and data.speech_features are set by the recipe.
   c.recipe.stage1 = ""
   c.recipe.stage1_steps = 0   # > 0: stage 1 trains this many steps instead of its config's
+  # Stage 1's seed (its initialisation and data order). The cross-modal stage's own `seed` leaves stage 1 alone:
+  # runs that differ only in `seed` read one stage 1 and one speech cache.
+  c.recipe.stage1_seed = 0

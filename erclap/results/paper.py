@@ -23,6 +23,7 @@ DISPLAY_NAMES = {
     "ccc_probe_arousal": "probe CCC, arousal", "ccc_probe_valence": "probe CCC, valence",
     "ser_ccc_arousal": "CCC, arousal", "ser_ccc_valence": "CCC, valence", "ser_ccc_dominance": "CCC, dominance",
     "ser_rank_accuracy": "pairwise ranking accuracy",
+    "temperature": "temperature τ",
 }
 
 MEANINGS = {
@@ -48,6 +49,8 @@ MEANINGS = {
     "ser_ccc_valence": "Concordance of stage 1's predicted valence with the true valence.",
     "ser_ccc_dominance": "Concordance of stage 1's predicted dominance with the true dominance.",
     "ser_rank_accuracy": "The share of clip pairs that stage 1's predictions order as their labels do.",
+    "temperature": "The contrastive loss's temperature at the evaluated step (learned, or fixed by "
+                   "train.learn_temperature=False).",
 }
 
 

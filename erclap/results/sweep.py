@@ -10,8 +10,9 @@
   ``_ci95_high`` (Student t, ``erclap.results.stats``) over the finished runs that have it; sd and interval are
   empty for one run.
 * ``summary.md`` — the groups' headline metrics (mean ± sd [95 % CI], n), the best group first by the base
-  config's ``checkpoint.best_metric``, the runs that did not finish, and one PNG per headline metric
-  (``summary_<metric>.png``: its group means with their intervals against each swept axis).
+  config's ``checkpoint.best_metric``; the paper's Table 1 figures of those metrics that it reports, for
+  reference; the runs that did not finish, and one PNG per headline metric (``summary_<metric>.png``: its group
+  means with their intervals against each swept axis).
 
 The functions that build the tables are pure (runs and their ``RunResult`` in, rows out); ``launch/sweep.py
 --summarize`` lists the runs and reads each one with ``erclap.results.runs.read_run``.
@@ -170,6 +171,17 @@ def format_stat(s: stats.Summary, digits: int = 4) -> str:
   return f"{s.mean:.{digits}f} ± {s.sd:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
 
 
+def paper_rows(table_metrics: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+  """The paper's Table 1 figures (``erclap.results.paper``) of those of ``table_metrics`` it reports: the header
+  (its losses' names, then the metrics) and one row per loss; ([], []) when it reports none of them."""
+  reported = [m for m in table_metrics if any(m in figures for figures in paper.PAPER_TABLE1.values())]
+  if not reported:
+    return [], []
+  rows = [[paper.PAPER_LOSS_NAMES.get(loss, loss), *(f"{figures[m]:.3f}" if m in figures else "–" for m in reported)]
+          for loss, figures in paper.PAPER_TABLE1.items()]
+  return ["the paper (Table 1)", *(paper.display_name(m) for m in reported)], rows
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
   escape = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
   return ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header),
@@ -195,6 +207,12 @@ def format_markdown(sweep_name: str, runs: Sequence[SweepRun], results: Sequence
   rows = [[_cell(g.values[k]) for k in group_keys(keys)] + [f"{g.n}/{len(g.runs)}"]
           + [format_stat(g.stats[m]) for m in table_metrics] for g in group_list]
   lines += _md_table(header, rows)
+  paper_header, paper_figures = paper_rows(table_metrics)
+  if paper_figures:
+    lines += ["", "The paper's figures for reference (EmotionRankCLAP, Table 1: MSP-Podcast with the authors' models "
+              "and protocol; a comparison of losses is read against them, they are not values another corpus or "
+              "model should reach):", ""]
+    lines += _md_table(paper_header, paper_figures)
   unfinished = [(run, r) for run, r in zip(runs, results, strict=True) if r.status != FINISHED]
   if unfinished:
     lines += ["", "## Runs not finished", ""]

@@ -2,8 +2,8 @@
 
   python launch/sweep.py configs/sweeps/demo_smoke.py --backend=local --root=workdirs/sweeps
 
-The runs are one-stage (``recipe.stage1`` off). To sweep the cross-modal stage of the two-stage demo, every
-run reads one frozen speech model and one cache (made once, ``--mode=cache_speech``):
+The runs are one-stage (``recipe.stage1`` off). A sweep that keeps the two-stage recipe (``paper_table``) gets
+one stage 1 and cache for all its runs from launch/sweep.py; these runs can read an existing one instead:
   python launch/sweep.py demo_smoke -- --config.model.speech_init=workdirs/demo/stage1 \
       --config.model.freeze_speech=True --config.data.speech_features=workdirs/demo/speech_features
 """
