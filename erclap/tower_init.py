@@ -193,6 +193,13 @@ def load_tower_weights(params: dict, config) -> dict:
   return params
 
 
+def loaded_parts(config) -> tuple[str, ...]:
+  """The top-level parameters ``load_pretrained_towers`` puts in place under ``config``: the speech side (the stage's
+  speech group) when ``model.speech_init`` is set, the text tower when ``model.text_init`` is."""
+  parts = stages.of(config).speech_group if config.model.speech_init else ()
+  return parts + ((TEXT_TOWER,) if config.model.text_init else ())
+
+
 def load_pretrained_towers(params, shardings, *, config):
   """Sharded ``params`` with the ``model.speech_init`` / ``model.text_init`` towers put in place.
 
