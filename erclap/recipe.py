@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import jax
 
-from erclap import export, progress, resolve, speech_cache_mode, speech_source, train, trainable
+from erclap import export, members, progress, resolve, speech_cache_mode, speech_source, train, trainable
 
 
 def _say(message: str) -> None:
@@ -83,8 +83,13 @@ def run_all(config, workdir: str) -> dict[str, float]:
     workdir: the run's directory.
 
   Returns:
-    The metrics of the first export split.
+    The metrics of the first export split (with members, ``erclap.members``: member k's under
+    ``members/<k>/<metric>``).
   """
   resolve.require(config, "all")
   run_train(config, workdir)
-  return export.export_embeddings(config, workdir)[config.export.splits[0]]
+  exported, split = export.export_embeddings(config, workdir), config.export.splits[0]
+  if not members.count(config):
+    return exported[split]
+  return {f"{members.MEMBERS_DIR}/{k}/{name}": value for k in members.selected(config)
+          for name, value in exported[f"{members.MEMBERS_DIR}/{k}/{split}"].items()}

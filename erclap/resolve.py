@@ -44,6 +44,7 @@ from erclap import (
     config_lib,
     configs,
     fileio,
+    members,
     models,
     odyssey_import,
     progress,
@@ -130,6 +131,10 @@ def mode_problems(config, mode: str) -> list[str]:
   must be able to read (``speech_source.CACHED``)."""
   if mode not in MODES:
     return [f"mode {mode!r}: must be one of {MODES}"]
+  k = members.count(config)
+  if mode == "export_model" and k > 1 and config.export.member < 0:
+    return [f"--mode=export_model writes one member's model and this run has {k} members (config.members): name it "
+            f"with --config.export.member=<0..{k - 1}>"]
   if mode != "cache_speech" or config.stage not in stages.STAGES:
     return []
   if speech_source.of(config) is not speech_source.CACHED:
@@ -237,12 +242,17 @@ def for_inference(stored, *, dtype: str | None = None, arch_dirs: Mapping[str, s
     The config, immutable.
 
   Raises:
-    ValueError: ``dtype`` is not a known dtype.
+    ValueError: ``dtype`` is not a known dtype; the stored config is a program with members (its checkpoint holds
+      K models: one is exported with ``--mode=export_model --config.export.member=k``).
   """
   if dtype is not None and dtype not in models.DTYPES:
     raise ValueError(f"dtype={dtype!r}: use one of {models.DTYPES}")
   config = ml_collections.ConfigDict(stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored)
   _fill_defaults(config, configs.get("default"))
+  k = members.count(config)
+  if k:
+    raise ValueError(f"the checkpoint holds {k} members (config.members), one model each: write member k's model "
+                     f"with --mode=export_model --config.export.member=k and load that directory")
   config.mesh.shape, config.mesh.axes = (-1,), ("data",)
   config.data.speech_features = ""
   for key in ("speech_init", "text_init"):

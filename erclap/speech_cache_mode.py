@@ -38,6 +38,7 @@ from erclap import (
     config_lib,
     evaluate,
     input_pipeline,
+    members,
     optim,
     progress,
     resolve,
@@ -59,7 +60,9 @@ def splits_to_cache(config) -> list[str]:
 
 
 def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]:
-  """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0.
+  """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0. In a
+  program with members (``erclap.members``) the speech path a cache stands for is frozen and shared: member 0's
+  tree holds it.
 
   Returns:
     ``(params, description of where they come from)``.
@@ -71,13 +74,15 @@ def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]
     finally:
       manager.close()
     if has_steps:
-      step, params, _ = runtime.restore_params(config, workdir, model, mesh)
+      member = 0 if members.count(config) else None
+      step, params, _ = runtime.restore_params(config, workdir, model, mesh, member=member)
       return params, f"the checkpoint of {workdir} at step {step}"
   load_towers = functools.partial(tower_init.load_pretrained_towers, config=config)
   train_state, _ = state.create_train_state(model, config, mesh, optim.make_optimizer(config),
                                             jax.random.key(config.seed), load_towers=load_towers)
   source = f"model.speech_init={config.model.speech_init!r}" if config.model.speech_init else "random init"
-  return train_state.params, f"the step-0 parameters of this config ({source}, seed {config.seed})"
+  return (state.member_params(config, train_state.params, 0),
+          f"the step-0 parameters of this config ({source}, seed {config.seed})")
 
 
 def cache_split(embedder: evaluate.Embedder, params, config, split: str, directory: str, fingerprint: dict, *,

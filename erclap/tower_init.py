@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from erclap import checkpointing, hf_import, odyssey_import, sharding, stages, trees
+from erclap import checkpointing, hf_import, members, odyssey_import, sharding, stages, trees
 from erclap.models import SPEECH_POOL, SPEECH_TOWER, TEXT_TOWER, SpeechArch
 
 TOWERS = ((SPEECH_TOWER, "speech_init"), (TEXT_TOWER, "text_init"))
@@ -141,6 +141,14 @@ def _input_problems(config, stored_model, source: str) -> list[str]:
 
 
 def _from_workdir(params: dict, config, tower: str, key: str, path: str) -> dict:
+  try:
+    count = members.count(read_workdir_config(path))
+  except FileNotFoundError:
+    count = 0  # a checkpoint without its config: its shapes are checked below
+  if count:
+    raise TowerMismatchError(f"config.model.{key}={path!r} holds {count} members (config.members), one model each, "
+                             f"and a tower is read from a run of one model: train the member's settings as a run of "
+                             f"its own (members.member_config) and name that workdir")
   step, source = read_workdir_params(path)
   where = f"config.model.{key}={path!r} (step {step})"
   if tower != SPEECH_TOWER:
