@@ -17,7 +17,8 @@ Restoring a step checks, in order:
 
 A damaged step is moved aside to ``checkpoints/<step>.corrupt-<UTC time>`` (never deleted) and the
 previous step is used; the manager forgets the moved step, so the run saves that step number again later.
-Retention: the last ``keep`` steps plus the best step by ``best_metric``.
+Retention: the last ``keep`` steps plus the best step by ``best_metric`` (in a program with members, each member's
+best step: its metric is saved under ``member_metric(k, best_metric)``).
 
 Nothing a step stores depends on where the workdir lives: the data iterator's state identifies its records by
 content (``erclap.input_pipeline``), and paths inside the workdir in the metadata (the run's config, e.g. a
@@ -123,16 +124,24 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, CHECKPOINT_DIR)
 
 
-def make_manager(workdir: str, ckpt_config, *, with_data_iter: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager for ``workdir/checkpoints`` following ``config.checkpoint``."""
+def member_metric(k: int, metric: str) -> str:
+  """The name member ``k``'s ``metric`` is saved under with a checkpoint of a program with members."""
+  return f"member_{int(k)}/{metric}"
+
+
+def make_manager(workdir: str, ckpt_config, *, with_data_iter: bool = True, read_only: bool = False,
+                 members: int = 0) -> ocp.CheckpointManager:
+  """A CheckpointManager for ``workdir/checkpoints`` following ``config.checkpoint``; ``members``: K of a program
+  with members (each member's best step is kept)."""
   policies = [ocm.LatestN(n=ckpt_config.keep)]
   if ckpt_config.best_metric:
-    metric, worst = ckpt_config.best_metric, math.inf if ckpt_config.best_mode == "min" else -math.inf
-    # Metrics saved under earlier names count under today's; a step that lacks the metric never wins.
-    get_metric = lambda m: {METRIC_RENAMES.get(k, k): v for k, v in m.items()}.get(metric, worst)
-    policies.append(ocm.BestN(get_metric_fn=get_metric, reverse=ckpt_config.best_mode == "min",
-                              n=1, keep_checkpoints_without_metrics=False))
+    worst = math.inf if ckpt_config.best_mode == "min" else -math.inf
+    names = [member_metric(k, ckpt_config.best_metric) for k in range(members)] or [ckpt_config.best_metric]
+    for metric in names:
+      # Metrics saved under earlier names count under today's; a step that lacks the metric never wins.
+      get_metric = lambda m, metric=metric: {METRIC_RENAMES.get(k, k): v for k, v in m.items()}.get(metric, worst)
+      policies.append(ocm.BestN(get_metric_fn=get_metric, reverse=ckpt_config.best_mode == "min",
+                                n=1, keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocm.AnyPreservationPolicy(policies),
       enable_async_checkpointing=ckpt_config.async_save,

@@ -160,7 +160,18 @@ def value_problems(config: ml_collections.ConfigDict) -> list[str]:
     problems.append(f"config.plan.topology={config.plan.topology!r}: must be a name like 'v4-8' or ''")
   if config.train.global_batch_size < 2:
     problems.append("config.train.global_batch_size must be >= 2 (contrastive losses need pairs)")
+  for key in ("data.seed", "export.member"):
+    value = get(config, key)
+    if not (isinstance(value, int) and value >= -1):
+      problems.append(f"config.{key}={value!r}: must be -1 or a whole number >= 0")
   return problems + _eval_problems(config)
+
+
+def data_seed(config) -> int:
+  """The seed of the data order (training shuffle, crops, descriptions drawn): ``data.seed``, or ``seed`` when it is
+  -1 (the default: one seed decides a run)."""
+  seed = int(config.data.get("seed", -1))
+  return seed if seed >= 0 else int(config.seed)
 
 
 def flat_items(node, prefix: str = ""):

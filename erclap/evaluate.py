@@ -17,7 +17,19 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from erclap import distributed, fileio, input_pipeline, progress, resolve, runtime, sharding, speech_source, stages
+from erclap import (
+  distributed,
+  fileio,
+  input_pipeline,
+  members,
+  progress,
+  resolve,
+  runtime,
+  sharding,
+  speech_source,
+  stages,
+  state,
+)
 from erclap.speech_source import SpeechSource
 
 
@@ -207,6 +219,37 @@ def split_metrics(embedder: Embedder, params, config, split: str) -> tuple[dict[
   return result, emb
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgramRun:
+  """One run a program's checkpoint holds: the program itself, or one of its members (``erclap.members``).
+
+  Attributes:
+    config: its config (a member's: ``members.member_config``).
+    directory: where its outputs go: the workdir, or ``<workdir>/members/<k>``.
+    params: its parameters (a member's: ``state.member_params``).
+    member: k, or None for an ordinary run.
+  """
+  config: object
+  directory: str
+  params: object
+  member: int | None = None
+
+
+def program_runs(config, workdir: str, params) -> list[ProgramRun]:
+  """The runs ``--mode=eval`` / ``export`` write: the run itself, or the members ``export.member`` selects
+  (``members.selected``: one, or every one), each with its config, directory and parameters.
+
+  Args:
+    config: the program's resolved config.
+    workdir: the program's directory.
+    params: the checkpoint's parameters (stacked, for a program with members).
+  """
+  if not members.count(config):
+    return [ProgramRun(config, workdir, params)]
+  return [ProgramRun(members.member_config(config, k), members.directory(workdir, k),
+                     state.member_params(config, params, k), k) for k in members.selected(config)]
+
+
 def evaluate_params(model, params, config, tokenizer, mesh, *, split: str) -> dict[str, float]:
   """The metrics of the config's stage of ``params`` on ``split``."""
   return split_metrics(Embedder(model, config, mesh, tokenizer), params, config, split)[0]
@@ -229,23 +272,33 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     config: resolved for ``eval`` (``erclap.resolve``).
     workdir: the run's directory.
 
-  Writes ``workdir/eval/<split>_<step>.json`` and prints the table; returns the metrics."""
+  Writes ``workdir/eval/<split>_<step>.json`` (a program with members: each selected member's under
+  ``members/<k>/``, ``program_runs``) and prints the table; returns the metrics (member k's under
+  ``members/<k>/<metric>``)."""
   resolve.require(config, "eval")
   mesh, tokenizer, model = runtime.setup(config)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   split = config.data.test_split
-  path = os.path.join(workdir, "eval", f"{split}_{step}.json")
+  runs = program_runs(config, workdir, params)
+  paths = [os.path.join(run.directory, "eval", f"{split}_{step}.json") for run in runs]
   chief = jax.process_index() == 0
   # Checked before the embeddings are computed; every process stops together if process 0 cannot write.
-  distributed.agree_or_raise(f"{path}: a directory is in the way of this output file (move it and rerun)"
-                         if chief and os.path.isdir(path) else None, IsADirectoryError)
-  if chief:
-    progress.print_line(f"[eval] {split}: embedding with the checkpoint of step {step}")
-  # Every process computes (the embedding gathers are collectives); process 0 alone writes.
-  result = evaluate_params(model, params, config, tokenizer, mesh, split=split)
-  if chief:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fileio.write_json(path, dict(step=step, split=split, metrics=result))
-    progress.print_line(format_table(result, f"[eval] {config.data.name}/{split} at step {step}:",
-                                     stages.of(config).headline_metrics))
-  return result
+  blocked = [p for p in paths if os.path.isdir(p)] if chief else []
+  distributed.agree_or_raise(f"{blocked[0]}: a directory is in the way of this output file (move it and rerun)"
+                         if blocked else None, IsADirectoryError)
+  embedder = Embedder(model, config, mesh, tokenizer)
+  out = {}
+  for run, path in zip(runs, paths, strict=True):
+    who = f" member {run.member}" if run.member is not None else ""
+    if chief:
+      progress.print_line(f"[eval] {split}{who}: embedding with the checkpoint of step {step}")
+    # Every process computes (the embedding gathers are collectives); process 0 alone writes.
+    result = split_metrics(embedder, run.params, run.config, split)[0]
+    if chief:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      fileio.write_json(path, dict(step=step, split=split, metrics=result))
+      progress.print_line(format_table(result, f"[eval] {config.data.name}/{split}{who} at step {step}:",
+                                       stages.of(config).headline_metrics))
+    out.update(result if run.member is None else {f"{members.MEMBERS_DIR}/{run.member}/{k}": v
+                                                  for k, v in result.items()})
+  return out

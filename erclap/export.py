@@ -12,6 +12,10 @@ SER stage the parquet holds the predicted attributes (``predicted_arousal``, ...
 the export alone. Every file is written under a temporary name and renamed when complete (``erclap.fileio``), so
 an interrupted export leaves no partial file. Embeddings are gathered from all hosts; process 0 writes. Each
 split's metrics table is printed once (``table_title``).
+
+A program with members (``erclap.members``) exports each member as the run it is: member k's files under
+``<workdir>/members/<k>/export/``, from its parameters and its config (``evaluate.program_runs``; ``export.member``
+picks one), the checkpoint restored once and the embedding functions compiled once for all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from erclap import (
     distributed,
     evaluate,
     fileio,
+    members,
     plots,
     progress,
     prompts,
@@ -162,17 +167,31 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
 
   Args:
     config: resolved for ``export`` (``erclap.resolve``; ``--mode=all`` passes its own).
-    workdir: the run's directory; outputs go to ``workdir/export``.
+    workdir: the run's directory; outputs go to ``workdir/export`` (member k's to ``workdir/members/<k>/export``).
 
   Returns:
-    {split: metrics}.
+    {split: metrics}; with members, {``members/<k>/<split>``: metrics} of each exported member.
   """
   resolve.require(config, "export")
-  out_dir = os.path.join(workdir, "export")
-  _check_outputs(config, out_dir)
+  selected = members.selected(config) if members.count(config) else [None]
+  run_dirs = [workdir if k is None else members.directory(workdir, k) for k in selected]
+  for run_dir in run_dirs:
+    _check_outputs(config, os.path.join(run_dir, "export"))
   mesh, tokenizer, model = runtime.setup(config)
   step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
   embedder = evaluate.Embedder(model, config, mesh, tokenizer)
+  out = {}
+  for run in evaluate.program_runs(config, workdir, params):
+    metrics = _export_run(run.config, embedder, run.params, step, os.path.join(run.directory, "export"),
+                          run.directory)
+    out.update(metrics if run.member is None else {f"{members.MEMBERS_DIR}/{run.member}/{split}": m
+                                                   for split, m in metrics.items()})
+  return out
+
+
+def _export_run(config, embedder: evaluate.Embedder, params, step: int, out_dir: str,
+                run_dir: str) -> dict[str, dict[str, float]]:
+  """The export of one run (``export_embeddings``): ``config`` and ``params`` its own, ``run_dir`` its directory."""
   chief = jax.process_index() == 0
   if chief:
     os.makedirs(out_dir, exist_ok=True)
@@ -200,5 +219,5 @@ def export_embeddings(config, workdir: str) -> dict[str, dict[str, float]]:
       progress.print_line("\n" + evaluate.format_table(metrics, table_title(config, split, len(emb.ids), out_dir),
                                                        stage.headline_metrics))
   if split_views:  # the projector files and report.html of the exported splits
-    views.write_views(out_dir, split_views, config, workdir, step)
+    views.write_views(out_dir, split_views, config, run_dir, step)
   return all_metrics

@@ -1,14 +1,14 @@
 """Grain input pipeline: stored corpus -> seeded shuffle -> this process's rows -> decode -> crop/pad ->
 description -> batch -> tokenize (-> multiprocess prefetch).
 
-Training (``create_train_iterator``) is infinite: an IndexSampler reshuffles every epoch from
-``config.seed``, each JAX process reads only its rows of every global batch (``GlobalBatchSlice``: the
-global batch does not depend on the process count), and every random choice (crop offset, which of the
-example's descriptions) comes from the per-record generator Grain derives from the seed and the record's
-position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly. The
-state identifies the sample order and the records by content (the sampler's settings, the corpus split, a
-cache's row ids), never by a path, so a moved or copied workdir resumes; a state of other settings is refused
-naming them (``TrainIterator``).
+Training (``create_train_iterator``) is infinite: an IndexSampler reshuffles every epoch from the data seed
+(``config_lib.data_seed``: ``config.data.seed``, -1 = ``config.seed``), each JAX process reads only its rows of every
+global batch (``GlobalBatchSlice``: the global batch does not depend on the process count), and every random choice
+(crop offset, which of the example's descriptions) comes from the per-record generator Grain derives from the seed and
+the record's position in the global order, so the stream is deterministic and its ``get_state()`` resumes exactly. The
+state identifies the sample order and the records by content (the sampler's settings, the corpus split, a cache's row
+ids), never by a path, so a moved or copied workdir resumes; a state of other settings is refused naming them
+(``TrainIterator``).
 Evaluation (``create_eval_iterator``) runs a split once in stored order, centre-crops, uses description
 variant 0, and pads the last batch with ``valid=False`` rows so shapes stay static.
 
@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from erclap import checkpointing, speech_source
+from erclap import checkpointing, config_lib, speech_source
 from erclap import descriptions as desc_lib
 from erclap.schema import LABEL_NAMES
 from erclap.speech_source import SpeechSource
@@ -152,12 +152,13 @@ def create_train_iterator(config, tokenizer: Callable, *, source: SpeechSource |
   if len(records) < pc:
     raise ValueError(f"split {d.train_split!r} has {len(records)} examples, fewer than {pc} processes")
   ids = source_ids(records) if d.descriptions != "templates" else None
-  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{d.train_split}")
+  picker = DescriptionPicker(d, config_lib.data_seed(config), ids, source_name=f"{d.name}:{d.train_split}")
   if int(d.worker_count) > 0:
     if not flags.FLAGS.is_parsed():  # library use outside absl.app: Grain's workers read its flags
       flags.FLAGS.mark_as_parsed()
   sampler = GlobalBatchSlice(
-      grain.samplers.IndexSampler(num_records=len(records), shuffle=True, num_epochs=None, seed=int(config.seed),
+      grain.samplers.IndexSampler(num_records=len(records), shuffle=True, num_epochs=None,
+                                  seed=config_lib.data_seed(config),
                                   shard_options=grain.sharding.NoSharding()),
       global_batch_size=global_bs, process_index=pi, process_count=pc)
   loader = grain.DataLoader(
@@ -172,7 +173,7 @@ def create_train_iterator(config, tokenizer: Callable, *, source: SpeechSource |
 
 # What each field of the sampler's repr (``GlobalBatchSlice`` around Grain's ``IndexSampler``) comes from.
 SAMPLER_FIELDS = {
-    "seed": "config.seed (the shuffling seed)",
+    "seed": "config.data.seed (the shuffling seed; -1: config.seed)",
     "global": "config.train.global_batch_size",
     "num_records": "the number of training records (the corpus or config.data.train_split changed)",
     "local": "the rows each process reads (the process count)",
@@ -339,6 +340,6 @@ def create_eval_iterator(config, tokenizer: Callable, split: str, *, batch_size:
   source = speech_source.of(config) if source is None else source
   records, speech = source.open(config, split, train=False)
   ids = source_ids(records) if d.descriptions != "templates" else None
-  picker = DescriptionPicker(d, config.seed, ids, source_name=f"{d.name}:{split}")
+  picker = DescriptionPicker(d, config_lib.data_seed(config), ids, source_name=f"{d.name}:{split}")
   return EvalIterator(records, speech, picker, tokenizer, batch_size=int(batch_size),
                       max_tokens=int(d.max_text_tokens), process_index=pi, process_count=pc)

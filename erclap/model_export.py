@@ -48,6 +48,7 @@ from erclap import (
     data,
     descriptions,
     fileio,
+    members,
     models,
     progress,
     resolve,
@@ -230,6 +231,10 @@ def export_model(config, workdir: str) -> str:
   signatures, ``Stage.saved_model_signatures``). Reads neither the corpus nor any pre-trained tower (the
   checkpoint holds them). Process 0 writes.
 
+  A program with members (``erclap.members``) writes one member's model: ``export.member`` (required when there
+  are several), its parameters and its own config (``members.member_config``), as the standalone run of that
+  member would.
+
   Args:
     config: the training config of the run in ``workdir``, resolved for ``export_model`` (``erclap.resolve``).
     workdir: the run's directory.
@@ -243,20 +248,29 @@ def export_model(config, workdir: str) -> str:
   """
   resolve.require(config, "export_model")
   config_lib.raise_problems(resolve.mode_problems(config, "export_model", workdir), "--mode=export_model")
+  member = _member(config)
   hide_accelerators_from_tensorflow()
   mesh = runtime.make_mesh(config)
   tokenizer = tokenization.build_tokenizer(config.model, config.data.max_text_tokens,
                                            descriptions=config.data.descriptions)
   model = runtime.build_model(config, vocab_size=tokenizer.vocab_size)
-  step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step)
+  step, params, _ = runtime.restore_params(config, workdir, model, mesh, step=config.export.step, member=member)
   host_params = sharding.to_host(params)  # an all-gather when multi-host: every process takes part
   model_dir = model_dir_path(config, workdir)
+  run_config = config if member is None else members.member_config(config, member)
   if jax.process_index() == 0:
-    write_model_dir(model_dir, config, step, host_params, tokenizer,
+    write_model_dir(model_dir, run_config, step, host_params, tokenizer,
                     saved_model=bool(config.export.get("saved_model", True))
                     and bool(stages.of(config).saved_model_signatures))
-    progress.print_line(f"[export_model] step {step} -> {model_dir}")
+    who = "" if member is None else f" member {member}"
+    progress.print_line(f"[export_model] step {step}{who} -> {model_dir}")
   return model_dir
+
+
+def _member(config) -> int | None:
+  """The member ``--mode=export_model`` writes (None: an ordinary run); resolution has refused a program with
+  several members that names none (``resolve.mode_problems``)."""
+  return max(int(config.export.member), 0) if members.count(config) else None
 
 
 # --------------------------------------------------------------------------- reading

@@ -21,6 +21,11 @@ verdict compares the total with ``plan.hbm_headroom`` × the chip's HBM. The mem
 buffer assignment of the same program: TPU and GPU compilers fuse and schedule differently (and XLA:CPU may
 compute bf16 matmuls in float32), so they are estimates to tens of percent; the headroom is for that.
 
+A program with members (``erclap.members``) is planned as it runs: the member entries, their optimizer state and
+gradients K times, what is frozen once, the activations of K members' vmapped step. The step is compiled a second
+time with another member count, so that the per-device total splits into what each member adds and what is shared,
+and the plan says how many members fit the target (``member_plan``).
+
 The batch is the speech source's (``erclap.speech_source``): a config that reads audio with a speech path a cache
 could stand for is also planned on cached speech features (``--mode=cache_speech``, then
 ``data.speech_features``), the variant asked for explicitly. The chips, their peaks and the topology names are in
@@ -39,7 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from erclap import (
+    config_lib,
     fileio,
+    members,
     models,
     optim,
     progress,
@@ -281,6 +288,35 @@ def knobs(config, mesh, step_plan, loss_plan, limit) -> list[dict]:
   return out
 
 
+def with_member_count(config, n: int):
+  """``config`` with ``n`` members: each varied member key's values cut to, or repeated up to, ``n`` (what the
+  program holds per member does not depend on the values)."""
+  overrides = {}
+  for key in members.varied(config):
+    values = tuple(config.members[key.name])
+    overrides[f"members.{key.name}"] = tuple(values[i % len(values)] for i in range(n))
+  plain = config.as_configdict() if hasattr(config, "as_configdict") else config
+  return config_lib.apply_overrides(plain, overrides, f"{n} members")
+
+
+def member_plan(config, mesh, model, step_plan: dict, limit: float | None,
+                source: SpeechSource | None = None) -> dict:
+  """What each member of a program with members adds to the per-device total, what is shared, and how many members
+  fit ``limit`` bytes per device: the step compiled again with another member count (K + 1 ... or 1), the total
+  taken as linear in the count.
+
+  Returns:
+    ``dict(members=K, per_member_bytes, shared_bytes, fit)``; ``fit`` None without a limit.
+  """
+  k = members.count(config)
+  other = 1 if k > 1 else 2
+  other_plan = plan_step(with_member_count(config, other), mesh, model, source)
+  per_member = max((step_plan["total_bytes"] - other_plan["total_bytes"]) / (k - other), 1.0)
+  shared = max(step_plan["total_bytes"] - k * per_member, 0.0)
+  fit = None if limit is None else max(int((limit - shared) // per_member), 0)
+  return dict(members=k, per_member_bytes=int(per_member), shared_bytes=int(shared), fit=fit)
+
+
 def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | None = None,
                 source: SpeechSource | None = None) -> dict:
   """The whole plan of ``config`` on ``mesh``: memory, FLOPs, the loss's share, speed and the verdict.
@@ -302,12 +338,16 @@ def plan_config(config, mesh, model, chip_key: str | None, step_plan: dict | Non
                 loss=stages.of(config).loss_label(config),
                 utilization=float(config.plan.utilization), hbm_headroom=float(config.plan.hbm_headroom),
                 step=step_plan, loss_plan=loss_plan,
-                loss_flops_share=(loss_plan["flops_per_device"] / step_plan["flops_per_device"]
-                                  if loss_plan and step_plan["flops_per_device"] > 0 else None))
+                # a program with members runs the loss once per member
+                loss_flops_share=(max(members.count(config), 1) * loss_plan["flops_per_device"]
+                                  / step_plan["flops_per_device"] if loss_plan and step_plan["flops_per_device"] > 0
+                                  else None))
+  limit = config.plan.hbm_headroom * CHIPS[chip_key].hbm_bytes if chip_key is not None else None
+  if members.count(config):
+    result["members"] = member_plan(config, mesh, model, step_plan, limit, source)
   if chip_key is None:
     return dict(result, verdict="UNKNOWN (no chip: set plan.topology)", knobs=[])
   chip = CHIPS[chip_key]
-  limit = config.plan.hbm_headroom * chip.hbm_bytes
   step_s = step_plan["flops_per_device"] / (chip.bf16_flops * config.plan.utilization)
   fits = step_plan["total_bytes"] <= limit
   return dict(result, chip=chip.name, chip_bf16_flops=chip.bf16_flops, hbm_bytes=chip.hbm_bytes,
@@ -337,6 +377,11 @@ def format_plan(result: dict, title: str = "plan") -> str:
   lines.append(f"  FLOPs per step      {s['flops_per_step']:.4g} ({s['flops_per_device']:.4g} per device; "
                f"cost_analysis is per device on the SPMD program)")
   lines.append(f"  FLOPs per example   {s['flops_per_example'] / 1e9:.1f} GFLOP")
+  if result.get("members"):
+    mp = result["members"]
+    fit = "" if mp["fit"] is None else f"; {mp['fit']} members fit {format_bytes(result.get('limit_bytes'))}"
+    lines.append(f"  members             {mp['members']} (config.members): each adds "
+                 f"{format_bytes(mp['per_member_bytes'])} per device, {format_bytes(mp['shared_bytes'])} shared{fit}")
   if lp:
     lines.append(f"  {result['loss']} loss+grad    {lp['flops_per_device']:.4g} FLOPs/device = "
                  f"{100 * result['loss_flops_share']:.3g}% of the step (sorts are not FLOPs), "

@@ -42,6 +42,7 @@ from erclap import (
     checkpointing,
     config_lib,
     export,
+    members,
     progress,
     resolve,
     speech_cache_mode,
@@ -112,11 +113,16 @@ def run_all(config, workdir: str) -> dict[str, float]:
     workdir: the run's directory.
 
   Returns:
-    The metrics of the first export split.
+    The metrics of the first export split (with members, ``erclap.members``: member k's under
+    ``members/<k>/<metric>``).
   """
   resolve.require(config, "all")
   run_train(config, workdir)
-  return export.export_embeddings(config, workdir)[config.export.splits[0]]
+  exported, split = export.export_embeddings(config, workdir), config.export.splits[0]
+  if not members.count(config):
+    return exported[split]
+  return {f"{members.MEMBERS_DIR}/{k}/{name}": value for k in members.selected(config)
+          for name, value in exported[f"{members.MEMBERS_DIR}/{k}/{split}"].items()}
 
 
 def run_prepare_speech(config, workdir: str) -> None:

@@ -46,6 +46,7 @@ from erclap import (
     configs,
     distributed,
     fileio,
+    members,
     model_files,
     models,
     odyssey_import,
@@ -157,6 +158,10 @@ def mode_problems(config, mode: str, workdir: str | None = None) -> list[str]:
   there are several)."""
   if mode not in MODES:
     return [f"mode {mode!r}: must be one of {MODES}"]
+  k = members.count(config)
+  if mode == "export_model" and k > 1 and config.export.member < 0:
+    return [f"--mode=export_model writes one member's model and this run has {k} members (config.members): name it "
+            f"with --config.export.member=<0..{k - 1}>"]
   if mode == "prepare_speech" and not config.recipe.stage1:
     return ["--mode=prepare_speech trains the stage 1 of a two-stage config and caches its speech representation, "
             "and config.recipe.stage1 is empty (a one-stage config has no stage 1: --mode=cache_speech caches its "
@@ -274,12 +279,17 @@ def for_inference(stored, *, dtype: str | None = None, arch_dirs: Mapping[str, s
     The config, immutable.
 
   Raises:
-    ValueError: ``dtype`` is not a known dtype.
+    ValueError: ``dtype`` is not a known dtype; the stored config is a program with members (its checkpoint holds
+      K models: one is exported with ``--mode=export_model --config.export.member=k``).
   """
   if dtype is not None and dtype not in models.DTYPES:
     raise ValueError(f"dtype={dtype!r}: use one of {models.DTYPES}")
   config = ml_collections.ConfigDict(stored.to_dict() if isinstance(stored, ml_collections.ConfigDict) else stored)
   _fill_defaults(config, configs.get("default"))
+  k = members.count(config)
+  if k:
+    raise ValueError(f"the checkpoint holds {k} members (config.members), one model each: write member k's model "
+                     f"with --mode=export_model --config.export.member=k and load that directory")
   config.mesh.shape, config.mesh.axes = (-1,), ("data",)
   config.data.speech_features = ""
   for key in ("speech_init", "text_init"):

@@ -48,7 +48,7 @@ def setup(config):
   return mesh, tokenizer, model
 
 
-def restore_params(config, workdir: str, model, mesh, step: int = -1):
+def restore_params(config, workdir: str, model, mesh, step: int = -1, member: int | None = None):
   """Parameters of a checkpoint in ``workdir``, sharded for ``mesh``.
 
   Args:
@@ -57,6 +57,8 @@ def restore_params(config, workdir: str, model, mesh, step: int = -1):
     model: the model ``config`` builds.
     mesh: the device mesh to place the parameters on.
     step: the checkpoint's step; -1 for the latest readable one.
+    member: in a program with members (``erclap.members``), member ``member``'s parameters (a standalone run's
+      tree, ``state.member_params``); None: the stacked parameters of all members.
 
   Returns:
     ``(step, params, meta)``.
@@ -76,7 +78,8 @@ def restore_params(config, workdir: str, model, mesh, step: int = -1):
       got_step, restored, meta = latest
   finally:
     manager.close()
-  return got_step, restored.params, meta
+  params = restored.params if member is None else state.member_params(config, restored.params, member)
+  return got_step, params, meta
 
 
 def global_batch(host_batch: dict, mesh, source: SpeechSource) -> dict:

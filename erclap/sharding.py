@@ -53,7 +53,13 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("joint", None),          # joint embedding dimension (small): replicated
     ("length", None),
     ("norm", None),
+    # The member axis of a program with members (erclap.members): the leading axis of each member's parameters,
+    # optimizer state and activations. Replicated by default (every device holds every member); a rule override
+    # maps it onto a mesh axis the batch is not split over (("member", "tensor") with mesh.shape (1, 1, N): each
+    # device trains K / N members on the whole batch).
+    ("member", None),
 )
+MEMBER_AXIS = "member"
 
 
 def make_mesh(shape: Sequence[int], axes: Sequence[str], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -129,6 +135,15 @@ def _restrict_to_mesh(rules, mesh_axes: Sequence[str]):
     return kept if len(kept) > 1 else (kept[0] if kept else None)
 
   return tuple((name, keep(target)) for name, target in rules)
+
+
+def member_mesh_axis(overrides: Sequence[Sequence] | None, mesh_axes: Sequence[str]) -> str | None:
+  """The mesh axis the member axis maps onto under the (overridden) rule table, restricted to ``mesh_axes``; None
+  when members are replicated."""
+  target = dict(logical_axis_rules(overrides, mesh_axes)).get(MEMBER_AXIS)
+  if target is None or isinstance(target, str):
+    return target
+  return tuple(target) if target else None
 
 
 # The rules ``use_mesh`` sets. Not flax's ``nn.logical_axis_rules`` context: flax applies that to every

@@ -41,6 +41,7 @@ from erclap import (
     distributed,
     evaluate,
     input_pipeline,
+    members,
     optim,
     progress,
     resolve,
@@ -62,7 +63,9 @@ def splits_to_cache(config) -> list[str]:
 
 
 def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]:
-  """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0.
+  """The parameters to cache from: the workdir's latest checkpoint, else those of a training run at step 0. In a
+  program with members (``erclap.members``) the speech path a cache stands for is frozen and shared: member 0's
+  tree holds it.
 
   A checkpoint's frozen parts must be what ``model.speech_init`` gives now (``tower_init.check_loaded_unchanged``:
   a two-stage run's stage 1 trained again since is refused, never cached from the old weights).
@@ -80,12 +83,14 @@ def representation_params(config, workdir: str, model, mesh) -> tuple[dict, str]
     finally:
       manager.close()
     if has_steps:
-      step, params, _ = runtime.restore_params(config, workdir, model, mesh)
+      member = 0 if members.count(config) else None
+      step, params, _ = runtime.restore_params(config, workdir, model, mesh, member=member)
       tower_init.check_loaded_unchanged(config, train_state.params, params, step=step,
                                         directory=checkpointing.checkpoint_dir(workdir))
       return params, f"the checkpoint of {workdir} at step {step}"
   source = f"model.speech_init={config.model.speech_init!r}" if config.model.speech_init else "random init"
-  return train_state.params, f"the step-0 parameters of this config ({source}, seed {config.seed})"
+  return (state.member_params(config, train_state.params, 0),
+          f"the step-0 parameters of this config ({source}, seed {config.seed})")
 
 
 def cache_split(embedder: evaluate.Embedder, params, config, split: str, directory: str, fingerprint: dict, *,

@@ -65,8 +65,9 @@ class Stage:
     speech_output: the ``evaluate.SplitEmbeddings`` field that output fills ("speech" embeddings or
       "attributes").
     build: ``build(model_config, vocab_size, speech_arch, temperature_init) -> flax module``.
-    loss: ``loss(config, mesh, params, outputs, batch) -> (scalar, {name: term})``; ``params`` with the frozen
-      parts behind ``stop_gradient``.
+    loss: ``loss(config, mesh, params, outputs, batch, options=None) -> (scalar, {name: term})``; ``params``
+      with the frozen parts behind ``stop_gradient``; ``options`` the loss options (None: ``config.loss_options``;
+      a member's, with its traced loss weights, in a program with members: ``erclap.members.loss_options``).
     loss_params: the top-level parameters the loss reads besides the outputs.
     loss_output_widths: ``loss_output_widths(config) -> {output key: width}`` of the (N, width) outputs the loss
       reads (what ``erclap.plan`` compiles the loss alone on).
@@ -141,7 +142,7 @@ def _build_clap(model_config, vocab_size, speech_arch, temperature_init):
   return model.clone(temperature_init=float(temperature_init))
 
 
-def clap_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
+def clap_loss(config, mesh, params, outputs, batch, options=None) -> tuple[jax.Array, dict]:
   """The contrastive loss ``config.loss`` of the (N, D) speech and text embeddings, at the learned temperature.
 
   Args:
@@ -150,13 +151,14 @@ def clap_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
     params: the parameters (``log_temperature``).
     outputs: {"speech": (N, D), "text": (N, D)}.
     batch: holds ``labels`` (N, 3) and ``class_id`` (N,).
+    options: the loss options (None: ``config.loss_options``).
 
   Returns:
     ``(loss, {})``.
   """
   loss_fn = losses.get_clap_loss(config.loss)
   loss = loss_fn(outputs["speech"], outputs["text"], batch, temperature=jnp.exp(params[LOG_TEMPERATURE]), mesh=mesh,
-                 options=config.loss_options)
+                 options=config.loss_options if options is None else options)
   return loss, {}
 
 
@@ -223,7 +225,7 @@ def _build_ser(model_config, vocab_size, speech_arch, temperature_init):
 SER_LOSS_OPTIONS = ("ccc_weight", "rank_weight", "rank_margin", "rank_scale")
 
 
-def ser_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
+def ser_loss(config, mesh, params, outputs, batch, options=None) -> tuple[jax.Array, dict]:
   """Stage 1: weighted CCC loss + pairwise ranking loss over in-batch pairs of the predicted attributes.
 
   Args:
@@ -232,12 +234,13 @@ def ser_loss(config, mesh, params, outputs, batch) -> tuple[jax.Array, dict]:
     params: unused (the signature of every stage's loss).
     outputs: {"attributes": (N, A) predictions}.
     batch: holds ``labels`` (N, A) true attributes.
+    options: the loss options (None: ``config.loss_options``).
 
   Returns:
     ``(total, parts)``: the weighted sum and each weighted term's unweighted value by name.
   """
   del params
-  o = config.loss_options
+  o = config.loss_options if options is None else options
   predictions, labels = outputs["attributes"], batch["labels"]
   total, parts = 0.0, {}
   if o.ccc_weight:

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from erclap import grad_cache, sharding, speech_source, stages, trainable
+from erclap import grad_cache, members, optim, sharding, speech_source, stages, trainable, xla_workarounds
+from erclap import state as state_lib
 from erclap.models import LOG_TEMPERATURE
 from erclap.optim import learning_rate_schedule
 from erclap.speech_source import SpeechSource
@@ -44,11 +45,17 @@ def _outputs(model, config, source: SpeechSource, params, inputs, rng) -> dict:
   return {k: out[k] for k in stages.of(config).output_keys}
 
 
-def _loss_of(config, mesh, batch, params, outputs) -> tuple[jax.Array, dict]:
-  return stages.of(config).loss(config, mesh, trainable.of(config).frozen_view(params), outputs, batch)
+def _loss_of(config, mesh, batch, params, outputs, options=None) -> tuple[jax.Array, dict]:
+  return stages.of(config).loss(config, mesh, trainable.of(config).frozen_view(params), outputs, batch, options)
 
 
-def loss_and_grads(model, config, mesh, source: SpeechSource, params, batch, rng) -> tuple[jax.Array, dict, dict]:
+def _joined(shared: dict | None) -> Callable[[dict], dict]:
+  """``p -> shared | p``: the model's whole tree from the differentiated parameters and the shared rest."""
+  return (lambda p: p) if not shared else (lambda p: {**shared, **p})
+
+
+def loss_and_grads(model, config, mesh, source: SpeechSource, params, batch, rng, *, shared: dict | None = None,
+                   options=None) -> tuple[jax.Array, dict, dict]:
   """The stage's loss and its gradient from one forward/backward pass of the whole batch.
 
   Args:
@@ -59,27 +66,33 @@ def loss_and_grads(model, config, mesh, source: SpeechSource, params, batch, rng
     params: the parameters.
     batch: the global batch (``source.step_keys``: audio or cached speech features).
     rng: the step's dropout key.
+    shared: parameters the model reads but that are not differentiated (a program with members: the frozen
+      entries every member shares); None: ``params`` is the whole tree.
+    options: the loss options (None: ``config.loss_options``; a member's: ``erclap.members.loss_options``).
 
   Returns:
-    ``(loss, loss terms by name, grads)``.
+    ``(loss, loss terms by name, grads)``, ``grads`` shaped like ``params``.
   """
   inputs = source.model_inputs(stages.of(config), batch)
+  whole = _joined(shared)
 
   def loss_of(p):
-    return _loss_of(config, mesh, batch, p, _outputs(model, config, source, p, inputs, rng))
+    return _loss_of(config, mesh, batch, whole(p), _outputs(model, config, source, whole(p), inputs, rng), options)
   (loss, parts), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
   return loss, parts, grads
 
 
-def grad_cached_loss_and_grads(model, config, mesh, source: SpeechSource, params, batch,
-                               rng) -> tuple[jax.Array, dict, dict]:
+def grad_cached_loss_and_grads(model, config, mesh, source: SpeechSource, params, batch, rng, *,
+                               shared: dict | None = None, options=None) -> tuple[jax.Array, dict, dict]:
   """``loss_and_grads`` with bounded memory: gradient caching over ``train.micro_batch_size`` rows.
 
   Args and Returns: as ``loss_and_grads``. Micro-batch i draws dropout key ``fold_in(rng, i)``.
   """
   num_micro = config.train.global_batch_size // config.train.micro_batch_size
+  whole = _joined(shared)
   loss, parts, grads = grad_cache.loss_and_grads(
-      functools.partial(_outputs, model, config, source), functools.partial(_loss_of, config, mesh, batch),
+      lambda p, inputs, key: _outputs(model, config, source, whole(p), inputs, key),
+      lambda p, outputs: _loss_of(config, mesh, batch, whole(p), outputs, options),
       params, source.model_inputs(stages.of(config), batch), rng, num_micro)
   return loss, parts, grads
 
@@ -94,7 +107,8 @@ def _source(config, source: SpeechSource | None) -> SpeechSource:
 
 
 def make_loss_and_grads(model, config, mesh, source: SpeechSource | None = None) -> LossAndGrads:
-  """The loss-and-gradient function of ``config``: ``f(params, batch, rng) -> (loss, terms, grads)``.
+  """The loss-and-gradient function of ``config``: ``f(params, batch, rng, *, shared=None, options=None) -> (loss,
+  terms, grads)`` (``loss_and_grads``).
 
   ``source``: where the batch's speech comes from (None: ``speech_source.of(config)``)."""
   micro, n = config.train.micro_batch_size, config.train.global_batch_size
@@ -118,23 +132,75 @@ def make_train_step(model, config, mesh, optimizer,
     ``train_step(state, batch) -> (new_state, metrics)``. A step with a non-finite loss or gradient norm
     leaves the state untouched and reports ``finite=0``; the host stops the run.
   """
+  if members.count(config):
+    return _member_train_step(model, config, mesh, optimizer, source)
   loss_and_grads_fn = make_loss_and_grads(model, config, mesh, source)
   schedule = learning_rate_schedule(config)
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    loss, parts, grads = loss_and_grads_fn(state.params, batch, rng)
-    grad_norm = optax.tree.norm(grads)
-    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = state.replace(step=state.step + jnp.where(finite, 1, 0), params=keep(new_params, state.params),
-                              opt_state=keep(new_opt_state, state.opt_state))
-    metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   finite=finite.astype(jnp.float32), **parts)
+    params, opt_state, finite, metrics = _update(loss_and_grads_fn, optimizer, schedule, state.params,
+                                                 state.opt_state, rng, state.step, batch)
+    new_state = state.replace(step=state.step + jnp.where(finite, 1, 0), params=params, opt_state=opt_state)
     if LOG_TEMPERATURE in state.params:
       metrics["temperature"] = jnp.exp(state.params[LOG_TEMPERATURE])
+    return new_state, metrics
+
+  return train_step
+
+
+def _update(loss_and_grads_fn, optimizer, schedule, params, opt_state, rng, step, batch, *, shared=None,
+            options=None, temperature_factor=None):
+  """One run's (one member's) update: ``(params, opt_state, finite, metrics)`` after the step, the old ones where
+  the loss or the gradient norm is not finite. ``temperature_factor``: a member's 0 / 1 on the log temperature's
+  gradient (``members.learn_temperature``), applied before the gradient is clipped, as a frozen temperature's
+  zero gradient is."""
+  loss, parts, grads = loss_and_grads_fn(params, batch, rng, shared=shared, options=options)
+  if temperature_factor is not None:
+    grads = {**grads, LOG_TEMPERATURE: grads[LOG_TEMPERATURE] * temperature_factor}
+  grad_norm = optax.tree.norm(grads)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(step), finite=finite.astype(jnp.float32),
+                 **parts)
+  return keep(new_params, params), keep(new_opt_state, opt_state), finite, metrics
+
+
+def _member_train_step(model, config, mesh, optimizer, source):
+  """The train step of a program with members (``erclap.members``): ``jax.vmap`` of one member's update over the
+  member axis of the state (``erclap.state``: the member entries, their optimizer state, the step-key bases) and
+  of the per-member values (``members.hyper``: learning rate, temperature factor, loss weights, traced), with the
+  shared parameters, the batch and the step count broadcast: one batch, one program. On a mesh the member axis
+  maps to (``sharding.member_mesh_axis``), the vmapped activations are split over it too (``spmd_axis_name``).
+  Metrics come back per member (K,); the step count advances when every member's step was finite."""
+  loss_and_grads_fn = make_loss_and_grads(model, config, mesh, source)
+  hyper = members.hyper(config)
+  axis = sharding.member_mesh_axis(config.mesh.logical_axis_rules, mesh.axis_names)
+
+  def member(params, opt_state, rng, h, shared, batch, step):
+    peak = h.get("learning_rate")
+    member_optimizer = optimizer if peak is None else optim.make_optimizer(config, peak)
+    params, opt_state, finite, metrics = _update(
+        loss_and_grads_fn, member_optimizer, learning_rate_schedule(config, peak), params, opt_state,
+        jax.random.fold_in(rng, step), step, batch, shared=shared, options=members.loss_options(config, h),
+        temperature_factor=h.get("learn_temperature"))
+    if LOG_TEMPERATURE in {**shared, **params}:
+      metrics["temperature"] = jnp.exp({**shared, **params}[LOG_TEMPERATURE])
+    return params, opt_state, finite, metrics
+
+  def train_step(state: TrainState, batch):
+    stacked = state_lib.member_names(config, state.params)
+    own = {n: state.params[n] for n in stacked}
+    shared = {n: v for n, v in state.params.items() if n not in stacked}
+    h = {name: jnp.asarray(value) for name, value in hyper.items()}
+    with xla_workarounds.vmapped_shard_maps():  # the losses' row sharding under vmap
+      params, opt_state, finite, metrics = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None),
+                                                    spmd_axis_name=axis)(own, state.opt_state, state.rng, h, shared,
+                                                                         batch, state.step)
+    new_state = state.replace(step=state.step + jnp.where(jnp.all(finite), 1, 0), params={**shared, **params},
+                              opt_state=opt_state)
     return new_state, metrics
 
   return train_step

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from erclap import checkpointing, hf_import, odyssey_import, resolve, sharding, stages, trainable, trees
+from erclap import checkpointing, hf_import, members, odyssey_import, resolve, sharding, stages, trainable, trees
 from erclap.models import SPEECH_POOL, SPEECH_TOWER, TEXT_TOWER, SpeechArch
 
 TOWERS = ((SPEECH_TOWER, "speech_init"), (TEXT_TOWER, "text_init"))
@@ -160,6 +160,14 @@ def _unfinished_stage1(config, step: int, where: str) -> str | None:
 
 
 def _from_workdir(params: dict, config, tower: str, key: str, path: str) -> dict:
+  try:
+    count = members.count(read_workdir_config(path))
+  except FileNotFoundError:
+    count = 0  # a checkpoint without its config: its shapes are checked below
+  if count:
+    raise TowerMismatchError(f"config.model.{key}={path!r} holds {count} members (config.members), one model each, "
+                             f"and a tower is read from a run of one model: train the member's settings as a run of "
+                             f"its own (members.member_config) and name that workdir")
   step, source = read_workdir_params(path)
   where = f"config.model.{key}={path!r} (step {step})"
   unfinished = _unfinished_stage1(config, step, where) if tower == SPEECH_TOWER else None
@@ -215,9 +223,9 @@ def load_tower_weights(params: dict, config) -> dict:
   return params
 
 
-def loaded_parts(config, names) -> tuple[str, ...]:
-  """The top-level parameters (of ``names``, those the model has) that ``load_tower_weights`` takes from
-  ``model.speech_init`` / ``model.text_init``."""
+def loaded_parts(config, names=None) -> tuple[str, ...]:
+  """The top-level parameters that ``load_tower_weights`` takes from ``model.speech_init`` / ``model.text_init``
+  (of ``names``, those the model has, when given)."""
   parts = []
   path = config.model.speech_init
   if path and (is_erclap_workdir(path) or odyssey_import.is_odyssey_dir(path)):
@@ -226,7 +234,7 @@ def loaded_parts(config, names) -> tuple[str, ...]:
     parts.append(SPEECH_TOWER)  # a Hugging Face directory holds the tower alone
   if config.model.text_init:
     parts.append(TEXT_TOWER)
-  return tuple(name for name in parts if name in names)
+  return tuple(name for name in parts if names is None or name in names)
 
 
 def _init_key(name: str) -> str:

@@ -7,7 +7,9 @@
 * ``model.train_speech_pooling`` (with ``freeze_speech``): only the speech tower is frozen; the pooling and, when
   ``model.speech_representation`` reads it, the SER head train on the frozen tower's output (in the head group);
 * ``model.freeze_text``: the text tower is frozen;
-* ``train.learn_temperature=False``: the temperature stays at ``train.temperature_init``.
+* ``train.learn_temperature=False``: the temperature stays at ``train.temperature_init``. In a program with
+  members (``erclap.members``) whose ``members.learn_temperature`` varies, the temperature group trains when some
+  member's does (the others' gradient is multiplied by 0 in the step).
 
 Top-level parameters fall into the optimizer groups ``GROUPS`` (``Trainable.group``): the speech group, the text
 tower, the log temperature, and everything else (the heads, which always train). From the value derive the
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Mapping
 
 import jax
 
-from erclap import models, stages
+from erclap import members, models, stages
 from erclap.models import LOG_TEMPERATURE, SER_HEAD, SPEECH_PATH, SPEECH_POOL, SPEECH_TOWER, TEXT_TOWER
 
 GROUPS = ("speech", "text", "temperature", "head")
@@ -87,7 +89,8 @@ def of(config) -> Trainable:
   stage, m = stages.of(config), config.model
   pooling_trains = bool(m.freeze_speech and m.train_speech_pooling)
   trained = {"speech": not m.freeze_speech, "text": not m.freeze_text,
-             "temperature": bool(config.train.learn_temperature), "head": True}
+             "temperature": any(members.values(config, "learn_temperature")) if members.count(config)
+             else bool(config.train.learn_temperature), "head": True}
   value = Trainable(speech_group=(SPEECH_TOWER,) if pooling_trains else stage.speech_group,
                     trained_groups=frozenset(g for g in GROUPS if trained[g]), cached=(), uncached_because="",
                     summary="trained" if not m.freeze_speech else

@@ -9,6 +9,8 @@
   renamed metric, or one the stage's evaluation does not give under the config: ``Stage.metric_names``), the
   level-prompt wordings (at most the distinct wordings of ``erclap.descriptions``), a rebuild without its source;
 * what trains (``trainable.problems``) and where the speech comes from (``speech_source.of(config).problems``);
+* the members of a program with members (``members.problems``: equal lengths, each value, keys the stage reads;
+  here: seeds only where nothing frozen is initialised from the seed, the member axis on no batch axis);
 * with ``devices`` (a run: ``Devices.current()``): the values a config file left to the command line
   (``config_lib.required_problems``) and whether the mesh and the batch sizes fit the devices and processes
   (``config_lib.device_problems``).
@@ -32,6 +34,7 @@ from erclap import (
     data,
     descriptions,
     losses,
+    members,
     models,
     sharding,
     speech_source,
@@ -127,6 +130,48 @@ def _best_metric_problems(config) -> list[str]:
           f"{stage.title} gives with this config; {hint}{known}"]
 
 
+def _member_reads(config) -> set[str]:
+  """The config keys among the member keys' (``members.MEMBER_KEYS``) that the config's stage reads."""
+  stage = stages.of(config)
+  reads = {"seed", "train.learning_rate"}
+  if models.LOG_TEMPERATURE in stage.loss_params:
+    reads |= {"train.temperature_init", "train.learn_temperature"}
+  if stage is not stages.CLAP or config.loss in losses.LOSSES:
+    reads |= {f"loss_options.{name}" for name in stage.loss_option_names(config)}
+  return reads
+
+
+def _member_problems(config) -> list[str]:
+  """``members.problems``, and what the program cannot hold: a frozen part initialised from each member's seed
+  (it is held once, shared), a member axis over the batch's mesh axes (every member reads the whole batch); an
+  ``export.member`` that is not a member."""
+  k, member = members.count(config), config.export.member
+  if member >= max(k, 1) or (member >= 0 and not k):
+    return [f"config.export.member={member}: " + (f"this run has {k} members (0..{k - 1})" if k else
+                                                  "this run has no members (config.members); leave it at -1")]
+  if not k:
+    return []
+  found = members.problems(config, _member_reads(config))
+  if "seeds" in {key.name for key in members.varied(config)}:
+    what, m, stage = trainable.of(config), config.model, stages.of(config)
+    random = {"speech": (not what.trains(stage.speech_group[0]) and not (m.speech_init or config.recipe.stage1),
+                         "the frozen speech side", "config.model.speech_init"),
+              "text": (stage.has_text_tower and not what.trains(models.TEXT_TOWER) and not m.text_init,
+                       "the frozen text tower", "config.model.text_init")}
+    for frozen_at_random, what_part, key in random.values():
+      if frozen_at_random:
+        found.append(f"config.members.seeds: {what_part} is initialised at random from the seed ({key} is empty) "
+                     f"and held once for all members, so the members would not be the runs of their seeds: set "
+                     f"{key}, or run one program per seed")
+  axis = sharding.member_mesh_axis(config.mesh.logical_axis_rules, tuple(config.mesh.axes))
+  on_batch = [a for a in ((axis,) if isinstance(axis, str) else axis or ()) if a in sharding.BATCH_AXIS_NAMES]
+  if on_batch:
+    found.append(f"config.mesh.logical_axis_rules maps the member axis onto {on_batch}, over which the batch is "
+                 f"split; every member reads the whole batch: map it onto an axis the batch is not split over "
+                 f"(('member', 'tensor') with mesh.shape (1, 1, N)), or leave it replicated")
+  return found
+
+
 def problems(config: ml_collections.ConfigDict, devices: Devices | None = None) -> list[str]:
   """Every problem of ``config`` (see the module docstring), one message per problem, each naming its key.
 
@@ -141,7 +186,7 @@ def problems(config: ml_collections.ConfigDict, devices: Devices | None = None) 
   found += _choice_problems(config)
   found += config_lib.value_problems(config) + _named_value_problems(config)
   if config.stage in stages.STAGES:  # an unknown stage is named above; the rest needs one
-    found += trainable.problems(config) + speech_source.of(config).problems(config)
+    found += trainable.problems(config) + speech_source.of(config).problems(config) + _member_problems(config)
   if devices is not None:
     found += config_lib.device_problems(config, devices.count, devices.processes, devices.local,
                                         mesh_axes=sharding.MESH_AXES, batch_axes=sharding.BATCH_AXIS_NAMES)

@@ -1,6 +1,7 @@
-"""Workarounds for XLA partitioning bugs: what they avoid, where they are seen, and how to tell they are fixed.
+"""Workarounds for XLA partitioning bugs (and one of JAX's checks): what they avoid, where they are seen, and how to
+tell they are fixed.
 
-Both were found with jax / jaxlib 0.10.2 on CPU (simulated devices, ``--xla_force_host_platform_device_count``),
+All were found with jax / jaxlib 0.10.2 on CPU (simulated devices, ``--xla_force_host_platform_device_count``),
 with the Shardy partitioner (the default) and with GSPMD (``jax_use_shardy_partitioner=False``) alike.
 
 1. Grouped convolution weight gradient x tensor-axis size  ->  ``batch_local``.
@@ -41,16 +42,60 @@ with the Shardy partitioner (the default) and with GSPMD (``jax_use_shardy_parti
    other activation axes replicated). These rows are what keeps the bug away: an override that splits
    activations over ``tensor`` or ``fsdp`` on such a mesh may bring it back; check it against
    ``tests/test_train.py::test_train_step_same_on_fsdp_tensor_mesh_as_data_parallel``.
+
+3. ``jax.vmap`` of a ``shard_map`` whose ``lax.cond`` reads a value that varies over the manual axes and one that
+   does not  ->  ``vmapped_shard_maps``.
+
+   Symptom: JAX's check of varying manual axes (``shard_map(..., check_vma=True)``) refuses the batched program
+   ("pvary is a invariant->variant collective", or "Primitive gt requires varying manual axes to match"): under
+   ``vmap`` the cond's predicate is batched and the cond becomes a select of both branches, whose operands the
+   check then finds inconsistently typed. The unbatched program passes the check. The losses shard their rows
+   with ``shard_map`` and the RNC loss's backward pass has such a cond (its fast path or its exact one), and a
+   program with members (``erclap.members``) vmaps the whole step.
+
+   Minimal reproduction (``tests/test_xla_workarounds.py`` keeps it as a canary that fails once it is fixed)::
+
+       def f(x, w):   # x (16,) sharded over "data", w a scalar
+         local = lambda x, w: lax.psum(jnp.sum(lax.cond(jnp.all(x * w > 0), lambda _: x * w,
+                                                        lambda _: -x * w, None)), "data")
+         return jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P()), out_specs=P(), check_vma=True)(x, w)
+       jax.jit(jax.vmap(f, in_axes=(None, 0)))(x, jnp.array([2.0, -1.0]))   # ValueError; check_vma=False: right
+
+   Workaround: the member step traces inside ``vmapped_shard_maps()``, under which ``shard_map_check_vma()`` is
+   False for the ``shard_map`` calls of ``erclap.losses`` and ``batch_local`` (the check is a static type check:
+   the results are those the unbatched program computes). Outside it (every ordinary run) the check stays on and
+   the programs are unchanged: on the RNC joint form with a same-modality weight the check changes the backward
+   pass's reduction order in the last bits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import jax
 from jax.sharding import PartitionSpec
 
 from erclap import sharding
+
+_VMAPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("erclap_vmapped_shard_maps", default=False)
+
+
+@contextlib.contextmanager
+def vmapped_shard_maps() -> Iterator[None]:
+  """While a program that ``jax.vmap``s ERCLAP's ``shard_map`` calls is traced (workaround 3 above): their check of
+  varying manual axes is off."""
+  token = _VMAPPED.set(True)
+  try:
+    yield
+  finally:
+    _VMAPPED.reset(token)
+
+
+def shard_map_check_vma() -> bool:
+  """The ``check_vma`` of ERCLAP's ``shard_map`` calls now: False inside ``vmapped_shard_maps``, else True."""
+  return not _VMAPPED.get()
 
 
 def batch_local(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -77,7 +122,7 @@ def batch_local(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
                        f"over the mesh's {divisor} batch shards ({' x '.join(sharding.batch_axes(mesh))}); "
                        f"use a batch size that is a multiple of {divisor}")
     spec = sharding.batch_spec(mesh, x.ndim)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * len(weights), out_specs=spec)(
-        x, *weights)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) + (PartitionSpec(),) * len(weights), out_specs=spec,
+                         check_vma=shard_map_check_vma())(x, *weights)
 
   return wrapped

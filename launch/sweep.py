@@ -23,6 +23,10 @@ runs depend on. The runs read it with the recipe off (``erclap.resolve.stage1_ov
 ``--summarize`` trains nothing: it reads what the runs left and writes ``summary.csv``, ``summary_groups.csv``
 (seeds pooled, Student-t intervals), ``summary.md`` and plots into ``<root>/<sweep>`` (``erclap.results.sweep``).
 See launch/README.md and docs/results.md.
+
+A sweep file's ``members`` (member axes, ``{"seed": (0, 1, 2, 3)}``) makes each run one program of the product of
+those axes (``config.members``, ``erclap.members``): one process per point of the other axes, and ``--summarize``
+lists each member as a run (``<run>/members/<k>``) with its member values as swept keys.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from erclap import config_lib, validation
+from erclap import members as members_lib
+from erclap.configs.sweeps import member_overrides
 from erclap.results import hparams as hparams_lib
 from erclap.results import runs as runs_lib
 from erclap.results import sweep as summary_lib
@@ -107,6 +113,17 @@ class Sweep:
   runs: list[dict[str, Any]]      # overrides that vary (they name the workdirs)
   fixed: dict[str, Any]           # overrides applied to every run (not in the names)
   summary_metrics: tuple[str, ...] = ()  # summary.md's and HParams' metrics; () = the stage's headline metrics
+  members: dict[str, tuple] = field(default_factory=dict)  # member axes: {key: values}, crossed into config.members
+
+  @property
+  def member_overrides(self) -> dict[str, tuple]:
+    """The ``config.members`` overrides every run gets (the member axes' product; {} without)."""
+    return member_overrides(self.members)
+
+  @property
+  def member_keys(self) -> list[str]:
+    """The config keys the member axes stand for, in their order."""
+    return [members_lib.key_named(key).config_key for key in self.members]
 
 
 # ---------------------------------------------------------------- loading
@@ -147,8 +164,16 @@ def load_sweep(sweep: str) -> Sweep:
   if not isinstance(summary_metrics, tuple | list) or not all(isinstance(m, str) and m for m in summary_metrics):
     raise ValueError(f"sweep file {path!r}: `summary_metrics` must be a tuple of metric names, got "
                      f"{summary_metrics!r}")
+  axes = getattr(module, "members", {}) or {}
+  if not isinstance(axes, Mapping):
+    raise ValueError(f"sweep file {path!r}: `members` must be a dict of member axes, e.g. {{'seed': (0, 1, 2, 3)}}")
+  try:
+    member_overrides(axes)
+  except ValueError as e:
+    raise ValueError(f"sweep file {path!r}: members: {e}") from None
   return Sweep(name=os.path.splitext(os.path.basename(path))[0], base_config=base_config,
-               runs=[dict(r) for r in runs], fixed=fixed, summary_metrics=tuple(summary_metrics))
+               runs=[dict(r) for r in runs], fixed=fixed, summary_metrics=tuple(summary_metrics),
+               members={k: tuple(v) for k, v in axes.items()})
 
 
 def load_base_config(base_config: str):
@@ -170,9 +195,13 @@ def validate_runs(sweep: Sweep, extra_keys: Sequence[str] = ()) -> None:
   base = load_base_config(sweep.base_config)
   for key in extra_keys:
     config_lib.check_key(base, key, "argument after --")
+  taken = set(sweep.member_keys) | set(sweep.member_overrides)
+  for key in [*sweep.fixed, *(k for r in sweep.runs for k in r), *extra_keys]:
+    if key in taken:
+      raise config_lib.ConfigError(f"sweep {sweep.name!r}: {key!r} is a member axis (`members`); set it there only")
   for i, overrides in enumerate(sweep.runs):
     where = f"sweep {sweep.name!r}, run {i} {overrides}"
-    config = config_lib.apply_overrides(base, {**sweep.fixed, **overrides}, where)
+    config = config_lib.apply_overrides(base, {**sweep.fixed, **sweep.member_overrides, **overrides}, where)
     try:
       validation.validate(config)  # the program's validation, before the run's command line and devices exist
     except config_lib.ConfigError as e:
@@ -230,7 +259,7 @@ def expand(sweep: Sweep, root: str, mode: str = "train", extra_args: Sequence[st
     seen[name] = overrides
     workdir = join_path(root, sweep.name, name)
     args = [f"--config={sweep.base_config}", f"--workdir={workdir}", f"--mode={mode}"]
-    args += config_lib.override_flags({**sweep.fixed, **overrides})
+    args += config_lib.override_flags({**sweep.fixed, **sweep.member_overrides, **overrides})
     args += list(extra_args)
     runs.append(Run(name=name, workdir=workdir, overrides=dict(overrides), args=args))
   return runs
@@ -366,15 +395,23 @@ def share_speech(sweep: Sweep, runs: Sequence[Run], root: str, extra_args: Seque
 
 # ---------------------------------------------------------------- results
 def swept_values(sweep: Sweep, runs: Sequence[Run]) -> tuple[list[str], list[summary_lib.SweepRun]]:
-  """The swept keys (every key a run overrides) and each run's value of every one of them: its override, else
-  the base config's (with ``fixed``), so that a key only some runs set still has a value in every run."""
+  """The swept keys (every key a run overrides, then the member axes' config keys) and each run's value of every
+  one of them: its override, else the base config's (with ``fixed``), so that a key only some runs set still has a
+  value in every run. With member axes each member of each run's program is a run (``<run>/members/<k>``, its
+  directory), with its member values."""
   keys = summary_lib.swept_keys(sweep.runs)
   base = config_lib.apply_overrides(load_base_config(sweep.base_config), sweep.fixed, f"sweep {sweep.name!r}")
+  member_values = [dict(zip(sweep.member_keys, point, strict=True))
+                   for point in zip(*sweep.member_overrides.values(), strict=True)]
   out = []
   for run in runs:
     values = {k: run.overrides[k] if k in run.overrides else config_lib.get(base, k) for k in keys}
-    out.append(summary_lib.SweepRun(name=run.name, workdir=run.workdir, values=values))
-  return keys, out
+    if not member_values:
+      out.append(summary_lib.SweepRun(name=run.name, workdir=run.workdir, values=values))
+    for k, own in enumerate(member_values):
+      out.append(summary_lib.SweepRun(name=f"{run.name}/{members_lib.MEMBERS_DIR}/{k}",
+                                      workdir=members_lib.directory(run.workdir, k), values={**values, **own}))
+  return [*keys, *sweep.member_keys], out
 
 
 def _stage_settings(sweep: Sweep) -> tuple[tuple[str, ...], str, str]:
@@ -519,7 +556,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("sweep.py: warning: on a multi-host TPU slice every worker must see the same workdir: use "
           "--root=gs://BUCKET/...", file=sys.stderr)
 
-  print(f"# sweep {sweep.name}: {len(runs)} run(s) of {sweep.base_config}, backend {opts.backend}, "
+  members_note = ""
+  if sweep.members:
+    k = len(next(iter(sweep.member_overrides.values())))
+    members_note = f" of {k} members each ({', '.join(sweep.member_keys)})"
+  print(f"# sweep {sweep.name}: {len(runs)} run(s){members_note} of {sweep.base_config}, backend {opts.backend}, "
         f"from {REPO_ROOT}", flush=True)
   if not opts.dry_run:
     try:

@@ -385,3 +385,68 @@ def test_a_sweep_names_its_summary_metrics(summarized, capsys):
     f.write('summary_metrics = "aoc"\n')
   with pytest.raises(ValueError, match="summary_metrics"):
     sweep_lib.load_sweep(path)
+
+
+# ---------------------------------------------------------------------------------------------- member axes
+
+
+MEMBER_SWEEP = """
+base_config = "configs/default.py"
+fixed = {"checkpoint.best_metric": "aoc", "train.num_steps": 20}
+members = {"seed": (0, 1, 2)}
+
+def get_sweep():
+  return [{"train.temperature_init": 0.05}, {"train.temperature_init": 0.1}]
+"""
+
+MEMBER_AOC = {(0.05, 0): 0.50, (0.05, 1): 0.54, (0.05, 2): 0.47, (0.1, 0): 0.61, (0.1, 1): 0.65}
+
+
+def test_summarize_lists_every_member_of_every_program_as_a_run(tmp_path, capsys):
+  path = tmp_path / "grid.py"
+  path.write_text(textwrap.dedent(MEMBER_SWEEP))
+  root = tmp_path / "root"
+  sweep = sweep_lib.load_sweep(str(path))
+  programs = sweep_lib.expand(sweep, str(root))
+  assert len(programs) == 2 and all("--config.members.seeds=(0,1,2)" in r.args for r in programs)
+  for run in programs:  # what a finished program leaves: its record and config, each member's export
+    tau = run.overrides["train.temperature_init"]
+    _status(run.workdir, "finished")
+    _checkpoint(run.workdir, 20)
+    config = config_lib.apply_overrides(default.get_config(), {**sweep.fixed, **sweep.member_overrides,
+                                                               **run.overrides})
+    _write_json(os.path.join(run.workdir, "config.train.json"), dict(config=json.loads(config.to_json())))
+    for seed in (0, 1, 2):
+      if (tau, seed) in MEMBER_AOC:  # member 2 of the second program left no metrics
+        _export(os.path.join(run.workdir, "members", str(seed)), 20, {"aoc": MEMBER_AOC[(tau, seed)]})
+  found = runs.member_runs(programs[0].workdir)
+  assert [(m.member, m.values) for m in found] == [(k, {"seed": k}) for k in range(3)]
+  assert [r.metrics.get("aoc") for r in runs.read_runs(programs[1].workdir)] == [0.61, 0.65, None]
+
+  assert sweep_lib.main([str(path), f"--root={root}", "--summarize"]) == 0
+  rows = {r["run"]: r for r in _read_csv(os.path.join(root, "grid", "summary.csv"))}
+  assert sorted(rows) == sorted(f"{r.name}/members/{k}" for r in programs for k in range(3))
+  for (tau, seed), aoc in MEMBER_AOC.items():
+    row = rows[f"{sweep_lib.run_name({'train.temperature_init': tau})}/members/{seed}"]
+    assert (row["status"], row["step"], row["seed"], float(row["aoc"])) == ("finished", "20", str(seed), aoc)
+  groups = {g["train.temperature_init"]: g for g in _read_csv(os.path.join(root, "grid", "summary_groups.csv"))}
+  x = [MEMBER_AOC[(0.05, s)] for s in (0, 1, 2)]
+  assert (groups["0.05"]["runs"], groups["0.05"]["n"]) == ("3", "3")
+  assert float(groups["0.05"]["aoc_mean"]) == pytest.approx(np.mean(x), rel=1e-12)
+  assert float(groups["0.05"]["aoc_sd"]) == pytest.approx(np.std(x, ddof=1), rel=1e-12)
+  assert "summary.csv" in capsys.readouterr().out
+
+
+def test_member_axes_name_member_keys_and_nothing_else_sets_them(tmp_path):
+  path = tmp_path / "bad.py"
+  path.write_text(textwrap.dedent(MEMBER_SWEEP).replace('{"seed": (0, 1, 2)}', '{"train.global_batch_size": (8,)}'))
+  with pytest.raises(ValueError, match="train.global_batch_size.*cannot vary between the members"):
+    sweep_lib.load_sweep(str(path))
+  path.write_text(textwrap.dedent(MEMBER_SWEEP).replace('"train.num_steps": 20}', '"train.num_steps": 20, "seed": 4}'))
+  with pytest.raises(config_lib.ConfigError, match="'seed' is a member axis"):
+    sweep_lib.validate_runs(sweep_lib.load_sweep(str(path)))
+  path.write_text(textwrap.dedent(MEMBER_SWEEP).replace('{"seed": (0, 1, 2)}',
+                                                       '{"seed": (0, 1), "learning_rates": (1e-3, 3e-3)}'))
+  sweep = sweep_lib.load_sweep(str(path))  # axes by member key or by config key; their product
+  assert sweep.member_overrides == {"members.seeds": (0, 0, 1, 1), "members.learning_rates": (1e-3, 3e-3, 1e-3, 3e-3)}
+  assert sweep.member_keys == ["seed", "train.learning_rate"]

@@ -111,3 +111,34 @@ def test_activation_rules_keep_the_fsdp_tensor_miscompilation_away(devices):
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(want_grads))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5 * scale),
                got_grads, want_grads)
+
+
+def _vmapped_cond_in_shard_map(devices, check_vma: bool):
+  mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
+
+  def f(x, w):
+    def local(x, w):
+      return jax.lax.psum(jnp.sum(jax.lax.cond(jnp.all(x * w > 0), lambda _: x * w, lambda _: -x * w, None)), "data")
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("data"), PartitionSpec()),
+                         out_specs=PartitionSpec(), check_vma=check_vma)(x, w)
+
+  with jax.set_mesh(mesh):
+    return np.asarray(jax.jit(jax.vmap(f, in_axes=(None, 0)))(jnp.arange(1.0, 17.0), jnp.asarray([2.0, -1.0])))
+
+
+def test_vmapped_shard_map_check_bug_is_still_there(devices):
+  """Canary: when this fails, JAX checks a vmapped shard_map with a cond right; drop
+  ``xla_workarounds.vmapped_shard_maps``."""
+  try:
+    _vmapped_cond_in_shard_map(devices, check_vma=True)
+  except ValueError as e:
+    assert "vary" in str(e)  # the known symptom: the check of varying manual axes refuses the program
+  else:
+    pytest.fail(f"jax {jax.__version__}: a vmapped shard_map with a cond passes the varying-axes check now: the "
+                "workaround erclap.xla_workarounds.vmapped_shard_maps (the member step's) can be dropped")
+  # Without the check the program computes what the unbatched one does: sum(|2x|) and sum(|-x|) over 1..16.
+  np.testing.assert_allclose(_vmapped_cond_in_shard_map(devices, check_vma=False), [272.0, 136.0])
+  assert xla_workarounds.shard_map_check_vma()
+  with xla_workarounds.vmapped_shard_maps():
+    assert not xla_workarounds.shard_map_check_vma()
+  assert xla_workarounds.shard_map_check_vma()

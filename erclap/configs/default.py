@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   _devices(c)
   _plan(c)
   _recipe(c)
+  _members(c)
   return c
 
 
@@ -60,6 +61,9 @@ def _data(c: ml_collections.ConfigDict) -> None:
   """config.data: the corpus, crops and descriptions."""
   c.data = ml_collections.ConfigDict()
   c.data.name = "embedded"        # "embedded" | "espeak" | "msp_podcast" | "iemocap" (erclap.data.CORPORA)
+  # The data order: the training shuffle, the crops and the descriptions drawn. -1 = config.seed (so one seed
+  # decides a run); a run with members (config.members) reads one data order for all of them.
+  c.data.seed = -1
   c.data.data_dir = ""            # TFDS data dir; "" = $ERCLAP_DATA_DIR or ~/tensorflow_datasets
   c.data.manual_dir = ""          # where the licensed corpora's audio lives (msp_podcast, iemocap)
   # A built licensed corpus records its source (<version dir>/erclap_source.json). When data.manual_dir is set
@@ -187,6 +191,10 @@ def _eval_and_export(c: ml_collections.ConfigDict) -> None:
   c.export = ml_collections.ConfigDict()
   c.export.splits = ("test",)
   c.export.step = -1                  # -1 = latest checkpoint
+  # A run with members (config.members): -1 = --mode=export / eval write every member's outputs under
+  # <workdir>/members/<k>/; k = member k's alone. --mode=export_model writes one member's model: k is required
+  # when the run has more than one.
+  c.export.member = -1
   # --mode=export_model: one self-contained model directory (erclap.model_export), loadable with ERCLAP.load
   c.export.model_dir = ""             # "" = <workdir>/model (a local path)
   c.export.saved_model = True         # also a TF SavedModel in <model_dir>/saved_model (seconds; clap stage)
@@ -226,3 +234,21 @@ def _recipe(c: ml_collections.ConfigDict) -> None:
   # Stage 1's seed (its initialisation and data order). The cross-modal stage's own `seed` leaves stage 1 alone:
   # runs that differ only in `seed` read one stage 1 and one speech cache.
   c.recipe.stage1_seed = 0
+
+
+def _members(c: ml_collections.ConfigDict) -> None:
+  """config.members: K runs trained together in one program (erclap.members, docs/configs.md#members).
+
+  Each key is empty (not varied) or holds one value per member, every non-empty key the same number K. Member k
+  is the run of this config with its values put in place of the keys they stand for (``erclap.members.MEMBER_KEYS``);
+  all members read one data order (config.data.seed) and one batch per step, and each is a run of its own in
+  <workdir>/members/<k>/. What changes shapes or the program (batch size, towers, loss, mesh) is not a member key:
+  sweep it as separate runs.
+  """
+  c.members = ml_collections.ConfigDict()
+  c.members.seeds = ()                  # config.seed: parameter init, dropout, evaluation draws
+  c.members.learning_rates = ()         # config.train.learning_rate (the schedule's peak)
+  c.members.temperatures = ()           # config.train.temperature_init
+  c.members.learn_temperature = ()      # config.train.learn_temperature (bools)
+  c.members.same_modality_weights = ()  # config.loss_options.same_modality_weight (joint form's lambda)
+  c.members.rank_label_weights = ()     # config.loss_options.rank_label_weights: one tuple per member

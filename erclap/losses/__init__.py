@@ -76,9 +76,11 @@ COMMON_OPTIONS = ("similarity", "joint", "same_modality_weight")  # the loss_opt
 
 
 def _common(options) -> dict[str, Any]:
-  """Keyword arguments every cross-modal loss takes from ``loss_options``."""
+  """Keyword arguments every cross-modal loss takes from ``loss_options`` (the weight a float, or a traced
+  per-member array as given: ``erclap.members.loss_options``)."""
+  lam = _option(options, "same_modality_weight", 1.0)
   return dict(similarity=_option(options, "similarity", "cosine"), joint=_flag(options, "joint"),
-              same_modality_weight=float(_option(options, "same_modality_weight", 1.0)))
+              same_modality_weight=lam if isinstance(lam, jax.Array) else float(lam))
 
 
 RANK_TERMS = ("combined", "per_label")
@@ -87,14 +89,16 @@ RANK_TERMS = ("combined", "per_label")
 def _rank_weights(options, num_columns: int) -> dict[str, Any]:
   """``cross_modal_rnc_loss``'s label_weights and per_label from ``loss_options.rank_label_weights`` (one weight
   per ``rank_labels`` entry; () = equal weights) and ``loss_options.rank_terms``."""
-  weights = tuple(_option(options, "rank_label_weights", ()) or ())
-  if weights and len(weights) != num_columns:
-    raise ValueError(f"loss_options.rank_label_weights={weights}: one weight per loss_options.rank_labels entry "
-                     f"({num_columns}), or () for equal weights")
+  weights = _option(options, "rank_label_weights", ())
+  if not isinstance(weights, jax.Array):  # an array: a traced per-member value, its shape checked by the loss
+    weights = tuple(weights or ()) or None
+    if weights and len(weights) != num_columns:
+      raise ValueError(f"loss_options.rank_label_weights={weights}: one weight per loss_options.rank_labels entry "
+                       f"({num_columns}), or () for equal weights")
   terms = _option(options, "rank_terms", "combined")
   if terms not in RANK_TERMS:
     raise ValueError(f"loss_options.rank_terms must be one of {RANK_TERMS}, got {terms!r}")
-  return dict(label_weights=weights or None, per_label=terms == "per_label")
+  return dict(label_weights=weights, per_label=terms == "per_label")
 
 
 def _label_columns(names) -> list[int]:

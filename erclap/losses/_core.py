@@ -21,7 +21,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from erclap import sharding
+from erclap import sharding, xla_workarounds
 
 SIMILARITIES = ("cosine", "neg_l2")
 
@@ -66,9 +66,15 @@ def _check_temperature(temperature) -> None:
       raise ValueError(f"temperature must be a finite value > 0, got {t}")
 
 
-def _check_same_modality_weight(weight, joint: bool) -> float:
-  """The joint form's weight lambda of the same-modality rows as a float (a static value, >= 0, 1 unless joint)."""
-  if isinstance(weight, jax.core.Tracer) or jnp.ndim(weight) != 0:
+def _check_same_modality_weight(weight, joint: bool):
+  """The joint form's weight lambda of the same-modality rows: a float (a static value, >= 0, 1 unless joint), or
+  a float32 scalar array as given (a traced per-member value of a program with members, ``erclap.members``: its
+  range was validated with the config, and the loss takes the weighted path for every value)."""
+  if isinstance(weight, jax.Array):
+    if jnp.ndim(weight) != 0:
+      raise ValueError(f"same_modality_weight must be a scalar, got shape {jnp.shape(weight)}")
+    return jnp.asarray(weight, jnp.float32)
+  if jnp.ndim(weight) != 0:
     raise ValueError(f"same_modality_weight must be a Python number, got {weight!r}")
   lam = float(weight)
   if not (lam >= 0.0 and math.isfinite(lam)):
@@ -77,6 +83,11 @@ def _check_same_modality_weight(weight, joint: bool) -> float:
     raise ValueError(f"same_modality_weight={lam} weighs the same-modality rows of the joint form: it needs "
                      f"joint=True (the two-direction form has no same-modality pairs)")
   return lam
+
+
+def _is_weighted(lam) -> bool:
+  """Whether the joint form weighs its same-modality rows: lambda != 1, or a traced value (any value)."""
+  return isinstance(lam, jax.Array) or lam != 1.0
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -146,8 +157,8 @@ def _shard_rows(mesh, axes, fn, row_args, rep_args=()):
 
   specs = tuple(sharding.batch_spec(mesh, jnp.ndim(x)) for x in row_args) + tuple(PartitionSpec()
                                                                                   for _ in rep_args)
-  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=True)(
-      *row_args, *rep_args)
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(),
+                       check_vma=xla_workarounds.shard_map_check_vma())(*row_args, *rep_args)
 
 
 def _joint_ids(rows, n: int):

@@ -27,6 +27,7 @@ from erclap.losses._core import (
     _check_temperature,
     _gather,
     _is_concrete,
+    _is_weighted,
     _joint_ids,
     _mesh_axes,
     _prepare,
@@ -47,14 +48,18 @@ def _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity: str):
   return jnp.where(others, z * inv_t, -jnp.inf), others, partners
 
 
-def _same_modality_weights(rows, n: int, others, lam: float):
+def _same_modality_weights(rows, n: int, others, lam):
   """Pair weights (2B, 2N) of the local anchors in the joint set: lambda for the other rows of the anchor's
-  modality, 1 for the other modality's rows, 0 for the anchor itself; and their logs (-inf where 0)."""
+  modality, 1 for the other modality's rows, 0 for the anchor itself; and their logs (-inf where 0). ``lam``: a
+  float, or a traced scalar (``_check_same_modality_weight``)."""
   ids, _ = _joint_ids(rows, n)
   same = (ids[:, None] < n) == (jnp.arange(2 * n)[None, :] < n)
-  w = jnp.where(others, jnp.where(same, jnp.float32(lam), 1.0), 0.0)
-  log_lam = math.log(lam) if lam > 0 else -jnp.inf
-  return w, jnp.where(others, jnp.where(same, jnp.float32(log_lam), 0.0), -jnp.inf)
+  w = jnp.where(others, jnp.where(same, jnp.asarray(lam, jnp.float32), 1.0), 0.0)
+  if isinstance(lam, jax.Array):
+    log_lam = jnp.log(lam)  # -inf at 0, as below
+  else:
+    log_lam = math.log(lam) if lam > 0 else -jnp.inf
+  return w, jnp.where(others, jnp.where(same, jnp.asarray(log_lam, jnp.float32), 0.0), -jnp.inf)
 
 
 def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similarity: str = "cosine",
@@ -93,14 +98,17 @@ def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similar
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
   s, t = _prepare(speech, similarity), _prepare(text, similarity)
 
-  def local(s_loc, t_loc, inv_t):
+  traced = (lam,) if isinstance(lam, jax.Array) else ()  # a traced value enters as an argument, not a closure
+
+  def local(s_loc, t_loc, inv_t, *given):
+    lam_ = given[0] if given else lam
     s_all, t_all = _gather(s_loc, axes), _gather(t_loc, axes)
     rows = _row_ids(s_loc.shape[0], axes)
     if joint:
       z, others, partners = _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity)
       pos = jnp.take_along_axis(z, partners[:, None], axis=1)[:, 0]  # the partner: the other modality, weight 1
-      if lam != 1.0:
-        z = z + _same_modality_weights(rows, s_all.shape[0], others, lam)[1]
+      if _is_weighted(lam_):
+        z = z + _same_modality_weights(rows, s_all.shape[0], others, lam_)[1]
       return (jnp.sum(jax.nn.logsumexp(z, axis=1) - pos),)
 
     def direction(a, c):
@@ -110,7 +118,7 @@ def infonce_loss(speech, text, *, temperature, mesh: Mesh | None = None, similar
 
     return direction(s_loc, t_all), direction(t_loc, s_all)
 
-  sums = _shard_rows(mesh, axes, local, (s, t), (inv_t,))
+  sums = _shard_rows(mesh, axes, local, (s, t), (inv_t, *traced))
   if joint:
     return sums[0] / (2 * n)
   return 0.5 * (sums[0] + sums[1]) / n
@@ -169,14 +177,17 @@ def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = Non
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
   s, t = _prepare(speech, similarity), _prepare(text, similarity)
 
-  def local(s_loc, t_loc, id_loc, inv_t):
+  traced = (lam,) if isinstance(lam, jax.Array) else ()  # a traced value enters as an argument, not a closure
+
+  def local(s_loc, t_loc, id_loc, inv_t, *given):
+    lam_ = given[0] if given else lam
     s_all, t_all, id_all = _gather(s_loc, axes), _gather(t_loc, axes), _gather(id_loc, axes)
     if joint:
       rows = _row_ids(s_loc.shape[0], axes)
       z, others, _ = _joint_logits(s_loc, t_loc, s_all, t_all, rows, inv_t, similarity)
       pos = others & (jnp.concatenate([id_loc, id_loc])[:, None] == jnp.concatenate([id_all, id_all])[None, :])
-      if lam != 1.0:
-        w, log_w = _same_modality_weights(rows, s_all.shape[0], others, lam)
+      if _is_weighted(lam_):
+        w, log_w = _same_modality_weights(rows, s_all.shape[0], others, lam_)
         logp = z - jax.nn.logsumexp(z + log_w, axis=1, keepdims=True)
         w_pos = jnp.where(pos, w, 0.0)  # the partner is a positive of weight 1: the row's weights never sum to 0
         per_row = -jnp.sum(jnp.where(w_pos > 0, w_pos * logp, 0.0), axis=1) / jnp.sum(w_pos, axis=1)
@@ -196,7 +207,7 @@ def supcon_loss(speech, text, class_ids, *, temperature, mesh: Mesh | None = Non
 
     return direction(s_loc, t_all), direction(t_loc, s_all)
 
-  sums = _shard_rows(mesh, axes, local, (s, t, ids), (inv_t,))
+  sums = _shard_rows(mesh, axes, local, (s, t, ids), (inv_t, *traced))
   if joint:
     return sums[0] / (2 * n)
   return 0.5 * (sums[0] + sums[1]) / n

@@ -62,6 +62,7 @@ from erclap.losses._core import (
     _check_same_modality_weight,
     _check_temperature,
     _gather,
+    _is_weighted,
     _joint_ids,
     _mesh_axes,
     _prepare,
@@ -95,7 +96,16 @@ def _rank_terms(num_labels: int, label_weights, per_label: bool) -> tuple[tuple[
   """The RNC terms of a loss as (label columns, their distance weights or None, the term's weight).
 
   One term over every label column with the weighted distance (default), or with ``per_label`` one term per
-  column with a positive weight, the terms weighted by w_l / sum(w) (a weighted mean)."""
+  column with a positive weight, the terms weighted by w_l / sum(w) (a weighted mean). ``label_weights`` may be a
+  float32 (L,) array (a traced per-member value of a program with members, ``erclap.members``, validated with the
+  config): then every column keeps its term, a weight of 0 giving it weight 0."""
+  if isinstance(label_weights, jax.Array):
+    if label_weights.shape != (num_labels,):
+      raise ValueError(f"label_weights: shape {label_weights.shape} for {num_labels} label columns")
+    w = label_weights.astype(jnp.float32)
+    if not per_label:
+      return ((tuple(range(num_labels)), w, 1.0),)
+    return tuple(((col,), None, w[col] / jnp.sum(w)) for col in range(num_labels))
   weights = (1.0,) * num_labels if label_weights is None else tuple(float(w) for w in label_weights)
   if len(weights) != num_labels:
     raise ValueError(f"label_weights: {len(weights)} weights for {num_labels} label columns")
@@ -394,9 +404,9 @@ def _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, row_ids, *, inv_t, sim
   def block(valid, rows, s_blk, t_blk, y_blk):
     ids, _ = _joint_ids(rows, n)
     keep, w = _row_masks(2 * n, ids, jnp.concatenate([valid, valid]), True)
-    if same_modality_weight != 1.0:  # pair weights: lambda for same-modality columns, 1 across, 0 for self
+    if _is_weighted(same_modality_weight):  # pair weights: lambda for same-modality columns, 1 across, 0 for self
       same = (ids[:, None] < n) == (jnp.arange(2 * n)[None, :] < n)
-      keep = jnp.where(keep, jnp.where(same, jnp.float32(same_modality_weight), 1.0), 0.0)
+      keep = jnp.where(keep, jnp.where(same, jnp.asarray(same_modality_weight, jnp.float32), 1.0), 0.0)
     z = _similarity(jnp.concatenate([s_blk, t_blk], axis=0), c_all, similarity) * inv_t
     total = 0.0
     for order, (*_, tw) in zip(_orderings(y_blk, y_all, label_distance, terms), terms, strict=True):
@@ -450,23 +460,28 @@ def cross_modal_rnc_loss(speech, text, labels, *, temperature, mesh: Mesh | None
   _check_pair(speech, text)
   n = speech.shape[0]
   y = _as_2d_labels("labels", labels, n)
-  terms = _rank_terms(y.shape[1], label_weights, per_label)
+  _rank_terms(y.shape[1], label_weights, per_label)  # bad weights are named before anything is traced
   _check_temperature(temperature)
   axes = _mesh_axes(mesh, n)
   inv_t = 1.0 / jnp.asarray(temperature, jnp.float32)
   s, t = _prepare(speech, similarity), _prepare(text, similarity)
-  kw = dict(similarity=similarity, label_distance=label_distance, row_block=row_block, terms=terms)
+  kw = dict(similarity=similarity, label_distance=label_distance, row_block=row_block)
+  # Traced per-member values enter the sharded function as (replicated) arguments, never as closures.
+  traced = {name: value for name, value in (("lam", lam), ("label_weights", label_weights))
+            if isinstance(value, jax.Array)}
 
-  def local(s_loc, t_loc, y_loc, inv_t):
+  def local(s_loc, t_loc, y_loc, inv_t, *values):
+    given = dict(zip(traced, values, strict=True))
+    terms = _rank_terms(y.shape[1], given.get("label_weights", label_weights), per_label)
     s_all, t_all, y_all = _gather(s_loc, axes), _gather(t_loc, axes), _gather(y_loc, axes)
     rows = _row_ids(s_loc.shape[0], axes)
     if joint:
-      return _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t, same_modality_weight=lam,
-                         **kw)
+      return _joint_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t,
+                         same_modality_weight=given.get("lam", lam), terms=terms, **kw)
     return _cross_modal_sums(s_loc, t_loc, s_all, t_all, y_loc, y_all, rows, inv_t=inv_t, full=not axes,
-                             exclude_self=exclude_self, **kw)
+                             exclude_self=exclude_self, terms=terms, **kw)
 
-  sums = _shard_rows(mesh, axes, local, (s, t, y), (inv_t,))
+  sums = _shard_rows(mesh, axes, local, (s, t, y), (inv_t, *traced.values()))
   # float counts: N^2 overflows int32 past N = 46,340
   if joint:
     return sums[0] / (2.0 * n * n + lam * 2.0 * n * (n - 1))
