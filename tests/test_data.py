@@ -4,6 +4,7 @@ MSP-Podcast and IEMOCAP layouts)."""
 import csv
 import os
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -209,6 +210,14 @@ def test_embedded_spec_change_builds_a_new_corpus(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the espeak corpus
 
 
+@pytest.fixture
+def espeak_engine():
+  """The espeak-ng program, which rendering the corpus needs (``.ci/run`` installs the Debian package)."""
+  if shutil.which(espeak.ENGINE) is None:
+    pytest.skip(f"no {espeak.ENGINE} program on PATH: the espeak corpus tests that render speech did NOT run; "
+                f"install it with `apt-get install espeak-ng`")
+
+
 def _active_level_db(wave, sr=16000):
   """dB level over the 20 ms frames within 30 dB of the loudest (independent of the synthesiser's own)."""
   frames = wave[: len(wave) // 320 * 320].astype(np.float64).reshape(-1, 320)
@@ -227,7 +236,7 @@ def _espeak_sentence_clips(attribute, speaker, spec, values=(1.0, 3.0, 5.0, 7.0)
   return out
 
 
-def test_espeak_arousal_is_loud_and_clear_valence_weak():
+def test_espeak_arousal_is_loud_and_clear_valence_weak(espeak_engine):
   """Arousal moves loudness and duration a lot; valence leaves them alone and moves the spectral tilt by less than
   the speakers differ; over generated clips a loudness statistic recovers arousal (not valence), and the spectral
   tilt valence only weakly."""
@@ -281,7 +290,7 @@ def _espeak_config(data_dir):
   return config
 
 
-def test_espeak_build_through_tfds(tmp_path, capsys):
+def test_espeak_build_through_tfds(espeak_engine, tmp_path, capsys):
   config = _espeak_config(tmp_path)
   assert data.ensure_dataset(config.data) == str(tmp_path)
   assert "[data] building espeak" in capsys.readouterr().out
