@@ -190,11 +190,14 @@ def clap_metrics(config, split, probe, texts: Sequence[np.ndarray]) -> dict[str,
 def clap_metric_names(config) -> tuple[str, ...]:
   """The names ``clap_metrics`` returns under ``config``: every input of ``metrics.summarize`` it passes (the level,
   fixed and paraphrased prompts of every attribute, the query pools, the probe, the descriptions), and the
-  bootstrap interval when ``eval.retrieval_bootstrap`` > 0."""
+  bootstrap interval when ``eval.retrieval_bootstrap`` > 0; and the parameter metrics (the learned temperature)."""
   return metrics.summary_names(
       prompt_attributes=prompts.PROMPT_ATTRIBUTES, fixed_prompt_attributes=prompts.PROMPT_ATTRIBUTES,
       paraphrase_prompt_attributes=prompts.PROMPT_ATTRIBUTES, query_attributes=prompts.QUERY_ATTRIBUTES, probe=True,
-      bootstrap=config.eval.retrieval_bootstrap > 0, descriptions=True)
+      bootstrap=config.eval.retrieval_bootstrap > 0, descriptions=True) + CLAP_PARAMETER_METRICS
+
+
+CLAP_PARAMETER_METRICS = ("temperature",)  # the names of CLAP.parameter_metrics
 
 
 CLAP = Stage(
