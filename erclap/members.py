@@ -182,6 +182,9 @@ def problems(config, reads: Sequence[str] | None = None) -> list[str]:
   lengths = {key.name: len(tuple(section.get(key.name, ()))) for key in MEMBER_KEYS.values()}
   set_lengths = {name: n for name, n in lengths.items() if n}
   out = []
+  n = section.get("at_once", -1)
+  if not (isinstance(n, int) and n >= -1):
+    out.append(f"config.members.at_once={n!r}: must be -1 (by the platform), 0 (all at once) or a count > 0")
   if len(set(set_lengths.values())) > 1:
     out.append("config.members: every member key that is set holds one value per member, the same number K; got "
                + ", ".join(f"members.{name} {n}" for name, n in set_lengths.items()))
@@ -223,6 +226,16 @@ def loss_options(config, member_hyper: Mapping[str, Any]) -> Mapping[str, Any]:
   for key in loss_keys:
     options[key.config_key.split(".", 1)[1]] = member_hyper[key.hyper]
   return options
+
+
+def at_once(config, platform: str, sharded: bool = False) -> int:
+  """How many members the train step computes at once (``members.at_once``; -1 resolved for ``platform``): 0 = all
+  (``jax.vmap``), n > 0 = n at a time (``jax.lax.map``). ``sharded``: the member axis maps onto a mesh axis (then
+  all at once)."""
+  n = int(_section(config).get("at_once", -1))
+  if n >= 0:
+    return n
+  return 0 if sharded or platform != "cpu" else 1
 
 
 def directory(workdir: str, k: int) -> str:

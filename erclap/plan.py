@@ -21,10 +21,11 @@ verdict compares the total with ``plan.hbm_headroom`` × the chip's HBM. The mem
 buffer assignment of the same program: TPU and GPU compilers fuse and schedule differently (and XLA:CPU may
 compute bf16 matmuls in float32), so they are estimates to tens of percent; the headroom is for that.
 
-A program with members (``erclap.members``) is planned as it runs: the member entries, their optimizer state and
-gradients K times, what is frozen once, the activations of K members' vmapped step. The step is compiled a second
-time with another member count, so that the per-device total splits into what each member adds and what is shared,
-and the plan says how many members fit the target (``member_plan``).
+A program with members (``erclap.members``) is planned as it runs on the target: the member entries, their optimizer
+state and gradients K times, what is frozen once, the activations of all K members computed at once (``jax.vmap``,
+what ``members.at_once`` -1 chooses on a TPU / GPU; ``as_planned``). The step is compiled a second time with
+another member count, so that the per-device total splits into what each member adds and what is shared, and the
+plan says how many members fit the target (``member_plan``).
 
 The batch is the speech source's (``erclap.speech_source``): a config that reads audio with a speech path a cache
 could stand for is also planned on cached speech features (``--mode=cache_speech``, then
@@ -299,6 +300,18 @@ def with_member_count(config, n: int):
   return config_lib.apply_overrides(plain, overrides, f"{n} members")
 
 
+def as_planned(config):
+  """``config`` with its members computed all at once (``members.at_once`` -1 made 0), as its step runs on a TPU /
+  GPU: the plan compiles on CPU devices, where -1 maps the members one after another (one member's activations),
+  and ``member_plan``'s count of what each member adds assumes all at once. A count that is set stays.
+  """
+  if not members.count(config) or config.members.at_once != -1:
+    return config
+  plain = config.as_configdict() if hasattr(config, "as_configdict") else config
+  out = config_lib.apply_overrides(plain, {"members.at_once": 0}, "members all at once")
+  return type(config)(out) if hasattr(config, "as_configdict") else out
+
+
 def member_plan(config, mesh, model, step_plan: dict, limit: float | None,
                 source: SpeechSource | None = None) -> dict:
   """What each member of a program with members adds to the per-device total, what is shared, and how many members
@@ -457,6 +470,7 @@ def run_plan(config, workdir: str) -> dict:
 
   resolve.require(config, "plan")
   chip_key, where = target(config)
+  config = as_planned(config)
   mesh = runtime.make_mesh(config)
   vocab, vocab_from = vocab_size(config)
   model = runtime.build_model(config, vocab_size=vocab)

@@ -169,15 +169,18 @@ def _update(loss_and_grads_fn, optimizer, schedule, params, opt_state, rng, step
 
 
 def _member_train_step(model, config, mesh, optimizer, source):
-  """The train step of a program with members (``erclap.members``): ``jax.vmap`` of one member's update over the
-  member axis of the state (``erclap.state``: the member entries, their optimizer state, the step-key bases) and
-  of the per-member values (``members.hyper``: learning rate, temperature factor, loss weights, traced), with the
-  shared parameters, the batch and the step count broadcast: one batch, one program. On a mesh the member axis
-  maps to (``sharding.member_mesh_axis``), the vmapped activations are split over it too (``spmd_axis_name``).
-  Metrics come back per member (K,); the step count advances when every member's step was finite."""
+  """The train step of a program with members (``erclap.members``): one member's update mapped over the member axis
+  of the state (``erclap.state``: the member entries, their optimizer state, the step-key bases) and of the
+  per-member values (``members.hyper``: learning rate, temperature factor, loss weights, traced), with the shared
+  parameters, the batch and the step count broadcast: one batch, one program. ``members.at_once`` members at a
+  time: all (``jax.vmap``; on a mesh the member axis maps to, ``sharding.member_mesh_axis``, the vmapped
+  activations are split over it too, ``spmd_axis_name``), or n after n (``jax.lax.map``: on XLA:CPU a batched
+  matmul is slower than the same matmuls one after another). Metrics come back per member (K,); the step count
+  advances when every member's step was finite."""
   loss_and_grads_fn = make_loss_and_grads(model, config, mesh, source)
   hyper = members.hyper(config)
   axis = sharding.member_mesh_axis(config.mesh.logical_axis_rules, mesh.axis_names)
+  at_once = members.at_once(config, mesh.devices.flat[0].platform, sharded=axis is not None)
 
   def member(params, opt_state, rng, h, shared, batch, step):
     peak = h.get("learning_rate")
@@ -194,11 +197,14 @@ def _member_train_step(model, config, mesh, optimizer, source):
     stacked = state_lib.member_names(config, state.params)
     own = {n: state.params[n] for n in stacked}
     shared = {n: v for n, v in state.params.items() if n not in stacked}
-    h = {name: jnp.asarray(value) for name, value in hyper.items()}
+    per_member = (own, state.opt_state, state.rng, {name: jnp.asarray(value) for name, value in hyper.items()})
     with xla_workarounds.vmapped_shard_maps():  # the losses' row sharding under vmap
-      params, opt_state, finite, metrics = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None),
-                                                    spmd_axis_name=axis)(own, state.opt_state, state.rng, h, shared,
-                                                                         batch, state.step)
+      if at_once:
+        one = lambda xs: member(*xs, shared, batch, state.step)
+        params, opt_state, finite, metrics = jax.lax.map(one, per_member, batch_size=at_once if at_once > 1 else None)
+      else:
+        params, opt_state, finite, metrics = jax.vmap(member, in_axes=(0, 0, 0, 0, None, None, None),
+                                                      spmd_axis_name=axis)(*per_member, shared, batch, state.step)
     new_state = state.replace(step=state.step + jnp.where(jnp.all(finite), 1, 0), params={**shared, **params},
                               opt_state=opt_state)
     return new_state, metrics

@@ -169,6 +169,10 @@ def _member_problems(config) -> list[str]:
     found.append(f"config.mesh.logical_axis_rules maps the member axis onto {on_batch}, over which the batch is "
                  f"split; every member reads the whole batch: map it onto an axis the batch is not split over "
                  f"(('member', 'tensor') with mesh.shape (1, 1, N)), or leave it replicated")
+  if axis and config.members.at_once > 0:
+    found.append(f"config.members.at_once={config.members.at_once}: the member axis is split over the mesh axis "
+                 f"{axis!r} (config.mesh.logical_axis_rules), so every device computes its members at once: set 0 "
+                 f"or -1")
   return found
 
 

@@ -252,3 +252,7 @@ def _members(c: ml_collections.ConfigDict) -> None:
   c.members.learn_temperature = ()      # config.train.learn_temperature (bools)
   c.members.same_modality_weights = ()  # config.loss_options.same_modality_weight (joint form's lambda)
   c.members.rank_label_weights = ()     # config.loss_options.rank_label_weights: one tuple per member
+  # How many members the train step computes at once: 0 = all (jax.vmap: batched ops, for TPU / GPU); n = n at a
+  # time, the next n after them (jax.lax.map; 1 on XLA:CPU, whose batched matmuls are slower than one after
+  # another); -1 = by the platform (0 on TPU / GPU or with the member axis over a mesh axis, 1 on CPU).
+  c.members.at_once = -1
