@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -360,15 +357,7 @@ def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, tmp_p
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(th.resolved(th.tiny_config(data_dir, **overrides), reference), reference)
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  target = os.path.join(workdir, "checkpoints", "4")
-  deadline = time.time() + 300
-  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  killed_at = th.kill_at_checkpoint(workdir, data_dir, 4, **overrides)
   assert killed_at < 8, "the run finished before it could be killed"
   resumed = th.run_main(workdir, data_dir, **overrides)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import jax
 import numpy as np
@@ -43,15 +42,7 @@ def test_exact_resume_after_sigkill(data_dir, reference_run, tmp_path):
   overrides = REFERENCE
   full_workdir, _ = reference_run
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(th.main_command(workdir, data_dir, **overrides), cwd=th.ROOT, env=th.subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  target = os.path.join(workdir, "checkpoints", "4")
-  deadline = time.time() + 300
-  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  killed_at = th.kill_at_checkpoint(workdir, data_dir, 4, **overrides)
   assert killed_at < REFERENCE["train.num_steps"], "the run finished before it could be killed"
   resumed = th.run_main(workdir, data_dir, **overrides)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

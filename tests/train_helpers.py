@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,19 @@ def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
 def run_main(workdir: str, data_dir: str, mode: str = "train", *, timeout: int = 600, env=None, **overrides):
   return subprocess.run(main_command(workdir, data_dir, mode, **overrides), cwd=ROOT,
                         env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def kill_at_checkpoint(workdir: str, data_dir: str, step: int, **overrides) -> int:
+  """Starts a training run and SIGKILLs it once its checkpoint of ``step`` exists; returns the latest step left."""
+  proc = subprocess.Popen(main_command(workdir, data_dir, **overrides), cwd=ROOT, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  target = os.path.join(workdir, "checkpoints", str(step))
+  deadline = time.time() + 300
+  while not os.path.isdir(target) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
 
 
 LOSS_LINE = re.compile(r"\[train\] step (\d+)/\d+\s+loss ([-\d.naninf]+)")

@@ -20,7 +20,6 @@ The two-direction RNC, InfoNCE and the joint forms at λ = 1 are the paper_table
 same data order): the two sweeps read as one table (benchmarks/README.md).
 """
 
-from erclap.configs.sweeps import product
 
 base_config = "configs/demo.py"
 
