@@ -32,15 +32,15 @@ CORPORA = ("embedded", "espeak")
 SEEDS = (0, 1, 2, 3)
 FIXED_TEMPERATURE = {"train.learn_temperature": False}
 VARIANTS = {
-    "valence_x2": {"loss_options.rank_label_weights": (1.0, 2.0)},
-    "per_label": {"loss_options.rank_terms": "per_label"},
-    "fixed_t005": {**FIXED_TEMPERATURE, "train.temperature_init": 0.05},
-    "fixed_t02": {**FIXED_TEMPERATURE, "train.temperature_init": 0.2},
     "joint_l0": {"loss_options.joint": True, "loss_options.same_modality_weight": 0.0},
     "joint_l01": {"loss_options.joint": True, "loss_options.same_modality_weight": 0.1},
     "joint_l03": {"loss_options.joint": True, "loss_options.same_modality_weight": 0.3},
+    "valence_x2": {"loss_options.rank_label_weights": (1.0, 2.0)},
+    "per_label": {"loss_options.rank_terms": "per_label"},
     "joint_l01_x2": {"loss_options.joint": True, "loss_options.same_modality_weight": 0.1,
                      "loss_options.rank_label_weights": (1.0, 2.0)},
+    "fixed_t005": {**FIXED_TEMPERATURE, "train.temperature_init": 0.05},
+    "fixed_t02": {**FIXED_TEMPERATURE, "train.temperature_init": 0.2},
 }
 
 members = {"seed": SEEDS}
