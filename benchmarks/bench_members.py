@@ -1,6 +1,6 @@
 """K members in one program against K standalone runs: the demo's cross-modal stage on its speech cache.
 
-  python benchmarks/bench_members.py                                  # K = 1, 2, 4, 8; 600 steps (~1.5 h on 2 cores)
+  python benchmarks/bench_members.py                                  # K = 1, 2, 4, 8; 600 steps (~23 min on 2 cores)
   python benchmarks/bench_members.py --ks=1,4 --steps=100             # a quick look
 
 Both sides run as a user runs them: ``python -m erclap.main --config=configs/demo.py --mode=all`` (training with
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
   load_after = os.getloadavg()
 
   print(f"\n{opts.steps} cross-modal steps x 64 on the cache, evaluation every {max(opts.steps // 3, 1)} steps, export "
-        f"of the test split; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+        f"of the test split; {os.cpu_count()}-core CPU shared with other jobs (load average {load_before[0]:.1f} "
+        f"before, {load_after[0]:.1f} after; niceness {os.nice(0)})\n")
   print("| K | program (s) | K standalone runs (s) | speed-up | step, program (ms) | step, one run (ms) |")
   print("|---|---|---|---|---|---|")
   for k in ks:
