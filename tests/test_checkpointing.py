@@ -371,7 +371,7 @@ def _resume_pipeline(workdir, config, tokenizer):
 
 
 @pytest.mark.parametrize("change, says", [
-    ({"seed": 1}, "config.seed (the shuffling seed): checkpoint 0, this run 1"),
+    ({"seed": 1}, "config.data.seed (the shuffling seed; -1: config.seed): checkpoint 0, this run 1"),
     ({"train.global_batch_size": 8}, "config.train.global_batch_size: checkpoint 16, this run 8"),
     ({"data.embedded.num_train": 40}, "the number of training records (the corpus or config.data.train_split "
                                       "changed): checkpoint 48, this run 40"),

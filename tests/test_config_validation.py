@@ -187,14 +187,14 @@ def test_non_finite_values_are_refused_once_naming_the_key(key, value):
 def test_best_metric_is_one_the_stage_evaluation_gives(tmp_path):
   """checkpoint.best_metric against the stage's metric names under the config (Stage.metric_names, tested against
   the evaluation's output in test_export_and_inference.py / test_train.py), before any work."""
-  with pytest.raises(config_lib.ConfigError, match=r"best_metric='no_such_metric': not among the 90 metrics the "
+  with pytest.raises(config_lib.ConfigError, match=r"best_metric='no_such_metric': not among the 91 metrics the "
                                                    r"evaluation of the cross-modal stage gives with this config; e.g. "
                                                    r"aoc, voc, anchor_tau_arousal"):
     resolve.resolve(_config(**{"checkpoint.best_metric": "no_such_metric"}), str(tmp_path), "train")
   assert not os.listdir(tmp_path)  # refused before anything is written
   assert "did you mean 'aoc_voc_mean'" in _problems(_config(**{"checkpoint.best_metric": "aoc_voc_men"}), 8)
   validation.validate(_config(**{"checkpoint.best_metric": "aoc_ci95_low"}))
-  assert "not among the 85 metrics" in _problems(_config(**{"checkpoint.best_metric": "aoc_ci95_low",
+  assert "not among the 86 metrics" in _problems(_config(**{"checkpoint.best_metric": "aoc_ci95_low",
                                                             "eval.retrieval_bootstrap": 0}), 8)
   ser = _config(ser_pretrain, **{"checkpoint.best_metric": "aoc"})
   assert ("best_metric='aoc': not among the 8 metrics the evaluation of stage 1 (the speech emotion model) gives "

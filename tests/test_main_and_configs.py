@@ -139,7 +139,7 @@ def test_non_finite_values_and_unknown_best_metrics_are_refused_before_any_work(
                  "--config.data.max_seconds=inf", "--config.checkpoint.best_metric=no_such_metric")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert "config.data.max_seconds=inf: must be a finite number" in result.stderr
-  assert "config.checkpoint.best_metric='no_such_metric': not among the 90 metrics" in result.stderr
+  assert "config.checkpoint.best_metric='no_such_metric': not among the 91 metrics" in result.stderr
   assert os.listdir(data_dir) == []  # no corpus built
   assert not (workdir / "config.all.json").exists() and not (workdir / "stage1").exists()
 

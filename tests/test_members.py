@@ -222,9 +222,8 @@ def test_members_at_once_follows_the_platform_unless_set():
 
 
 @pytest.mark.slow
-def test_member_steps_are_the_same_one_after_another_all_at_once_or_split_over_a_mesh_axis(tiny_embedded,
-                                                                                           devices):
-  config, _ = tiny_embedded
+def test_member_steps_are_the_same_one_after_another_all_at_once_or_split_over_a_mesh_axis(cached, devices):
+  config, _ = cached  # the cross-modal stage on the speech cache, as members train it
   overrides = {"members.seeds": (3, 5), "members.learning_rates": (1e-3, 3e-3)}
   results = []
   for mesh_overrides in ({"mesh.shape": (-1, 1, 1), "members.at_once": 1},  # jax.lax.map: one after another
@@ -351,9 +350,11 @@ def test_the_plan_counts_each_member_and_says_how_many_fit(devices):
 
 
 @pytest.mark.slow
-def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, tmp_path):
-  overrides = {"train.num_steps": 8, "checkpoint.every_steps": 4, "members.seeds": (3, 5),
-               "members.learning_rates": (1e-3, 3e-3)}
+def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, trained_workdir, cached, tmp_path):
+  _, cache = cached  # the cross-modal stage on the speech cache, as members train it
+  overrides = {"model.freeze_speech": True, "model.speech_init": trained_workdir, "data.speech_features": cache,
+               "export.saved_model": False, "train.num_steps": 8, "checkpoint.every_steps": 4, "eval.every_steps": 8,
+               "members.seeds": (3, 5), "members.learning_rates": (1e-3, 3e-3)}
   reference = str(tmp_path / "reference")
   train.train_and_evaluate(th.resolved(th.tiny_config(data_dir, **overrides), reference), reference)
   workdir = str(tmp_path / "killed")
