@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from erclap.results import stats  # noqa: E402
+from erclap.results import stats
 
 # (metric, the direction the paper claims for RNC against the other loss: +1 higher, -1 lower)
 CLAIMS = (("aoc", +1), ("voc", +1), ("mmd", -1), ("wasserstein", -1), ("anchor_tau_arousal", +1),
