@@ -334,6 +334,6 @@ def test_a_stage1_trained_under_the_runs_seed_by_an_earlier_release_resumes(data
     recipe.prepare_stages(resolve.resolve(config_lib.apply_overrides(config, {"recipe.stage1_seed": 3}),
                                           str(tmp_path / "run"), "train"), str(tmp_path / "run"))
   message = str(e.value)
-  assert f"stage 1 in {stage1_dir}" in message and "config.data.seed (the shuffling seed; -1: config.seed): checkpoint 0, this run 3" in \
-      message and "--config.recipe.stage1_seed=<that seed>" in message
+  assert f"stage 1 in {stage1_dir}" in message and "--config.recipe.stage1_seed=<that seed>" in message
+  assert "config.data.seed (the shuffling seed; -1: config.seed): checkpoint 0, this run 3" in message
   assert _mtimes(os.path.join(stage1_dir, "checkpoints")) == written
