@@ -3,6 +3,8 @@
 Nothing here needs gcloud or SLURM: the scripts' --dry-run / DRY_RUN=1 print the commands they would run.
 """
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -29,7 +31,21 @@ def _run(cmd, env=None, cwd=ROOT):
 
 
 def _sweep(*args, env=None):
-  return _run([sys.executable, SWEEP_PY, *args], env=env)
+  """``python launch/sweep.py ARGS`` from the repository root: in a process of its own when ``env`` is given, else
+  its ``main`` in this process (the same code, without a second interpreter's start-up), output captured alike."""
+  if env is not None:
+    return _run([sys.executable, SWEEP_PY, *args], env=env)
+  out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+  try:
+    os.chdir(ROOT)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        code = sweep_lib.main(list(args))
+      except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else 1
+  finally:
+    os.chdir(here)
+  return subprocess.CompletedProcess([SWEEP_PY, *args], code, out.getvalue(), err.getvalue())
 
 
 def _commands(stdout):
