@@ -16,10 +16,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-import train_helpers as th
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from erclap import checkpointing, config_lib, data, input_pipeline, recipe, tokenization, tower_init
+from erclap import checkpointing, config_lib, data, input_pipeline, tokenization, tower_init
 
 
 def _ckpt_config(**kw):
@@ -413,27 +412,6 @@ def test_paths_inside_the_workdir_are_stored_relative_to_it(tmp_path):
       "model": {"speech_init": f"{moved}/stage1", "text_init": "/models/minilm"},
       "data": {"speech_features": f"{moved}/speech_features", "data_dir": f"{workdir}x/corpus"}}
   assert tower_init.read_workdir_config(moved).model.speech_init == f"{moved}/stage1"
-
-
-@pytest.mark.slow
-def test_moved_two_stage_workdir_resumes(data_dir, tmp_path, capsys):
-  """A two-stage workdir (stage 1, its speech cache, the cross-modal stage) moved elsewhere resumes its cross-modal
-  stage there: no checkpoint names the old place, nothing is set aside, nothing is retrained."""
-  config = th.tiny_config(data_dir, **{"recipe.stage1": "ser_pretrain:demo", "recipe.stage1_steps": 2,
-                                       "train.num_steps": 2})
-  first = str(tmp_path / "first")
-  recipe.run_train(th.resolved(config, first, "train"), first)
-  moved = str(tmp_path / "moved")
-  os.rename(first, moved)
-  stored = [p for p in glob.glob(os.path.join(moved, "**", "checkpoints", "*", "*", "*"), recursive=True)
-            if os.path.isfile(p) and not p.endswith("commit_success.txt")]  # Orbax's marker text, never read
-  assert [p for p in stored if first.encode() in open(p, "rb").read()] == []
-  capsys.readouterr()
-  recipe.run_train(th.resolved(config_lib.apply_overrides(config, {"train.num_steps": 4}), moved, "train"), moved)
-  out = capsys.readouterr().out
-  assert "[train] step 3/4" in out and "[train] step 1/4" not in out  # resumed after step 2
-  assert sorted(os.listdir(os.path.join(moved, "checkpoints"))) == ["2", "4"]
-  assert os.listdir(os.path.join(moved, "stage1", "checkpoints")) == ["2"] and not os.path.exists(first)
 
 
 def test_stored_leaf_shapes_read_from_the_step_itself(tmp_path):

@@ -1,6 +1,7 @@
 """Config resolution (erclap.resolve) and the two-stage recipe it derives (erclap.recipe): stage 1 → frozen,
 cached speech representation → cross-modal stage."""
 
+import glob
 import json
 import os
 import shutil
@@ -196,6 +197,24 @@ def two_stage_run(data_dir, tmp_path_factory):
   cross = resolve.resolve(config, workdir, "train")
   recipe.run_train(cross, workdir)
   return config, workdir, cross
+
+
+@pytest.mark.slow
+def test_moved_two_stage_workdir_resumes(two_stage_run, tmp_path, capsys):
+  """A two-stage workdir (stage 1, its speech cache, the cross-modal stage) copied elsewhere resumes its cross-modal
+  stage there: no checkpoint names the old place, nothing is set aside, nothing is retrained."""
+  given, shared, _ = two_stage_run
+  moved = str(tmp_path / "moved")
+  shutil.copytree(shared, moved)
+  stored = [p for p in glob.glob(os.path.join(moved, "**", "checkpoints", "*", "*", "*"), recursive=True)
+            if os.path.isfile(p) and not p.endswith("commit_success.txt")]  # Orbax's marker text, never read
+  assert stored and [p for p in stored if shared.encode() in open(p, "rb").read()] == []
+  capsys.readouterr()
+  recipe.run_train(resolve.resolve(config_lib.apply_overrides(given, {"train.num_steps": 4}), moved, "train"), moved)
+  out = capsys.readouterr().out
+  assert "[train] step 3/4" in out and "[train] step 1/4" not in out  # resumed after step 2
+  assert sorted(os.listdir(os.path.join(moved, "checkpoints"))) == ["2", "4"]
+  assert os.listdir(os.path.join(moved, "stage1", "checkpoints")) == ["2"]
 
 
 @pytest.mark.slow
