@@ -259,6 +259,7 @@ def test_paper_config_requires_the_speech_model(odyssey):
   assert "config.model.speech_init is required" in str(e.value) and "Odyssey" in str(e.value)
   assert "config.model.text_init is required" in str(e.value)
   assert config.model.freeze_speech and config.model.joint_dim == 512 and config.loss == "rnc"
+  assert config.loss_options.joint and config.loss_options.same_modality_weight == 0.1  # the form evidence supports
   assert config.model.text_arch == "distilroberta" and config.data.name == "msp_podcast"
   tiny = paper.get_config("tiny")
   with pytest.raises(config_lib.ConfigError, match="config.model.speech_init is required"):
