@@ -109,8 +109,8 @@ def claims_table(runs) -> str:
 def against_table(runs, reference_runs, reference: dict[str, str]) -> str:
   """Every group of ``runs`` (by its swept columns) minus the reference group of ``reference_runs``."""
   metrics = [m for m, _ in CLAIMS]
-  swept = [c for c in runs[0] if c not in ("run", "status", "error", "step", "seed", "metrics_from")
-           and not any(c == m or c.startswith(m) for m in metrics) and c.count(".") and c[0].isalpha()]
+  columns = list(runs[0])  # summary.csv: run, status, error, step, the swept keys (seed among them), metrics_from, ...
+  swept = [c for c in columns[columns.index("step") + 1:columns.index("metrics_from")] if c != "seed"]
   groups = {}
   for r in runs:
     groups.setdefault(tuple(r.get(c, "") for c in swept), []).append(r)
