@@ -285,7 +285,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   # Checked before the embeddings are computed; every process stops together if process 0 cannot write.
   blocked = [p for p in paths if os.path.isdir(p)] if chief else []
   distributed.agree_or_raise(f"{blocked[0]}: a directory is in the way of this output file (move it and rerun)"
-                         if blocked else None, IsADirectoryError)
+                             if blocked else None, IsADirectoryError)
   embedder = Embedder(model, config, mesh, tokenizer)
   out = {}
   for run, path in zip(runs, paths, strict=True):
