@@ -29,6 +29,7 @@ are read from (``portable_paths`` / ``local_paths``), so a copied or moved workd
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -129,10 +130,24 @@ def member_metric(k: int, metric: str) -> str:
   return f"member_{int(k)}/{metric}"
 
 
+@functools.cache
+def _plain_transfers_on_cpu() -> None:
+  """On CPU, saves copy each array to the host once, not one slice per replica.
+
+  Orbax's replica-parallel saving splits every replicated array among its replicas, each copying its slice to the
+  host: on an accelerator it spreads the transfers; on CPU, where the devices are host memory, it only adds one
+  small compiled slice per array and device (176 for the tiny test model on 8 devices: a first save of 5.8 s
+  against 0.9 s, later ones 0.8-1.1 s against 0.5 s). What is written is the same."""
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 def make_manager(workdir: str, ckpt_config, *, with_data_iter: bool = True, read_only: bool = False,
                  members: int = 0) -> ocp.CheckpointManager:
   """A CheckpointManager for ``workdir/checkpoints`` following ``config.checkpoint``; ``members``: K of a program
   with members (each member's best step is kept)."""
+  _plain_transfers_on_cpu()
   policies = [ocm.LatestN(n=ckpt_config.keep)]
   if ckpt_config.best_metric:
     worst = math.inf if ckpt_config.best_mode == "min" else -math.inf
@@ -211,9 +226,11 @@ def _leaf_checksum(x):
                     for seed in CHECKSUM_SEEDS])
 
 
-@jax.jit
-def _checksums(leaves):
-  return jnp.stack([_leaf_checksum(x) for x in leaves])
+# One small program per leaf signature (shape, dtype, sharding), not one over the whole tree: a model's leaves share a
+# few dozen signatures, so the programs are reused across leaves, states of other structure (members, frozen parts)
+# and runs in one process, where a whole-tree program is traced and compiled anew for every structure (measured on
+# the tiny test model, 328 leaves: first call 1.5 s against 4.6 s; later calls alike).
+_leaf_checksum_jit = jax.jit(_leaf_checksum)
 
 
 def state_checksums(state) -> dict[str, dict[str, str]]:
@@ -228,7 +245,15 @@ def state_checksums(state) -> dict[str, dict[str, str]]:
   paths_leaves = jax.tree_util.tree_leaves_with_path(state)
   if not paths_leaves:
     return {}
-  sums = np.asarray(jax.device_get(_checksums([leaf for _, leaf in paths_leaves])))
+  # On CPU one program at a time: XLA's CPU collectives deadlock (a rendezvous timeout that aborts the process) when
+  # several programs with all-reduces over sharded leaves are in flight together.
+  one_at_a_time = jax.default_backend() == "cpu"
+  sums = []
+  for _, leaf in paths_leaves:
+    sums.append(_leaf_checksum_jit(leaf))
+    if one_at_a_time:
+      sums[-1].block_until_ready()
+  sums = np.asarray(jax.device_get(sums))
   return {trees.path_str(path): dict(dtype=_dtype_name(leaf), sum=f"{int(a):08x}{int(b):08x}")
           for (path, leaf), (a, b) in zip(paths_leaves, sums, strict=True)}
 
