@@ -36,12 +36,12 @@ CHROMIUM_NOTE = @test -x "$${ERCLAP_CHROMIUM:-/usr/bin/chromium}" || command -v 
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(CHROMIUM_NOTE)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -q tests
 	$(CHROMIUM_NOTE)
 
 test-fast: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -m "not slow" tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -q -m "not slow" tests
 
 bench: $(STAMP)
 	# bench_accelerator.py is the one-GPU benchmark: on a CPU it runs its smallest sizes only (--small).

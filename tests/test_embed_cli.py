@@ -17,9 +17,6 @@ from erclap import embed, runtime, state, tokenization, workdir_lock
 from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_embed_cli")
-
 
 def _unit(x):
   x = np.asarray(x, np.float64)

@@ -16,7 +16,7 @@ from erclap.data import audio as audio_io
 from erclap.inference import ERCLAP
 
 # Reads the suite's trained workdir (a training run); one worker builds the module's model once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_embedding_determinism")]
+pytestmark = pytest.mark.slow
 
 ATOL = 1e-5
 

@@ -19,29 +19,26 @@ import train_helpers as th
 from scipy.io import wavfile
 
 from erclap import (
-    checkpointing,
-    config_lib,
-    model_export,
-    models,
-    odyssey_import,
-    optim,
-    resolve,
-    runtime,
-    state,
-    tokenization,
-    tower_init,
-    train,
-    trainable,
-    validation,
+  checkpointing,
+  config_lib,
+  model_export,
+  models,
+  odyssey_import,
+  optim,
+  resolve,
+  runtime,
+  state,
+  tokenization,
+  tower_init,
+  train,
+  trainable,
+  validation,
 )
 from erclap.configs import paper, ser_pretrain
 from erclap.data import audio as audio_io
 from erclap.emotion_encoder import EmotionRankEncoder, bucket_lengths, plan_batches
 from erclap.inference import EmotionRankEncoder as ReExported
 from erclap.schema import LABEL_NAMES
-
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_emotion_encoder")
 
 TOL = 1e-4  # relative to each output's largest magnitude
 # Two batches (8 + 2 rows on 8 devices) over three length buckets (16000, 22628, 32000 at max_seconds=2).

@@ -22,8 +22,7 @@ from erclap.inference import ERCLAP
 from erclap.schema import LABEL_NAMES
 
 # Every test here reads the suite's trained workdir (a training run): the whole module is slow.
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_export_and_inference")]
+pytestmark = pytest.mark.slow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

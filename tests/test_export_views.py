@@ -21,8 +21,6 @@ import viewer_helpers as vh
 from erclap import export
 from erclap.results import projector, report, views
 
-pytestmark = pytest.mark.xdist_group("test_export_views")
-
 
 def _view(n: int, d: int = 8, seed: int = 0, **kw) -> views.SplitView:
   rng = np.random.default_rng(seed)

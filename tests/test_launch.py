@@ -3,8 +3,6 @@
 Nothing here needs gcloud or SLURM: the scripts' --dry-run / DRY_RUN=1 print the commands they would run.
 """
 
-import contextlib
-import io
 import os
 import re
 import shlex
@@ -13,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import train_helpers as th
 
 from erclap.configs import sweeps as sweeps_pkg
 from launch import sweep as sweep_lib
@@ -32,20 +31,10 @@ def _run(cmd, env=None, cwd=ROOT):
 
 def _sweep(*args, env=None):
   """``python launch/sweep.py ARGS`` from the repository root: in a process of its own when ``env`` is given, else
-  its ``main`` in this process (the same code, without a second interpreter's start-up), output captured alike."""
+  its ``main`` in this process (train_helpers.sweep_in_process)."""
   if env is not None:
     return _run([sys.executable, SWEEP_PY, *args], env=env)
-  out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
-  try:
-    os.chdir(ROOT)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      try:
-        code = sweep_lib.main(list(args))
-      except SystemExit as e:  # argparse's usage errors
-        code = e.code if isinstance(e.code, int) else 1
-  finally:
-    os.chdir(here)
-  return subprocess.CompletedProcess([SWEEP_PY, *args], code, out.getvalue(), err.getvalue())
+  return th.sweep_in_process(*args)
 
 
 def _commands(stdout):

@@ -17,31 +17,28 @@ import pytest
 import train_helpers as th
 
 from erclap import (
-    config_lib,
-    export,
-    input_pipeline,
-    losses,
-    members,
-    model_export,
-    optim,
-    plan,
-    resolve,
-    runtime,
-    sharding,
-    speech_cache_mode,
-    speech_source,
-    state,
-    step,
-    tokenization,
-    tower_init,
-    train,
-    validation,
-    xla_workarounds,
+  config_lib,
+  export,
+  input_pipeline,
+  losses,
+  members,
+  model_export,
+  optim,
+  plan,
+  resolve,
+  runtime,
+  sharding,
+  speech_cache_mode,
+  speech_source,
+  state,
+  step,
+  tokenization,
+  tower_init,
+  train,
+  validation,
+  xla_workarounds,
 )
 from erclap.configs import demo
-
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_members")
 
 THREE = {"members.seeds": (3, 5, 7), "members.learning_rates": (1e-3, 2e-3, 3e-3)}
 
@@ -259,26 +256,43 @@ def test_member_steps_are_the_same_one_after_another_all_at_once_or_split_over_a
 # ----------------------------------------------------------------------------- runs
 
 
+def _cached_overrides(trained_workdir: str, cache: str = "") -> dict:
+  """The cross-modal stage on a frozen speech tower (the suite's trained workdir's), as members train it; reading
+  the speech cache ``cache`` when given."""
+  return {"model.freeze_speech": True, "model.speech_init": trained_workdir, "train.num_steps": 4,
+          "checkpoint.every_steps": 2, "eval.every_steps": 2, "checkpoint.best_metric": "aoc_voc_mean",
+          "export.saved_model": False, **({"data.speech_features": cache} if cache else {})}
+
+
+# The program of two members that the run tests train (and kill and resume).
+PROGRAM = {"members.seeds": (3, 5), "members.learning_rates": (1e-3, 3e-3), "members.temperatures": (0.1, 0.05)}
+
+
 @pytest.fixture(scope="module")
 def cached(data_dir, trained_workdir, tmp_path_factory):
-  """A frozen speech tower (the suite's trained workdir's) and its cache of the tiny corpus: the cross-modal stage
-  on the cache, as members train it. Returns (config, cache dir)."""
+  """A frozen speech tower and its cache of the tiny corpus: the cross-modal stage on the cache, as members train
+  it. Returns (config, its overrides of the tiny config)."""
   workdir = str(tmp_path_factory.mktemp("members_cache"))
-  config = th.tiny_config(data_dir, **{"model.freeze_speech": True, "model.speech_init": trained_workdir,
-                                       "train.num_steps": 4, "checkpoint.every_steps": 2, "eval.every_steps": 2,
-                                       "checkpoint.best_metric": "aoc_voc_mean", "export.saved_model": False})
+  config = th.tiny_config(data_dir, **_cached_overrides(trained_workdir))
   cache = speech_cache_mode.cache_speech_features(th.resolved(config, workdir, "cache_speech"), workdir)
-  return config_lib.apply_overrides(config, {"data.speech_features": cache}), cache
+  overrides = _cached_overrides(trained_workdir, cache)
+  return th.tiny_config(data_dir, **overrides), overrides
+
+
+@pytest.fixture(scope="module")
+def program(cached, tmp_path_factory):
+  """(config, workdir) of the two-member PROGRAM trained in this process (4 steps, evaluated at 2 and 4)."""
+  config = config_lib.apply_overrides(cached[0], PROGRAM)
+  workdir = str(tmp_path_factory.mktemp("program") / "run")
+  last = train.train_and_evaluate(th.resolved(config, workdir), workdir)
+  assert {"members/0/aoc", "members/1/aoc"} <= set(last)
+  return config, workdir
 
 
 @pytest.mark.slow
-def test_member_equals_the_standalone_run_of_its_settings_and_is_a_run_of_its_own(cached, tmp_path):
+def test_member_equals_the_standalone_run_of_its_settings_and_is_a_run_of_its_own(cached, program, tmp_path):
   config, _ = cached
-  program = config_lib.apply_overrides(config, {"members.seeds": (3, 5), "members.learning_rates": (1e-3, 3e-3),
-                                                "members.temperatures": (0.1, 0.05)})
-  workdir = str(tmp_path / "program")
-  last = train.train_and_evaluate(th.resolved(program, workdir), workdir)
-  assert {"members/0/aoc", "members/1/aoc"} <= set(last)
+  program, workdir = program
   export.export_embeddings(th.resolved(program, workdir, "export"), workdir)
   solo = str(tmp_path / "member1")
   standalone = config_lib.apply_overrides(config, {"seed": 5, "train.learning_rate": 3e-3,
@@ -350,21 +364,18 @@ def test_the_plan_counts_each_member_and_says_how_many_fit(devices):
 
 
 @pytest.mark.slow
-def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, trained_workdir, cached, tmp_path):
-  _, cache = cached  # the cross-modal stage on the speech cache, as members train it
-  overrides = {"model.freeze_speech": True, "model.speech_init": trained_workdir, "data.speech_features": cache,
-               "export.saved_model": False, "train.num_steps": 8, "checkpoint.every_steps": 4, "eval.every_steps": 8,
-               "members.seeds": (3, 5), "members.learning_rates": (1e-3, 3e-3)}
-  reference = str(tmp_path / "reference")
-  train.train_and_evaluate(th.resolved(th.tiny_config(data_dir, **overrides), reference), reference)
+def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, cached, program, tmp_path):
+  _, overrides = cached  # the cross-modal stage on the speech cache, as members train it
+  overrides = {**overrides, **PROGRAM}
+  _, reference = program  # the same program, trained uninterrupted in this process
   workdir = str(tmp_path / "killed")
-  killed_at = th.kill_at_checkpoint(workdir, data_dir, 4, **overrides)
-  assert killed_at < 8, "the run finished before it could be killed"
+  killed_at = th.kill_at_checkpoint(workdir, data_dir, 2, **overrides)
+  assert killed_at < 4, "the run finished before it could be killed"
   resumed = th.run_main(workdir, data_dir, **overrides)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from" in resumed.stderr
   (step_a, params_a), (step_b, params_b) = (tower_init.read_workdir_params(w) for w in (reference, workdir))
-  assert step_a == step_b == 8
+  assert step_a == step_b == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_array_equal(a, b)  # bit-identical
   assert params_a["text_proj"]["out"]["dense"]["kernel"].shape[0] == 2

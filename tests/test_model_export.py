@@ -37,8 +37,7 @@ from erclap.inference import ERCLAP
 from erclap.schema import LABEL_NAMES
 
 # Every test here shares an exported model fixture that takes minutes: the whole module is slow.
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_model_export")]
+pytestmark = pytest.mark.slow
 
 STEP = 6
 TEXTS = ["a calm, quiet voice", "very high arousal", "An EXCITED speaker!", "words the vocabulary lacks: zyx",

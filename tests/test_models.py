@@ -12,9 +12,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from erclap import models, sharding
 
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_models")
-
 VOCAB = 50
 SAMPLES = 8000  # 0.5 s: 12 frames for the tiny tower
 

@@ -22,9 +22,6 @@ import train_helpers as th
 from erclap import evaluate, export, fileio, signals, tower_init, validation, workdir_lock
 from erclap.configs import demo
 
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_multihost_and_signals")
-
 # A whole 2-process run gets this long; past it the test fails (and kills both) instead of hanging.
 MULTI_PROCESS_TIMEOUT = 420
 TRAIN = th.TRAINED_STEPS  # the config of the trained_workdir fixture

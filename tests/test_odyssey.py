@@ -23,9 +23,6 @@ from safetensors.torch import save_file as torch_save_file
 from erclap import config_lib, models, odyssey_import, validation
 from erclap.configs import default
 
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_odyssey")
-
 HIDDEN, CLASSES, HEAD_LAYERS = 32, 3, 2
 MEAN, STD = 0.03, 0.4
 LENGTHS = [4000, 2500, 3130]

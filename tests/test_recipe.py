@@ -16,9 +16,6 @@ from erclap import checkpointing, config_lib, configs, recipe, resolve, speech_c
 from erclap.configs import demo, ser_pretrain
 from erclap.speech_cache import store
 
-# One worker runs the module's slow tests: they share one two-stage run (the module-scoped fixture).
-pytestmark = pytest.mark.xdist_group("test_recipe")
-
 
 def test_named_configs_resolve_like_the_config_files():
   assert configs.get("ser_pretrain:demo").to_dict() == ser_pretrain.get_config("demo").to_dict()

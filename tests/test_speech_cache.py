@@ -16,30 +16,27 @@ import pytest
 import train_helpers as th
 
 from erclap import (
-    checkpointing,
-    config_lib,
-    data,
-    descriptions,
-    evaluate,
-    export,
-    fileio,
-    input_pipeline,
-    optim,
-    runtime,
-    sharding,
-    speech_cache_mode,
-    speech_source,
-    state,
-    step,
-    tokenization,
-    train,
-    validation,
+  checkpointing,
+  config_lib,
+  data,
+  descriptions,
+  evaluate,
+  export,
+  fileio,
+  input_pipeline,
+  optim,
+  runtime,
+  sharding,
+  speech_cache_mode,
+  speech_source,
+  state,
+  step,
+  tokenization,
+  train,
+  validation,
 )
 from erclap.speech_cache import fingerprint as cache_fingerprint
 from erclap.speech_cache import store
-
-# One worker runs the whole module: its module-scoped fixtures are built once.
-pytestmark = pytest.mark.xdist_group("test_speech_cache")
 
 # Clips of the tiny corpus are 0.4-0.8 s: a 1 s crop holds every clip whole, so the uncached pipeline's random
 # training crop and the cache's centre crop are the same padded clip, and train steps compare exactly.

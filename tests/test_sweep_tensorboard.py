@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -22,9 +20,8 @@ import viewer_helpers as vh
 
 from erclap import stages
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep_tensorboard")]
+pytestmark = pytest.mark.slow
 
-SWEEP_PY = os.path.join(th.ROOT, "launch", "sweep.py")
 TEMPERATURES = (0.05, 0.1, 0.2)
 
 
@@ -45,12 +42,10 @@ def sweep(data_dir, tmp_path_factory):
         return [{{"train.temperature_init": t}} for t in {TEMPERATURES!r}]
       """))
   root = base / "root"
-  cmd = [sys.executable, SWEEP_PY, str(path), f"--root={root}"]
-  launched = subprocess.run([*cmd, "--only=tau0.05", "--only=tau0.1"], cwd=th.ROOT, env=th.subprocess_env(),
-                            capture_output=True, text=True, timeout=900)
+  # launch/sweep.py's main in this process; the stage 1 it prepares and the runs are processes of their own.
+  launched = th.sweep_in_process(str(path), f"--root={root}", "--only=tau0.05", "--only=tau0.1")
   assert launched.returncode == 0, launched.stderr[-3000:]
-  summarized = subprocess.run([*cmd, "--summarize"], cwd=th.ROOT, env=th.subprocess_env(), capture_output=True,
-                              text=True, timeout=300)
+  summarized = th.sweep_in_process(str(path), f"--root={root}", "--summarize")
   assert summarized.returncode == 0, summarized.stderr[-3000:]
   sweep_dir = root / "tb_study"
   metrics = {}

@@ -7,6 +7,8 @@ test run by the ``data_dir`` fixture of tests/conftest.py; ``tiny_config`` point
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -19,6 +21,7 @@ import pytest
 
 from erclap import config_lib, plan, resolve
 from erclap.configs import demo
+from launch import sweep as sweep_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,6 +86,23 @@ def override_flags(data_dir: str, **overrides) -> list[str]:
 def main_command(workdir: str, data_dir: str, mode: str = "train", **overrides) -> list[str]:
   return [sys.executable, "-m", "erclap.main", f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
           f"--mode={mode}", *override_flags(data_dir, **overrides)]
+
+
+def sweep_in_process(*args) -> subprocess.CompletedProcess:
+  """``python launch/sweep.py ARGS`` run as its ``main`` in this process, from the repository root (the same code
+  without a second interpreter's start-up); output and exit status captured as a subprocess's would be. The runs
+  it launches are processes of their own, with this process's environment."""
+  out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+  try:
+    os.chdir(ROOT)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        code = sweep_lib.main(list(args))
+      except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else 1
+  finally:
+    os.chdir(here)
+  return subprocess.CompletedProcess(["launch/sweep.py", *args], code, out.getvalue(), err.getvalue())
 
 
 def subprocess_env(num_devices: int = 8, **extra) -> dict[str, str]:
