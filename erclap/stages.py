@@ -197,7 +197,12 @@ def clap_metric_names(config) -> tuple[str, ...]:
       bootstrap=config.eval.retrieval_bootstrap > 0, descriptions=True) + CLAP_PARAMETER_METRICS
 
 
-CLAP_PARAMETER_METRICS = ("temperature",)  # the names of CLAP.parameter_metrics
+TEMPERATURE_METRIC = "temperature"  # the learned temperature, recorded beside the metrics (CLAP.parameter_metrics)
+CLAP_PARAMETER_METRICS = (TEMPERATURE_METRIC,)  # the names of CLAP.parameter_metrics
+
+
+def _clap_parameter_metrics(params) -> dict[str, float]:
+  return {TEMPERATURE_METRIC: float(np.exp(np.asarray(params[LOG_TEMPERATURE])))}
 
 
 CLAP = Stage(
@@ -214,7 +219,7 @@ CLAP = Stage(
     headline_metrics=("aoc", "aoc_ci95_low", "aoc_ci95_high", "voc", "voc_ci95_low", "voc_ci95_high",
                       "anchor_tau_arousal", "anchor_tau_valence", "mmd", "wasserstein", "r1_s2t", "r1_t2s",
                       "ccc_zero_shot_arousal", "ccc_probe_arousal", "ccc_probe_valence"),
-    parameter_metrics=lambda params: {"temperature": float(np.exp(np.asarray(params[LOG_TEMPERATURE])))})
+    parameter_metrics=_clap_parameter_metrics)
 
 
 # --------------------------------------------------------------------------- stage 1: the emotion rank encoder

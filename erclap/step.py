@@ -143,7 +143,7 @@ def make_train_step(model, config, mesh, optimizer,
                                                  state.opt_state, rng, state.step, batch)
     new_state = state.replace(step=state.step + jnp.where(finite, 1, 0), params=params, opt_state=opt_state)
     if LOG_TEMPERATURE in state.params:
-      metrics["temperature"] = jnp.exp(state.params[LOG_TEMPERATURE])
+      metrics[stages.TEMPERATURE_METRIC] = jnp.exp(state.params[LOG_TEMPERATURE])
     return new_state, metrics
 
   return train_step
@@ -190,7 +190,7 @@ def _member_train_step(model, config, mesh, optimizer, source):
         jax.random.fold_in(rng, step), step, batch, shared=shared, options=members.loss_options(config, h),
         temperature_factor=h.get("learn_temperature"))
     if LOG_TEMPERATURE in {**shared, **params}:
-      metrics["temperature"] = jnp.exp({**shared, **params}[LOG_TEMPERATURE])
+      metrics[stages.TEMPERATURE_METRIC] = jnp.exp({**shared, **params}[LOG_TEMPERATURE])
     return params, opt_state, finite, metrics
 
   def train_step(state: TrainState, batch):
