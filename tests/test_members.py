@@ -364,16 +364,17 @@ def test_the_plan_counts_each_member_and_says_how_many_fit(devices):
 
 
 @pytest.mark.slow
-def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, cached, program, tmp_path):
+def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, cached, program, tmp_path, capsys):
   _, overrides = cached  # the cross-modal stage on the speech cache, as members train it
   overrides = {**overrides, **PROGRAM}
-  _, reference = program  # the same program, trained uninterrupted in this process
+  config, reference = program  # the same program, trained uninterrupted in this process
   workdir = str(tmp_path / "killed")
   killed_at = th.kill_at_checkpoint(workdir, data_dir, 2, **overrides)
   assert killed_at < 4, "the run finished before it could be killed"
-  resumed = th.run_main(workdir, data_dir, **overrides)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resumed from" in resumed.stderr
+  capsys.readouterr()
+  th.train_in_process(config, workdir)  # resumes
+  out = capsys.readouterr().out
+  assert f"[train] step {killed_at + 1}/4" in out and "[train] step 1/4" not in out, out[-3000:]
   (step_a, params_a), (step_b, params_b) = (tower_init.read_workdir_params(w) for w in (reference, workdir))
   assert step_a == step_b == 4
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
