@@ -229,7 +229,8 @@ def _leaf_checksum(x):
 # One small program per leaf signature (shape, dtype, sharding), not one over the whole tree: a model's leaves share a
 # few dozen signatures, so the programs are reused across leaves, states of other structure (members, frozen parts)
 # and runs in one process, where a whole-tree program is traced and compiled anew for every structure (measured on
-# the tiny test model, 328 leaves: first call 1.5 s against 4.6 s; later calls alike).
+# the tiny test model, 328 leaves: first call 1.5 s against 4.6 s; later calls, waited for leaf by leaf on CPU,
+# 0.16 s against 0.04-0.11 s).
 _leaf_checksum_jit = jax.jit(_leaf_checksum)
 
 

@@ -372,7 +372,7 @@ def test_a_program_killed_by_sigkill_resumes_to_the_same_members(data_dir, cache
   killed_at = th.kill_at_checkpoint(workdir, data_dir, 2, **overrides)
   assert killed_at < 4, "the run finished before it could be killed"
   capsys.readouterr()
-  th.train_in_process(config, workdir)  # resumes
+  train.train_and_evaluate(th.resolved(config, workdir), workdir)  # resumes
   out = capsys.readouterr().out
   assert f"[train] step {killed_at + 1}/4" in out and "[train] step 1/4" not in out, out[-3000:]
   (step_a, params_a), (step_b, params_b) = (tower_init.read_workdir_params(w) for w in (reference, workdir))

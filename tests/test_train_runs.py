@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import train_helpers as th
 
-from erclap import run_status, tower_init
+from erclap import run_status, tower_init, train
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,8 @@ def test_exact_resume_after_sigkill(data_dir, reference_run, tmp_path, capsys):
   killed_at = th.kill_at_checkpoint(workdir, data_dir, 4, **overrides)
   assert killed_at < REFERENCE["train.num_steps"], "the run finished before it could be killed"
   capsys.readouterr()
-  th.train_in_process(th.tiny_config(data_dir, **overrides), workdir)  # resumes (the SIGTERM test resumes by CLI)
+  # Resumed in this process (the SIGTERM test resumes by the command line).
+  train.train_and_evaluate(th.resolved(th.tiny_config(data_dir, **overrides), workdir), workdir)
   out = capsys.readouterr().out
   assert f"[train] step {killed_at + 1}/" in out and "[train] step 1/" not in out, out[-3000:]
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from erclap import config_lib, plan, resolve, train
+from erclap import config_lib, plan, resolve
 from erclap.configs import demo
 from launch import sweep as sweep_lib
 
@@ -86,12 +86,6 @@ def override_flags(data_dir: str, **overrides) -> list[str]:
 def main_command(workdir: str, data_dir: str, mode: str = "train", **overrides) -> list[str]:
   return [sys.executable, "-m", "erclap.main", f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
           f"--mode={mode}", *override_flags(data_dir, **overrides)]
-
-
-def train_in_process(config, workdir: str) -> dict:
-  """``--mode=train`` of ``config`` in ``workdir`` in this process (resumed when the workdir holds a checkpoint):
-  the last evaluation's metrics."""
-  return train.train_and_evaluate(resolved(config, workdir), workdir)
 
 
 def sweep_in_process(*args) -> subprocess.CompletedProcess:
